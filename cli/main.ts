@@ -1,0 +1,37 @@
+import { readFileSync } from 'node:fs';
+import { optionsHelp, REGISTRY_OPTIONS } from '../lib/config.js';
+import { runRegistry } from '../services/registry/src/main.js';
+
+const USAGE = `usage: stevedore <command> [options]
+
+commands:
+  registry   run one registry worker in the foreground (hosted, or --read-only)
+  version    print the version
+
+stevedore registry options (each also read from the environment variable in brackets):
+${optionsHelp(REGISTRY_OPTIONS)}
+`;
+
+/** Entry point of the `stevedore` command; resolves with the process exit code. */
+export async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  switch (command) {
+    case 'registry':
+      return runRegistry(rest);
+    case 'version':
+    case '--version': {
+      const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+      process.stdout.write(`${pkg.version}\n`);
+      return 0;
+    }
+    case undefined:
+    case 'help':
+    case '--help':
+    case '-h':
+      process.stdout.write(USAGE);
+      return command === undefined ? 2 : 0;
+    default:
+      process.stderr.write(`stevedore: unknown command "${command}"\n\n${USAGE}`);
+      return 2;
+  }
+}

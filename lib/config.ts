@@ -1,0 +1,157 @@
+import { isAbsolute, resolve } from 'node:path';
+import { parseDuration } from './duration.js';
+import { parseSize } from './size.js';
+
+/**
+ * The one place that reads configuration: command-line options and environment variables, with
+ * defaults and validation. A bad value throws ConfigError naming the option and its variable.
+ */
+export class ConfigError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ConfigError';
+  }
+}
+
+export type ListenAddress = { kind: 'tcp'; host: string; port: number } | { kind: 'socket'; path: string };
+
+export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
+
+/** One option: its flag, its variable, its default and how a raw string becomes a value. */
+interface OptionSpec<T> {
+  flag: string;
+  env: string;
+  description: string;
+  default: T;
+  /** Boolean options are bare flags (`--read-only`). */
+  boolean?: boolean;
+  parse: (raw: string) => T;
+}
+
+function option<T>(spec: OptionSpec<T>): OptionSpec<T> {
+  return spec;
+}
+
+export function parseListen(raw: string): ListenAddress {
+  const value = raw.trim();
+  if (value.startsWith('unix:')) return { kind: 'socket', path: resolve(value.slice(5)) };
+  if (isAbsolute(value) || value.startsWith('./') || value.endsWith('.sock')) return { kind: 'socket', path: resolve(value) };
+  const match = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]]*)):(\d{1,5})$/.exec(value);
+  if (!match) throw new Error(`expected HOST:PORT, [IPv6]:PORT or a unix socket path, got "${raw}"`);
+  const host = match[1] ?? match[2] ?? '';
+  const port = Number(match[3]);
+  if (port > 65535) throw new Error(`port ${port} is out of range (0-65535)`);
+  return { kind: 'tcp', host: host === '' ? '127.0.0.1' : host, port };
+}
+
+export function parseBoolean(raw: string): boolean {
+  const value = raw.trim().toLowerCase();
+  if (['1', 'true', 'yes', 'on'].includes(value)) return true;
+  if (['0', 'false', 'no', 'off', ''].includes(value)) return false;
+  throw new Error(`expected true or false, got "${raw}"`);
+}
+
+function parseLogLevel(raw: string): LogLevel {
+  const value = raw.trim().toLowerCase();
+  if (!(LOG_LEVELS as readonly string[]).includes(value)) throw new Error(`expected one of ${LOG_LEVELS.join(', ')}`);
+  return value as LogLevel;
+}
+
+function parsePositiveDuration(raw: string): number {
+  const ms = parseDuration(raw);
+  if (ms <= 0) throw new Error('must be greater than zero');
+  return ms;
+}
+
+function parsePositiveSize(raw: string): number {
+  const bytes = parseSize(raw);
+  if (bytes <= 0) throw new Error('must be greater than zero');
+  return bytes;
+}
+
+export const REGISTRY_OPTIONS = {
+  listen: option<ListenAddress>({
+    flag: 'listen', env: 'STEVEDORE_LISTEN', default: { kind: 'tcp', host: '127.0.0.1', port: 5000 },
+    description: 'HOST:PORT or unix socket path to listen on', parse: parseListen,
+  }),
+  root: option<string>({
+    flag: 'root', env: 'STEVEDORE_ROOT', default: '/var/lib/registry',
+    description: 'storage directory', parse: (raw) => {
+      if (raw.trim() === '' || raw.includes('\0')) throw new Error('must be a directory path');
+      return resolve(raw);
+    },
+  }),
+  readOnly: option<boolean>({
+    flag: 'read-only', env: 'STEVEDORE_READ_ONLY', default: false, boolean: true,
+    description: 'serve reads only; every write answers 405 UNSUPPORTED', parse: parseBoolean,
+  }),
+  logLevel: option<LogLevel>({
+    flag: 'log-level', env: 'LOG_LEVEL', default: 'info', description: LOG_LEVELS.join('|'), parse: parseLogLevel,
+  }),
+  uploadTtl: option<number>({
+    flag: 'upload-ttl', env: 'STEVEDORE_UPLOAD_TTL', default: 24 * 3_600_000,
+    description: 'idle upload sessions older than this are removed at start-up', parse: parsePositiveDuration,
+  }),
+  manifestMaxSize: option<number>({
+    flag: 'manifest-max-size', env: 'STEVEDORE_MANIFEST_MAX_SIZE', default: 4 * 1024 * 1024,
+    description: 'largest manifest accepted on push (413 above)', parse: parsePositiveSize,
+  }),
+} as const;
+
+type OptionValues<S extends Record<string, OptionSpec<unknown>>> = { [K in keyof S]: S[K] extends OptionSpec<infer T> ? T : never };
+
+export type RegistryConfig = OptionValues<typeof REGISTRY_OPTIONS>;
+
+/** Resolves options: command-line flag, else environment variable, else default. */
+export function resolveOptions<S extends Record<string, OptionSpec<unknown>>>(
+  specs: S,
+  argv: readonly string[],
+  env: NodeJS.ProcessEnv,
+): OptionValues<S> {
+  const byFlag = new Map<string, [string, OptionSpec<unknown>]>();
+  for (const [key, spec] of Object.entries(specs)) byFlag.set(spec.flag, [key, spec]);
+  const fromArgv = new Map<string, string>();
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    if (!arg.startsWith('--')) throw new ConfigError(`unexpected argument "${arg}"`);
+    const eq = arg.indexOf('=');
+    const flag = arg.slice(2, eq === -1 ? undefined : eq);
+    const entry = byFlag.get(flag);
+    if (!entry) throw new ConfigError(`unknown option --${flag} (known: ${[...byFlag.keys()].map((f) => `--${f}`).join(', ')})`);
+    const [key, spec] = entry;
+    if (eq !== -1) fromArgv.set(key, arg.slice(eq + 1));
+    else if (spec.boolean) fromArgv.set(key, 'true');
+    else {
+      const next = argv[++i];
+      if (next === undefined) throw new ConfigError(`option --${flag} needs a value`);
+      fromArgv.set(key, next);
+    }
+  }
+  const result: Record<string, unknown> = {};
+  for (const [key, spec] of Object.entries(specs)) {
+    const raw = fromArgv.get(key);
+    const source = raw !== undefined ? `--${spec.flag}` : `${spec.env}`;
+    const value = raw ?? env[spec.env];
+    if (value === undefined) {
+      result[key] = spec.default;
+      continue;
+    }
+    try {
+      result[key] = spec.parse(value);
+    } catch (err) {
+      throw new ConfigError(`invalid ${source} (option --${spec.flag}, variable ${spec.env}): ${(err as Error).message}`);
+    }
+  }
+  return result as OptionValues<S>;
+}
+
+export function optionsHelp(specs: Record<string, OptionSpec<unknown>>): string {
+  return Object.values(specs)
+    .map((s) => `  --${s.flag}${s.boolean ? '' : ' VALUE'}  (${s.env})  ${s.description}`)
+    .join('\n');
+}
+
+export function loadRegistryConfig(argv: readonly string[], env: NodeJS.ProcessEnv = process.env): RegistryConfig {
+  return resolveOptions(REGISTRY_OPTIONS, argv, env);
+}

@@ -1,0 +1,67 @@
+import { randomUUID } from 'node:crypto';
+import { mkdir, open, readdir, rename, rm, stat, unlink } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+
+/** A temp file path in `tmpDir`, which must be on the same filesystem as the destination. */
+export function tempPath(tmpDir: string): string {
+  return join(tmpDir, `${Date.now()}-${randomUUID()}`);
+}
+
+/**
+ * Moves a complete, fsynced temp file into place. rename(2) is atomic: readers see the old file,
+ * no file, or the whole new one, never a partial write.
+ */
+export async function commitFile(temp: string, destination: string): Promise<void> {
+  try {
+    await rename(temp, destination);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    await mkdir(dirname(destination), { recursive: true });
+    await rename(temp, destination);
+  }
+}
+
+/** Writes small content (manifests, links, state) atomically: temp file, fsync, rename. */
+export async function writeFileAtomic(tmpDir: string, destination: string, data: string | Buffer): Promise<void> {
+  const temp = tempPath(tmpDir);
+  const handle = await open(temp, 'w', 0o644).catch(async (err: NodeJS.ErrnoException) => {
+    if (err.code !== 'ENOENT') throw err;
+    await mkdir(tmpDir, { recursive: true });
+    return open(temp, 'w', 0o644);
+  });
+  try {
+    await handle.writeFile(data);
+    await handle.sync();
+  } catch (err) {
+    await handle.close();
+    await unlink(temp).catch(() => {});
+    throw err;
+  }
+  await handle.close();
+  try {
+    await commitFile(temp, destination);
+  } catch (err) {
+    await unlink(temp).catch(() => {});
+    throw err;
+  }
+}
+
+/** Removes entries of `dir` last modified more than `graceMs` ago; returns how many were removed. */
+export async function removeStale(dir: string, graceMs: number, now = Date.now()): Promise<number> {
+  let entries: string[];
+  try {
+    entries = await readdir(dir);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return 0;
+    throw err;
+  }
+  let removed = 0;
+  for (const entry of entries) {
+    const path = join(dir, entry);
+    const info = await stat(path).catch(() => undefined);
+    if (!info || now - info.mtimeMs <= graceMs) continue;
+    await rm(path, { recursive: true, force: true });
+    removed++;
+  }
+  return removed;
+}

@@ -1,0 +1,92 @@
+import { join } from 'node:path';
+import type { Digest, DigestAlgorithm } from '../oci/digest.js';
+
+/**
+ * The on-disk layout of a registry store: the only module that joins storage paths. Every input is
+ * a validated repository name, tag, digest or upload id (see lib/oci), so no request text reaches a
+ * path unchecked. The cleaner, logger and garbage collector walk this same layout.
+ *
+ *   <root>/blobs/<alg>/<hex[0..2]>/<hex>                          content: layers, configs, manifests (one copy)
+ *   <root>/repositories/<name>/_layers/<alg>/<hex>                empty: <name> may serve that blob
+ *   <root>/repositories/<name>/_manifests/revisions/<alg>/<hex>   manifest in <name>; holds its media type
+ *   <root>/repositories/<name>/_manifests/tags/<tag>              holds the digest the tag points at
+ *   <root>/repositories/<name>/_referrers/<alg>/<subject-hex>/<alg>-<hex>.json   descriptor of a referrer
+ *   <root>/_uploads/<uuid>/data, state.json                       upload sessions in progress
+ *   <root>/_tmp/                                                  temp files of atomic writes
+ *
+ * Repository components cannot start with `_` (spec grammar), so `_layers` etc. never collide with names.
+ */
+export class StorageLayout {
+  readonly root: string;
+  readonly blobsDir: string;
+  readonly repositoriesDir: string;
+  readonly uploadsDir: string;
+  readonly tmpDir: string;
+
+  constructor(root: string) {
+    this.root = root;
+    this.blobsDir = join(root, 'blobs');
+    this.repositoriesDir = join(root, 'repositories');
+    this.uploadsDir = join(root, '_uploads');
+    this.tmpDir = join(root, '_tmp');
+  }
+
+  blobPath(digest: Digest): string {
+    return join(this.blobsDir, digest.algorithm, digest.hex.slice(0, 2), digest.hex);
+  }
+
+  repositoryDir(name: string): string {
+    return join(this.repositoriesDir, name);
+  }
+
+  layerLinkPath(name: string, digest: Digest): string {
+    return join(this.repositoriesDir, name, '_layers', digest.algorithm, digest.hex);
+  }
+
+  layerLinksDir(name: string, algorithm: DigestAlgorithm): string {
+    return join(this.repositoriesDir, name, '_layers', algorithm);
+  }
+
+  manifestsDir(name: string): string {
+    return join(this.repositoriesDir, name, '_manifests');
+  }
+
+  manifestRevisionPath(name: string, digest: Digest): string {
+    return join(this.repositoriesDir, name, '_manifests', 'revisions', digest.algorithm, digest.hex);
+  }
+
+  manifestRevisionsDir(name: string, algorithm: DigestAlgorithm): string {
+    return join(this.repositoriesDir, name, '_manifests', 'revisions', algorithm);
+  }
+
+  tagsDir(name: string): string {
+    return join(this.repositoriesDir, name, '_manifests', 'tags');
+  }
+
+  tagPath(name: string, tag: string): string {
+    return join(this.repositoriesDir, name, '_manifests', 'tags', tag);
+  }
+
+  referrersDir(name: string, subject: Digest): string {
+    return join(this.repositoriesDir, name, '_referrers', subject.algorithm, subject.hex);
+  }
+
+  referrerPath(name: string, subject: Digest, referrer: Digest): string {
+    return join(this.referrersDir(name, subject), `${referrer.algorithm}-${referrer.hex}.json`);
+  }
+
+  uploadDir(uploadId: string): string {
+    return join(this.uploadsDir, uploadId);
+  }
+
+  uploadDataPath(uploadId: string): string {
+    return join(this.uploadsDir, uploadId, 'data');
+  }
+
+  uploadStatePath(uploadId: string): string {
+    return join(this.uploadsDir, uploadId, 'state.json');
+  }
+}
+
+/** Upload ids are UUIDs we mint; anything else in a request is unknown, never a path. */
+export const UPLOAD_ID_PATTERN = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;

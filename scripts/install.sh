@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The install command (README "Set up"): everything a fresh Debian machine needs to build, test
+# and benchmark Stevedore. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages the tests and benchmarks drive as real peers:
+#   skopeo          - OCI client (push/pull/inspect/copy)
+#   docker-registry - CNCF distribution 2.8, the reference registry, upstream and baseline
+#   wrk             - HTTP load generator for bench/
+PACKAGES=(skopeo docker-registry wrk)
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+npm ci --no-audit --no-fund
+npm run build

@@ -1,0 +1,150 @@
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import type { Logger } from '../../../lib/log.js';
+import type { RegistryConfig } from '../../../lib/config.js';
+import { RegistryError, isRegistryError } from '../../../lib/oci/errors.js';
+import { parseRegistryPath, splitUrl, type RegistryRoute } from '../../../lib/oci/route.js';
+import { StorageLayout } from '../../../lib/storage/layout.js';
+import type { RegistryContext } from './context.js';
+import { BlobStore } from './store/blob-store.js';
+import { ManifestStore } from './store/manifest-store.js';
+import { UploadStore } from './store/upload-store.js';
+import { deleteBlob, getBlob } from './routes/blobs.js';
+import { listCatalog, listReferrers, listTags } from './routes/listings.js';
+import { deleteManifest, getManifest, putManifest } from './routes/manifests.js';
+import { cancelUpload, finishUpload, getUploadStatus, patchUpload, startUpload } from './routes/uploads.js';
+
+export interface RegistryOptions {
+  config: Pick<RegistryConfig, 'root' | 'readOnly' | 'manifestMaxSize'>;
+  log: Logger;
+}
+
+const METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE'] as const;
+const WRITE_METHODS: ReadonlySet<string> = new Set(['POST', 'PUT', 'PATCH', 'DELETE']);
+
+/** Methods each endpoint answers (anything else is 405 UNSUPPORTED with an Allow header). */
+const ALLOWED: Record<RegistryRoute['kind'], readonly string[]> = {
+  base: ['GET', 'HEAD'],
+  catalog: ['GET', 'HEAD'],
+  manifest: ['GET', 'HEAD', 'PUT', 'DELETE'],
+  blob: ['GET', 'HEAD', 'DELETE'],
+  upload: ['POST', 'PATCH', 'PUT', 'GET', 'DELETE'],
+  tags: ['GET', 'HEAD'],
+  referrers: ['GET', 'HEAD'],
+};
+
+// `ns` names an upstream registry host (containerd mirrors); only a host-shaped value is echoed.
+const NAMESPACE_PATTERN = /^[a-zA-Z0-9.-]+(?::\d{1,5})?$/;
+
+async function dispatch(ctx: RegistryContext, req: FastifyRequest, reply: FastifyReply): Promise<void> {
+  reply.header('docker-distribution-api-version', 'registry/2.0');
+  const { path, query } = splitUrl(req.raw.url ?? '/');
+  const route = parseRegistryPath(path);
+  const method = req.method;
+  if (!ALLOWED[route.kind].includes(method)) {
+    throw new RegistryError('UNSUPPORTED', { method, path: path.slice(0, 300) }, {
+      message: `method ${method} is not allowed on this endpoint`, headers: { allow: ALLOWED[route.kind].join(', ') },
+    });
+  }
+  if (ctx.config.readOnly && WRITE_METHODS.has(method)) {
+    throw new RegistryError('UNSUPPORTED', { method }, { message: 'this registry is read-only: pushes and deletes are disabled' });
+  }
+  const ns = query.get('ns');
+  if (ns !== null && NAMESPACE_PATTERN.test(ns)) reply.header('oci-namespace', ns);
+
+  switch (route.kind) {
+    case 'base':
+      return void reply.code(200).header('content-type', 'application/json').send('{}');
+    case 'catalog':
+      return listCatalog(ctx, reply, query);
+    case 'tags':
+      return listTags(ctx, route.name, reply, query);
+    case 'referrers':
+      return listReferrers(ctx, route.name, route.digest, reply, query);
+    case 'manifest':
+      if (method === 'PUT') return putManifest(ctx, route.name, route.reference, req, reply, query);
+      if (method === 'DELETE') return deleteManifest(ctx, route.name, route.reference, reply);
+      return getManifest(ctx, route.name, route.reference, req, reply);
+    case 'blob':
+      if (method === 'DELETE') return deleteBlob(ctx, route.name, route.digest, reply);
+      return getBlob(ctx, route.name, route.digest, req, reply);
+    case 'upload': {
+      const id = route.uploadId;
+      if (id === undefined) {
+        if (method !== 'POST') throw new RegistryError('BLOB_UPLOAD_UNKNOWN', undefined, { message: 'an upload session id is required' });
+        return startUpload(ctx, route.name, req, reply, query);
+      }
+      if (method === 'PATCH') return patchUpload(ctx, route.name, id, req, reply);
+      if (method === 'PUT') return finishUpload(ctx, route.name, id, req, reply, query);
+      if (method === 'GET') return getUploadStatus(ctx, route.name, id, reply);
+      if (method === 'DELETE') return cancelUpload(ctx, route.name, id, reply);
+      throw new RegistryError('UNSUPPORTED', { method }, { message: 'POST starts an upload; it cannot target a session' });
+    }
+  }
+}
+
+/** Renders any error as OCI error JSON; internals of unexpected errors never reach the client. */
+function sendError(log: Logger, err: unknown, req: FastifyRequest, reply: FastifyReply): void {
+  let error: RegistryError;
+  if (isRegistryError(err)) {
+    error = err;
+  } else {
+    const status = (err as { statusCode?: number }).statusCode;
+    if (status === 413) error = new RegistryError('SIZE_INVALID', undefined, { status: 413, message: 'request body too large' });
+    else if (typeof status === 'number' && status >= 400 && status < 500) {
+      error = new RegistryError('UNSUPPORTED', undefined, { status, message: 'malformed request' });
+    } else {
+      log.error({ err, method: req.method, url: req.raw.url }, 'request failed');
+      error = new RegistryError('UNKNOWN', undefined, { message: 'internal server error' });
+    }
+  }
+  if (reply.sent || reply.raw.headersSent) {
+    // A streamed response failed midway: the client must see a broken transfer, not a short blob.
+    reply.raw.destroy();
+    return;
+  }
+  if (error.status >= 500) log.warn({ code: error.code, status: error.status, url: req.raw.url }, error.message);
+  reply
+    .code(error.status)
+    .headers({ ...error.headers, 'docker-distribution-api-version': 'registry/2.0', 'content-type': 'application/json' })
+    .send(JSON.stringify(error.toBody()));
+}
+
+export interface RegistryApp {
+  app: FastifyInstance;
+  context: RegistryContext;
+}
+
+/** Builds one registry worker (not listening): the stores over `config.root` and the /v2/ API. */
+export function buildRegistry({ config, log }: RegistryOptions): RegistryApp {
+  const layout = new StorageLayout(config.root);
+  const blobs = new BlobStore(layout);
+  const context: RegistryContext = {
+    config,
+    log,
+    layout,
+    blobs,
+    manifests: new ManifestStore(layout, blobs),
+    uploads: new UploadStore(layout, blobs),
+  };
+  const app = Fastify({
+    loggerInstance: log as FastifyBaseLogger,
+    // Per-request lines belong to the gateway's access log; a worker logs writes and failures.
+    logController: new LogController({ disableRequestLogging: true }),
+    exposeHeadRoutes: false,
+    return503OnClosing: true,
+    requestTimeout: 0,
+    bodyLimit: config.manifestMaxSize,
+    routerOptions: { maxParamLength: 4096 },
+  });
+  // Bodies are streamed by the handlers (blobs) or read with a cap (manifests), never parsed here.
+  app.removeAllContentTypeParsers();
+  app.addContentTypeParser('*', (_req, _payload, done) => done(null, undefined));
+  app.setErrorHandler((err, req, reply) => sendError(log, err, req, reply));
+  app.setNotFoundHandler((req, reply) => {
+    sendError(log, new RegistryError('NAME_UNKNOWN', { path: (req.raw.url ?? '').slice(0, 300) }, { message: 'no registry endpoint at this path' }), req, reply);
+  });
+  const handler = (req: FastifyRequest, reply: FastifyReply) => dispatch(context, req, reply);
+  app.route({ method: [...METHODS], url: '/v2', handler });
+  app.route({ method: [...METHODS], url: '/v2/*', handler });
+  return { app, context };
+}

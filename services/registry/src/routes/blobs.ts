@@ -1,0 +1,63 @@
+import type { FastifyReply, FastifyRequest } from 'fastify';
+import { parseDigest } from '../../../../lib/oci/digest.js';
+import { RegistryError } from '../../../../lib/oci/errors.js';
+import { parseRange } from '../../../../lib/http/range.js';
+import type { RegistryContext } from '../context.js';
+
+/** Blobs up to this size are read in one call; larger ones stream. */
+const SMALL_BLOB = 64 * 1024;
+
+export async function getBlob(ctx: RegistryContext, name: string, rawDigest: string, req: FastifyRequest, reply: FastifyReply): Promise<void> {
+  const digest = parseDigest(rawDigest);
+  const unknown = () => new RegistryError('BLOB_UNKNOWN', { name, digest: digest.value });
+  if (!(await ctx.blobs.isLinked(name, digest))) throw unknown();
+  const info = await ctx.blobs.stat(digest);
+  if (!info) throw unknown();
+  const etag = `"${digest.value}"`;
+  reply.headers({
+    'content-type': 'application/octet-stream',
+    'docker-content-digest': digest.value,
+    etag,
+    'accept-ranges': 'bytes',
+    'cache-control': 'max-age=31536000',
+  });
+  if (req.headers['if-none-match'] === etag) {
+    reply.code(304).send();
+    return;
+  }
+  const range = parseRange(req.headers.range, info.size);
+  if (range.kind === 'unsatisfiable') {
+    throw new RegistryError('SIZE_INVALID', { range: req.headers.range, size: info.size }, {
+      status: 416, message: 'requested range not satisfiable', headers: { 'content-range': `bytes */${info.size}` },
+    });
+  }
+  const start = range.kind === 'partial' ? range.range.start : 0;
+  const end = range.kind === 'partial' ? range.range.end : info.size - 1;
+  if (range.kind === 'partial') reply.code(206).header('content-range', `bytes ${start}-${end}/${info.size}`);
+  else reply.code(200);
+  reply.header('content-length', end - start + 1);
+  if (req.method === 'HEAD') {
+    reply.send();
+    return;
+  }
+  if (info.size === 0) {
+    reply.send(Buffer.alloc(0));
+    return;
+  }
+  if (range.kind === 'full' && info.size <= SMALL_BLOB) {
+    const data = await ctx.blobs.readSmall(digest);
+    if (!data) throw unknown();
+    reply.send(data);
+    return;
+  }
+  const stream = await ctx.blobs.open(digest, start, end);
+  if (!stream) throw unknown();
+  reply.send(stream);
+}
+
+export async function deleteBlob(ctx: RegistryContext, name: string, rawDigest: string, reply: FastifyReply): Promise<void> {
+  const digest = parseDigest(rawDigest);
+  if (!(await ctx.blobs.unlink(name, digest))) throw new RegistryError('BLOB_UNKNOWN', { name, digest: digest.value });
+  ctx.log.info({ name, digest: digest.value }, 'blob unlinked');
+  reply.code(202).send();
+}

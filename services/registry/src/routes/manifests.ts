@@ -1,0 +1,49 @@
+import type { FastifyReply, FastifyRequest } from 'fastify';
+import { RegistryError } from '../../../../lib/oci/errors.js';
+import { acceptsManifest } from '../../../../lib/oci/media-types.js';
+import { parseReference, parseTag } from '../../../../lib/oci/reference.js';
+import type { RegistryContext } from '../context.js';
+import { readLimitedBody } from './http.js';
+
+export async function getManifest(ctx: RegistryContext, name: string, ref: string, req: FastifyRequest, reply: FastifyReply): Promise<void> {
+  const reference = parseReference(ref);
+  const manifest = await ctx.manifests.get(name, reference);
+  if (!acceptsManifest(req.headers.accept, manifest.mediaType)) {
+    throw new RegistryError('MANIFEST_UNKNOWN', { name, reference: ref, mediaType: manifest.mediaType }, {
+      message: `manifest is ${manifest.mediaType}, which the Accept header does not allow`,
+    });
+  }
+  const etag = `"${manifest.digest.value}"`;
+  reply.headers({
+    'content-type': manifest.mediaType,
+    'docker-content-digest': manifest.digest.value,
+    etag,
+    'content-length': manifest.body.length,
+  });
+  if (req.headers['if-none-match'] === etag) {
+    reply.code(304).send();
+    return;
+  }
+  reply.code(200).send(req.method === 'HEAD' ? undefined : manifest.body);
+}
+
+export async function putManifest(ctx: RegistryContext, name: string, ref: string, req: FastifyRequest, reply: FastifyReply, query: URLSearchParams): Promise<void> {
+  const reference = parseReference(ref);
+  const extraTags = query.getAll('tag').map(parseTag);
+  const body = await readLimitedBody(req.raw, ctx.config.manifestMaxSize);
+  const { digest, manifest } = await ctx.manifests.put(name, reference, body, req.headers['content-type'], extraTags);
+  ctx.log.info({ name, reference: ref, digest: digest.value, mediaType: manifest.mediaType, size: body.length }, 'manifest pushed');
+  const headers: Record<string, string> = {
+    location: `/v2/${name}/manifests/${digest.value}`,
+    'docker-content-digest': digest.value,
+  };
+  if (manifest.subject) headers['oci-subject'] = manifest.subject.digest;
+  reply.code(201).headers(headers).send();
+}
+
+export async function deleteManifest(ctx: RegistryContext, name: string, ref: string, reply: FastifyReply): Promise<void> {
+  const reference = parseReference(ref);
+  await ctx.manifests.delete(name, reference);
+  ctx.log.info({ name, reference: ref }, reference.kind === 'tag' ? 'tag deleted' : 'manifest deleted');
+  reply.code(202).send();
+}

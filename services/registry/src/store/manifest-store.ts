@@ -1,0 +1,205 @@
+import { readdir, readFile, stat, unlink } from 'node:fs/promises';
+import { digestOf, tryParseDigest, type Digest } from '../../../../lib/oci/digest.js';
+import { RegistryError } from '../../../../lib/oci/errors.js';
+import { MediaType } from '../../../../lib/oci/media-types.js';
+import { descriptorDigest, parseManifest, type Descriptor, type ParsedManifest } from '../../../../lib/oci/manifest.js';
+import type { Reference } from '../../../../lib/oci/reference.js';
+import { writeFileAtomic } from '../../../../lib/storage/atomic.js';
+import type { StorageLayout } from '../../../../lib/storage/layout.js';
+import type { BlobStore } from './blob-store.js';
+import { BoundedMap } from './bounded-map.js';
+
+/**
+ * Tags and revision links are re-read from disk at most this often: other processes (garbage
+ * collection, the cleaner, seeding) may change them; this worker's own writes update the cache at once.
+ */
+const RECHECK_MS = 1_000;
+/** Manifest bodies up to this size are kept in memory (they are immutable, keyed by digest). */
+const CACHED_BODY_MAX = 256 * 1024;
+
+export interface StoredManifest {
+  digest: Digest;
+  mediaType: string;
+  body: Buffer;
+}
+
+interface Checked<T> {
+  value: T;
+  checkedAt: number;
+}
+
+function isNotFound(err: unknown): boolean {
+  const code = (err as NodeJS.ErrnoException).code;
+  return code === 'ENOENT' || code === 'ENOTDIR';
+}
+
+async function readIfExists(path: string): Promise<string | undefined> {
+  try {
+    return await readFile(path, 'utf8');
+  } catch (err) {
+    if (isNotFound(err)) return undefined;
+    throw err;
+  }
+}
+
+export class ManifestStore {
+  private readonly tags = new BoundedMap<string, Checked<Digest>>(50_000);
+  private readonly revisions = new BoundedMap<string, Checked<string>>(50_000);
+  private readonly bodies = new BoundedMap<string, Buffer>(2_000);
+
+  constructor(private readonly layout: StorageLayout, private readonly blobs: BlobStore) {}
+
+  async resolveTag(name: string, tag: string): Promise<Digest | undefined> {
+    const key = `${name}\0${tag}`;
+    const cached = this.tags.get(key);
+    if (cached && Date.now() - cached.checkedAt < RECHECK_MS) return cached.value;
+    const raw = await readIfExists(this.layout.tagPath(name, tag));
+    const digest = raw === undefined ? undefined : tryParseDigest(raw.trim());
+    if (digest) this.tags.set(key, { value: digest, checkedAt: Date.now() });
+    else this.tags.delete(key);
+    return digest;
+  }
+
+  /** The media type of manifest `digest` in repository `name`, or undefined if it has no such revision. */
+  async revisionMediaType(name: string, digest: Digest): Promise<string | undefined> {
+    const key = `${name}\0${digest.value}`;
+    const cached = this.revisions.get(key);
+    if (cached && Date.now() - cached.checkedAt < RECHECK_MS) return cached.value;
+    const mediaType = (await readIfExists(this.layout.manifestRevisionPath(name, digest)))?.trim();
+    if (mediaType) this.revisions.set(key, { value: mediaType, checkedAt: Date.now() });
+    else this.revisions.delete(key);
+    return mediaType || undefined;
+  }
+
+  async get(name: string, reference: Reference): Promise<StoredManifest> {
+    const digest = reference.kind === 'tag' ? await this.resolveTag(name, reference.tag) : reference.digest;
+    const unknown = () => new RegistryError('MANIFEST_UNKNOWN', { name, reference: reference.kind === 'tag' ? reference.tag : reference.digest.value });
+    if (!digest) throw unknown();
+    const mediaType = await this.revisionMediaType(name, digest);
+    if (!mediaType) throw unknown();
+    let body = this.bodies.get(digest.value);
+    if (!body) {
+      body = await this.blobs.readSmall(digest);
+      if (!body) throw unknown();
+      if (body.length <= CACHED_BODY_MAX) this.bodies.set(digest.value, body);
+    }
+    return { digest, mediaType, body };
+  }
+
+  /**
+   * Stores a pushed manifest after checking it: valid JSON of a known type, the digest it was
+   * pushed by (if any) matches, and everything it references is present in the repository.
+   */
+  async put(name: string, reference: Reference, body: Buffer, contentType: string | undefined, extraTags: string[]): Promise<{ digest: Digest; manifest: ParsedManifest }> {
+    const manifest = parseManifest(body, contentType);
+    const digest = digestOf(body, reference.kind === 'digest' ? reference.digest.algorithm : 'sha256');
+    if (reference.kind === 'digest' && reference.digest.value !== digest.value) {
+      throw new RegistryError('DIGEST_INVALID', { expected: reference.digest.value, actual: digest.value }, {
+        message: 'manifest digest does not match the digest it was pushed by',
+      });
+    }
+    await this.checkReferences(name, manifest);
+
+    if (!(await this.blobs.stat(digest))) await writeFileAtomic(this.layout.tmpDir, this.layout.blobPath(digest), body);
+    await writeFileAtomic(this.layout.tmpDir, this.layout.manifestRevisionPath(name, digest), manifest.mediaType);
+    this.revisions.set(`${name}\0${digest.value}`, { value: manifest.mediaType, checkedAt: Date.now() });
+    if (body.length <= CACHED_BODY_MAX) this.bodies.set(digest.value, body);
+
+    if (manifest.subject) {
+      const subject = descriptorDigest(manifest.subject);
+      const descriptor: Descriptor = { mediaType: manifest.mediaType, digest: digest.value, size: body.length };
+      if (manifest.artifactType) descriptor.artifactType = manifest.artifactType;
+      if (manifest.annotations) descriptor.annotations = manifest.annotations;
+      await writeFileAtomic(this.layout.tmpDir, this.layout.referrerPath(name, subject, digest), JSON.stringify(descriptor));
+    }
+    const tags = reference.kind === 'tag' ? [reference.tag, ...extraTags] : extraTags;
+    for (const tag of new Set(tags)) {
+      await writeFileAtomic(this.layout.tmpDir, this.layout.tagPath(name, tag), digest.value);
+      this.tags.set(`${name}\0${tag}`, { value: digest, checkedAt: Date.now() });
+    }
+    return { digest, manifest };
+  }
+
+  private async checkReferences(name: string, manifest: ParsedManifest): Promise<void> {
+    const missing: string[] = [];
+    await Promise.all([
+      ...manifest.blobs.map(async (d) => {
+        if (!(await this.blobs.isLinked(name, descriptorDigest(d)))) missing.push(d.digest);
+      }),
+      ...manifest.manifests.map(async (d) => {
+        if (!(await this.revisionMediaType(name, descriptorDigest(d)))) missing.push(d.digest);
+      }),
+    ]);
+    if (missing.length > 0) {
+      throw new RegistryError('MANIFEST_BLOB_UNKNOWN', { missing: missing.slice(0, 20) }, {
+        message: `manifest references ${missing.length} blob(s) or manifest(s) not in repository ${name}`,
+      });
+    }
+  }
+
+  /** Deletes a tag (the manifest stays), or a manifest by digest with every tag pointing at it. */
+  async delete(name: string, reference: Reference): Promise<void> {
+    if (reference.kind === 'tag') {
+      this.tags.delete(`${name}\0${reference.tag}`);
+      try {
+        await unlink(this.layout.tagPath(name, reference.tag));
+      } catch (err) {
+        if (isNotFound(err)) throw new RegistryError('MANIFEST_UNKNOWN', { name, reference: reference.tag });
+        throw err;
+      }
+      return;
+    }
+    const stored = await this.get(name, reference);
+    const digest = stored.digest;
+    try {
+      const parsed = parseManifest(stored.body, stored.mediaType);
+      if (parsed.subject) await unlink(this.layout.referrerPath(name, descriptorDigest(parsed.subject), digest)).catch(() => {});
+    } catch {
+      // A stored manifest that no longer parses has no referrer entry worth cleaning.
+    }
+    this.revisions.delete(`${name}\0${digest.value}`);
+    await unlink(this.layout.manifestRevisionPath(name, digest)).catch((err) => {
+      if (!isNotFound(err)) throw err;
+    });
+    for (const tag of await this.listTags(name).catch(() => [] as string[])) {
+      const tagged = await this.resolveTag(name, tag);
+      if (tagged?.value === digest.value) {
+        this.tags.delete(`${name}\0${tag}`);
+        await unlink(this.layout.tagPath(name, tag)).catch(() => {});
+      }
+    }
+  }
+
+  /** All tags of a repository in lexical order; NAME_UNKNOWN when the repository has none and never had manifests. */
+  async listTags(name: string): Promise<string[]> {
+    try {
+      return (await readdir(this.layout.tagsDir(name))).filter((t) => !t.startsWith('.')).sort();
+    } catch (err) {
+      if (!isNotFound(err)) throw err;
+    }
+    const exists = await stat(this.layout.repositoryDir(name)).then(() => true, () => false);
+    if (!exists) throw new RegistryError('NAME_UNKNOWN', { name }, { message: `repository ${name} is not known to this registry` });
+    return [];
+  }
+
+  /** The referrers index of `subject` in repository `name`, optionally filtered by artifactType. */
+  async referrers(name: string, subject: Digest, artifactType?: string): Promise<{ schemaVersion: 2; mediaType: string; manifests: Descriptor[] }> {
+    let files: string[] = [];
+    try {
+      files = await readdir(this.layout.referrersDir(name, subject));
+    } catch (err) {
+      if (!isNotFound(err)) throw err;
+    }
+    const manifests: Descriptor[] = [];
+    for (const file of files.sort()) {
+      const raw = await readIfExists(`${this.layout.referrersDir(name, subject)}/${file}`);
+      if (raw === undefined) continue;
+      const descriptor = JSON.parse(raw) as Descriptor;
+      // The referrer must still be a manifest of the repository (it may have been deleted).
+      const referrer = tryParseDigest(descriptor.digest);
+      if (!referrer || !(await this.revisionMediaType(name, referrer))) continue;
+      if (artifactType === undefined || descriptor.artifactType === artifactType) manifests.push(descriptor);
+    }
+    return { schemaVersion: 2, mediaType: MediaType.OciIndex, manifests };
+  }
+}

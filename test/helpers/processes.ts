@@ -1,0 +1,156 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, writeFile } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+/** Real servers for tests and benchmarks: Stevedore's own CLI and the Debian `docker-registry`. */
+
+export const REPO_ROOT = fileURLToPath(new URL('../../../', import.meta.url));
+export const STEVEDORE_BIN = join(REPO_ROOT, 'bin', 'stevedore.js');
+
+export async function tempDir(prefix = 'stevedore-test-'): Promise<string> {
+  return mkdtemp(join(tmpdir(), prefix));
+}
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as { port: number };
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+export interface RunningProcess {
+  proc: ChildProcess;
+  url: string;
+  port: number;
+  /** Everything the process wrote to stdout and stderr so far. */
+  output(): string;
+  /** JSON log lines parsed from stdout. */
+  logLines(): Array<Record<string, unknown>>;
+  stop(signal?: NodeJS.Signals): Promise<number | null>;
+}
+
+function track(proc: ChildProcess): { output: () => string; waitFor: (test: (text: string) => boolean, ms: number) => Promise<void> } {
+  let text = '';
+  const waiters: Array<() => void> = [];
+  const onData = (chunk: Buffer) => {
+    text += chunk.toString('utf8');
+    for (const w of waiters.splice(0)) w();
+  };
+  proc.stdout?.on('data', onData);
+  proc.stderr?.on('data', onData);
+  return {
+    output: () => text,
+    waitFor: (test, ms) => new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`timed out waiting for process output; got:\n${text.slice(-3000)}`)), ms);
+      const check = () => {
+        if (test(text)) {
+          clearTimeout(timer);
+          resolve();
+        } else if (proc.exitCode !== null) {
+          clearTimeout(timer);
+          reject(new Error(`process exited with ${proc.exitCode}; output:\n${text.slice(-3000)}`));
+        } else waiters.push(check);
+      };
+      proc.once('exit', () => { for (const w of waiters.splice(0)) w(); });
+      check();
+    }),
+  };
+}
+
+function stopper(proc: ChildProcess) {
+  return (signal: NodeJS.Signals = 'SIGTERM') => new Promise<number | null>((resolve) => {
+    if (proc.exitCode !== null || proc.signalCode !== null) return resolve(proc.exitCode);
+    const kill = setTimeout(() => proc.kill('SIGKILL'), 10_000);
+    proc.once('exit', (code) => {
+      clearTimeout(kill);
+      resolve(code);
+    });
+    proc.kill(signal);
+  });
+}
+
+/** Starts `stevedore registry` on a free loopback port; resolves once it logs that it listens. */
+export async function startStevedoreRegistry(args: string[], env: NodeJS.ProcessEnv = {}): Promise<RunningProcess> {
+  const port = await freePort();
+  const proc = spawn(process.execPath, [STEVEDORE_BIN, 'registry', '--listen', `127.0.0.1:${port}`, '--log-level', 'info', ...args], {
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const { output, waitFor } = track(proc);
+  await waitFor((text) => text.includes('"registry listening"'), 15_000);
+  return {
+    proc, port, url: `http://127.0.0.1:${port}`, output,
+    logLines: () => output().split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>),
+    stop: stopper(proc),
+  };
+}
+
+export interface DistributionOptions {
+  root?: string;
+  /** htpasswd file path (bcrypt) for Basic auth. */
+  htpasswd?: string;
+  /** Token auth: the realm URL of a token server, service name, and the issuer's certificate bundle. */
+  token?: { realm: string; service: string; issuer: string; rootCertBundle: string };
+  /** Run as a pull-through cache of this upstream. */
+  proxy?: { remoteurl: string; username?: string; password?: string };
+}
+
+export const DISTRIBUTION_BIN = '/usr/bin/docker-registry';
+
+/** Starts the Debian `docker-registry` (CNCF distribution 2.8) with its access log on stdout. */
+export async function startDistribution(options: DistributionOptions = {}): Promise<RunningProcess & { root: string }> {
+  const dir = await tempDir('distribution-');
+  const root = options.root ?? join(dir, 'data');
+  const port = await freePort();
+  const lines = [
+    'version: 0.1',
+    'log:',
+    '  level: info',
+    '  accesslog:',
+    '    disabled: false',
+    'storage:',
+    '  filesystem:',
+    `    rootdirectory: ${root}`,
+    '  delete:',
+    '    enabled: true',
+    '  cache:',
+    '    blobdescriptor: inmemory',
+    'http:',
+    `  addr: 127.0.0.1:${port}`,
+  ];
+  if (options.htpasswd) lines.push('auth:', '  htpasswd:', '    realm: test-realm', `    path: ${options.htpasswd}`);
+  if (options.token) {
+    lines.push('auth:', '  token:', `    realm: ${options.token.realm}`, `    service: ${options.token.service}`,
+      `    issuer: ${options.token.issuer}`, `    rootcertbundle: ${options.token.rootCertBundle}`);
+  }
+  if (options.proxy) {
+    lines.push('proxy:', `  remoteurl: ${options.proxy.remoteurl}`);
+    if (options.proxy.username) lines.push(`  username: ${options.proxy.username}`, `  password: ${options.proxy.password ?? ''}`);
+  }
+  const configPath = join(dir, 'config.yml');
+  await writeFile(configPath, `${lines.join('\n')}\n`);
+  const proc = spawn(DISTRIBUTION_BIN, ['serve', configPath], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const { output, waitFor } = track(proc);
+  await waitFor((text) => text.includes('listening on'), 15_000);
+  return {
+    proc, port, root, url: `http://127.0.0.1:${port}`, output,
+    logLines: () => output().split('\n').filter((l) => l.includes('"GET ') || l.includes('"HEAD ')).map((line) => ({ line })),
+    stop: stopper(proc),
+  };
+}
+
+/** Requests made to a distribution instance, parsed from its combined access log lines. */
+export function distributionRequests(output: string): Array<{ method: string; path: string; status: number }> {
+  const result: Array<{ method: string; path: string; status: number }> = [];
+  for (const match of output.matchAll(/"(GET|HEAD|PUT|POST|PATCH|DELETE) (\S+) HTTP\/[\d.]+" (\d{3})/g)) {
+    result.push({ method: match[1]!, path: match[2]!, status: Number(match[3]) });
+  }
+  return result;
+}
