@@ -1,6 +1,7 @@
 import { isAbsolute, resolve } from 'node:path';
 import { parseDuration } from './duration.js';
 import { parseSize } from './size.js';
+import { parseUpstream, type UpstreamEndpoint } from './upstreams.js';
 
 /**
  * The one place that reads configuration: command-line options and environment variables, with
@@ -96,6 +97,30 @@ export const REGISTRY_OPTIONS = {
   manifestMaxSize: option<number>({
     flag: 'manifest-max-size', env: 'STEVEDORE_MANIFEST_MAX_SIZE', default: 4 * 1024 * 1024,
     description: 'largest manifest accepted on push (413 above)', parse: parsePositiveSize,
+  }),
+  upstream: option<UpstreamEndpoint | undefined>({
+    flag: 'upstream', env: 'STEVEDORE_UPSTREAM', default: undefined,
+    description: 'run as a pull-through cache of this registry (host or URL; docker.io maps to Docker Hub)', parse: parseUpstream,
+  }),
+  authFile: option<string | undefined>({
+    flag: 'auth-file', env: 'STEVEDORE_AUTH_FILE', default: undefined,
+    description: 'docker "auths" JSON (pull-secret.json) with the upstream credentials', parse: (raw) => resolve(raw),
+  }),
+  tagTtl: option<number>({
+    flag: 'tag-ttl', env: 'STEVEDORE_TAG_TTL', default: 5 * 60_000,
+    description: 'proxy: how long a cached tag is served before it is revalidated upstream (HEAD)', parse: parseDuration,
+  }),
+  negativeTtl: option<number>({
+    flag: 'negative-ttl', env: 'STEVEDORE_NEGATIVE_TTL', default: 15_000,
+    description: 'proxy: how long an upstream 404 is remembered', parse: parseDuration,
+  }),
+  upstreamTimeout: option<number>({
+    flag: 'upstream-timeout', env: 'STEVEDORE_UPSTREAM_TIMEOUT', default: 30_000,
+    description: 'proxy: connect, response-header and idle-body timeout for upstream requests', parse: parsePositiveDuration,
+  }),
+  fillTimeout: option<number>({
+    flag: 'fill-timeout', env: 'STEVEDORE_FILL_TIMEOUT', default: 5 * 60_000,
+    description: 'proxy: how long a blob download goes on after its last client left', parse: parsePositiveDuration,
   }),
 } as const;
 

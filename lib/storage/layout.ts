@@ -12,7 +12,13 @@ import type { Digest, DigestAlgorithm } from '../oci/digest.js';
  *   <root>/repositories/<name>/_manifests/tags/<tag>              holds the digest the tag points at
  *   <root>/repositories/<name>/_referrers/<alg>/<subject-hex>/<alg>-<hex>.json   descriptor of a referrer
  *   <root>/_uploads/<uuid>/data, state.json                       upload sessions in progress
- *   <root>/_tmp/                                                  temp files of atomic writes
+ *   <root>/_tmp/_hosted/                                          temp files of atomic writes
+ *
+ * A pull-through cache worker keeps its repositories apart from the hosted ones and from other
+ * upstreams, under its namespace (the upstream host), while blobs stay shared and stored once:
+ *
+ *   <root>/cache/<namespace>/<name>/_layers|_manifests|_referrers/...   as under repositories/
+ *   <root>/_tmp/<namespace>/                                            its temp files and cache fills
  *
  * Repository components cannot start with `_` (spec grammar), so `_layers` etc. never collide with names.
  */
@@ -23,12 +29,19 @@ export class StorageLayout {
   readonly uploadsDir: string;
   readonly tmpDir: string;
 
-  constructor(root: string) {
+  readonly namespace: string | undefined;
+
+  constructor(root: string, options: { namespace?: string } = {}) {
     this.root = root;
+    this.namespace = options.namespace;
+    if (options.namespace !== undefined && !NAMESPACE_PATTERN.test(options.namespace)) {
+      throw new Error(`invalid cache namespace "${options.namespace}": expected a registry host[:port]`);
+    }
     this.blobsDir = join(root, 'blobs');
-    this.repositoriesDir = join(root, 'repositories');
+    this.repositoriesDir = options.namespace === undefined ? join(root, 'repositories') : join(root, 'cache', options.namespace);
     this.uploadsDir = join(root, '_uploads');
-    this.tmpDir = join(root, '_tmp');
+    // One temp dir per worker, so one worker's start-up sweep never removes another's in-flight files.
+    this.tmpDir = join(root, '_tmp', options.namespace ?? '_hosted');
   }
 
   blobPath(digest: Digest): string {
@@ -87,6 +100,9 @@ export class StorageLayout {
     return join(this.uploadsDir, uploadId, 'state.json');
   }
 }
+
+/** A registry host with an optional port: safe as one directory name (no `/`, no `..`). */
+export const NAMESPACE_PATTERN = /^(?=.*[a-z0-9])[a-z0-9]+(?:[.-][a-z0-9]+)*(?::\d{1,5})?$/;
 
 /** Upload ids are UUIDs we mint; anything else in a request is unknown, never a path. */
 export const UPLOAD_ID_PATTERN = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;

@@ -9,13 +9,20 @@ import { BlobStore } from './store/blob-store.js';
 import { ManifestStore } from './store/manifest-store.js';
 import { UploadStore } from './store/upload-store.js';
 import { deleteBlob, getBlob } from './routes/blobs.js';
+import { ProxyCache } from './proxy/proxy-cache.js';
+import { UpstreamClient } from './proxy/upstream-client.js';
+import { parseReference } from '../../../lib/oci/reference.js';
+import type { UpstreamCredentials } from '../../../lib/upstreams.js';
 import { listCatalog, listReferrers, listTags } from './routes/listings.js';
 import { deleteManifest, getManifest, putManifest } from './routes/manifests.js';
 import { cancelUpload, finishUpload, getUploadStatus, patchUpload, startUpload } from './routes/uploads.js';
 
 export interface RegistryOptions {
-  config: Pick<RegistryConfig, 'root' | 'readOnly' | 'manifestMaxSize'>;
+  config: Pick<RegistryConfig, 'root' | 'readOnly' | 'manifestMaxSize'>
+    & Partial<Pick<RegistryConfig, 'upstream' | 'tagTtl' | 'negativeTtl' | 'upstreamTimeout' | 'fillTimeout'>>;
   log: Logger;
+  /** Credentials for the upstream of a pull-through cache (from the auths file). */
+  upstreamCredentials?: UpstreamCredentials;
 }
 
 const METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE'] as const;
@@ -50,6 +57,7 @@ async function dispatch(ctx: RegistryContext, req: FastifyRequest, reply: Fastif
   }
   const ns = query.get('ns');
   if (ns !== null && NAMESPACE_PATTERN.test(ns)) reply.header('oci-namespace', ns);
+  if (ctx.proxy) return dispatchProxy(ctx, ctx.proxy, route, req, reply, query);
 
   switch (route.kind) {
     case 'base':
@@ -79,6 +87,38 @@ async function dispatch(ctx: RegistryContext, req: FastifyRequest, reply: Fastif
       if (method === 'DELETE') return cancelUpload(ctx, route.name, id, reply);
       throw new RegistryError('UNSUPPORTED', { method }, { message: 'POST starts an upload; it cannot target a session' });
     }
+  }
+}
+
+/** A pull-through cache worker: reads come from the cache or the upstream; DELETE purges the cache. */
+async function dispatchProxy(ctx: RegistryContext, proxy: ProxyCache, route: RegistryRoute, req: FastifyRequest, reply: FastifyReply, query: URLSearchParams): Promise<void> {
+  const method = req.method;
+  if (route.kind === 'upload' || (route.kind === 'manifest' && method === 'PUT')) {
+    throw new RegistryError('UNSUPPORTED', { method }, { message: `this is a pull-through cache of ${proxy.client.endpoint.host}: pushes are not supported` });
+  }
+  switch (route.kind) {
+    case 'base':
+      return void reply.code(200).header('content-type', 'application/json').send('{}');
+    case 'catalog':
+      return listCatalog(ctx, reply, query);
+    case 'tags':
+      return proxy.listTags(route.name, reply, query, () => listTags(ctx, route.name, reply, query));
+    case 'referrers':
+      return proxy.listReferrers(route.name, route.digest, reply, query, () => listReferrers(ctx, route.name, route.digest, reply, query));
+    case 'manifest': {
+      const reference = parseReference(route.reference);
+      if (method === 'DELETE') {
+        await proxy.purgeManifest(route.name, reference);
+        return void reply.code(202).send();
+      }
+      return proxy.getManifest(route.name, route.reference, reference, req, reply);
+    }
+    case 'blob':
+      if (method === 'DELETE') {
+        if (!(await proxy.purgeBlob(route.name, route.digest))) throw new RegistryError('BLOB_UNKNOWN', { name: route.name, digest: route.digest });
+        return void reply.code(202).send();
+      }
+      return proxy.getBlob(route.name, route.digest, req, reply);
   }
 }
 
@@ -115,8 +155,8 @@ export interface RegistryApp {
 }
 
 /** Builds one registry worker (not listening): the stores over `config.root` and the /v2/ API. */
-export function buildRegistry({ config, log }: RegistryOptions): RegistryApp {
-  const layout = new StorageLayout(config.root);
+export function buildRegistry({ config, log, upstreamCredentials }: RegistryOptions): RegistryApp {
+  const layout = new StorageLayout(config.root, { namespace: config.upstream?.host });
   const blobs = new BlobStore(layout);
   const context: RegistryContext = {
     config,
@@ -126,6 +166,14 @@ export function buildRegistry({ config, log }: RegistryOptions): RegistryApp {
     manifests: new ManifestStore(layout, blobs),
     uploads: new UploadStore(layout, blobs),
   };
+  if (config.upstream) {
+    const client = new UpstreamClient(config.upstream, upstreamCredentials, log, config.upstreamTimeout ?? 30_000);
+    context.proxy = new ProxyCache(context, client, {
+      tagTtlMs: config.tagTtl ?? 5 * 60_000,
+      negativeTtlMs: config.negativeTtl ?? 15_000,
+      fillTimeoutMs: config.fillTimeout ?? 5 * 60_000,
+    });
+  }
   const app = Fastify({
     loggerInstance: log as FastifyBaseLogger,
     // Per-request lines belong to the gateway's access log; a worker logs writes and failures.
@@ -143,7 +191,16 @@ export function buildRegistry({ config, log }: RegistryOptions): RegistryApp {
   app.setNotFoundHandler((req, reply) => {
     sendError(log, new RegistryError('NAME_UNKNOWN', { path: (req.raw.url ?? '').slice(0, 300) }, { message: 'no registry endpoint at this path' }), req, reply);
   });
-  const handler = (req: FastifyRequest, reply: FastifyReply) => dispatch(context, req, reply);
+  if (context.proxy) {
+    const client = context.proxy.client;
+    app.addHook('onClose', async () => client.close());
+  }
+  // Handlers answer with reply.send (streams included); returning the reply tells fastify not to
+  // send the promise's value as a second, empty response.
+  const handler = async (req: FastifyRequest, reply: FastifyReply) => {
+    await dispatch(context, req, reply);
+    return reply;
+  };
   app.route({ method: [...METHODS], url: '/v2', handler });
   app.route({ method: [...METHODS], url: '/v2/*', handler });
   return { app, context };

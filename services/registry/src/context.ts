@@ -4,6 +4,7 @@ import type { StorageLayout } from '../../../lib/storage/layout.js';
 import type { BlobStore } from './store/blob-store.js';
 import type { ManifestStore } from './store/manifest-store.js';
 import type { UploadStore } from './store/upload-store.js';
+import type { ProxyCache } from './proxy/proxy-cache.js';
 
 /** What every route handler works with: the stores of one worker and its settings. */
 export interface RegistryContext {
@@ -13,4 +14,6 @@ export interface RegistryContext {
   blobs: BlobStore;
   manifests: ManifestStore;
   uploads: UploadStore;
+  /** Set on a pull-through cache worker. */
+  proxy?: ProxyCache;
 }

@@ -3,6 +3,7 @@ import type { AddressInfo } from 'node:net';
 import { ConfigError, loadRegistryConfig, type ListenAddress } from '../../../lib/config.js';
 import { createLogger } from '../../../lib/log.js';
 import { buildRegistry } from './app.js';
+import { credentialsFor, readAuthsFile } from '../../../lib/upstreams.js';
 
 const LOOPBACK = new Set(['127.0.0.1', '::1', 'localhost']);
 
@@ -34,7 +35,16 @@ export async function runRegistry(argv: readonly string[]): Promise<number> {
     process.stderr.write(`stevedore registry: cannot create --root ${config.root}: ${(err as Error).message}\n`);
     return 2;
   }
-  const { app, context } = buildRegistry({ config, log });
+  let upstreamCredentials;
+  if (config.upstream && config.authFile) {
+    try {
+      upstreamCredentials = credentialsFor(await readAuthsFile(config.authFile), config.upstream);
+    } catch (err) {
+      process.stderr.write(`stevedore registry: invalid --auth-file (STEVEDORE_AUTH_FILE): ${(err as Error).message}\n`);
+      return 2;
+    }
+  }
+  const { app, context } = buildRegistry({ config, log, upstreamCredentials });
   const purged = await context.uploads.purgeStale(config.uploadTtl);
   if (purged > 0) log.info({ purged }, 'removed stale upload sessions and temp files');
 
@@ -43,7 +53,10 @@ export async function runRegistry(argv: readonly string[]): Promise<number> {
   if (config.listen.kind === 'tcp' && !LOOPBACK.has(config.listen.host)) {
     log.warn({ address }, 'listening on a non-loopback address: in the appliance, workers are reached only through the gateway');
   }
-  log.info({ address, root: config.root, readOnly: config.readOnly }, 'registry listening');
+  log.info({
+    address, root: config.root, readOnly: config.readOnly,
+    upstream: config.upstream?.url.href, upstreamAuth: config.upstream ? (upstreamCredentials ? 'credentials' : 'anonymous') : undefined,
+  }, 'registry listening');
   process.send?.('ready');
 
   return new Promise<number>((resolve) => {

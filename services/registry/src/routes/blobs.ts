@@ -1,5 +1,5 @@
 import type { FastifyReply, FastifyRequest } from 'fastify';
-import { parseDigest } from '../../../../lib/oci/digest.js';
+import { parseDigest, type Digest } from '../../../../lib/oci/digest.js';
 import { RegistryError } from '../../../../lib/oci/errors.js';
 import { parseRange } from '../../../../lib/http/range.js';
 import type { RegistryContext } from '../context.js';
@@ -7,30 +7,36 @@ import type { RegistryContext } from '../context.js';
 /** Blobs up to this size are read in one call; larger ones stream. */
 const SMALL_BLOB = 64 * 1024;
 
+/** Headers of every blob response (the digest is the blob's identity, so it is also its ETag). */
+export function sendBlobHeaders(reply: FastifyReply, digest: Digest): void {
+  reply.headers({
+    'content-type': 'application/octet-stream',
+    'docker-content-digest': digest.value,
+    etag: `"${digest.value}"`,
+    'accept-ranges': 'bytes',
+    'cache-control': 'max-age=31536000',
+  });
+}
+
+export function rangeNotSatisfiable(range: string | undefined, size: number): RegistryError {
+  return new RegistryError('SIZE_INVALID', { range, size }, {
+    status: 416, message: 'requested range not satisfiable', headers: { 'content-range': `bytes */${size}` },
+  });
+}
+
 export async function getBlob(ctx: RegistryContext, name: string, rawDigest: string, req: FastifyRequest, reply: FastifyReply): Promise<void> {
   const digest = parseDigest(rawDigest);
   const unknown = () => new RegistryError('BLOB_UNKNOWN', { name, digest: digest.value });
   if (!(await ctx.blobs.isLinked(name, digest))) throw unknown();
   const info = await ctx.blobs.stat(digest);
   if (!info) throw unknown();
-  const etag = `"${digest.value}"`;
-  reply.headers({
-    'content-type': 'application/octet-stream',
-    'docker-content-digest': digest.value,
-    etag,
-    'accept-ranges': 'bytes',
-    'cache-control': 'max-age=31536000',
-  });
-  if (req.headers['if-none-match'] === etag) {
+  sendBlobHeaders(reply, digest);
+  if (req.headers['if-none-match'] === `"${digest.value}"`) {
     reply.code(304).send();
     return;
   }
   const range = parseRange(req.headers.range, info.size);
-  if (range.kind === 'unsatisfiable') {
-    throw new RegistryError('SIZE_INVALID', { range: req.headers.range, size: info.size }, {
-      status: 416, message: 'requested range not satisfiable', headers: { 'content-range': `bytes */${info.size}` },
-    });
-  }
+  if (range.kind === 'unsatisfiable') throw rangeNotSatisfiable(req.headers.range, info.size);
   const start = range.kind === 'partial' ? range.range.start : 0;
   const end = range.kind === 'partial' ? range.range.end : info.size - 1;
   if (range.kind === 'partial') reply.code(206).header('content-range', `bytes ${start}-${end}/${info.size}`);

@@ -3,11 +3,16 @@ import { RegistryError } from '../../../../lib/oci/errors.js';
 import { acceptsManifest } from '../../../../lib/oci/media-types.js';
 import { parseReference, parseTag } from '../../../../lib/oci/reference.js';
 import type { RegistryContext } from '../context.js';
+import type { StoredManifest } from '../store/manifest-store.js';
 import { readLimitedBody } from './http.js';
 
 export async function getManifest(ctx: RegistryContext, name: string, ref: string, req: FastifyRequest, reply: FastifyReply): Promise<void> {
   const reference = parseReference(ref);
-  const manifest = await ctx.manifests.get(name, reference);
+  sendManifest(await ctx.manifests.get(name, reference), name, ref, req, reply);
+}
+
+/** Answers GET/HEAD with a stored manifest, honouring Accept and If-None-Match. */
+export function sendManifest(manifest: StoredManifest, name: string, ref: string, req: FastifyRequest, reply: FastifyReply): void {
   if (!acceptsManifest(req.headers.accept, manifest.mediaType)) {
     throw new RegistryError('MANIFEST_UNKNOWN', { name, reference: ref, mediaType: manifest.mediaType }, {
       message: `manifest is ${manifest.mediaType}, which the Accept header does not allow`,

@@ -1,4 +1,4 @@
-import { readdir, readFile, stat, unlink } from 'node:fs/promises';
+import { readdir, readFile, stat, unlink, utimes } from 'node:fs/promises';
 import { digestOf, tryParseDigest, type Digest } from '../../../../lib/oci/digest.js';
 import { RegistryError } from '../../../../lib/oci/errors.js';
 import { MediaType } from '../../../../lib/oci/media-types.js';
@@ -99,7 +99,22 @@ export class ManifestStore {
       });
     }
     await this.checkReferences(name, manifest);
+    const tags = reference.kind === 'tag' ? [reference.tag, ...extraTags] : extraTags;
+    await this.store(name, digest, body, manifest, tags);
+    return { digest, manifest };
+  }
 
+  /**
+   * Stores a manifest fetched from an upstream (digest already verified by the caller). Unlike a
+   * push, the blobs it references need not be here yet: a cache fetches them on demand.
+   */
+  async putCached(name: string, digest: Digest, body: Buffer, contentType: string | undefined, tag?: string): Promise<ParsedManifest> {
+    const manifest = parseManifest(body, contentType);
+    await this.store(name, digest, body, manifest, tag === undefined ? [] : [tag]);
+    return manifest;
+  }
+
+  private async store(name: string, digest: Digest, body: Buffer, manifest: ParsedManifest, tags: string[]): Promise<void> {
     if (!(await this.blobs.stat(digest))) await writeFileAtomic(this.layout.tmpDir, this.layout.blobPath(digest), body);
     await writeFileAtomic(this.layout.tmpDir, this.layout.manifestRevisionPath(name, digest), manifest.mediaType);
     this.revisions.set(`${name}\0${digest.value}`, { value: manifest.mediaType, checkedAt: Date.now() });
@@ -112,12 +127,26 @@ export class ManifestStore {
       if (manifest.annotations) descriptor.annotations = manifest.annotations;
       await writeFileAtomic(this.layout.tmpDir, this.layout.referrerPath(name, subject, digest), JSON.stringify(descriptor));
     }
-    const tags = reference.kind === 'tag' ? [reference.tag, ...extraTags] : extraTags;
     for (const tag of new Set(tags)) {
       await writeFileAtomic(this.layout.tmpDir, this.layout.tagPath(name, tag), digest.value);
       this.tags.set(`${name}\0${tag}`, { value: digest, checkedAt: Date.now() });
     }
-    return { digest, manifest };
+  }
+
+  /** When a tag was last written or confirmed against its upstream (the tag file's mtime), or undefined. */
+  async tagValidatedAt(name: string, tag: string): Promise<number | undefined> {
+    try {
+      return (await stat(this.layout.tagPath(name, tag))).mtimeMs;
+    } catch (err) {
+      if (isNotFound(err)) return undefined;
+      throw err;
+    }
+  }
+
+  /** Records that the upstream confirmed the tag still points where it did. */
+  async markTagValidated(name: string, tag: string): Promise<void> {
+    const now = new Date();
+    await utimes(this.layout.tagPath(name, tag), now, now).catch(() => {});
   }
 
   private async checkReferences(name: string, manifest: ParsedManifest): Promise<void> {

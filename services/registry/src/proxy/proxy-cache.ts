@@ -1,0 +1,371 @@
+import type { FastifyReply, FastifyRequest } from 'fastify';
+import { digestOf, parseDigest, tryParseDigest, type Digest } from '../../../../lib/oci/digest.js';
+import { RegistryError } from '../../../../lib/oci/errors.js';
+import { MANIFEST_MEDIA_TYPES, MediaType } from '../../../../lib/oci/media-types.js';
+import type { Reference } from '../../../../lib/oci/reference.js';
+import { parseRange } from '../../../../lib/http/range.js';
+import { upstreamRepository } from '../../../../lib/upstreams.js';
+import type { RegistryContext } from '../context.js';
+import { getBlob, rangeNotSatisfiable, sendBlobHeaders } from '../routes/blobs.js';
+import { sendManifest } from '../routes/manifests.js';
+import { BoundedMap } from '../store/bounded-map.js';
+import type { StoredManifest } from '../store/manifest-store.js';
+import { BlobFills } from './blob-fill.js';
+import { responseHeader, type UpstreamClient, type UpstreamResponse } from './upstream-client.js';
+
+export interface ProxyOptions {
+  tagTtlMs: number;
+  negativeTtlMs: number;
+  fillTimeoutMs: number;
+}
+
+const MANIFEST_ACCEPT = [...MANIFEST_MEDIA_TYPES].join(', ');
+/** Upstream manifests and listings larger than this are refused rather than buffered. */
+const MAX_UPSTREAM_DOCUMENT = 16 * 1024 * 1024;
+/** Tag lists and referrers from upstream are reused for this long. */
+const LIST_TTL_MS = 30_000;
+
+/** Upstream failures after which a cached (possibly stale) copy is better than an error. */
+function canServeStale(err: unknown): boolean {
+  return err instanceof RegistryError && !['MANIFEST_UNKNOWN', 'BLOB_UNKNOWN', 'NAME_UNKNOWN', 'DIGEST_INVALID', 'MANIFEST_INVALID'].includes(err.code);
+}
+
+async function readCapped(res: UpstreamResponse): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let total = 0;
+  for await (const chunk of res.body as AsyncIterable<Buffer>) {
+    total += chunk.length;
+    if (total > MAX_UPSTREAM_DOCUMENT) {
+      res.body.destroy();
+      throw new RegistryError('SIZE_INVALID', { limit: MAX_UPSTREAM_DOCUMENT }, { status: 502, message: 'upstream document too large' });
+    }
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks, total);
+}
+
+interface CachedList {
+  body: Buffer;
+  contentType: string;
+  headers: Record<string, string>;
+  expiresAt: number;
+}
+
+/**
+ * The pull-through cache of one upstream: answers from the store when it can, fills it from the
+ * upstream on a miss (one upstream request per manifest or blob however many clients ask at once),
+ * revalidates tags after their TTL, and serves cached content when the upstream is failing.
+ */
+export class ProxyCache {
+  private readonly fills: BlobFills;
+  private readonly negative = new BoundedMap<string, number>(10_000);
+  private readonly manifestFetches = new Map<string, Promise<StoredManifest>>();
+  private readonly lists = new BoundedMap<string, CachedList>(1_000);
+
+  constructor(private readonly ctx: RegistryContext, readonly client: UpstreamClient, private readonly options: ProxyOptions) {
+    this.fills = new BlobFills(options.fillTimeoutMs);
+  }
+
+  private get host(): string {
+    return this.client.endpoint.host;
+  }
+
+  private path(name: string, suffix: string): string {
+    return `/v2/${upstreamRepository(this.client.endpoint, name)}/${suffix}`;
+  }
+
+  private scope(name: string): string {
+    return `repository:${upstreamRepository(this.client.endpoint, name)}:pull`;
+  }
+
+  private isNegative(key: string): boolean {
+    const until = this.negative.get(key);
+    if (until === undefined) return false;
+    if (until > Date.now()) return true;
+    this.negative.delete(key);
+    return false;
+  }
+
+  private rememberMissing(key: string): void {
+    if (this.options.negativeTtlMs > 0) this.negative.set(key, Date.now() + this.options.negativeTtlMs);
+  }
+
+  /** Maps an upstream's non-success status to the error the client gets. */
+  private mapStatus(res: UpstreamResponse, kind: 'manifest' | 'blob' | 'name', detail: Record<string, unknown>): RegistryError {
+    const where = `upstream ${this.host}`;
+    switch (res.status) {
+      case 404:
+        if (kind === 'manifest') return new RegistryError('MANIFEST_UNKNOWN', detail, { message: `manifest unknown to ${where}` });
+        if (kind === 'blob') return new RegistryError('BLOB_UNKNOWN', detail, { message: `blob unknown to ${where}` });
+        return new RegistryError('NAME_UNKNOWN', detail, { message: `repository unknown to ${where}` });
+      case 401:
+        return new RegistryError('UNAUTHORIZED', detail, { message: `${where} requires other credentials` });
+      case 403:
+        return new RegistryError('DENIED', detail, { message: `${where} denied access` });
+      case 429: {
+        const retryAfter = responseHeader(res.headers, 'retry-after');
+        return new RegistryError('TOOMANYREQUESTS', detail, {
+          message: `${where} is rate-limiting requests`, headers: retryAfter ? { 'retry-after': retryAfter } : {},
+        });
+      }
+      default:
+        return new RegistryError('UNAVAILABLE', { ...detail, upstreamStatus: res.status }, {
+          status: res.status >= 500 ? 503 : 502, message: `${where} answered ${res.status}`,
+        });
+    }
+  }
+
+  // ---- manifests -------------------------------------------------------------------------------
+
+  async getManifest(name: string, ref: string, reference: Reference, req: FastifyRequest, reply: FastifyReply): Promise<void> {
+    sendManifest(await this.manifest(name, reference), name, ref, req, reply);
+  }
+
+  private async local(name: string, reference: Reference): Promise<StoredManifest | undefined> {
+    try {
+      return await this.ctx.manifests.get(name, reference);
+    } catch (err) {
+      if (err instanceof RegistryError && err.code === 'MANIFEST_UNKNOWN') return undefined;
+      throw err;
+    }
+  }
+
+  private dedupe(key: string, fetch: () => Promise<StoredManifest>): Promise<StoredManifest> {
+    let pending = this.manifestFetches.get(key);
+    if (!pending) {
+      pending = fetch().finally(() => this.manifestFetches.delete(key));
+      this.manifestFetches.set(key, pending);
+    }
+    return pending;
+  }
+
+  async manifest(name: string, reference: Reference): Promise<StoredManifest> {
+    if (reference.kind === 'digest') {
+      // Content by digest is immutable: once cached, it is served locally forever.
+      const cached = await this.local(name, reference);
+      if (cached) return cached;
+      const digest = reference.digest;
+      return this.dedupe(`${name}@${digest.value}`, () => this.fetchManifest(name, digest.value, digest));
+    }
+    const tag = reference.tag;
+    const localDigest = await this.ctx.manifests.resolveTag(name, tag);
+    if (localDigest) {
+      const validatedAt = await this.ctx.manifests.tagValidatedAt(name, tag);
+      if (validatedAt !== undefined && Date.now() - validatedAt < this.options.tagTtlMs) {
+        const cached = await this.local(name, { kind: 'digest', digest: localDigest });
+        if (cached) return cached;
+      }
+    }
+    try {
+      return await this.dedupe(`${name}:${tag}`, () => this.revalidateTag(name, tag, localDigest));
+    } catch (err) {
+      if (localDigest && canServeStale(err)) {
+        const stale = await this.local(name, { kind: 'digest', digest: localDigest });
+        if (stale) {
+          this.ctx.log.warn({ name, tag, digest: localDigest.value, upstream: this.host, reason: (err as Error).message }, 'serving stale tag: upstream failed');
+          return stale;
+        }
+      }
+      throw err;
+    }
+  }
+
+  /** Asks the upstream (HEAD, which Docker Hub does not count as a pull) whether a tag moved. */
+  private async revalidateTag(name: string, tag: string, localDigest: Digest | undefined): Promise<StoredManifest> {
+    const key = `${name}:${tag}`;
+    if (this.isNegative(key)) throw new RegistryError('MANIFEST_UNKNOWN', { name, reference: tag }, { message: `manifest unknown to upstream ${this.host}` });
+    if (localDigest) {
+      const res = await this.client.request('HEAD', this.path(name, `manifests/${tag}`), this.scope(name), MANIFEST_ACCEPT);
+      await res.body.dump();
+      if (res.status === 200) {
+        const upstreamDigest = tryParseDigest(responseHeader(res.headers, 'docker-content-digest') ?? '');
+        if (upstreamDigest?.value === localDigest.value) {
+          const cached = await this.local(name, { kind: 'digest', digest: localDigest });
+          if (cached) {
+            await this.ctx.manifests.markTagValidated(name, tag);
+            return cached;
+          }
+        }
+        if (upstreamDigest) {
+          const cached = await this.local(name, { kind: 'digest', digest: upstreamDigest })
+            ?? await this.fetchManifest(name, upstreamDigest.value, upstreamDigest);
+          await this.ctx.manifests.putCached(name, cached.digest, cached.body, cached.mediaType, tag);
+          this.ctx.log.info({ name, tag, from: localDigest.value, to: upstreamDigest.value }, 'tag moved upstream');
+          return cached;
+        }
+      } else {
+        if (res.status === 404) {
+          this.rememberMissing(key);
+          await this.ctx.manifests.delete(name, { kind: 'tag', tag }).catch(() => {});
+        }
+        throw this.mapStatus(res, 'manifest', { name, reference: tag });
+      }
+    }
+    return this.fetchManifest(name, tag, undefined, tag);
+  }
+
+  /** GETs a manifest from upstream, verifies its digest and caches it (under `tag` if given). */
+  private async fetchManifest(name: string, ref: string, expected: Digest | undefined, tag?: string): Promise<StoredManifest> {
+    const key = expected ? `${name}@${expected.value}` : `${name}:${ref}`;
+    if (this.isNegative(key)) throw new RegistryError('MANIFEST_UNKNOWN', { name, reference: ref }, { message: `manifest unknown to upstream ${this.host}` });
+    const res = await this.client.request('GET', this.path(name, `manifests/${ref}`), this.scope(name), MANIFEST_ACCEPT);
+    if (res.status !== 200) {
+      await res.body.dump();
+      if (res.status === 404) this.rememberMissing(key);
+      throw this.mapStatus(res, 'manifest', { name, reference: ref });
+    }
+    const body = await readCapped(res);
+    const announced = tryParseDigest(responseHeader(res.headers, 'docker-content-digest') ?? '');
+    const check = expected ?? announced;
+    const digest = digestOf(body, check?.algorithm ?? 'sha256');
+    if (check && check.value !== digest.value) {
+      throw new RegistryError('DIGEST_INVALID', { expected: check.value, actual: digest.value }, {
+        status: 502, message: `upstream ${this.host} sent a manifest that does not match its digest; nothing was cached`,
+      });
+    }
+    const manifest = await this.ctx.manifests.putCached(name, digest, body, responseHeader(res.headers, 'content-type'), tag);
+    this.ctx.log.info({ name, reference: ref, digest: digest.value, mediaType: manifest.mediaType }, 'manifest cached from upstream');
+    return { digest, mediaType: manifest.mediaType, body };
+  }
+
+  /** DELETE on a cache purges the local copy (never the upstream's), so the next pull refetches. */
+  async purgeManifest(name: string, reference: Reference): Promise<void> {
+    this.negative.clear();
+    this.lists.clear();
+    await this.ctx.manifests.delete(name, reference);
+    this.ctx.log.info({ name, reference: reference.kind === 'tag' ? reference.tag : reference.digest.value }, 'purged from cache');
+  }
+
+  // ---- blobs -----------------------------------------------------------------------------------
+
+  async getBlob(name: string, rawDigest: string, req: FastifyRequest, reply: FastifyReply): Promise<void> {
+    const digest = parseDigest(rawDigest);
+    if (await this.ctx.blobs.stat(digest)) {
+      // Blobs are shared by digest across the cache; a repository that asks for one gets a link.
+      if (!(await this.ctx.blobs.isLinked(name, digest))) await this.ctx.blobs.link(name, digest);
+      return getBlob(this.ctx, name, rawDigest, req, reply);
+    }
+    const key = `${name}@${digest.value}`;
+    if (this.isNegative(key)) throw new RegistryError('BLOB_UNKNOWN', { name, digest: digest.value }, { message: `blob unknown to upstream ${this.host}` });
+
+    if (req.method === 'HEAD' && !this.fills.get(digest)) {
+      const res = await this.client.request('HEAD', this.path(name, `blobs/${digest.value}`), this.scope(name));
+      await res.body.dump();
+      if (res.status !== 200) {
+        if (res.status === 404) this.rememberMissing(key);
+        throw this.mapStatus(res, 'blob', { name, digest: digest.value });
+      }
+      const size = Number(responseHeader(res.headers, 'content-length'));
+      sendBlobHeaders(reply, digest);
+      reply.code(200);
+      if (Number.isSafeInteger(size)) reply.header('content-length', size);
+      return void reply.send();
+    }
+
+    const fill = this.fills.getOrStart(digest, (f) => f.run(async () => {
+      const res = await this.client.request('GET', this.path(name, `blobs/${digest.value}`), this.scope(name));
+      if (res.status !== 200) {
+        await res.body.dump();
+        if (res.status === 404) this.rememberMissing(key);
+        throw this.mapStatus(res, 'blob', { name, digest: digest.value });
+      }
+      const length = Number(responseHeader(res.headers, 'content-length'));
+      return { body: res.body, size: Number.isSafeInteger(length) && length >= 0 ? length : undefined };
+    }, this.ctx.blobs, name, this.ctx.log));
+    await fill.ready;
+    if (fill.size === undefined) await fill.finished;
+    if (fill.done || fill.size === undefined) {
+      if (fill.error) throw fill.error;
+      return getBlob(this.ctx, name, rawDigest, req, reply);
+    }
+    const size = fill.size;
+    const range = parseRange(req.headers.range, size);
+    if (range.kind === 'unsatisfiable') throw rangeNotSatisfiable(req.headers.range, size);
+    const start = range.kind === 'partial' ? range.range.start : 0;
+    const end = range.kind === 'partial' ? range.range.end : size - 1;
+    sendBlobHeaders(reply, digest);
+    if (range.kind === 'partial') reply.code(206).header('content-range', `bytes ${start}-${end}/${size}`);
+    else reply.code(200);
+    reply.header('content-length', end - start + 1);
+    if (req.method === 'HEAD' || size === 0) return void reply.send(req.method === 'HEAD' ? undefined : Buffer.alloc(0));
+    reply.send(fill.createReader(start, end));
+  }
+
+  async purgeBlob(name: string, rawDigest: string): Promise<boolean> {
+    this.negative.clear();
+    return this.ctx.blobs.unlink(name, parseDigest(rawDigest));
+  }
+
+  // ---- listings --------------------------------------------------------------------------------
+
+  /**
+   * Passes a listing (tags, referrers) through from upstream, cached briefly. Returns undefined
+   * when the upstream cannot answer, so the caller falls back to what the cache knows.
+   */
+  async upstreamList(name: string, suffix: string, query: URLSearchParams, kind: 'name' | 'manifest'): Promise<CachedList | undefined> {
+    const search = query.toString();
+    const key = `${name}/${suffix}?${search}`;
+    const cached = this.lists.get(key);
+    if (cached && cached.expiresAt > Date.now()) return cached;
+    let res: UpstreamResponse;
+    try {
+      res = await this.client.request('GET', `${this.path(name, suffix)}${search ? `?${search}` : ''}`, this.scope(name), 'application/json');
+    } catch (err) {
+      if (canServeStale(err)) return cached;
+      throw err;
+    }
+    if (res.status !== 200) {
+      await res.body.dump();
+      if (res.status === 404 && kind === 'name') throw this.mapStatus(res, 'name', { name });
+      if (res.status === 404 || res.status >= 500 || res.status === 429) return cached;
+      throw this.mapStatus(res, kind, { name });
+    }
+    const body = await readCapped(res);
+    const headers: Record<string, string> = {};
+    const upstreamName = upstreamRepository(this.client.endpoint, name);
+    const link = responseHeader(res.headers, 'link');
+    if (link) headers.link = upstreamName === name ? link : link.replace(`/v2/${upstreamName}/`, `/v2/${name}/`);
+    const filters = responseHeader(res.headers, 'oci-filters-applied');
+    if (filters) headers['oci-filters-applied'] = filters;
+    const entry: CachedList = { body, contentType: responseHeader(res.headers, 'content-type') ?? 'application/json', headers, expiresAt: Date.now() + LIST_TTL_MS };
+    this.lists.set(key, entry);
+    return entry;
+  }
+
+  async listTags(name: string, reply: FastifyReply, query: URLSearchParams, fallback: () => Promise<void>): Promise<void> {
+    const forwarded = new URLSearchParams();
+    for (const param of ['n', 'last']) {
+      const value = query.get(param);
+      if (value !== null) forwarded.set(param, value);
+    }
+    const list = await this.upstreamList(name, 'tags/list', forwarded, 'name');
+    if (!list) return fallback();
+    let body = list.body;
+    const upstreamName = upstreamRepository(this.client.endpoint, name);
+    if (upstreamName !== name) {
+      const parsed = JSON.parse(body.toString('utf8')) as { name?: string };
+      parsed.name = name;
+      body = Buffer.from(JSON.stringify(parsed));
+    }
+    reply.code(200).headers({ ...list.headers, 'content-type': 'application/json' }).send(body);
+  }
+
+  async listReferrers(name: string, rawDigest: string, reply: FastifyReply, query: URLSearchParams, fallback: () => Promise<void>): Promise<void> {
+    const subject = parseDigest(rawDigest);
+    const artifactType = query.get('artifactType');
+    const forwarded = new URLSearchParams();
+    if (artifactType !== null) forwarded.set('artifactType', artifactType);
+    const list = await this.upstreamList(name, `referrers/${subject.value}`, forwarded, 'manifest');
+    if (!list) return fallback();
+    let body = list.body;
+    const headers = { ...list.headers };
+    if (artifactType !== null && !headers['oci-filters-applied']) {
+      // The upstream did not filter: filter here, as the client asked.
+      const index = JSON.parse(body.toString('utf8')) as { manifests?: Array<{ artifactType?: string }> };
+      index.manifests = (index.manifests ?? []).filter((m) => m.artifactType === artifactType);
+      body = Buffer.from(JSON.stringify(index));
+      headers['oci-filters-applied'] = 'artifactType';
+    }
+    reply.code(200).headers({ ...headers, 'content-type': MediaType.OciIndex }).send(body);
+  }
+}

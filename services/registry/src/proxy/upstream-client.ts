@@ -1,0 +1,174 @@
+import { Agent, request, type Dispatcher } from 'undici';
+import type { Readable } from 'node:stream';
+import type { Logger } from '../../../../lib/log.js';
+import { RegistryError } from '../../../../lib/oci/errors.js';
+import type { UpstreamCredentials, UpstreamEndpoint } from '../../../../lib/upstreams.js';
+import { CircuitBreaker } from './circuit-breaker.js';
+import { parseChallenge, type Challenge } from './www-authenticate.js';
+
+export interface UpstreamResponse {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  body: Readable & { dump(): Promise<void> };
+}
+
+interface CachedToken {
+  token: string;
+  expiresAt: number;
+}
+
+const MAX_REDIRECTS = 5;
+/** Tokens are renewed this long before they expire, so none expires mid-request. */
+const TOKEN_MARGIN_MS = 10_000;
+
+function header(headers: UpstreamResponse['headers'], name: string): string | undefined {
+  const value = headers[name];
+  return Array.isArray(value) ? value[0] : value;
+}
+
+/**
+ * Talks to one upstream registry: anonymous, Basic, or the Docker/OCI token flow (challenge →
+ * token endpoint → cached per scope until expiry), redirects (credentials never follow to another
+ * host), timeouts, and a circuit breaker so a dead upstream fails fast.
+ */
+export class UpstreamClient {
+  readonly breaker: CircuitBreaker;
+  private readonly agent: Agent;
+  private readonly tokens = new Map<string, CachedToken>();
+  /** The upstream's auth scheme, learned from its first challenge. */
+  private scheme: 'none' | 'basic' | 'bearer' = 'none';
+  private bearerChallenge: Challenge | undefined;
+
+  constructor(
+    readonly endpoint: UpstreamEndpoint,
+    private readonly credentials: UpstreamCredentials | undefined,
+    private readonly log: Logger,
+    timeoutMs: number,
+  ) {
+    this.agent = new Agent({ connectTimeout: timeoutMs, headersTimeout: timeoutMs, bodyTimeout: timeoutMs, keepAliveTimeout: 30_000 });
+    this.breaker = new CircuitBreaker(endpoint.host);
+  }
+
+  async close(): Promise<void> {
+    await this.agent.close();
+  }
+
+  /**
+   * Sends GET or HEAD for `path` (under /v2/) with `scope` (`repository:<name>:pull`) for tokens.
+   * Resolves with any HTTP status (callers map 404/429/...); throws 503 UNAVAILABLE when the upstream
+   * cannot be reached, and 401 UNAUTHORIZED when it refuses our credentials.
+   */
+  async request(method: 'GET' | 'HEAD', path: string, scope: string, accept?: string): Promise<UpstreamResponse> {
+    this.breaker.check();
+    let response: UpstreamResponse;
+    try {
+      response = await this.send(method, path, scope, accept);
+    } catch (err) {
+      if (err instanceof RegistryError) {
+        // Our credentials were refused: the upstream is up, so the breaker stays closed.
+        if (err.code === 'UNAUTHORIZED' || err.code === 'DENIED') this.breaker.success();
+        else this.breaker.failure();
+        throw err;
+      }
+      this.breaker.failure();
+      this.log.warn({ upstream: this.endpoint.host, path, err: (err as Error).message }, 'upstream request failed');
+      throw new RegistryError('UNAVAILABLE', { upstream: this.endpoint.host }, {
+        message: `upstream ${this.endpoint.host} is unreachable: ${(err as Error).message}`,
+      });
+    }
+    if (response.status >= 500) this.breaker.failure();
+    else this.breaker.success();
+    return response;
+  }
+
+  private async send(method: 'GET' | 'HEAD', path: string, scope: string, accept?: string): Promise<UpstreamResponse> {
+    let authorization = await this.authorizationFor(scope, false);
+    for (let attempt = 0; ; attempt++) {
+      const response = await this.follow(method, new URL(path, this.endpoint.url), accept, authorization);
+      if (response.status !== 401) return response;
+      await response.body.dump();
+      const challenge = parseChallenge(header(response.headers, 'www-authenticate'));
+      if (attempt > 0 || !challenge) {
+        throw new RegistryError('UNAUTHORIZED', { upstream: this.endpoint.host }, {
+          message: this.credentials
+            ? `upstream ${this.endpoint.host} rejected the configured credentials`
+            : `upstream ${this.endpoint.host} requires credentials; add them to the auths file`,
+        });
+      }
+      if (challenge.scheme === 'bearer') {
+        this.scheme = 'bearer';
+        this.bearerChallenge = challenge;
+      } else if (challenge.scheme === 'basic') {
+        this.scheme = 'basic';
+        if (!this.credentials) {
+          throw new RegistryError('UNAUTHORIZED', { upstream: this.endpoint.host }, {
+            message: `upstream ${this.endpoint.host} requires credentials; add them to the auths file`,
+          });
+        }
+      }
+      authorization = await this.authorizationFor(challenge.params.scope ?? scope, true);
+    }
+  }
+
+  /** Follows redirects (blob storage often redirects to a CDN); Authorization only goes to the upstream's own origin. */
+  private async follow(method: 'GET' | 'HEAD', url: URL, accept: string | undefined, authorization: string | undefined): Promise<UpstreamResponse> {
+    let current = url;
+    for (let hop = 0; hop <= MAX_REDIRECTS; hop++) {
+      const headers: Record<string, string> = { 'user-agent': 'stevedore' };
+      if (accept) headers.accept = accept;
+      if (authorization && current.origin === this.endpoint.url.origin) headers.authorization = authorization;
+      const res: Dispatcher.ResponseData = await request(current, { method, headers, dispatcher: this.agent });
+      const location = header(res.headers, 'location');
+      if ([301, 302, 303, 307, 308].includes(res.statusCode) && location) {
+        await res.body.dump();
+        current = new URL(location, current);
+        continue;
+      }
+      return { status: res.statusCode, headers: res.headers, body: res.body as unknown as UpstreamResponse['body'] };
+    }
+    throw new Error(`more than ${MAX_REDIRECTS} redirects`);
+  }
+
+  private basic(): string | undefined {
+    if (!this.credentials) return undefined;
+    return `Basic ${Buffer.from(`${this.credentials.username}:${this.credentials.password}`).toString('base64')}`;
+  }
+
+  private async authorizationFor(scope: string, refresh: boolean): Promise<string | undefined> {
+    if (this.scheme === 'basic') return this.basic();
+    if (this.scheme !== 'bearer' || !this.bearerChallenge) return undefined;
+    const cached = this.tokens.get(scope);
+    if (!refresh && cached && cached.expiresAt > Date.now()) return `Bearer ${cached.token}`;
+    return `Bearer ${await this.fetchToken(this.bearerChallenge, scope)}`;
+  }
+
+  private async fetchToken(challenge: Challenge, scope: string): Promise<string> {
+    const realm = challenge.params.realm;
+    if (!realm) throw new Error('bearer challenge without realm');
+    const url = new URL(realm);
+    if (challenge.params.service) url.searchParams.set('service', challenge.params.service);
+    url.searchParams.set('scope', scope);
+    const headers: Record<string, string> = { 'user-agent': 'stevedore' };
+    const basic = this.basic();
+    if (basic) headers.authorization = basic;
+    const res = await request(url, { method: 'GET', headers, dispatcher: this.agent });
+    if (res.statusCode === 401 || res.statusCode === 403) {
+      await res.body.dump();
+      throw new RegistryError('UNAUTHORIZED', { upstream: this.endpoint.host }, {
+        message: `the token service of upstream ${this.endpoint.host} rejected ${basic ? 'the configured credentials' : 'an anonymous request'}`,
+      });
+    }
+    if (res.statusCode !== 200) {
+      await res.body.dump();
+      throw new Error(`token endpoint answered ${res.statusCode}`);
+    }
+    const body = (await res.body.json()) as { token?: string; access_token?: string; expires_in?: number };
+    const token = body.token ?? body.access_token;
+    if (!token) throw new Error('token endpoint answered without a token');
+    const lifetimeMs = (typeof body.expires_in === 'number' && body.expires_in > 0 ? body.expires_in : 60) * 1000;
+    this.tokens.set(scope, { token, expiresAt: Date.now() + Math.max(lifetimeMs - TOKEN_MARGIN_MS, 1000) });
+    return token;
+  }
+}
+
+export { header as responseHeader };
