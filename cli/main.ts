@@ -1,11 +1,15 @@
 import { readFileSync } from 'node:fs';
 import { optionsHelp, REGISTRY_OPTIONS } from '../lib/config.js';
 import { runRegistry } from '../services/registry/src/main.js';
+import { runGateway } from '../services/gateway/src/main.js';
+import { runStart } from './start.js';
 
 const USAGE = `usage: stevedore <command> [options]
 
 commands:
-  registry   run one registry worker in the foreground (hosted, or --read-only)
+  start      run the whole appliance (gateway + workers) in the foreground under pm2-runtime
+  registry   run one registry worker in the foreground (hosted, --read-only, or --upstream cache)
+  gateway    run the gateway (TLS, users, routing to the workers) in the foreground
   version    print the version
 
 stevedore registry options (each also read from the environment variable in brackets):
@@ -18,6 +22,10 @@ export async function main(argv: string[]): Promise<number> {
   switch (command) {
     case 'registry':
       return runRegistry(rest);
+    case 'gateway':
+      return runGateway(rest);
+    case 'start':
+      return runStart(rest);
     case 'version':
     case '--version': {
       const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };

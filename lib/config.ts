@@ -1,4 +1,5 @@
-import { isAbsolute, resolve } from 'node:path';
+import { dirname, isAbsolute, resolve } from 'node:path';
+import { parseAliases } from './appliance.js';
 import { parseDuration } from './duration.js';
 import { parseSize } from './size.js';
 import { parseUpstream, type UpstreamEndpoint } from './upstreams.js';
@@ -175,6 +176,99 @@ export function optionsHelp(specs: Record<string, OptionSpec<unknown>>): string 
   return Object.values(specs)
     .map((s) => `  --${s.flag}${s.boolean ? '' : ' VALUE'}  (${s.env})  ${s.description}`)
     .join('\n');
+}
+
+function parseList(raw: string): string[] {
+  return raw.split(/[\s,]+/).map((s) => s.trim().toLowerCase()).filter(Boolean);
+}
+
+function parsePath(raw: string): string {
+  if (raw.trim() === '' || raw.includes('\0')) throw new Error('must be a file path');
+  return resolve(raw);
+}
+
+/** The appliance: gateway, worker layout and users. Variable names follow registry-cache and distribution. */
+export const APPLIANCE_OPTIONS = {
+  listen: option<ListenAddress>({
+    flag: 'listen', env: 'STEVEDORE_GATEWAY_LISTEN', default: { kind: 'tcp', host: '0.0.0.0', port: 8443 },
+    description: 'where the gateway listens (HOST:PORT)', parse: parseListen,
+  }),
+  root: REGISTRY_OPTIONS.root,
+  runDir: option<string>({
+    flag: 'run-dir', env: 'STEVEDORE_RUN_DIR', default: '/tmp/stevedore',
+    description: 'directory of the workers\' unix sockets (only the gateway connects to them)', parse: parsePath,
+  }),
+  pullSecretPath: option<string>({
+    flag: 'pull-secret', env: 'PULLSECRETPATH', default: '/pull-secret.json',
+    description: 'docker "auths" JSON: one cache worker per upstream entry', parse: parsePath,
+  }),
+  ignoreRegistries: option<string[]>({
+    flag: 'ignore-registries', env: 'IGNOREREGISTRYLIST', default: ['cloud.openshift.com'],
+    description: 'space-separated upstream hosts of the pull secret to skip', parse: parseList,
+  }),
+  aliases: option<Record<string, string>>({
+    flag: 'upstream-aliases', env: 'STEVEDORE_UPSTREAM_ALIASES', default: {},
+    description: 'alias=host pairs: path prefixes for upstreams whose host has a port', parse: parseAliases,
+  }),
+  hostedReadOnly: option<boolean>({
+    flag: 'hosted-read-only', env: 'STEVEDORE_HOSTED_READ_ONLY', default: false, boolean: true,
+    description: 'serve the hosted store read-only (an air-gapped, pre-seeded store)', parse: parseBoolean,
+  }),
+  tlsCertsPath: option<string>({
+    flag: 'tls-certs', env: 'TLS_CERTS_PATH', default: '/certs/certs.pem',
+    description: 'PEM with certificate and key; HTTPS when it exists', parse: parsePath,
+  }),
+  tlsCertPath: option<string | undefined>({
+    flag: 'tls-cert', env: 'TLS_CERT_PATH', default: undefined, description: 'certificate PEM (with --tls-key)', parse: parsePath,
+  }),
+  tlsKeyPath: option<string | undefined>({
+    flag: 'tls-key', env: 'TLS_KEY_PATH', default: undefined, description: 'private key PEM (with --tls-cert)', parse: parsePath,
+  }),
+  auth: option<'none' | 'htpasswd'>({
+    flag: 'auth', env: 'REGISTRY_AUTH', default: 'none', description: 'htpasswd to require users, or none', parse: (raw) => {
+      const value = raw.trim().toLowerCase();
+      if (value === '' || value === 'none') return 'none';
+      if (value === 'htpasswd') return 'htpasswd';
+      throw new Error('expected htpasswd or none');
+    },
+  }),
+  realm: option<string>({
+    flag: 'realm', env: 'REGISTRY_AUTH_HTPASSWD_REALM', default: 'Registry Realm', description: 'Basic auth realm',
+    parse: (raw) => {
+      if (/["\r\n]/.test(raw)) throw new Error('must not contain quotes or newlines');
+      return raw;
+    },
+  }),
+  htpasswdPath: option<string>({
+    flag: 'htpasswd', env: 'REGISTRY_AUTH_HTPASSWD_PATH', default: '/auth/htpasswd', description: 'bcrypt htpasswd file', parse: parsePath,
+  }),
+  adminsPath: option<string | undefined>({
+    flag: 'admins', env: 'REGISTRY_AUTH_ADMINS_PATH', default: undefined,
+    description: 'file listing admin user names, one a line (default: "admins" beside the htpasswd file)', parse: parsePath,
+  }),
+  accessLogPath: option<string | undefined>({
+    flag: 'access-log', env: 'ACCESS_LOG_PATH', default: undefined,
+    description: 'JSON access log (default <root>/logs/access.log)', parse: parsePath,
+  }),
+  logLevel: REGISTRY_OPTIONS.logLevel,
+} as const;
+
+export type ApplianceConfig = OptionValues<typeof APPLIANCE_OPTIONS>;
+
+export function loadApplianceConfig(argv: readonly string[] = [], env: NodeJS.ProcessEnv = process.env): ApplianceConfig {
+  const config = resolveOptions(APPLIANCE_OPTIONS, argv, env);
+  if ((config.tlsCertPath === undefined) !== (config.tlsKeyPath === undefined)) {
+    throw new ConfigError('TLS_CERT_PATH and TLS_KEY_PATH (--tls-cert, --tls-key) must be given together');
+  }
+  return config;
+}
+
+export function accessLogPathOf(config: Pick<ApplianceConfig, 'accessLogPath' | 'root'>): string {
+  return config.accessLogPath ?? resolve(config.root, 'logs', 'access.log');
+}
+
+export function adminsPathOf(config: Pick<ApplianceConfig, 'adminsPath' | 'htpasswdPath'>): string {
+  return config.adminsPath ?? resolve(dirname(config.htpasswdPath), 'admins');
 }
 
 export function loadRegistryConfig(argv: readonly string[], env: NodeJS.ProcessEnv = process.env): RegistryConfig {

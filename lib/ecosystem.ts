@@ -1,0 +1,58 @@
+import { mkdirSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { loadApplianceConfig } from './config.js';
+import { planAppliance, readPullSecret, type WorkerPlan } from './appliance.js';
+
+/** The subset of PM2's app options the appliance uses (see PM2's StartOptions). */
+export interface PM2App {
+  name: string;
+  script: string;
+  args: string[];
+  interpreter: string;
+  exec_mode: 'fork';
+  env: Record<string, string>;
+  /** Time to finish in-flight requests (large blobs) before SIGKILL. */
+  kill_timeout: number;
+  wait_ready: boolean;
+  listen_timeout: number;
+  exp_backoff_restart_delay: number;
+  autorestart: boolean;
+}
+
+const STEVEDORE_BIN = fileURLToPath(new URL('../../bin/stevedore.js', import.meta.url));
+
+function app(name: string, args: string[], env: Record<string, string>): PM2App {
+  return {
+    name, script: STEVEDORE_BIN, args, interpreter: process.execPath, exec_mode: 'fork', env,
+    kill_timeout: 60_000, wait_ready: true, listen_timeout: 15_000, exp_backoff_restart_delay: 100, autorestart: true,
+  };
+}
+
+function workerEnv(worker: WorkerPlan, root: string, pullSecretPath: string, readOnly: boolean): Record<string, string> {
+  const env: Record<string, string> = { STEVEDORE_LISTEN: worker.socketPath, STEVEDORE_ROOT: root };
+  if (worker.kind === 'proxy') {
+    env.STEVEDORE_UPSTREAM = worker.upstreamUrl!;
+    env.STEVEDORE_AUTH_FILE = pullSecretPath;
+    env.STEVEDORE_READ_ONLY = 'false';
+  } else {
+    env.STEVEDORE_READ_ONLY = String(readOnly);
+  }
+  return env;
+}
+
+/**
+ * The PM2 apps of the appliance, derived from its configuration (environment and pull secret):
+ * the gateway, the hosted registry and one cache worker per upstream. ecosystem.config.js exports
+ * exactly this. Synchronous, because PM2 loads the ecosystem file with require().
+ */
+export function buildEcosystem(env: NodeJS.ProcessEnv = process.env): { apps: PM2App[] } {
+  const config = loadApplianceConfig([], env);
+  const plan = planAppliance(config, readPullSecret(config.pullSecretPath));
+  // Only the gateway (same user) may reach the workers' sockets.
+  mkdirSync(config.runDir, { recursive: true, mode: 0o700 });
+  mkdirSync(config.root, { recursive: true });
+  const apps: PM2App[] = [app('gateway', ['gateway'], {})];
+  apps.push(app(plan.hosted.name, ['registry'], workerEnv(plan.hosted, config.root, config.pullSecretPath, config.hostedReadOnly)));
+  for (const proxy of plan.proxies) apps.push(app(proxy.name, ['registry'], workerEnv(proxy, config.root, config.pullSecretPath, false)));
+  return { apps };
+}

@@ -1,0 +1,194 @@
+import { Agent, request as httpRequest, createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
+import httpProxy from 'http-proxy';
+import type { AppliancePlan, WorkerPlan } from '../../../lib/appliance.js';
+import type { Logger } from '../../../lib/log.js';
+import { RegistryError, isRegistryError } from '../../../lib/oci/errors.js';
+import type { AccessLogWriter } from './access-log.js';
+import type { AuthenticatedUser, UserDirectory } from './auth.js';
+import type { GatewayMetrics } from './metrics.js';
+import { addPrefix, prefixIndex, routeRequest } from './router.js';
+
+export interface GatewayOptions {
+  plan: AppliancePlan;
+  log: Logger;
+  /** Undefined: no authentication (every client may read and write). */
+  users: UserDirectory | undefined;
+  realm: string;
+  accessLog: AccessLogWriter;
+  metrics: GatewayMetrics;
+  tls?: { cert: string | Buffer; key: string | Buffer };
+}
+
+/** Header a cache worker sets on manifest and blob responses: hit or miss. Read and removed here. */
+export const CACHE_RESULT_HEADER = 'x-stevedore-cache';
+const READ_METHODS = new Set(['GET', 'HEAD']);
+
+function sendError(res: ServerResponse, error: RegistryError): void {
+  if (res.headersSent) {
+    res.destroy();
+    return;
+  }
+  const body = JSON.stringify(error.toBody());
+  res.writeHead(error.status, {
+    ...error.headers,
+    'content-type': 'application/json',
+    'content-length': Buffer.byteLength(body),
+    'docker-distribution-api-version': 'registry/2.0',
+  });
+  res.end(body);
+}
+
+/**
+ * The appliance's only way in: authenticates users, routes `/v2/` requests to the registry workers
+ * (unix sockets), rewrites Location/Link headers back under the client's upstream prefix, writes
+ * the access log and metrics, answers /healthz and /metrics, and 503 while a worker restarts.
+ */
+export function createGateway(options: GatewayOptions): Server {
+  const { plan, log, users, realm, accessLog, metrics } = options;
+  const byPrefix = prefixIndex(plan);
+  const agent = new Agent({ keepAlive: true, maxSockets: 512 });
+  const proxy = httpProxy.createProxyServer({ agent, xfwd: false, proxyTimeout: 0 });
+  const challenge = `Basic realm="${realm}"`;
+
+  proxy.on('proxyRes', (proxyRes, req) => {
+    const ctx = (req as GatewayRequest).gateway;
+    if (!ctx) return;
+    const prefix = ctx.prefix;
+    if (prefix) {
+      if (typeof proxyRes.headers.location === 'string') proxyRes.headers.location = addPrefix(proxyRes.headers.location, prefix);
+      if (typeof proxyRes.headers.link === 'string') proxyRes.headers.link = addPrefix(proxyRes.headers.link, prefix);
+    }
+    const cache = proxyRes.headers[CACHE_RESULT_HEADER];
+    if (typeof cache === 'string') {
+      metrics.cache.inc({ upstream: ctx.upstream, result: cache });
+      delete proxyRes.headers[CACHE_RESULT_HEADER];
+    }
+    proxyRes.on('data', (chunk: Buffer) => { ctx.bytes += chunk.length; });
+  });
+  proxy.on('error', (err, req, res) => {
+    const ctx = (req as GatewayRequest).gateway;
+    log.warn({ worker: ctx?.worker, err: err.message }, 'registry worker unreachable');
+    if (res instanceof Object && 'writeHead' in res) {
+      sendError(res as ServerResponse, new RegistryError('UNAVAILABLE', { worker: ctx?.worker }, {
+        message: 'the registry worker for this request is not running (it may be restarting); retry shortly',
+        headers: { 'retry-after': '1' },
+      }));
+    }
+  });
+
+  async function health(res: ServerResponse): Promise<void> {
+    const workers = [plan.hosted, ...plan.proxies];
+    const results = await Promise.all(workers.map((w) => probe(w, agent)));
+    const status: Record<string, string> = {};
+    workers.forEach((w, i) => { status[w.name] = results[i] ? 'ok' : 'down'; });
+    const ok = results.every(Boolean);
+    const body = JSON.stringify({ status: ok ? 'ok' : 'degraded', gateway: 'ok', workers: status });
+    res.writeHead(ok ? 200 : 503, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
+    res.end(body);
+  }
+
+  async function handle(req: GatewayRequest, res: ServerResponse): Promise<void> {
+    const started = process.hrtime.bigint();
+    const url = req.url ?? '/';
+    const path = url.split('?', 1)[0]!;
+    if (path === '/healthz') return health(res);
+    if (path === '/metrics') {
+      const body = await metrics.registry.metrics();
+      res.writeHead(200, { 'content-type': metrics.registry.contentType });
+      res.end(body);
+      return;
+    }
+    const ctx: GatewayContext = { user: '-', upstream: '-', worker: undefined, prefix: undefined, bytes: 0, repository: undefined, reference: undefined, resource: 'other' };
+    req.gateway = ctx;
+    res.once('close', () => {
+      const durationMs = Number(process.hrtime.bigint() - started) / 1e6;
+      const status = res.statusCode;
+      accessLog.write({
+        user: ctx.user, method: req.method ?? '-', path, upstream: ctx.upstream,
+        ...(ctx.repository ? { repository: ctx.repository } : {}), ...(ctx.reference ? { reference: ctx.reference } : {}),
+        kind: ctx.resource, status, bytes: ctx.bytes, durationMs: Math.round(durationMs * 1000) / 1000,
+      });
+      metrics.requests.inc({ upstream: ctx.upstream, method: req.method ?? '-', status: String(status) });
+      metrics.bytes.inc({ upstream: ctx.upstream }, ctx.bytes);
+      if (ctx.upstream !== '-' && status >= 502 && status <= 504) metrics.upstreamErrors.inc({ upstream: ctx.upstream });
+    });
+    try {
+      let user: AuthenticatedUser | undefined;
+      if (users) {
+        user = await users.authenticate(req.headers.authorization);
+        if (!user) {
+          throw new RegistryError('UNAUTHORIZED', undefined, {
+            message: req.headers.authorization ? 'invalid username or password' : 'authentication required',
+            headers: { 'www-authenticate': challenge },
+          });
+        }
+        ctx.user = user.name;
+      }
+      const route = routeRequest(url, plan, byPrefix);
+      if (route.kind === 'ping') {
+        const body = '{}';
+        res.writeHead(200, { 'content-type': 'application/json', 'content-length': 2, 'docker-distribution-api-version': 'registry/2.0' });
+        res.end(req.method === 'HEAD' ? undefined : body);
+        return;
+      }
+      ctx.worker = route.worker.name;
+      ctx.upstream = route.worker.upstream ?? '-';
+      ctx.prefix = route.prefix;
+      ctx.repository = route.repository;
+      ctx.reference = route.reference;
+      ctx.resource = route.resource;
+      if (users && user && !user.admin && !READ_METHODS.has(req.method ?? '')) {
+        throw new RegistryError('DENIED', { user: user.name, method: req.method }, { message: `user ${user.name} is read-only: only GET and HEAD are allowed` });
+      }
+      req.url = route.url;
+      // Workers trust the gateway; the client's credentials go no further.
+      delete req.headers.authorization;
+      proxy.web(req, res, { target: { socketPath: route.worker.socketPath } as unknown as string });
+    } catch (err) {
+      if (isRegistryError(err)) return sendError(res, err);
+      log.error({ err }, 'gateway request failed');
+      sendError(res, new RegistryError('UNKNOWN', undefined, { message: 'internal server error' }));
+    }
+  }
+
+  const listener = (req: IncomingMessage, res: ServerResponse) => {
+    handle(req as GatewayRequest, res).catch((err: unknown) => {
+      log.error({ err }, 'gateway request failed');
+      res.destroy();
+    });
+  };
+  const server = options.tls ? createHttpsServer({ cert: options.tls.cert, key: options.tls.key, minVersion: 'TLSv1.2' }, listener) : createHttpServer(listener);
+  server.requestTimeout = 0;
+  server.on('close', () => {
+    agent.destroy();
+    proxy.close();
+  });
+  return server;
+}
+
+interface GatewayContext {
+  user: string;
+  upstream: string;
+  worker: string | undefined;
+  prefix: string | undefined;
+  bytes: number;
+  repository: string | undefined;
+  reference: string | undefined;
+  resource: NonNullable<import('../../../lib/access-log.js').AccessLogEntry['kind']>;
+}
+
+type GatewayRequest = IncomingMessage & { gateway?: GatewayContext };
+
+/** Whether a worker answers GET /v2/ on its socket within 2 seconds. */
+function probe(worker: WorkerPlan, agent: Agent): Promise<boolean> {
+  return new Promise((resolve) => {
+    const req = httpRequest({ socketPath: worker.socketPath, path: '/v2/', method: 'GET', agent, timeout: 2_000 }, (res) => {
+      res.resume();
+      resolve(res.statusCode === 200);
+    });
+    req.on('timeout', () => req.destroy());
+    req.on('error', () => resolve(false));
+    req.end();
+  });
+}
