@@ -3,6 +3,8 @@ import { optionsHelp, REGISTRY_OPTIONS } from '../lib/config.js';
 import { runRegistry } from '../services/registry/src/main.js';
 import { runGateway } from '../services/gateway/src/main.js';
 import { runStart } from './start.js';
+import { runTls } from './tls.js';
+import { runUser } from './user.js';
 
 const USAGE = `usage: stevedore <command> [options]
 
@@ -10,6 +12,8 @@ commands:
   start      run the whole appliance (gateway + workers) in the foreground under pm2-runtime
   registry   run one registry worker in the foreground (hosted, --read-only, or --upstream cache)
   gateway    run the gateway (TLS, users, routing to the workers) in the foreground
+  user       manage users: ls | add NAME [--admin] | toggle NAME | rm NAME
+  tls        manage the gateway certificate: print | cert | key | generate ADDRESS...
   version    print the version
 
 stevedore registry options (each also read from the environment variable in brackets):
@@ -26,6 +30,10 @@ export async function main(argv: string[]): Promise<number> {
       return runGateway(rest);
     case 'start':
       return runStart(rest);
+    case 'user':
+      return runUser(rest);
+    case 'tls':
+      return runTls(rest);
     case 'version':
     case '--version': {
       const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
