@@ -3,6 +3,8 @@ import { optionsHelp, REGISTRY_OPTIONS } from '../lib/config.js';
 import { runRegistry } from '../services/registry/src/main.js';
 import { runGateway } from '../services/gateway/src/main.js';
 import { runStart } from './start.js';
+import { runLoggerService } from '../services/logger/src/main.js';
+import { runClean, runCleanerService, runGc } from '../services/cleaner/src/main.js';
 import { runTls } from './tls.js';
 import { runUser } from './user.js';
 
@@ -12,6 +14,10 @@ commands:
   start      run the whole appliance (gateway + workers) in the foreground under pm2-runtime
   registry   run one registry worker in the foreground (hosted, --read-only, or --upstream cache)
   gateway    run the gateway (TLS, users, routing to the workers) in the foreground
+  logger     run the logger service (access log → atime of served blobs and manifests)
+  cleaner    run the cleaner service (GC at start, then LRU eviction every CLEANER_RUNEVERY_TIME)
+  clean      one eviction run now (--dry-run: print what would be evicted and why)
+  gc         garbage-collect unreferenced blobs and stale uploads (--dry-run)
   user       manage users: ls | add NAME [--admin] | toggle NAME | rm NAME
   tls        manage the gateway certificate: print | cert | key | generate ADDRESS...
   version    print the version
@@ -30,6 +36,14 @@ export async function main(argv: string[]): Promise<number> {
       return runGateway(rest);
     case 'start':
       return runStart(rest);
+    case 'logger':
+      return runLoggerService(rest);
+    case 'cleaner':
+      return runCleanerService(rest);
+    case 'clean':
+      return runClean(rest);
+    case 'gc':
+      return runGc(rest);
     case 'user':
       return runUser(rest);
     case 'tls':

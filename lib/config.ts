@@ -271,6 +271,66 @@ export function adminsPathOf(config: Pick<ApplianceConfig, 'adminsPath' | 'htpas
   return config.adminsPath ?? resolve(dirname(config.htpasswdPath), 'admins');
 }
 
+function parsePercentage(raw: string): number {
+  const value = Number(raw.trim());
+  if (raw.trim() === '' || !Number.isFinite(value) || value < 0 || value > 1000) throw new Error('expected a number of percent from 0 to 1000');
+  return value;
+}
+
+/** The cleaner and garbage collector. Variable names and defaults as registry-cache's cleaner. */
+export const CLEANER_OPTIONS = {
+  root: REGISTRY_OPTIONS.root,
+  maxSize: option<number>({
+    flag: 'max-size', env: 'CLEANER_MAXSIZE', default: 10 * 1024 ** 3,
+    description: 'keep cached content under this size (10G = 10 GiB; 10GB = 10^10 bytes)', parse: parsePositiveSize,
+  }),
+  thresholdPercentage: option<number>({
+    flag: 'threshold', env: 'CLEANER_THRESHOLD_PERCENTAGE', default: 20,
+    description: 'evict only once usage exceeds max-size by this many percent', parse: parsePercentage,
+  }),
+  runEvery: option<number>({
+    flag: 'run-every', env: 'CLEANER_RUNEVERY_TIME', default: 30 * 60_000,
+    description: 'time between runs (1h2m3s format)', parse: parsePositiveDuration,
+  }),
+  grace: option<number>({
+    flag: 'grace', env: 'CLEANER_GRACE_TIME', default: 60 * 60_000,
+    description: 'never evict or collect content written or served more recently than this', parse: parseDuration,
+  }),
+  uploadTtl: REGISTRY_OPTIONS.uploadTtl,
+  dryRun: option<boolean>({
+    flag: 'dry-run', env: 'CLEANER_DRY_RUN', default: false, boolean: true,
+    description: 'only print what would be removed', parse: parseBoolean,
+  }),
+  logLevel: REGISTRY_OPTIONS.logLevel,
+} as const;
+
+export type CleanerConfig = OptionValues<typeof CLEANER_OPTIONS>;
+
+export function loadCleanerConfig(argv: readonly string[] = [], env: NodeJS.ProcessEnv = process.env): CleanerConfig {
+  return resolveOptions(CLEANER_OPTIONS, argv, env);
+}
+
+/** The logger: tails the gateway's access log and records in atime when content was served. */
+export const LOGGER_OPTIONS = {
+  root: REGISTRY_OPTIONS.root,
+  accessLogPath: APPLIANCE_OPTIONS.accessLogPath,
+  statePath: option<string | undefined>({
+    flag: 'state', env: 'LOGGER_STATE_PATH', default: undefined,
+    description: 'where the read offset is kept (default <root>/logs/logger-state.json)', parse: parsePath,
+  }),
+  flushEvery: option<number>({
+    flag: 'flush-every', env: 'LOGGER_FLUSH_TIME', default: 1_000,
+    description: 'how often batched atime updates are written', parse: parsePositiveDuration,
+  }),
+  logLevel: REGISTRY_OPTIONS.logLevel,
+} as const;
+
+export type LoggerConfig = OptionValues<typeof LOGGER_OPTIONS>;
+
+export function loadLoggerConfig(argv: readonly string[] = [], env: NodeJS.ProcessEnv = process.env): LoggerConfig {
+  return resolveOptions(LOGGER_OPTIONS, argv, env);
+}
+
 export function loadRegistryConfig(argv: readonly string[], env: NodeJS.ProcessEnv = process.env): RegistryConfig {
   return resolveOptions(REGISTRY_OPTIONS, argv, env);
 }

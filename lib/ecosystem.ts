@@ -42,7 +42,7 @@ function workerEnv(worker: WorkerPlan, root: string, pullSecretPath: string, rea
 
 /**
  * The PM2 apps of the appliance, derived from its configuration (environment and pull secret):
- * the gateway, the hosted registry and one cache worker per upstream. ecosystem.config.js exports
+ * the gateway, the hosted registry, one cache worker per upstream, the logger and the cleaner. ecosystem.config.js exports
  * exactly this. Synchronous, because PM2 loads the ecosystem file with require().
  */
 export function buildEcosystem(env: NodeJS.ProcessEnv = process.env): { apps: PM2App[] } {
@@ -54,5 +54,7 @@ export function buildEcosystem(env: NodeJS.ProcessEnv = process.env): { apps: PM
   const apps: PM2App[] = [app('gateway', ['gateway'], {})];
   apps.push(app(plan.hosted.name, ['registry'], workerEnv(plan.hosted, config.root, config.pullSecretPath, config.hostedReadOnly)));
   for (const proxy of plan.proxies) apps.push(app(proxy.name, ['registry'], workerEnv(proxy, config.root, config.pullSecretPath, false)));
+  apps.push(app('logger', ['logger'], { STEVEDORE_ROOT: config.root }));
+  apps.push(app('cleaner', ['cleaner'], { STEVEDORE_ROOT: config.root }));
   return { apps };
 }

@@ -1,0 +1,74 @@
+import { readdir, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { tryParseDigest, type Digest } from '../oci/digest.js';
+import { NAMESPACE_PATTERN, StorageLayout } from './layout.js';
+
+/** One stored blob with what eviction and garbage collection decide by. */
+export interface BlobEntry {
+  digest: Digest;
+  path: string;
+  size: number;
+  atimeMs: number;
+  mtimeMs: number;
+}
+
+async function entries(dir: string): Promise<string[]> {
+  try {
+    return await readdir(dir);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ENOTDIR') return [];
+    throw err;
+  }
+}
+
+/** Every blob of the store, in one walk of `blobs/<alg>/<2 hex>/<hex>`. */
+export async function listBlobs(layout: StorageLayout): Promise<BlobEntry[]> {
+  const result: BlobEntry[] = [];
+  for (const algorithm of await entries(layout.blobsDir)) {
+    for (const shard of await entries(join(layout.blobsDir, algorithm))) {
+      for (const hex of await entries(join(layout.blobsDir, algorithm, shard))) {
+        const digest = tryParseDigest(`${algorithm}:${hex}`);
+        if (!digest) continue;
+        const path = layout.blobPath(digest);
+        const info = await stat(path).catch(() => undefined);
+        if (!info?.isFile()) continue;
+        result.push({ digest, path, size: info.size, atimeMs: info.atimeMs, mtimeMs: info.mtimeMs });
+      }
+    }
+  }
+  return result;
+}
+
+/** Repository names under a layout's repositories directory (hosted, or one cache namespace). */
+export async function listRepositoryNames(layout: StorageLayout): Promise<string[]> {
+  const names: string[] = [];
+  async function walk(dir: string, prefix: string): Promise<void> {
+    const children = await entries(dir);
+    if (prefix && children.some((c) => c === '_manifests' || c === '_layers')) names.push(prefix);
+    for (const child of children) {
+      if (child.startsWith('_') || child.startsWith('.')) continue;
+      const info = await stat(join(dir, child)).catch(() => undefined);
+      if (info?.isDirectory()) await walk(join(dir, child), prefix ? `${prefix}/${child}` : child);
+    }
+  }
+  await walk(layout.repositoriesDir, '');
+  return names.sort();
+}
+
+/** Layouts of every pull-through cache namespace under `<root>/cache/`. */
+export async function listCacheLayouts(root: string): Promise<StorageLayout[]> {
+  return (await entries(join(root, 'cache'))).filter((ns) => NAMESPACE_PATTERN.test(ns)).map((ns) => new StorageLayout(root, { namespace: ns }));
+}
+
+/** Digests named by the files of `<dir>/<alg>/<hex>` (layer links, manifest revisions). */
+export async function listLinkedDigests(dir: string): Promise<Digest[]> {
+  const digests: Digest[] = [];
+  for (const algorithm of await entries(dir)) {
+    for (const hex of await entries(join(dir, algorithm))) {
+      const digest = tryParseDigest(`${algorithm}:${hex}`);
+      if (digest) digests.push(digest);
+    }
+  }
+  return digests;
+}

@@ -1,0 +1,86 @@
+import { ConfigError, loadCleanerConfig, type CleanerConfig } from '../../../lib/config.js';
+import { createLogger, type Logger } from '../../../lib/log.js';
+import { formatDuration } from '../../../lib/duration.js';
+import { applyEviction, humanSize, planEviction } from './evict.js';
+import { collectGarbage } from './gc.js';
+
+function load(command: string, argv: readonly string[]): CleanerConfig | number {
+  try {
+    return loadCleanerConfig(argv);
+  } catch (err) {
+    process.stderr.write(`stevedore ${command}: ${(err as Error).message}\n`);
+    return err instanceof ConfigError ? 2 : 1;
+  }
+}
+
+async function cleanOnce(config: CleanerConfig, log: Logger): Promise<void> {
+  const plan = await planEviction(config.root, { maxSize: config.maxSize, thresholdPercentage: config.thresholdPercentage, graceMs: config.grace });
+  if (plan.evict.length === 0) {
+    log.info({ usage: humanSize(plan.usage), limit: humanSize(plan.limit), trigger: humanSize(plan.trigger) }, 'cleaner: nothing to evict');
+    return;
+  }
+  await applyEviction(config.root, plan, log);
+}
+
+/** `stevedore cleaner`: the PM2 service. Garbage collection at start-up, then an eviction run every CLEANER_RUNEVERY_TIME. */
+export async function runCleanerService(argv: readonly string[]): Promise<number> {
+  const config = load('cleaner', argv);
+  if (typeof config === 'number') return config;
+  const log = createLogger('cleaner', config.logLevel);
+  log.info({ root: config.root, maxSize: humanSize(config.maxSize), threshold: config.thresholdPercentage, runEvery: formatDuration(config.runEvery) }, 'cleaner started');
+  process.send?.('ready');
+  let stopped = false;
+  let wake: (() => void) | undefined;
+  let sleeping: NodeJS.Timeout | undefined;
+  const stop = () => {
+    stopped = true;
+    clearTimeout(sleeping);
+    wake?.();
+  };
+  process.once('SIGINT', stop);
+  process.once('SIGTERM', stop);
+  try {
+    await collectGarbage(config.root, { graceMs: config.grace, uploadTtlMs: config.uploadTtl, dryRun: false, log });
+  } catch (err) {
+    log.error({ err }, 'garbage collection failed');
+  }
+  while (!stopped) {
+    try {
+      await cleanOnce(config, log);
+    } catch (err) {
+      log.error({ err }, 'cleaner run failed');
+    }
+    await new Promise<void>((resolve) => {
+      wake = resolve;
+      sleeping = setTimeout(resolve, config.runEvery);
+    });
+  }
+  return 0;
+}
+
+/** `stevedore clean [--dry-run]`: one eviction run now; with --dry-run, what it would evict and why. */
+export async function runClean(argv: readonly string[]): Promise<number> {
+  const config = load('clean', argv);
+  if (typeof config === 'number') return config;
+  const log = createLogger('cleaner', config.logLevel);
+  const plan = await planEviction(config.root, { maxSize: config.maxSize, thresholdPercentage: config.thresholdPercentage, graceMs: config.grace });
+  process.stdout.write(`usage ${humanSize(plan.usage)}, limit ${humanSize(plan.limit)}, evicting above ${humanSize(plan.trigger)}\n`);
+  if (plan.evict.length === 0) {
+    process.stdout.write(plan.usage <= plan.trigger ? 'nothing to evict: usage is under the trigger\n' : `nothing evictable: ${humanSize(plan.pinned)} is hosted or within the grace period\n`);
+    return 0;
+  }
+  for (const blob of plan.evict) process.stdout.write(`${config.dryRun ? 'would evict' : 'evict'} ${blob.digest.value} ${humanSize(blob.size)} (${blob.reason})\n`);
+  if (!config.dryRun) await applyEviction(config.root, plan, log);
+  return 0;
+}
+
+/** `stevedore gc [--dry-run]`: mark-and-sweep of unreferenced blobs and stale uploads. */
+export async function runGc(argv: readonly string[]): Promise<number> {
+  const config = load('gc', argv);
+  if (typeof config === 'number') return config;
+  const log = createLogger('gc', config.logLevel);
+  const result = await collectGarbage(config.root, { graceMs: config.grace, uploadTtlMs: config.uploadTtl, dryRun: config.dryRun, log });
+  for (const blob of result.removed) process.stdout.write(`${config.dryRun ? 'would remove' : 'removed'} ${blob.digest.value} ${humanSize(blob.size)} (unreferenced)\n`);
+  process.stdout.write(`${config.dryRun ? 'would free' : 'freed'} ${humanSize(result.removedBytes)} in ${result.removed.length} blob(s); ${result.spared} unreferenced blob(s) spared (within the grace period)\n`);
+  return 0;
+}

@@ -1,0 +1,87 @@
+import { readFile } from 'node:fs/promises';
+import { dirname, resolve } from 'node:path';
+import { parseAccessLogLine } from '../../../lib/access-log.js';
+import { accessLogPathOf, ConfigError, loadLoggerConfig, type LoggerConfig } from '../../../lib/config.js';
+import { createLogger, type Logger } from '../../../lib/log.js';
+import { writeFileAtomic } from '../../../lib/storage/atomic.js';
+import { LogTailer, type TailPosition } from './tail.js';
+import { AtimeToucher } from './touch.js';
+
+export interface AccessLogFollower {
+  tailer: LogTailer;
+  toucher: AtimeToucher;
+  malformed(): number;
+  flush(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+/** Starts following the access log; the saved position is written after each flushed batch. */
+export async function followAccessLog(config: LoggerConfig, log: Logger): Promise<AccessLogFollower> {
+  const logPath = accessLogPathOf(config);
+  const statePath = config.statePath ?? resolve(config.root, 'logs', 'logger-state.json');
+  const saved = await readFile(statePath, 'utf8').then((t) => JSON.parse(t) as TailPosition, () => undefined);
+  const toucher = new AtimeToucher(config.root);
+  let malformed = 0;
+  let position: TailPosition | undefined = saved;
+  let dirty = false;
+  const tailer = new LogTailer(logPath, saved, async (lines, committed) => {
+    for (const line of lines) {
+      if (line.trim() === '') continue;
+      const entry = parseAccessLogLine(line);
+      if (!entry) {
+        malformed++;
+        continue;
+      }
+      await toucher.record(entry);
+    }
+    position = committed;
+    dirty = true;
+  });
+  const flush = async () => {
+    await toucher.flush();
+    if (dirty && position) {
+      dirty = false;
+      await writeFileAtomic(dirname(statePath), statePath, JSON.stringify(position));
+    }
+  };
+  await tailer.start();
+  const timer = setInterval(() => { flush().catch((err: unknown) => log.error({ err }, 'logger flush failed')); }, config.flushEvery);
+  return {
+    tailer, toucher, malformed: () => malformed, flush,
+    stop: async () => {
+      clearInterval(timer);
+      await tailer.stop();
+      await flush();
+    },
+  };
+}
+
+/** `stevedore logger`: the PM2 service that records when each blob and manifest was last served. */
+export async function runLoggerService(argv: readonly string[]): Promise<number> {
+  let config: LoggerConfig;
+  try {
+    config = loadLoggerConfig(argv);
+  } catch (err) {
+    process.stderr.write(`stevedore logger: ${(err as Error).message}\n`);
+    return err instanceof ConfigError ? 2 : 1;
+  }
+  const log = createLogger('logger', config.logLevel);
+  const follower = await followAccessLog(config, log);
+  log.info({ accessLog: accessLogPathOf(config), resumeAt: follower.tailer.current }, 'logger following the access log');
+  process.send?.('ready');
+  const report = setInterval(() => {
+    log.info({ touched: follower.toucher.touched, malformed: follower.malformed(), position: follower.tailer.current }, 'logger progress');
+  }, 60_000);
+  report.unref();
+  return new Promise((resolveExit) => {
+    const stop = () => {
+      clearInterval(report);
+      follower.stop().then(() => resolveExit(0), (err: unknown) => {
+        log.error({ err }, 'logger stop failed');
+        resolveExit(1);
+      });
+    };
+    process.once('SIGINT', stop);
+    process.once('SIGTERM', stop);
+  });
+}
