@@ -57,13 +57,12 @@ async function dispatch(ctx: RegistryContext, req: FastifyRequest, reply: Fastif
   }
   const ns = query.get('ns');
   if (ns !== null && NAMESPACE_PATTERN.test(ns)) reply.header('oci-namespace', ns);
+  // The ping and the catalog (what this worker stores) are the same for every kind of worker.
+  if (route.kind === 'base') return void reply.code(200).header('content-type', 'application/json').send('{}');
+  if (route.kind === 'catalog') return listCatalog(ctx, reply, query);
   if (ctx.proxy) return dispatchProxy(ctx, ctx.proxy, route, req, reply, query);
 
   switch (route.kind) {
-    case 'base':
-      return void reply.code(200).header('content-type', 'application/json').send('{}');
-    case 'catalog':
-      return listCatalog(ctx, reply, query);
     case 'tags':
       return listTags(ctx, route.name, reply, query);
     case 'referrers':
@@ -91,16 +90,12 @@ async function dispatch(ctx: RegistryContext, req: FastifyRequest, reply: Fastif
 }
 
 /** A pull-through cache worker: reads come from the cache or the upstream; DELETE purges the cache. */
-async function dispatchProxy(ctx: RegistryContext, proxy: ProxyCache, route: RegistryRoute, req: FastifyRequest, reply: FastifyReply, query: URLSearchParams): Promise<void> {
+async function dispatchProxy(ctx: RegistryContext, proxy: ProxyCache, route: Exclude<RegistryRoute, { kind: 'base' | 'catalog' }>, req: FastifyRequest, reply: FastifyReply, query: URLSearchParams): Promise<void> {
   const method = req.method;
   if (route.kind === 'upload' || (route.kind === 'manifest' && method === 'PUT')) {
     throw new RegistryError('UNSUPPORTED', { method }, { message: `this is a pull-through cache of ${proxy.client.endpoint.host}: pushes are not supported` });
   }
   switch (route.kind) {
-    case 'base':
-      return void reply.code(200).header('content-type', 'application/json').send('{}');
-    case 'catalog':
-      return listCatalog(ctx, reply, query);
     case 'tags':
       return proxy.listTags(route.name, reply, query, () => listTags(ctx, route.name, reply, query));
     case 'referrers':
