@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -93,7 +93,10 @@ export async function startStevedoreRegistry(args: string[], env: NodeJS.Process
 }
 
 export interface DistributionOptions {
+  /** Storage root; default: a `data` dir inside the instance's temp dir (removed by stop()). A given root is kept. */
   root?: string;
+  /** Port to listen on (e.g. to restart an instance where it was); default: a free one. */
+  port?: number;
   /** htpasswd file path (bcrypt) for Basic auth. */
   htpasswd?: string;
   /** Token auth: the realm URL of a token server, service name, and the issuer's certificate bundle. */
@@ -108,7 +111,7 @@ export const DISTRIBUTION_BIN = '/usr/bin/docker-registry';
 export async function startDistribution(options: DistributionOptions = {}): Promise<RunningProcess & { root: string }> {
   const dir = await tempDir('distribution-');
   const root = options.root ?? join(dir, 'data');
-  const port = await freePort();
+  const port = options.port ?? await freePort();
   const lines = [
     'version: 0.1',
     'log:',
@@ -138,11 +141,23 @@ export async function startDistribution(options: DistributionOptions = {}): Prom
   await writeFile(configPath, `${lines.join('\n')}\n`);
   const proc = spawn(DISTRIBUTION_BIN, ['serve', configPath], { stdio: ['ignore', 'pipe', 'pipe'] });
   const { output, waitFor } = track(proc);
-  await waitFor((text) => text.includes('listening on'), 15_000);
+  const stop = stopper(proc);
+  // The temp dir holds the config (and the default storage root): removed on stop, or if start-up fails.
+  const stopAndClean = async (signal?: NodeJS.Signals) => {
+    const code = await stop(signal);
+    await rm(dir, { recursive: true, force: true });
+    return code;
+  };
+  try {
+    await waitFor((text) => text.includes('listening on'), 15_000);
+  } catch (err) {
+    await stopAndClean('SIGKILL');
+    throw err;
+  }
   return {
     proc, port, root, url: `http://127.0.0.1:${port}`, output,
     logLines: () => output().split('\n').filter((l) => l.includes('"GET ') || l.includes('"HEAD ')).map((line) => ({ line })),
-    stop: stopper(proc),
+    stop: stopAndClean,
   };
 }
 

@@ -82,7 +82,7 @@ export class BlobFill {
       const actual = `${this.digest.algorithm}:${hash.digest('hex')}`;
       if (actual !== this.digest.value) {
         throw new RegistryError('DIGEST_INVALID', { expected: this.digest.value, actual }, {
-          message: 'upstream sent a blob whose content does not match its digest; nothing was cached',
+          status: 502, message: 'upstream sent a blob whose content does not match its digest; nothing was cached',
         });
       }
       this.size = this.written;
@@ -126,8 +126,9 @@ export class BlobFill {
       read() {
         const pump = async (): Promise<void> => {
           if (position > end) return void this.push(null);
-          if (position < fill.written && fill.readHandle) {
-            const length = Math.min(READ_CHUNK, fill.written - position, end - position + 1);
+          const readable = fill.readable;
+          if (position < readable && fill.readHandle) {
+            const length = Math.min(READ_CHUNK, readable - position, end - position + 1);
             const buffer = Buffer.allocUnsafe(length);
             const { bytesRead } = await fill.readHandle.read(buffer, 0, length, position);
             position += bytesRead;
@@ -148,6 +149,15 @@ export class BlobFill {
     });
     stream.on('end', release);
     return stream;
+  }
+
+  /**
+   * How many bytes readers may be given: all of them once the blob is verified; until then never
+   * its last byte, so a blob that fails verification reaches no client whole (the transfer breaks).
+   */
+  private get readable(): number {
+    if (this.done) return this.written;
+    return this.size === undefined ? 0 : Math.min(this.written, this.size - 1);
   }
 
   private notify(): void {

@@ -35,6 +35,7 @@ export class UpstreamClient {
   readonly breaker: CircuitBreaker;
   private readonly agent: Agent;
   private readonly tokens = new Map<string, CachedToken>();
+  private readonly tokenFetches = new Map<string, Promise<string>>();
   /** The upstream's auth scheme, learned from its first challenge. */
   private scheme: 'none' | 'basic' | 'bearer' = 'none';
   private bearerChallenge: Challenge | undefined;
@@ -82,19 +83,13 @@ export class UpstreamClient {
   }
 
   private async send(method: 'GET' | 'HEAD', path: string, scope: string, accept?: string): Promise<UpstreamResponse> {
-    let authorization = await this.authorizationFor(scope, false);
+    let authorization = await this.authorizationFor(scope);
     for (let attempt = 0; ; attempt++) {
       const response = await this.follow(method, new URL(path, this.endpoint.url), accept, authorization);
       if (response.status !== 401) return response;
       await response.body.dump();
       const challenge = parseChallenge(header(response.headers, 'www-authenticate'));
-      if (attempt > 0 || !challenge) {
-        throw new RegistryError('UNAUTHORIZED', { upstream: this.endpoint.host }, {
-          message: this.credentials
-            ? `upstream ${this.endpoint.host} rejected the configured credentials`
-            : `upstream ${this.endpoint.host} requires credentials; add them to the auths file`,
-        });
-      }
+      if (attempt > 0 || !challenge) throw this.refused();
       if (challenge.scheme === 'bearer') {
         this.scheme = 'bearer';
         this.bearerChallenge = challenge;
@@ -106,8 +101,19 @@ export class UpstreamClient {
           });
         }
       }
-      authorization = await this.authorizationFor(challenge.params.scope ?? scope, true);
+      const next = await this.authorizationFor(challenge.params.scope ?? scope, authorization);
+      // Sending again what was just refused (the same Basic credentials) cannot succeed.
+      if (next === authorization) throw this.refused();
+      authorization = next;
     }
+  }
+
+  private refused(): RegistryError {
+    return new RegistryError('UNAUTHORIZED', { upstream: this.endpoint.host }, {
+      message: this.credentials
+        ? `upstream ${this.endpoint.host} rejected the configured credentials`
+        : `upstream ${this.endpoint.host} requires credentials; add them to the auths file`,
+    });
   }
 
   /** Follows redirects (blob storage often redirects to a CDN); Authorization only goes to the upstream's own origin. */
@@ -134,12 +140,26 @@ export class UpstreamClient {
     return `Basic ${Buffer.from(`${this.credentials.username}:${this.credentials.password}`).toString('base64')}`;
   }
 
-  private async authorizationFor(scope: string, refresh: boolean): Promise<string | undefined> {
+  /**
+   * The Authorization header for `scope`. `rejected` is the header the upstream just answered 401 to
+   * (or undefined if we sent none): a cached token is reused unless it is that one.
+   */
+  private async authorizationFor(scope: string, rejected?: string): Promise<string | undefined> {
     if (this.scheme === 'basic') return this.basic();
     if (this.scheme !== 'bearer' || !this.bearerChallenge) return undefined;
     const cached = this.tokens.get(scope);
-    if (!refresh && cached && cached.expiresAt > Date.now()) return `Bearer ${cached.token}`;
-    return `Bearer ${await this.fetchToken(this.bearerChallenge, scope)}`;
+    if (cached && cached.expiresAt > Date.now() && `Bearer ${cached.token}` !== rejected) return `Bearer ${cached.token}`;
+    return `Bearer ${await this.token(this.bearerChallenge, scope)}`;
+  }
+
+  /** A new token for `scope`; concurrent requests that need one share a single token request. */
+  private token(challenge: Challenge, scope: string): Promise<string> {
+    let pending = this.tokenFetches.get(scope);
+    if (!pending) {
+      pending = this.fetchToken(challenge, scope).finally(() => this.tokenFetches.delete(scope));
+      this.tokenFetches.set(scope, pending);
+    }
+    return pending;
   }
 
   private async fetchToken(challenge: Challenge, scope: string): Promise<string> {

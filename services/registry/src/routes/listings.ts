@@ -29,5 +29,6 @@ export async function listReferrers(ctx: RegistryContext, name: string, rawDiges
   const artifactType = query.get('artifactType') ?? undefined;
   const index = await ctx.manifests.referrers(name, subject, artifactType);
   if (artifactType !== undefined) reply.header('oci-filters-applied', 'artifactType');
-  reply.code(200).header('content-type', MediaType.OciIndex).send(JSON.stringify(index));
+  // A Buffer body keeps the media type exact (fastify appends a charset to string bodies).
+  reply.code(200).header('content-type', MediaType.OciIndex).send(Buffer.from(JSON.stringify(index)));
 }

@@ -1,0 +1,318 @@
+import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { readFile, rm, writeFile } from 'node:fs/promises';
+import { request as httpRequest } from 'node:http';
+import { connect, createServer, type Server, type Socket } from 'node:net';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import bcrypt from 'bcryptjs';
+import { buildIndex, writeOciLayout, type BuiltImage } from './oci-image.js';
+import { tempDir } from './processes.js';
+
+/** Shared pieces of the pull-through cache end-to-end tests (test/proxy-*.test.ts). */
+
+const execFileP = promisify(execFile);
+
+export const sha256 = (data: Buffer | string): string => `sha256:${createHash('sha256').update(data).digest('hex')}`;
+export const basicAuth = (user: string, pass: string): string => `Basic ${Buffer.from(`${user}:${pass}`).toString('base64')}`;
+export const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+/** `127.0.0.1:PORT` of a URL: how skopeo and auths files name a registry. */
+export const hostOf = (url: string): string => new URL(url).host;
+
+export interface CommandResult {
+  code: number;
+  stdout: Buffer;
+  stderr: string;
+  ms: number;
+}
+
+/** Runs a command; never throws on a non-zero exit (the result says how it went). */
+export async function run(cmd: string, args: string[], timeoutMs = 60_000): Promise<CommandResult> {
+  const started = Date.now();
+  try {
+    const { stdout, stderr } = await execFileP(cmd, args, { encoding: 'buffer', timeout: timeoutMs, maxBuffer: 64 * 1024 * 1024 });
+    return { code: 0, stdout, stderr: stderr.toString('utf8'), ms: Date.now() - started };
+  } catch (err) {
+    const e = err as { code?: number | string; stdout?: Buffer; stderr?: Buffer; killed?: boolean; message: string };
+    return {
+      code: typeof e.code === 'number' ? e.code : -1,
+      stdout: e.stdout ?? Buffer.alloc(0),
+      stderr: `${e.stderr?.toString('utf8') ?? ''}${e.killed ? ' (killed: timeout)' : ''}${typeof e.code === 'string' ? e.message : ''}`,
+      ms: Date.now() - started,
+    };
+  }
+}
+
+/** skopeo with TLS off for loopback registries; throws with skopeo's stderr when it fails. */
+export async function skopeo(args: string[], timeoutMs = 60_000): Promise<CommandResult> {
+  const result = await run('skopeo', args, timeoutMs);
+  if (result.code !== 0) throw new Error(`skopeo ${args.join(' ')} failed (${result.code}): ${result.stderr}`);
+  return result;
+}
+
+/** Pushes an image (or index with `--all`) from a fresh OCI layout to `registry` (a base URL) as repo:tag. */
+export async function seed(registry: string, ref: string, images: BuiltImage[], options: { index?: boolean; creds?: string } = {}): Promise<{ digest: string }> {
+  const dir = await tempDir('proxy-seed-');
+  const index = options.index ? buildIndex(images) : undefined;
+  await writeOciLayout(dir, 'seed', images, index);
+  const args = ['copy', '--quiet', '--dest-tls-verify=false', '--preserve-digests'];
+  if (index) args.push('--all');
+  if (options.creds) args.push('--dest-creds', options.creds);
+  args.push(`oci:${dir}:seed`, `docker://${hostOf(registry)}/${ref}`);
+  try {
+    await skopeo(args);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+  return { digest: (index ?? images[0]!.manifest).digest };
+}
+
+/** `skopeo inspect --raw`: the manifest bytes a registry serves for `ref`, and their digest. */
+export async function inspectRaw(registry: string, ref: string, creds?: string): Promise<{ digest: string; body: Buffer }> {
+  const args = ['inspect', '--raw', '--tls-verify=false'];
+  if (creds) args.push('--creds', creds);
+  args.push(`docker://${hostOf(registry)}/${ref}`);
+  const { stdout } = await skopeo(args);
+  return { digest: sha256(stdout), body: stdout };
+}
+
+export interface PulledLayout {
+  /** Digest of the manifest (or index) the layout's index.json names. */
+  top: string;
+  /** Every manifest in the layout, by digest, with its config and layer digests. */
+  manifests: Array<{ digest: string; config: string; layers: string[] }>;
+}
+
+/** Reads what `skopeo copy ... oci:DIR:tag` wrote: the top digest, and each image's config and layers. */
+export async function readPulledLayout(dir: string): Promise<PulledLayout> {
+  const index = JSON.parse(await readFile(join(dir, 'index.json'), 'utf8')) as { manifests: Array<{ digest: string }> };
+  const top = index.manifests[0]!.digest;
+  const manifests: PulledLayout['manifests'] = [];
+  const visit = async (digest: string): Promise<void> => {
+    const body = await readFile(join(dir, 'blobs', 'sha256', digest.slice(7)));
+    if (sha256(body) !== digest) throw new Error(`layout blob ${digest} does not match its digest`);
+    const doc = JSON.parse(body.toString('utf8')) as { manifests?: Array<{ digest: string }>; config?: { digest: string }; layers?: Array<{ digest: string }> };
+    if (doc.manifests) {
+      for (const child of doc.manifests) await visit(child.digest);
+      return;
+    }
+    const config = doc.config!.digest;
+    const layers = doc.layers!.map((l) => l.digest);
+    for (const blob of [config, ...layers]) {
+      const data = await readFile(join(dir, 'blobs', 'sha256', blob.slice(7)));
+      if (sha256(data) !== blob) throw new Error(`layout blob ${blob} does not match its digest`);
+    }
+    manifests.push({ digest, config, layers });
+  };
+  await visit(top);
+  manifests.sort((a, b) => a.digest.localeCompare(b.digest));
+  return { top, manifests };
+}
+
+/** `skopeo copy docker://registry/ref oci:DIR:pulled` into a fresh temp dir; returns what was written. */
+export async function pull(registry: string, ref: string, options: { all?: boolean; creds?: string; timeoutMs?: number } = {}): Promise<PulledLayout & { ms: number }> {
+  const result = await tryPull(registry, ref, options);
+  if (result.code !== 0) throw new Error(`skopeo pull of ${ref} from ${registry} failed (${result.code}): ${result.stderr}`);
+  return result.layout!;
+}
+
+/** Like pull, but reports a failure instead of throwing. */
+export async function tryPull(registry: string, ref: string, options: { all?: boolean; creds?: string; timeoutMs?: number } = {}): Promise<CommandResult & { layout?: PulledLayout & { ms: number } }> {
+  const dir = await tempDir('proxy-pull-');
+  try {
+    // A single-platform pull picks linux/amd64 from an index, whatever machine runs the test.
+    const args = ['--override-os', 'linux', '--override-arch', 'amd64', 'copy', '--quiet', '--src-tls-verify=false', '--retry-times', '0'];
+    if (options.all) args.push('--all');
+    if (options.creds) args.push('--src-creds', options.creds);
+    args.push(`docker://${hostOf(registry)}/${ref}`, `oci:${dir}:pulled`);
+    const result = await run('skopeo', args, options.timeoutMs ?? 60_000);
+    if (result.code !== 0) return result;
+    return { ...result, layout: { ...(await readPulledLayout(dir)), ms: result.ms } };
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+export interface AccessLogEntry {
+  method: string;
+  path: string;
+  status: number;
+  userAgent: string;
+}
+
+/** Requests in a distribution access log (combined format), with their user agent. */
+export function accessLog(output: string): AccessLogEntry[] {
+  const result: AccessLogEntry[] = [];
+  for (const m of output.matchAll(/"(GET|HEAD|PUT|POST|PATCH|DELETE) (\S+) HTTP\/[\d.]+" (\d{3}) \S+ "[^"]*" "([^"]*)"/g)) {
+    result.push({ method: m[1]!, path: m[2]!, status: Number(m[3]), userAgent: m[4]! });
+  }
+  return result;
+}
+
+/** Requests the cache made (user agent `stevedore`): skopeo's direct requests to the upstream are left out. */
+export const cacheRequests = (output: string): AccessLogEntry[] => accessLog(output).filter((r) => r.userAgent === 'stevedore');
+
+/** How many times the cache requested each path under `pathPrefix` with `method` (and status, if given). */
+export function requestCounts(output: string, method: string, pathPrefix: string, status?: number): Map<string, number> {
+  const counts = new Map<string, number>();
+  for (const r of cacheRequests(output)) {
+    if (r.method !== method || !r.path.startsWith(pathPrefix)) continue;
+    if (status !== undefined && r.status !== status) continue;
+    const key = r.path.slice(pathPrefix.length).split('?')[0]!;
+    counts.set(key, (counts.get(key) ?? 0) + 1);
+  }
+  return counts;
+}
+
+export const blobGets = (output: string, repo: string): Map<string, number> => requestCounts(output, 'GET', `/v2/${repo}/blobs/`);
+export const manifestGets = (output: string, repo: string): Map<string, number> => requestCounts(output, 'GET', `/v2/${repo}/manifests/`);
+export const total = (counts: Map<string, number>): number => [...counts.values()].reduce((a, b) => a + b, 0);
+
+/** An htpasswd file (bcrypt, as distribution requires) with one user. */
+export async function writeHtpasswd(dir: string, user: string, pass: string): Promise<string> {
+  const path = join(dir, 'htpasswd');
+  await writeFile(path, `${user}:${bcrypt.hashSync(pass, 5)}\n`);
+  return path;
+}
+
+/** A docker `auths` file with one entry under `key`; `auth` omitted when no credentials. */
+export async function writeAuths(dir: string, key: string, creds?: { user: string; pass: string }, file = 'pull-secret.json'): Promise<string> {
+  const path = join(dir, file);
+  const entry = creds ? { auth: Buffer.from(`${creds.user}:${creds.pass}`).toString('base64') } : {};
+  await writeFile(path, JSON.stringify({ auths: { [key]: entry } }));
+  return path;
+}
+
+/** The OCI error body of a failed response: its first error's code and message. */
+export async function ociError(res: Response): Promise<{ code: string; message: string; detail?: unknown }> {
+  const text = await res.text();
+  let body: { errors?: Array<{ code: string; message: string; detail?: unknown }> };
+  try {
+    body = JSON.parse(text) as typeof body;
+  } catch {
+    throw new Error(`expected an OCI error body, got ${res.status}: ${text.slice(0, 300)}`);
+  }
+  const first = body.errors?.[0];
+  if (!first) throw new Error(`expected an OCI error body, got ${res.status}: ${text.slice(0, 300)}`);
+  return first;
+}
+
+/** Where the cache stores a blob's bytes (lib/storage/layout.ts): `<root>/blobs/sha256/<2>/<hex>`. */
+export const cacheBlobPath = (root: string, digest: string): string => join(root, 'blobs', 'sha256', digest.slice(7, 9), digest.slice(7));
+/** Where distribution 2.8's filesystem driver stores a blob. */
+export const distributionBlobPath = (root: string, digest: string): string =>
+  join(root, 'docker', 'registry', 'v2', 'blobs', 'sha256', digest.slice(7, 9), digest.slice(7), 'data');
+
+/** Pushes a blob to a registry (POST, then PUT with the digest). */
+export async function pushBlob(registry: string, repo: string, data: Buffer, auth?: string): Promise<string> {
+  const digest = sha256(data);
+  const headers: Record<string, string> = auth ? { authorization: auth } : {};
+  const post = await fetch(`${registry}/v2/${repo}/blobs/uploads/`, { method: 'POST', headers });
+  await post.arrayBuffer();
+  if (post.status !== 202) throw new Error(`POST upload answered ${post.status}`);
+  const location = new URL(post.headers.get('location')!, registry);
+  location.searchParams.set('digest', digest);
+  const put = await fetch(location, { method: 'PUT', headers: { ...headers, 'content-type': 'application/octet-stream' }, body: data });
+  const text = await put.text();
+  if (put.status !== 201) throw new Error(`PUT upload answered ${put.status}: ${text}`);
+  return digest;
+}
+
+/** PUTs manifest bytes to repo:ref; returns the registry's Docker-Content-Digest. */
+export async function pushManifest(registry: string, repo: string, ref: string, body: Buffer, mediaType: string, auth?: string): Promise<string> {
+  const headers: Record<string, string> = { 'content-type': mediaType };
+  if (auth) headers.authorization = auth;
+  const res = await fetch(`${registry}/v2/${repo}/manifests/${ref}`, { method: 'PUT', headers, body });
+  const text = await res.text();
+  if (res.status !== 201) throw new Error(`PUT manifest ${repo}:${ref} answered ${res.status}: ${text}`);
+  return res.headers.get('docker-content-digest')!;
+}
+
+export const MANIFEST_ACCEPT = [
+  'application/vnd.oci.image.manifest.v1+json',
+  'application/vnd.oci.image.index.v1+json',
+  'application/vnd.docker.distribution.manifest.v2+json',
+  'application/vnd.docker.distribution.manifest.list.v2+json',
+].join(', ');
+
+/** HEAD (or GET) of a manifest through a registry: status and Docker-Content-Digest. */
+export async function manifestDigest(registry: string, repo: string, ref: string, method: 'HEAD' | 'GET' = 'HEAD'): Promise<{ status: number; digest: string | null; body: Buffer }> {
+  const res = await fetch(`${registry}/v2/${repo}/manifests/${ref}`, { method, headers: { accept: MANIFEST_ACCEPT } });
+  const body = Buffer.from(await res.arrayBuffer());
+  return { status: res.status, digest: res.headers.get('docker-content-digest'), body };
+}
+
+/**
+ * A TCP relay to a real upstream that forwards the upstream's answers at `bytesPerSecond` (requests
+ * pass at full speed): a slow link, so a cache fill stays in flight long enough to join it.
+ */
+export async function startSlowRelay(targetPort: number, bytesPerSecond: number): Promise<{ url: string; port: number; stop(): Promise<void> }> {
+  const sockets = new Set<Socket>();
+  const server: Server = createServer((client) => {
+    const upstream = connect(targetPort, '127.0.0.1');
+    sockets.add(client);
+    sockets.add(upstream);
+    client.pipe(upstream);
+    const tickMs = 50;
+    const perTick = Math.max(1, Math.floor((bytesPerSecond * tickMs) / 1000));
+    const queue: Buffer[] = [];
+    let ended = false;
+    const timer = setInterval(() => {
+      let budget = perTick;
+      while (budget > 0 && queue.length > 0) {
+        const head = queue[0]!;
+        if (head.length <= budget) {
+          client.write(head);
+          budget -= head.length;
+          queue.shift();
+        } else {
+          client.write(head.subarray(0, budget));
+          queue[0] = head.subarray(budget);
+          budget = 0;
+        }
+      }
+      if (queue.length === 0 && ended) {
+        clearInterval(timer);
+        client.end();
+      }
+    }, tickMs);
+    upstream.on('data', (chunk: Buffer) => queue.push(chunk));
+    upstream.on('end', () => { ended = true; });
+    const close = () => {
+      clearInterval(timer);
+      client.destroy();
+      upstream.destroy();
+      sockets.delete(client);
+      sockets.delete(upstream);
+    };
+    upstream.on('error', close);
+    client.on('error', close);
+    client.on('close', close);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as { port: number };
+  return {
+    url: `http://127.0.0.1:${port}`,
+    port,
+    stop: async () => {
+      for (const s of sockets) s.destroy();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+}
+
+/**
+ * GETs `url`, and once the response headers are in, closes the connection: a client that goes away
+ * mid-transfer. (Aborting fetch() is not the same: undici may keep the socket open, so the server
+ * never learns that the client left.)
+ */
+export function getAndHangUp(url: string): Promise<{ status: number; headers: Record<string, string | string[] | undefined> }> {
+  return new Promise((resolve, reject) => {
+    const req = httpRequest(url, { agent: false }, (res) => {
+      resolve({ status: res.statusCode ?? 0, headers: res.headers });
+      req.destroy();
+    });
+    req.on('error', (err) => { if (!req.destroyed) reject(err); });
+    req.end();
+  });
+}

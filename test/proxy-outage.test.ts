@@ -1,0 +1,179 @@
+import assert from 'node:assert/strict';
+import { rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { buildImage } from './helpers/oci-image.js';
+import { startDistribution, startStevedoreRegistry, tempDir, type RunningProcess } from './helpers/processes.js';
+import {
+  cacheRequests, manifestDigest, MANIFEST_ACCEPT, ociError, pull, pushManifest, seed, sleep, tryPull,
+} from './helpers/proxy-fixtures.js';
+
+/** The pull-through cache when its upstream is down or hangs, and when a tag moves upstream. */
+
+const cleanup: Array<() => Promise<unknown>> = [];
+async function cleanUp(): Promise<void> {
+  for (const fn of cleanup.splice(0).reverse()) await fn().catch(() => {});
+}
+
+async function startCache(upstream: string, extra: string[]): Promise<RunningProcess> {
+  const root = await tempDir('proxy-outage-root-');
+  cleanup.push(() => rm(root, { recursive: true, force: true }));
+  const cache = await startStevedoreRegistry(['--root', root, '--upstream', upstream, ...extra]);
+  cleanup.push(() => cache.stop());
+  return cache;
+}
+
+async function timedManifest(registry: string, ref: string): Promise<{ res: Response; ms: number }> {
+  const [repo, tag] = ref.split(':') as [string, string];
+  const started = Date.now();
+  const res = await fetch(`${registry}/v2/${repo}/manifests/${tag}`, { headers: { accept: MANIFEST_ACCEPT } });
+  return { res, ms: Date.now() - started };
+}
+
+const logCount = (cache: RunningProcess, msg: string): number => cache.logLines().filter((l) => l.msg === msg).length;
+
+describe('pull-through cache: upstream stopped', () => {
+  let dir: string;
+  let upstream: RunningProcess & { root: string };
+  let cache: RunningProcess;
+  const cached = buildImage({ layerSizes: [2000, 3000], seed: 'outage-cached' });
+  const uncached = buildImage({ layerSizes: [1000], seed: 'outage-uncached' });
+  const expected = [{ digest: cached.manifest.digest, config: cached.config.digest, layers: cached.layers.map((l) => l.digest) }];
+  let cachedAt = 0;
+
+  before(async () => {
+    dir = await tempDir('proxy-outage-');
+    cleanup.push(() => rm(dir, { recursive: true, force: true }));
+    upstream = await startDistribution({ root: join(dir, 'upstream') });
+    cleanup.push(() => upstream.stop());
+    await seed(upstream.url, 'team/cached:v1', [cached]);
+    await seed(upstream.url, 'team/uncached:v1', [uncached]);
+    cache = await startCache(upstream.url, ['--tag-ttl', '1s', '--upstream-timeout', '2s']);
+    assert.deepEqual((await pull(cache.url, 'team/cached:v1')).manifests, expected);
+    cachedAt = Date.now();
+    await upstream.stop();
+  });
+  after(cleanUp);
+
+  it('an uncached image fails fast with 503 UNAVAILABLE that names the upstream', async () => {
+    const { res, ms } = await timedManifest(cache.url, 'team/uncached:v1');
+    assert.equal(res.status, 503);
+    const error = await ociError(res);
+    assert.equal(error.code, 'UNAVAILABLE');
+    assert.match(error.message, new RegExp(`upstream 127\\.0\\.0\\.1:${upstream.port} is unreachable`));
+    assert.ok(ms < 2000, `answered in ${ms} ms`);
+    const failed = await tryPull(cache.url, 'team/uncached:v1', { timeoutMs: 20_000 });
+    assert.notEqual(failed.code, 0);
+    assert.ok(failed.ms < 8000, `skopeo gave up after ${failed.ms} ms`);
+  });
+
+  it('cached content still pulls: by digest, and by tag past its TTL (stale, with a warning)', async () => {
+    assert.deepEqual((await pull(cache.url, `team/cached@${cached.manifest.digest}`)).manifests, expected);
+    await sleep(Math.max(0, cachedAt + 1200 - Date.now()));
+    assert.equal(logCount(cache, 'serving stale tag: upstream failed'), 0);
+    assert.deepEqual((await pull(cache.url, 'team/cached:v1')).manifests, expected);
+    const stale = cache.logLines().filter((l) => l.msg === 'serving stale tag: upstream failed');
+    assert.ok(stale.length >= 1, 'the worker log warns that it serves a stale tag');
+    assert.equal(stale[0]!.level, 40);
+    assert.equal(stale[0]!.name, 'team/cached');
+    assert.equal(stale[0]!.digest, cached.manifest.digest);
+  });
+
+  it('after three failures the circuit breaker answers 503 at once, without trying the upstream', async () => {
+    // Make sure at least three upstream attempts failed (the tests above made some).
+    let tries = 0;
+    while (logCount(cache, 'upstream request failed') < 3 && tries++ < 5) await timedManifest(cache.url, 'team/uncached:v1');
+    assert.equal(logCount(cache, 'upstream request failed'), 3, 'three real attempts, then the breaker opened');
+
+    // The upstream comes back, but the breaker is open for 30 s: it is not even asked.
+    upstream = await startDistribution({ root: join(dir, 'upstream'), port: upstream.port });
+    cleanup.push(() => upstream.stop());
+    for (let i = 0; i < 3; i++) {
+      const { res, ms } = await timedManifest(cache.url, 'team/uncached:v1');
+      assert.equal(res.status, 503);
+      assert.ok(ms < 1000, `answered in ${ms} ms`);
+      assert.match(res.headers.get('retry-after') ?? '', /^\d+$/);
+      const error = await ociError(res);
+      assert.equal(error.code, 'UNAVAILABLE');
+      assert.match(error.message, /is unreachable \(3 consecutive failures\); not retrying for \d+s/);
+    }
+    // Cached tags are still served (stale) while the breaker is open.
+    const tag = await manifestDigest(cache.url, 'team/cached', 'v1', 'GET');
+    assert.equal(tag.status, 200);
+    assert.equal(tag.digest, cached.manifest.digest);
+    assert.equal(logCount(cache, 'upstream request failed'), 3);
+    assert.deepEqual(cacheRequests(upstream.output()), []);
+  });
+});
+
+describe('pull-through cache: upstream hangs (process stopped with SIGSTOP)', () => {
+  let upstream: RunningProcess & { root: string };
+  let cache: RunningProcess;
+
+  before(async () => {
+    upstream = await startDistribution();
+    cleanup.push(() => upstream.stop());
+    await seed(upstream.url, 'team/hung:v1', [buildImage({ layerSizes: [500], seed: 'outage-hung' })]);
+    cache = await startCache(upstream.url, ['--upstream-timeout', '1s']);
+    upstream.proc.kill('SIGSTOP');
+    cleanup.push(async () => upstream.proc.kill('SIGCONT'));
+  });
+  after(cleanUp);
+
+  it('a request that needs the upstream answers 503 after --upstream-timeout, not a hang', async () => {
+    const { res, ms } = await timedManifest(cache.url, 'team/hung:v1');
+    assert.equal(res.status, 503);
+    const error = await ociError(res);
+    assert.equal(error.code, 'UNAVAILABLE');
+    assert.match(error.message, /is unreachable: .*timeout/i);
+    assert.ok(ms >= 900 && ms < 4000, `answered in ${ms} ms`);
+  });
+});
+
+describe('pull-through cache: a tag moved upstream', () => {
+  let upstream: RunningProcess & { root: string };
+  let cache: RunningProcess;
+  const first = buildImage({ layerSizes: [1200], seed: 'moving-first' });
+  const second = buildImage({ layerSizes: [1300], seed: 'moving-second' });
+
+  before(async () => {
+    upstream = await startDistribution();
+    cleanup.push(() => upstream.stop());
+    await seed(upstream.url, 'team/moving:v1', [first]);
+    await seed(upstream.url, 'team/moving:next', [second]); // its blobs are upstream; moving v1 is one PUT
+    cache = await startCache(upstream.url, ['--tag-ttl', '2s']);
+  });
+  after(cleanUp);
+
+  it('is seen after the tag TTL and not before', async () => {
+    const fetchedAt = Date.now();
+    const initial = await manifestDigest(cache.url, 'team/moving', 'v1', 'GET');
+    assert.equal(initial.status, 200);
+    assert.equal(initial.digest, first.manifest.digest);
+    const servedAt = Date.now();
+
+    assert.equal(await pushManifest(upstream.url, 'team/moving', 'v1', second.manifest.data, second.manifest.mediaType), second.manifest.digest);
+    const mark = upstream.output().length;
+    for (const method of ['HEAD', 'GET'] as const) {
+      const early = await manifestDigest(cache.url, 'team/moving', 'v1', method);
+      assert.ok(Date.now() - fetchedAt < 2000, 'still within the TTL');
+      assert.equal(early.status, 200);
+      assert.equal(early.digest, first.manifest.digest);
+    }
+    assert.deepEqual(cacheRequests(upstream.output().slice(mark)), [], 'within the TTL the upstream is not asked');
+
+    await sleep(Math.max(0, servedAt + 2200 - Date.now()));
+    const head = await manifestDigest(cache.url, 'team/moving', 'v1', 'HEAD');
+    assert.equal(head.status, 200);
+    assert.equal(head.digest, second.manifest.digest);
+    const get = await manifestDigest(cache.url, 'team/moving', 'v1', 'GET');
+    assert.equal(get.digest, second.manifest.digest);
+    assert.deepEqual(get.body, second.manifest.data);
+    assert.ok(cache.logLines().some((l) => l.msg === 'tag moved upstream' && l.to === second.manifest.digest));
+    // Revalidation is a HEAD; the new manifest is then fetched by digest.
+    const asked = cacheRequests(upstream.output().slice(mark)).map((r) => `${r.method} ${r.path}`);
+    assert.deepEqual(asked, ['HEAD /v2/team/moving/manifests/v1', `GET /v2/team/moving/manifests/${second.manifest.digest}`]);
+    const pulled = await pull(cache.url, 'team/moving:v1');
+    assert.deepEqual(pulled.manifests, [{ digest: second.manifest.digest, config: second.config.digest, layers: second.layers.map((l) => l.digest) }]);
+  });
+});
