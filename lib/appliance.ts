@@ -2,6 +2,12 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseAuths, parseUpstream, type AuthsEntry } from './upstreams.js';
 
+/**
+ * Header a cache worker sets on manifest and blob responses: `hit` (served from the store) or
+ * `miss` (fetched from upstream). The gateway counts it in its metrics and removes it.
+ */
+export const CACHE_RESULT_HEADER = 'x-stevedore-cache';
+
 /** One registry worker of the appliance: the hosted registry, or the cache of one upstream. */
 export interface WorkerPlan {
   /** PM2 app name and socket file name. */
@@ -58,7 +64,14 @@ export function readPullSecret(path: string): AuthsEntry[] {
  */
 export function planAppliance(input: PlanInput, entries: AuthsEntry[]): AppliancePlan {
   const hosted: WorkerPlan = { name: 'registry-hosted', kind: 'hosted', prefixes: [], socketPath: join(input.runDir, 'hosted.sock') };
-  const ignored = new Set(input.ignoreRegistries.map((h) => h.toLowerCase()));
+  // Compared by canonical host, as the pull secret's keys are: index.docker.io or a URL form names docker.io.
+  const ignored = new Set(input.ignoreRegistries.map((h) => {
+    try {
+      return parseUpstream(h).host;
+    } catch {
+      return h.toLowerCase();
+    }
+  }));
   const proxies: WorkerPlan[] = [];
   const seen = new Set<string>();
   for (const entry of entries) {

@@ -1,7 +1,7 @@
 import { Agent, request as httpRequest, createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import httpProxy from 'http-proxy';
-import type { AppliancePlan, WorkerPlan } from '../../../lib/appliance.js';
+import { CACHE_RESULT_HEADER, type AppliancePlan, type WorkerPlan } from '../../../lib/appliance.js';
 import type { Logger } from '../../../lib/log.js';
 import { RegistryError, isRegistryError } from '../../../lib/oci/errors.js';
 import type { AccessLogWriter } from './access-log.js';
@@ -20,8 +20,6 @@ export interface GatewayOptions {
   tls?: { cert: string | Buffer; key: string | Buffer };
 }
 
-/** Header a cache worker sets on manifest and blob responses: hit or miss. Read and removed here. */
-export const CACHE_RESULT_HEADER = 'x-stevedore-cache';
 const READ_METHODS = new Set(['GET', 'HEAD']);
 
 function sendError(res: ServerResponse, error: RegistryError): void {

@@ -5,6 +5,7 @@ import { MANIFEST_MEDIA_TYPES, MediaType } from '../../../../lib/oci/media-types
 import type { Reference } from '../../../../lib/oci/reference.js';
 import { parseRange } from '../../../../lib/http/range.js';
 import { upstreamRepository } from '../../../../lib/upstreams.js';
+import { CACHE_RESULT_HEADER } from '../../../../lib/appliance.js';
 import type { RegistryContext } from '../context.js';
 import { getBlob, rangeNotSatisfiable, sendBlobHeaders } from '../routes/blobs.js';
 import { sendManifest } from '../routes/manifests.js';
@@ -24,6 +25,9 @@ const MANIFEST_ACCEPT = [...MANIFEST_MEDIA_TYPES].join(', ');
 const MAX_UPSTREAM_DOCUMENT = 16 * 1024 * 1024;
 /** Tag lists and referrers from upstream are reused for this long. */
 const LIST_TTL_MS = 30_000;
+
+/** A manifest as served: `fromUpstream` when this request had to fetch it (a cache miss). */
+type ServedManifest = StoredManifest & { fromUpstream?: boolean };
 
 /** Upstream failures after which a cached (possibly stale) copy is better than an error. */
 function canServeStale(err: unknown): boolean {
@@ -59,7 +63,7 @@ interface CachedList {
 export class ProxyCache {
   private readonly fills: BlobFills;
   private readonly negative = new BoundedMap<string, number>(10_000);
-  private readonly manifestFetches = new Map<string, Promise<StoredManifest>>();
+  private readonly manifestFetches = new Map<string, Promise<ServedManifest>>();
   private readonly lists = new BoundedMap<string, CachedList>(1_000);
 
   constructor(private readonly ctx: RegistryContext, readonly client: UpstreamClient, private readonly options: ProxyOptions) {
@@ -118,7 +122,9 @@ export class ProxyCache {
   // ---- manifests -------------------------------------------------------------------------------
 
   async getManifest(name: string, ref: string, reference: Reference, req: FastifyRequest, reply: FastifyReply): Promise<void> {
-    sendManifest(await this.manifest(name, reference), name, ref, req, reply);
+    const manifest = await this.manifest(name, reference);
+    reply.header(CACHE_RESULT_HEADER, manifest.fromUpstream ? 'miss' : 'hit');
+    sendManifest(manifest, name, ref, req, reply);
   }
 
   private async local(name: string, reference: Reference): Promise<StoredManifest | undefined> {
@@ -130,7 +136,7 @@ export class ProxyCache {
     }
   }
 
-  private dedupe(key: string, fetch: () => Promise<StoredManifest>): Promise<StoredManifest> {
+  private dedupe(key: string, fetch: () => Promise<ServedManifest>): Promise<ServedManifest> {
     let pending = this.manifestFetches.get(key);
     if (!pending) {
       pending = fetch().finally(() => this.manifestFetches.delete(key));
@@ -139,7 +145,7 @@ export class ProxyCache {
     return pending;
   }
 
-  async manifest(name: string, reference: Reference): Promise<StoredManifest> {
+  async manifest(name: string, reference: Reference): Promise<ServedManifest> {
     if (reference.kind === 'digest') {
       // Content by digest is immutable: once cached, it is served locally forever.
       const cached = await this.local(name, reference);
@@ -171,7 +177,7 @@ export class ProxyCache {
   }
 
   /** Asks the upstream (HEAD, which Docker Hub does not count as a pull) whether a tag moved. */
-  private async revalidateTag(name: string, tag: string, localDigest: Digest | undefined): Promise<StoredManifest> {
+  private async revalidateTag(name: string, tag: string, localDigest: Digest | undefined): Promise<ServedManifest> {
     const key = `${name}:${tag}`;
     if (this.isNegative(key)) throw new RegistryError('MANIFEST_UNKNOWN', { name, reference: tag }, { message: `manifest unknown to upstream ${this.host}` });
     if (localDigest) {
@@ -205,7 +211,7 @@ export class ProxyCache {
   }
 
   /** GETs a manifest from upstream, verifies its digest and caches it (under `tag` if given). */
-  private async fetchManifest(name: string, ref: string, expected: Digest | undefined, tag?: string): Promise<StoredManifest> {
+  private async fetchManifest(name: string, ref: string, expected: Digest | undefined, tag?: string): Promise<ServedManifest> {
     const key = expected ? `${name}@${expected.value}` : `${name}:${ref}`;
     if (this.isNegative(key)) throw new RegistryError('MANIFEST_UNKNOWN', { name, reference: ref }, { message: `manifest unknown to upstream ${this.host}` });
     const res = await this.client.request('GET', this.path(name, `manifests/${ref}`), this.scope(name), MANIFEST_ACCEPT);
@@ -225,7 +231,7 @@ export class ProxyCache {
     }
     const manifest = await this.ctx.manifests.putCached(name, digest, body, responseHeader(res.headers, 'content-type'), tag);
     this.ctx.log.info({ name, reference: ref, digest: digest.value, mediaType: manifest.mediaType }, 'manifest cached from upstream');
-    return { digest, mediaType: manifest.mediaType, body };
+    return { digest, mediaType: manifest.mediaType, body, fromUpstream: true };
   }
 
   /** DELETE on a cache purges the local copy (never the upstream's), so the next pull refetches. */
@@ -243,6 +249,7 @@ export class ProxyCache {
     if (await this.ctx.blobs.stat(digest)) {
       // Blobs are shared by digest across the cache; a repository that asks for one gets a link.
       if (!(await this.ctx.blobs.isLinked(name, digest))) await this.ctx.blobs.link(name, digest);
+      reply.header(CACHE_RESULT_HEADER, 'hit');
       return getBlob(this.ctx, name, rawDigest, req, reply);
     }
     const key = `${name}@${digest.value}`;
@@ -257,6 +264,8 @@ export class ProxyCache {
       }
       const size = Number(responseHeader(res.headers, 'content-length'));
       sendBlobHeaders(reply, digest);
+    reply.header(CACHE_RESULT_HEADER, 'miss');
+      reply.header(CACHE_RESULT_HEADER, 'miss');
       reply.code(200);
       if (Number.isSafeInteger(size)) reply.header('content-length', size);
       return void reply.send();
@@ -276,6 +285,7 @@ export class ProxyCache {
     if (fill.size === undefined) await fill.finished;
     if (fill.done || fill.size === undefined) {
       if (fill.error) throw fill.error;
+      reply.header(CACHE_RESULT_HEADER, 'miss');
       return getBlob(this.ctx, name, rawDigest, req, reply);
     }
     const size = fill.size;
@@ -284,6 +294,7 @@ export class ProxyCache {
     const start = range.kind === 'partial' ? range.range.start : 0;
     const end = range.kind === 'partial' ? range.range.end : size - 1;
     sendBlobHeaders(reply, digest);
+    reply.header(CACHE_RESULT_HEADER, 'miss');
     if (range.kind === 'partial') reply.code(206).header('content-range', `bytes ${start}-${end}/${size}`);
     else reply.code(200);
     reply.header('content-length', end - start + 1);
