@@ -7,6 +7,9 @@ import { runLoggerService } from '../services/logger/src/main.js';
 import { runClean, runCleanerService, runGc } from '../services/cleaner/src/main.js';
 import { runTls } from './tls.js';
 import { runUser } from './user.js';
+import { runMirror } from './mirror.js';
+import { runSeed } from './seed.js';
+import { runExport } from './export.js';
 
 const USAGE = `usage: stevedore <command> [options]
 
@@ -20,6 +23,9 @@ commands:
   gc         garbage-collect unreferenced blobs and stale uploads (--dry-run)
   user       manage users: ls | add NAME [--admin] | toggle NAME | rm NAME
   tls        manage the gateway certificate: print | cert | key | generate ADDRESS...
+  mirror     copy the images of a list from their registries into a store (air gap; --help for options)
+  seed       import an OCI layout, docker-archive, registry dir or export archive into a store (--help)
+  export     write a store's repositories and blobs to one .tar[.gz] to carry across (--help)
   version    print the version
 
 stevedore registry options (each also read from the environment variable in brackets):
@@ -48,6 +54,12 @@ export async function main(argv: string[]): Promise<number> {
       return runUser(rest);
     case 'tls':
       return runTls(rest);
+    case 'mirror':
+      return runMirror(rest);
+    case 'seed':
+      return runSeed(rest);
+    case 'export':
+      return runExport(rest);
     case 'version':
     case '--version': {
       const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };

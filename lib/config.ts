@@ -3,6 +3,8 @@ import { parseAliases } from './appliance.js';
 import { parseDuration } from './duration.js';
 import { parseSize } from './size.js';
 import { parseUpstream, type UpstreamEndpoint } from './upstreams.js';
+import { parsePlatforms, type Platform } from './airgap/platform.js';
+import { isValidName } from './oci/reference.js';
 
 /**
  * The one place that reads configuration: command-line options and environment variables, with
@@ -28,6 +30,8 @@ interface OptionSpec<T> {
   default: T;
   /** Boolean options are bare flags (`--read-only`). */
   boolean?: boolean;
+  /** May be given more than once (`--platform a --platform b`); the values arrive comma-separated. */
+  repeatable?: boolean;
   parse: (raw: string) => T;
 }
 
@@ -37,7 +41,11 @@ function option<T>(spec: OptionSpec<T>): OptionSpec<T> {
 
 export function parseListen(raw: string): ListenAddress {
   const value = raw.trim();
-  if (value.startsWith('unix:')) return { kind: 'socket', path: resolve(value.slice(5)) };
+  if (value.startsWith('unix:')) {
+    // resolve('') would be the working directory.
+    if (value.slice(5).trim() === '') throw new Error('unix: needs a socket path');
+    return { kind: 'socket', path: resolve(value.slice(5)) };
+  }
   if (isAbsolute(value) || value.startsWith('./') || value.endsWith('.sock')) return { kind: 'socket', path: resolve(value) };
   const match = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]]*)):(\d{1,5})$/.exec(value);
   if (!match) throw new Error(`expected HOST:PORT, [IPv6]:PORT or a unix socket path, got "${raw}"`);
@@ -138,6 +146,10 @@ export function resolveOptions<S extends Record<string, OptionSpec<unknown>>>(
   const byFlag = new Map<string, [string, OptionSpec<unknown>]>();
   for (const [key, spec] of Object.entries(specs)) byFlag.set(spec.flag, [key, spec]);
   const fromArgv = new Map<string, string>();
+  const put = (key: string, spec: OptionSpec<unknown>, value: string) => {
+    const previous = fromArgv.get(key);
+    fromArgv.set(key, spec.repeatable && previous !== undefined ? `${previous},${value}` : value);
+  };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!;
     if (!arg.startsWith('--')) throw new ConfigError(`unexpected argument "${arg}"`);
@@ -146,12 +158,13 @@ export function resolveOptions<S extends Record<string, OptionSpec<unknown>>>(
     const entry = byFlag.get(flag);
     if (!entry) throw new ConfigError(`unknown option --${flag} (known: ${[...byFlag.keys()].map((f) => `--${f}`).join(', ')})`);
     const [key, spec] = entry;
-    if (eq !== -1) fromArgv.set(key, arg.slice(eq + 1));
+    if (eq !== -1) put(key, spec, arg.slice(eq + 1));
     else if (spec.boolean) fromArgv.set(key, 'true');
     else {
       const next = argv[++i];
-      if (next === undefined) throw new ConfigError(`option --${flag} needs a value`);
-      fromArgv.set(key, next);
+      // `--root --read-only` is a forgotten value, not a root named "--read-only" (use --flag=VALUE for that).
+      if (next === undefined || next.startsWith('--')) throw new ConfigError(`option --${flag} needs a value`);
+      put(key, spec, next);
     }
   }
   const result: Record<string, unknown> = {};
@@ -174,7 +187,7 @@ export function resolveOptions<S extends Record<string, OptionSpec<unknown>>>(
 
 export function optionsHelp(specs: Record<string, OptionSpec<unknown>>): string {
   return Object.values(specs)
-    .map((s) => `  --${s.flag}${s.boolean ? '' : ' VALUE'}  (${s.env})  ${s.description}`)
+    .map((s) => `  --${s.flag}${s.boolean ? '' : ' VALUE'}${s.repeatable ? ' ...' : ''}  (${s.env})  ${s.description}`)
     .join('\n');
 }
 
@@ -333,4 +346,125 @@ export function loadLoggerConfig(argv: readonly string[] = [], env: NodeJS.Proce
 
 export function loadRegistryConfig(argv: readonly string[], env: NodeJS.ProcessEnv = process.env): RegistryConfig {
   return resolveOptions(REGISTRY_OPTIONS, argv, env);
+}
+
+/** The store an air-gap command writes or reads (the registry's --root; STEVEDORE_ROOT like the appliance). */
+const STORE_OPTION = option<string | undefined>({
+  flag: 'store', env: 'STEVEDORE_ROOT', default: undefined,
+  description: 'store directory (the --root of the registry that serves it); required', parse: REGISTRY_OPTIONS.root.parse,
+});
+
+const KEEP_REGISTRY_OPTION = option<boolean>({
+  flag: 'keep-registry', env: 'STEVEDORE_KEEP_REGISTRY', default: false, boolean: true,
+  description: 'store docker.io/rancher/pause as docker.io/rancher/pause, not rancher/pause (a :port becomes _port)', parse: parseBoolean,
+});
+
+function parseHosts(raw: string): string[] {
+  return raw.split(/[\s,]+/).filter(Boolean).map((item) => parseUpstream(item).host);
+}
+
+function parseJobs(raw: string): number {
+  const value = Number(raw.trim());
+  if (!Number.isInteger(value) || value < 1 || value > 64) throw new Error('expected a whole number from 1 to 64');
+  return value;
+}
+
+function requireOption<T>(value: T | undefined, spec: { flag: string; env: string }, what: string): T {
+  if (value === undefined) throw new ConfigError(`missing --${spec.flag} (${spec.env}): ${what}`);
+  return value;
+}
+
+/** `stevedore mirror`: copies the images of a list from their registries into a store. */
+export const MIRROR_OPTIONS = {
+  list: option<string | undefined>({
+    flag: 'list', env: 'STEVEDORE_MIRROR_LIST', default: undefined,
+    description: 'file of image references, one a line (# comments and blank lines allowed); required', parse: parsePath,
+  }),
+  store: STORE_OPTION,
+  platforms: option<Platform[]>({
+    flag: 'platform', env: 'STEVEDORE_MIRROR_PLATFORMS', default: [{ os: 'linux', architecture: 'amd64', variant: undefined }], repeatable: true,
+    description: 'OS/ARCH[/VARIANT] kept from multi-platform images (comma-separated or repeated; default linux/amd64)', parse: parsePlatforms,
+  }),
+  allPlatforms: option<boolean>({
+    flag: 'all-platforms', env: 'STEVEDORE_MIRROR_ALL_PLATFORMS', default: false, boolean: true,
+    description: 'keep every platform of multi-platform images (overrides --platform)', parse: parseBoolean,
+  }),
+  keepRegistry: KEEP_REGISTRY_OPTION,
+  authFile: option<string | undefined>({
+    ...REGISTRY_OPTIONS.authFile,
+    description: 'docker "auths" JSON (pull-secret.json) with registry credentials; hosts keyed http://... are reached over plain HTTP',
+  }),
+  insecureRegistries: option<string[]>({
+    flag: 'insecure-registry', env: 'STEVEDORE_INSECURE_REGISTRIES', default: [], repeatable: true,
+    description: 'registry HOST[:PORT] reached over plain HTTP (comma-separated or repeated; loopback hosts always are)', parse: parseHosts,
+  }),
+  jobs: option<number>({
+    flag: 'jobs', env: 'STEVEDORE_MIRROR_JOBS', default: 4, description: 'blobs downloaded at once (default 4)', parse: parseJobs,
+  }),
+  timeout: option<number>({
+    flag: 'timeout', env: 'STEVEDORE_MIRROR_TIMEOUT', default: 60_000,
+    description: 'connect, response-header and idle-body timeout of registry requests (default 60s)', parse: parsePositiveDuration,
+  }),
+  logLevel: option<LogLevel>({ ...REGISTRY_OPTIONS.logLevel, default: 'error' }),
+} as const;
+
+export type MirrorConfig = Omit<OptionValues<typeof MIRROR_OPTIONS>, 'list' | 'store'> & { list: string; store: string };
+
+export function loadMirrorConfig(argv: readonly string[], env: NodeJS.ProcessEnv = process.env): MirrorConfig {
+  const config = resolveOptions(MIRROR_OPTIONS, argv, env);
+  return {
+    ...config,
+    list: requireOption(config.list, MIRROR_OPTIONS.list, 'the file listing the images to mirror'),
+    store: requireOption(config.store, MIRROR_OPTIONS.store, 'the store directory to fill'),
+  };
+}
+
+/** `stevedore seed`: imports an OCI layout, docker-archive, registry directory or export archive into a store. */
+export const SEED_OPTIONS = {
+  from: option<string | undefined>({
+    flag: 'from', env: 'STEVEDORE_SEED_FROM', default: undefined,
+    description: 'OCI image layout dir, docker-archive .tar[.gz], registry dir, or stevedore export .tar[.gz]; required', parse: parsePath,
+  }),
+  store: STORE_OPTION,
+  name: option<string | undefined>({
+    flag: 'name', env: 'STEVEDORE_SEED_NAME', default: undefined,
+    description: 'repository for OCI layout entries named by a tag only (or not at all)', parse: (raw) => {
+      const value = raw.trim();
+      if (!isValidName(value)) {
+        throw new Error(`"${raw}" is not a repository name (lower-case, components joined by /)`);
+      }
+      return value;
+    },
+  }),
+  keepRegistry: KEEP_REGISTRY_OPTION,
+} as const;
+
+export type SeedConfig = Omit<OptionValues<typeof SEED_OPTIONS>, 'from' | 'store'> & { from: string; store: string };
+
+export function loadSeedConfig(argv: readonly string[], env: NodeJS.ProcessEnv = process.env): SeedConfig {
+  const config = resolveOptions(SEED_OPTIONS, argv, env);
+  return {
+    ...config,
+    from: requireOption(config.from, SEED_OPTIONS.from, 'what to import'),
+    store: requireOption(config.store, SEED_OPTIONS.store, 'the store directory to fill'),
+  };
+}
+
+/** `stevedore export`: the hosted store's repositories and their blobs, as one tar (gzip for .gz/.tgz). */
+export const EXPORT_OPTIONS = {
+  store: STORE_OPTION,
+  out: option<string | undefined>({
+    flag: 'out', env: 'STEVEDORE_EXPORT_OUT', default: undefined,
+    description: 'archive to write: FILE.tar, or FILE.tar.gz / FILE.tgz for gzip; required', parse: parsePath,
+  }),
+} as const;
+
+export type ExportConfig = { store: string; out: string };
+
+export function loadExportConfig(argv: readonly string[], env: NodeJS.ProcessEnv = process.env): ExportConfig {
+  const config = resolveOptions(EXPORT_OPTIONS, argv, env);
+  return {
+    store: requireOption(config.store, EXPORT_OPTIONS.store, 'the store to export'),
+    out: requireOption(config.out, EXPORT_OPTIONS.out, 'the archive to write'),
+  };
 }
