@@ -6,8 +6,10 @@ const PART = /(\d+(?:\.\d+)?)(ms|s|m|h|d)/gy;
  * registry-cache variables use). A bare number is seconds. Returns milliseconds; throws on anything else.
  */
 export function parseDuration(input: string): number {
-  const value = input.trim().replace(/\s+/g, '');
-  if (/^\d+(?:\.\d+)?$/.test(value)) return Math.round(Number(value) * 1000);
+  const trimmed = input.trim();
+  if (/^\d+(?:\.\d+)?$/.test(trimmed)) return Math.round(Number(trimmed) * 1000);
+  // Spaces may separate parts (`1h 30m`), not digits (`5 5` is not 55s).
+  const value = trimmed.replace(/([a-z])\s+/g, '$1');
   if (value === '') throw new Error('empty duration');
   let total = 0;
   PART.lastIndex = 0;

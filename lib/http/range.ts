@@ -23,20 +23,20 @@ export function parseRange(header: string | undefined, size: number): RangeResul
   if (value.includes(',')) return { kind: 'full' };
   const match = SINGLE_RANGE.exec(value.replace(/\s+/g, '').replace(/^bytes=/i, 'bytes='));
   if (!match) return { kind: 'unsatisfiable' };
-  const [, first, last] = match as unknown as [string, string, string];
-  if (first === '' && last === '') return { kind: 'unsatisfiable' };
+  const [, first, lastRaw] = match as unknown as [string, string, string];
+  if (first === '' && lastRaw === '') return { kind: 'unsatisfiable' };
   if (first === '') {
     // Suffix range: the last N bytes.
-    const length = Number(last);
+    const length = Number(lastRaw);
     if (length === 0 || size === 0) return { kind: 'unsatisfiable' };
     return { kind: 'partial', range: { start: Math.max(0, size - length), end: size - 1 } };
   }
   const start = Number(first);
   if (!Number.isSafeInteger(start) || start >= size) return { kind: 'unsatisfiable' };
-  let end = last === '' ? size - 1 : Number(last);
-  if (!Number.isSafeInteger(end) || end < start) return { kind: 'unsatisfiable' };
-  if (end >= size) end = size - 1;
-  return { kind: 'partial', range: { start, end } };
+  // `last` is digits only, so a number (a huge one, past any blob, is clamped like any last-byte-pos past the end).
+  const last = lastRaw === '' ? size - 1 : Number(lastRaw);
+  if (last < start) return { kind: 'unsatisfiable' };
+  return { kind: 'partial', range: { start, end: Math.min(last, size - 1) } };
 }
 
 /**

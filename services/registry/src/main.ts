@@ -1,4 +1,4 @@
-import { mkdir, rm } from 'node:fs/promises';
+import { lstat, mkdir, rm } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import { ConfigError, loadRegistryConfig, type ListenAddress } from '../../../lib/config.js';
 import { createLogger } from '../../../lib/log.js';
@@ -6,6 +6,8 @@ import { buildRegistry } from './app.js';
 import { credentialsFor, readAuthsFile } from '../../../lib/upstreams.js';
 
 const LOOPBACK = new Set(['127.0.0.1', '::1', 'localhost']);
+/** How long in-flight requests may take to finish after SIGTERM. */
+const SHUTDOWN_DEADLINE_MS = 30_000;
 
 function describe(address: string | AddressInfo | null): string {
   if (address === null) return 'unknown';
@@ -48,7 +50,14 @@ export async function runRegistry(argv: readonly string[]): Promise<number> {
   const purged = await context.uploads.purgeStale(config.uploadTtl);
   if (purged > 0) log.info({ purged }, 'removed stale upload sessions and temp files');
 
-  await listen(app, config.listen);
+  try {
+    await listen(app, config.listen);
+  } catch (err) {
+    const where = config.listen.kind === 'socket' ? config.listen.path : `${config.listen.host}:${config.listen.port}`;
+    process.stderr.write(`stevedore registry: cannot listen on ${where} (--listen, STEVEDORE_LISTEN): ${(err as Error).message}\n`);
+    await app.close().catch(() => {});
+    return 2;
+  }
   const address = describe(app.server.address());
   if (config.listen.kind === 'tcp' && !LOOPBACK.has(config.listen.host)) {
     log.warn({ address }, 'listening on a non-loopback address: in the appliance, workers are reached only through the gateway');
@@ -65,7 +74,17 @@ export async function runRegistry(argv: readonly string[]): Promise<number> {
       if (closing) return;
       closing = true;
       log.info({ signal }, 'shutting down: finishing in-flight requests');
-      app.close().then(
+      // close() ends the connections that are idle when it is called; a keep-alive connection whose
+      // request finishes later would stay open until its idle timeout (72 s) and hold the exit.
+      const sweep = setInterval(() => app.server.closeIdleConnections(), 50);
+      // A stalled client must not hold the worker forever: after the deadline, cut what is left
+      // (before PM2's kill_timeout would SIGKILL the process).
+      const deadline = setTimeout(() => {
+        log.warn({ afterMs: SHUTDOWN_DEADLINE_MS }, 'shutdown deadline reached: closing remaining connections');
+        app.server.closeAllConnections();
+      }, SHUTDOWN_DEADLINE_MS);
+      deadline.unref();
+      app.close().finally(() => clearInterval(sweep)).then(
         () => resolve(0),
         (err: unknown) => {
           log.error({ err }, 'error while shutting down');
@@ -80,8 +99,11 @@ export async function runRegistry(argv: readonly string[]): Promise<number> {
 
 async function listen(app: ReturnType<typeof buildRegistry>['app'], address: ListenAddress): Promise<void> {
   if (address.kind === 'socket') {
-    // A socket file left by a killed worker would make listen fail with EADDRINUSE.
-    await rm(address.path, { force: true });
+    // A socket file left by a killed worker would make listen fail with EADDRINUSE; anything else at
+    // that path (a mistyped --listen naming a real file) is not ours to delete.
+    const existing = await lstat(address.path).catch(() => undefined);
+    if (existing && !existing.isSocket()) throw new Error(`${address.path} exists and is not a unix socket`);
+    if (existing) await rm(address.path, { force: true });
     await app.listen({ path: address.path });
     return;
   }

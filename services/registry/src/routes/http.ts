@@ -24,16 +24,45 @@ export async function readLimitedBody(req: IncomingMessage, max: number): Promis
   const tooLarge = (size: number | string) => new RegistryError('SIZE_INVALID', { limit: max, size }, {
     status: 413, message: `manifest too large: the limit is ${max} bytes`,
   });
+  // A declared body is never read: node discards it after the answer, and the connection stays usable.
   const declared = contentLength(req);
   if (declared !== undefined && declared > max) throw tooLarge(declared);
-  const chunks: Buffer[] = [];
-  let total = 0;
-  for await (const chunk of req as AsyncIterable<Buffer>) {
-    total += chunk.length;
-    if (total > max) throw tooLarge(`>${max}`);
-    chunks.push(chunk);
-  }
-  return Buffer.concat(chunks, total);
+  return new Promise<Buffer>((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let total = 0;
+    const onData = (chunk: Buffer) => {
+      total += chunk.length;
+      if (total <= max) {
+        chunks.push(chunk);
+        return;
+      }
+      // Past the cap: stop buffering but keep reading (and dropping) the rest. Destroying the request
+      // instead left its unread bytes on a keep-alive connection, stalling the client's next request
+      // there until the idle timeout; closing the connection makes clients that are still sending
+      // fail with EPIPE before they read the 413.
+      cleanup();
+      req.resume();
+      reject(tooLarge(`>${max}`));
+    };
+    const onEnd = () => {
+      cleanup();
+      resolve(Buffer.concat(chunks, total));
+    };
+    const onClose = () => {
+      cleanup();
+      reject(new Error('request body aborted'));
+    };
+    const cleanup = () => {
+      req.off('data', onData);
+      req.off('end', onEnd);
+      req.off('error', onClose);
+      req.off('close', onClose);
+    };
+    req.on('data', onData);
+    req.on('end', onEnd);
+    req.on('error', onClose);
+    req.on('close', onClose);
+  });
 }
 
 /**

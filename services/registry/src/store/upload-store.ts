@@ -7,7 +7,7 @@ import { createDigester, type Digest } from '../../../../lib/oci/digest.js';
 import { RegistryError } from '../../../../lib/oci/errors.js';
 import { removeStale, writeFileAtomic } from '../../../../lib/storage/atomic.js';
 import { UPLOAD_ID_PATTERN, type StorageLayout } from '../../../../lib/storage/layout.js';
-import { BlobStore } from './blob-store.js';
+import { BlobStore, WRITE_BUFFER } from './blob-store.js';
 
 /** An upload session: bytes 0..offset-1 of `data` are committed chunks. */
 export interface UploadSession {
@@ -75,11 +75,7 @@ export class UploadStore {
         headers: uploadHeaders(session),
       });
     }
-    if (session.busy) {
-      throw new RegistryError('BLOB_UPLOAD_INVALID', { uploadId: session.id }, {
-        status: 416, message: 'another chunk of this upload is in progress', headers: uploadHeaders(session),
-      });
-    }
+    this.refuseIfBusy(session);
     session.busy = true;
     const hash = session.hash;
     let written = 0;
@@ -93,7 +89,7 @@ export class UploadStore {
             yield chunk;
           }
         },
-        createWriteStream(this.layout.uploadDataPath(session.id), { flags: 'r+', start: session.offset }),
+        createWriteStream(this.layout.uploadDataPath(session.id), { flags: 'r+', start: session.offset, highWaterMark: WRITE_BUFFER }),
       );
       if (expectedLength !== undefined && written !== expectedLength) {
         throw new RegistryError('SIZE_INVALID', { expected: expectedLength, received: written }, {
@@ -107,13 +103,26 @@ export class UploadStore {
     } finally {
       session.busy = false;
     }
+    // Cancelled (DELETE) while this chunk was streaming: persisting would bring the session back
+    // (state.json without data), and the next PATCH would fail.
+    if (this.sessions.get(session.id) !== session) throw new RegistryError('BLOB_UPLOAD_UNKNOWN', { uploadId: session.id });
     session.offset += written;
     await this.persist(session);
+  }
+
+  private refuseIfBusy(session: UploadSession): void {
+    if (session.busy) {
+      throw new RegistryError('BLOB_UPLOAD_INVALID', { uploadId: session.id }, {
+        status: 416, message: 'another chunk of this upload is in progress', headers: uploadHeaders(session),
+      });
+    }
   }
 
   /** Verifies the uploaded bytes against `digest` and moves them into the content store. */
   async finish(session: UploadSession, digest: Digest): Promise<number> {
     const dataPath = this.layout.uploadDataPath(session.id);
+    // A PUT while a PATCH streams would truncate and hash a file still being written.
+    this.refuseIfBusy(session);
     session.busy = true;
     try {
       // Bytes past the offset are from an interrupted chunk and are not part of the blob.

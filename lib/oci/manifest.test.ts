@@ -1,0 +1,98 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { descriptorDigest, parseManifest } from './manifest.js';
+import { RegistryError } from './errors.js';
+import { MediaType } from './media-types.js';
+
+const d = (n: number) => `sha256:${n.toString(16).padStart(64, '0')}`;
+const config = { mediaType: 'application/vnd.oci.image.config.v1+json', digest: d(1), size: 10 };
+const layer = { mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', digest: d(2), size: 20 };
+
+function body(value: unknown): Buffer {
+  return Buffer.from(JSON.stringify(value));
+}
+
+function invalid(pattern: RegExp) {
+  return (err: unknown) => err instanceof RegistryError && err.code === 'MANIFEST_INVALID' && err.status === 400 && pattern.test(err.message);
+}
+
+test('an OCI image manifest: its config and layers are the blobs it needs; artifactType falls back to the config type', () => {
+  const parsed = parseManifest(body({ schemaVersion: 2, mediaType: MediaType.OciManifest, config, layers: [layer], annotations: { a: 'b' } }), undefined);
+  assert.equal(parsed.mediaType, MediaType.OciManifest);
+  assert.deepEqual(parsed.blobs, [config, layer]);
+  assert.deepEqual(parsed.manifests, []);
+  assert.equal(parsed.subject, undefined);
+  assert.equal(parsed.artifactType, config.mediaType);
+  assert.deepEqual(parsed.annotations, { a: 'b' });
+});
+
+test('an explicit artifactType wins over the config media type; the subject is parsed', () => {
+  const subject = { mediaType: MediaType.OciManifest, digest: d(9), size: 500 };
+  const parsed = parseManifest(body({
+    schemaVersion: 2, mediaType: MediaType.OciManifest, artifactType: 'application/vnd.example.sbom',
+    config: { mediaType: MediaType.OciEmpty, digest: d(3), size: 2 }, layers: [], subject,
+  }), MediaType.OciManifest);
+  assert.equal(parsed.artifactType, 'application/vnd.example.sbom');
+  assert.deepEqual(parsed.subject, subject);
+  assert.equal(descriptorDigest(parsed.subject!).value, d(9));
+});
+
+test('foreign layers (with urls) are not required blobs', () => {
+  const foreign = { ...layer, digest: d(5), urls: ['https://example.com/layer'] };
+  const parsed = parseManifest(body({ schemaVersion: 2, mediaType: MediaType.DockerManifest, config, layers: [foreign, layer] }), undefined);
+  assert.equal(parsed.mediaType, MediaType.DockerManifest);
+  assert.deepEqual(parsed.blobs.map((b) => b.digest), [d(1), d(2)]);
+});
+
+test('an index lists manifests and needs no blobs', () => {
+  const child = { mediaType: MediaType.OciManifest, digest: d(7), size: 300, platform: { os: 'linux', architecture: 'arm64' } };
+  const parsed = parseManifest(body({ schemaVersion: 2, mediaType: MediaType.OciIndex, manifests: [child] }), undefined);
+  assert.equal(parsed.mediaType, MediaType.OciIndex);
+  assert.deepEqual(parsed.manifests, [child]);
+  assert.deepEqual(parsed.blobs, []);
+  assert.equal(parsed.artifactType, undefined);
+  const list = parseManifest(body({ schemaVersion: 2, mediaType: MediaType.DockerManifestList, manifests: [] }), undefined);
+  assert.equal(list.mediaType, MediaType.DockerManifestList);
+});
+
+test('the media type comes from the body, else Content-Type, else the shape', () => {
+  assert.equal(parseManifest(body({ schemaVersion: 2, config, layers: [] }), MediaType.DockerManifest).mediaType, MediaType.DockerManifest);
+  assert.equal(parseManifest(body({ schemaVersion: 2, config, layers: [] }), `${MediaType.OciManifest}; charset=utf-8`).mediaType, MediaType.OciManifest);
+  assert.equal(parseManifest(body({ schemaVersion: 2, config, layers: [] }), undefined).mediaType, MediaType.OciManifest);
+  assert.equal(parseManifest(body({ schemaVersion: 2, config, layers: [] }), 'application/json').mediaType, MediaType.OciManifest);
+  assert.equal(parseManifest(body({ schemaVersion: 2, manifests: [] }), 'application/octet-stream').mediaType, MediaType.OciIndex);
+  // A non-manifest Content-Type next to a declared mediaType is ignored.
+  assert.equal(parseManifest(body({ schemaVersion: 2, mediaType: MediaType.OciManifest, config, layers: [] }), 'application/json').mediaType, MediaType.OciManifest);
+});
+
+test('malformed manifests are MANIFEST_INVALID (400), never a crash', () => {
+  const cases: Array<[Buffer, string | undefined, RegExp]> = [
+    [Buffer.from('not json'), undefined, /not valid JSON/],
+    [Buffer.from(''), undefined, /not valid JSON/],
+    [Buffer.from([0xff, 0xfe, 0x00]), undefined, /not valid JSON/],
+    [body([1, 2]), undefined, /not a JSON object/],
+    [body(null), undefined, /not a JSON object/],
+    [body('string'), undefined, /not a JSON object/],
+    [body({ schemaVersion: 1, config, layers: [] }), undefined, /schemaVersion must be 2/],
+    [body({ schemaVersion: '2', config, layers: [] }), undefined, /schemaVersion must be 2/],
+    [body({ config, layers: [] }), undefined, /schemaVersion must be 2/],
+    [body({ schemaVersion: 2, mediaType: MediaType.OciManifest, config, layers: [] }), MediaType.DockerManifest, /does not match/],
+    [body({ schemaVersion: 2, mediaType: 'application/vnd.oci.artifact.manifest.v1+json', blobs: [] }), undefined, /unsupported manifest media type/],
+    [body({ schemaVersion: 2, mediaType: 7, config, layers: [] }), MediaType.DockerManifestList, /an index needs/],
+    [body({ schemaVersion: 2 }), undefined, /unsupported manifest media type/],
+    [body({ schemaVersion: 2, mediaType: MediaType.OciIndex }), undefined, /an index needs a "manifests" array/],
+    [body({ schemaVersion: 2, mediaType: MediaType.OciManifest, layers: [] }), undefined, /config is not a descriptor/],
+    [body({ schemaVersion: 2, mediaType: MediaType.OciManifest, config }), undefined, /needs a "layers" array/],
+    [body({ schemaVersion: 2, mediaType: MediaType.OciManifest, config, layers: [{ ...layer, digest: 'sha256:abc' }] }), undefined, /layers\[0\]\.digest/],
+    [body({ schemaVersion: 2, mediaType: MediaType.OciManifest, config, layers: [{ ...layer, size: -1 }] }), undefined, /layers\[0\]\.size/],
+    [body({ schemaVersion: 2, mediaType: MediaType.OciManifest, config, layers: [{ ...layer, size: 1.5 }] }), undefined, /layers\[0\]\.size/],
+    [body({ schemaVersion: 2, mediaType: MediaType.OciManifest, config, layers: [{ ...layer, size: '20' }] }), undefined, /layers\[0\]\.size/],
+    [body({ schemaVersion: 2, mediaType: MediaType.OciManifest, config: { ...config, mediaType: '' }, layers: [] }), undefined, /config\.mediaType/],
+    [body({ schemaVersion: 2, mediaType: MediaType.OciManifest, config, layers: [null] }), undefined, /layers\[0\] is not a descriptor/],
+    [body({ schemaVersion: 2, mediaType: MediaType.OciIndex, manifests: [{ mediaType: MediaType.OciManifest, digest: `sha256:${'A'.repeat(64)}`, size: 1 }] }), undefined, /manifests\[0\]\.digest/],
+    [body({ schemaVersion: 2, mediaType: MediaType.OciManifest, config, layers: [], subject: 'sha256:x' }), undefined, /subject is not a descriptor/],
+  ];
+  for (const [input, contentType, pattern] of cases) {
+    assert.throws(() => parseManifest(input, contentType), invalid(pattern), `${input.toString('utf8').slice(0, 120)} (${contentType})`);
+  }
+});
