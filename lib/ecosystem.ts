@@ -1,4 +1,4 @@
-import { mkdirSync } from 'node:fs';
+import { chmodSync, mkdirSync, statSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { loadApplianceConfig } from './config.js';
 import { planAppliance, readPullSecret, type WorkerPlan } from './appliance.js';
@@ -50,6 +50,11 @@ export function buildEcosystem(env: NodeJS.ProcessEnv = process.env): { apps: PM
   const plan = planAppliance(config, readPullSecret(config.pullSecretPath));
   // Only the gateway (same user) may reach the workers' sockets.
   mkdirSync(config.runDir, { recursive: true, mode: 0o700 });
+  // mkdir's mode applies only when it creates the directory: an existing one (the image's
+  // `mkdir -p /run/stevedore`, 0755) is made private here, unless it is a shared one like /tmp.
+  const runDirMode = statSync(config.runDir).mode;
+  if (runDirMode & 0o1000) throw new Error(`STEVEDORE_RUN_DIR ${config.runDir} is a shared (sticky) directory: use a directory of its own, e.g. ${config.runDir.replace(/\/$/, '')}/stevedore`);
+  if ((runDirMode & 0o777) !== 0o700) chmodSync(config.runDir, 0o700);
   mkdirSync(config.root, { recursive: true });
   const apps: PM2App[] = [app('gateway', ['gateway'], {})];
   apps.push(app(plan.hosted.name, ['registry'], workerEnv(plan.hosted, config.root, config.pullSecretPath, config.hostedReadOnly)));

@@ -42,7 +42,8 @@ export class UserDirectory {
 
   /** Checks a Basic Authorization header; undefined when missing, malformed or wrong. */
   async authenticate(authorization: string | undefined): Promise<AuthenticatedUser | undefined> {
-    if (!authorization?.startsWith('Basic ')) return undefined;
+    // The scheme name is case-insensitive (RFC 7235 section 2.1).
+    if (!authorization || !/^basic /i.test(authorization)) return undefined;
     await this.refresh();
     const decoded = Buffer.from(authorization.slice(6).trim(), 'base64').toString('utf8');
     const colon = decoded.indexOf(':');

@@ -49,7 +49,8 @@ export function routeRequest(rawUrl: string, plan: AppliancePlan, byPrefix: Map<
   if (byFirst) {
     worker = byFirst;
     prefix = first;
-    workerPath = `/v2/${rest.slice(slash + 1)}`;
+    // `/v2/<prefix>` alone is that upstream's base (`/v2/`), not a repository named like the prefix.
+    workerPath = slash === -1 ? '/v2/' : `/v2/${rest.slice(slash + 1)}`;
   } else if (isHostLike(first) && first !== '_catalog') {
     const known = [...byPrefix.keys()].sort().join(', ') || 'none';
     throw new RegistryError('NAME_UNKNOWN', { upstream: first.slice(0, 255) }, {
