@@ -7,8 +7,9 @@ cd "$(dirname "$0")/.."
 # Debian packages the tests and benchmarks drive as real peers:
 #   skopeo          - OCI client (push/pull/inspect/copy)
 #   docker-registry - CNCF distribution 2.8, the reference registry, upstream and baseline
+#   podman          - OCI client (pull/push through the gateway; run as root with a private store)
 #   wrk             - HTTP load generator for bench/
-PACKAGES=(skopeo docker-registry wrk)
+PACKAGES=(skopeo docker-registry podman wrk)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

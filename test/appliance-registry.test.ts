@@ -285,14 +285,16 @@ describe('appliance: hosted registry and pull-through cache behind the gateway (
       return;
     }
     const store = await mkdtemp(join(work, 'podman-'));
-    const podman = (args: string[]) => mustRun('podman', ['--root', join(store, 'root'), '--runroot', join(store, 'runroot'),
-      '--storage-driver', 'vfs', '--events-backend', 'file', ...args], { timeoutMs: 90_000 });
+    // podman refuses a runroot path longer than 50 characters.
+    const runroot = await mkdtemp('/tmp/pdm-');
+    t.after(() => rm(runroot, { recursive: true, force: true }));
+    const storeArgs = ['--root', join(store, 'root'), '--runroot', runroot, '--storage-driver', 'vfs', '--events-backend', 'file'];
+    const podman = (args: string[]) => mustRun('podman', [...storeArgs, ...args], { timeoutMs: 90_000 });
     const tls = ['--cert-dir', app.certDir];
     await podman(['pull', '--quiet', ...tls, '--creds', app.reader.creds, `${app.host}/team/app:v1`]);
     await podman(['pull', '--quiet', ...tls, '--creds', app.reader.creds, `${app.host}/up/mirror/tool:1.0`]);
     await podman(['tag', `${app.host}/team/app:v1`, `${app.host}/team/podman:v1`]);
-    const denied = await run('podman', ['--root', join(store, 'root'), '--runroot', join(store, 'runroot'), '--storage-driver', 'vfs',
-      '--events-backend', 'file', 'push', ...tls, '--creds', app.reader.creds, `${app.host}/team/podman:v1`], { timeoutMs: 90_000 });
+    const denied = await run('podman', [...storeArgs, 'push', ...tls, '--creds', app.reader.creds, `${app.host}/team/podman:v1`], { timeoutMs: 90_000 });
     assert.notEqual(denied.code, 0);
     await podman(['push', ...tls, '--creds', app.admin.creds, `${app.host}/team/podman:v1`]);
     const res = await app.call('HEAD', '/v2/team/podman/manifests/v1', { auth: app.reader.auth, headers: { accept: MANIFEST_ACCEPT } });
