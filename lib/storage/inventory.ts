@@ -27,14 +27,16 @@ export async function listBlobs(layout: StorageLayout): Promise<BlobEntry[]> {
   const result: BlobEntry[] = [];
   for (const algorithm of await entries(layout.blobsDir)) {
     for (const shard of await entries(join(layout.blobsDir, algorithm))) {
-      for (const hex of await entries(join(layout.blobsDir, algorithm, shard))) {
+      // One shard's files are stat'ed together: the walk is I/O-bound, and the thread pool overlaps them.
+      const found = await Promise.all((await entries(join(layout.blobsDir, algorithm, shard))).map(async (hex): Promise<BlobEntry | undefined> => {
         const digest = tryParseDigest(`${algorithm}:${hex}`);
-        if (!digest) continue;
+        if (!digest) return undefined;
         const path = layout.blobPath(digest);
         const info = await stat(path).catch(() => undefined);
-        if (!info?.isFile()) continue;
-        result.push({ digest, path, size: info.size, atimeMs: info.atimeMs, mtimeMs: info.mtimeMs });
-      }
+        if (!info?.isFile()) return undefined;
+        return { digest, path, size: info.size, atimeMs: info.atimeMs, mtimeMs: info.mtimeMs };
+      }));
+      for (const blob of found) if (blob) result.push(blob);
     }
   }
   return result;

@@ -16,7 +16,14 @@ function load(command: string, argv: readonly string[]): CleanerConfig | number 
 async function cleanOnce(config: CleanerConfig, log: Logger): Promise<void> {
   const plan = await planEviction(config.root, { maxSize: config.maxSize, thresholdPercentage: config.thresholdPercentage, graceMs: config.grace });
   if (plan.evict.length === 0) {
-    log.info({ usage: humanSize(plan.usage), limit: humanSize(plan.limit), trigger: humanSize(plan.trigger) }, 'cleaner: nothing to evict');
+    log.info({ usage: humanSize(plan.usage), hosted: humanSize(plan.hosted), limit: humanSize(plan.limit), trigger: humanSize(plan.trigger), pinned: humanSize(plan.pinned) }, 'cleaner: nothing to evict');
+    return;
+  }
+  if (config.dryRun) {
+    log.info({
+      wouldEvict: plan.evict.length, bytes: humanSize(plan.evict.reduce((sum, b) => sum + b.size, 0)), usage: humanSize(plan.usage), limit: humanSize(plan.limit),
+      blobs: plan.evict.slice(0, 100).map((b) => `${b.digest.value} ${humanSize(b.size)} (${b.reason})`),
+    }, 'cleaner (dry run): would evict');
     return;
   }
   await applyEviction(config.root, plan, log);
@@ -27,7 +34,7 @@ export async function runCleanerService(argv: readonly string[]): Promise<number
   const config = load('cleaner', argv);
   if (typeof config === 'number') return config;
   const log = createLogger('cleaner', config.logLevel);
-  log.info({ root: config.root, maxSize: humanSize(config.maxSize), threshold: config.thresholdPercentage, runEvery: formatDuration(config.runEvery) }, 'cleaner started');
+  log.info({ root: config.root, maxSize: humanSize(config.maxSize), threshold: config.thresholdPercentage, runEvery: formatDuration(config.runEvery), grace: formatDuration(config.grace), dryRun: config.dryRun }, 'cleaner started');
   process.send?.('ready');
   let stopped = false;
   let wake: (() => void) | undefined;
@@ -40,7 +47,8 @@ export async function runCleanerService(argv: readonly string[]): Promise<number
   process.once('SIGINT', stop);
   process.once('SIGTERM', stop);
   try {
-    await collectGarbage(config.root, { graceMs: config.grace, uploadTtlMs: config.uploadTtl, dryRun: false, log });
+    // CLEANER_DRY_RUN holds for the service too: it then only logs what it would remove.
+    await collectGarbage(config.root, { graceMs: config.grace, uploadTtlMs: config.uploadTtl, dryRun: config.dryRun, log });
   } catch (err) {
     log.error({ err }, 'garbage collection failed');
   }
@@ -64,9 +72,9 @@ export async function runClean(argv: readonly string[]): Promise<number> {
   if (typeof config === 'number') return config;
   const log = createLogger('cleaner', config.logLevel);
   const plan = await planEviction(config.root, { maxSize: config.maxSize, thresholdPercentage: config.thresholdPercentage, graceMs: config.grace });
-  process.stdout.write(`usage ${humanSize(plan.usage)}, limit ${humanSize(plan.limit)}, evicting above ${humanSize(plan.trigger)}\n`);
+  process.stdout.write(`cached usage ${humanSize(plan.usage)} (hosted ${humanSize(plan.hosted)} not counted), limit ${humanSize(plan.limit)}, evicting above ${humanSize(plan.trigger)}\n`);
   if (plan.evict.length === 0) {
-    process.stdout.write(plan.usage <= plan.trigger ? 'nothing to evict: usage is under the trigger\n' : `nothing evictable: ${humanSize(plan.pinned)} is hosted or within the grace period\n`);
+    process.stdout.write(plan.usage <= plan.trigger ? 'nothing to evict: usage is under the trigger\n' : `nothing evictable: ${humanSize(plan.pinned)} is within the grace period\n`);
     return 0;
   }
   for (const blob of plan.evict) process.stdout.write(`${config.dryRun ? 'would evict' : 'evict'} ${blob.digest.value} ${humanSize(blob.size)} (${blob.reason})\n`);

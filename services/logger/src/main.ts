@@ -37,15 +37,34 @@ export async function followAccessLog(config: LoggerConfig, log: Logger): Promis
     position = committed;
     dirty = true;
   });
-  const flush = async () => {
-    await toucher.flush();
-    if (dirty && position) {
-      dirty = false;
-      await writeFileAtomic(dirname(statePath), statePath, JSON.stringify(position));
+  // The position saved must never run ahead of the atimes written: it is taken before the batch
+  // is written (lines read meanwhile go to the next batch and the next save). Flushes run one at a
+  // time, so an older position never overwrites a newer one and stop() waits for a timer's flush.
+  let flushing: Promise<void> = Promise.resolve();
+  const flushOnce = async () => {
+    const covered = dirty ? position : undefined;
+    dirty = false;
+    try {
+      await toucher.flush();
+      if (covered) await writeFileAtomic(dirname(statePath), statePath, JSON.stringify(covered));
+    } catch (err) {
+      if (covered) dirty = true;
+      throw err;
     }
   };
-  await tailer.start();
+  const flush = (): Promise<void> => {
+    const next = flushing.then(flushOnce, flushOnce);
+    flushing = next.catch(() => {});
+    return next;
+  };
+  // The timer runs from the start: catching up on a long backlog saves its progress as it goes.
   const timer = setInterval(() => { flush().catch((err: unknown) => log.error({ err }, 'logger flush failed')); }, config.flushEvery);
+  try {
+    await tailer.start();
+  } catch (err) {
+    clearInterval(timer);
+    throw err;
+  }
   return {
     tailer, toucher, malformed: () => malformed, flush,
     stop: async () => {

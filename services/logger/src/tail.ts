@@ -19,7 +19,8 @@ const POLL_MS = 2_000;
 export class LogTailer {
   private handle: FileHandle | undefined;
   private position: TailPosition;
-  private partial = '';
+  /** Bytes of an unfinished last line (bytes, not text: a read may end inside a UTF-8 character). */
+  private partial: Buffer = Buffer.alloc(0);
   private watcher: FSWatcher | undefined;
   private timer: NodeJS.Timeout | undefined;
   private draining: Promise<void> | undefined;
@@ -76,7 +77,7 @@ export class LogTailer {
       await this.handle?.close();
       this.handle = await open(this.path, 'r').catch(() => undefined);
       this.position = { ino: info.ino, offset: 0 };
-      this.partial = '';
+      this.partial = Buffer.alloc(0);
     } else if (!this.handle && info) {
       this.handle = await open(this.path, 'r').catch(() => undefined);
     }
@@ -84,7 +85,7 @@ export class LogTailer {
     if (info.size < this.position.offset) {
       // Truncated in place (copytruncate): start over.
       this.position.offset = 0;
-      this.partial = '';
+      this.partial = Buffer.alloc(0);
     }
     await this.readFrom(this.handle, info.size);
   }
@@ -94,13 +95,16 @@ export class LogTailer {
     while (this.position.offset < end) {
       const { bytesRead } = await handle.read(buffer, 0, READ_CHUNK, this.position.offset);
       if (bytesRead === 0) break;
-      const text = this.partial + buffer.toString('utf8', 0, bytesRead);
-      const lines = text.split('\n');
-      this.partial = lines.pop() ?? '';
       this.position.offset += bytesRead;
+      const chunk = buffer.subarray(0, bytesRead);
+      const data = this.partial.length > 0 ? Buffer.concat([this.partial, chunk]) : chunk;
+      const end = data.lastIndexOf(0x0a);
+      // Copied: `buffer` is reused by the next read.
+      this.partial = Buffer.from(data.subarray(end + 1));
+      if (end === -1) continue;
       // The saved position must not count an unfinished line, or a restart would skip it.
-      const committed = { ino: this.position.ino, offset: this.position.offset - Buffer.byteLength(this.partial) };
-      if (lines.length > 0) await this.onLines(lines, committed);
+      const committed = { ino: this.position.ino, offset: this.position.offset - this.partial.length };
+      await this.onLines(data.toString('utf8', 0, end).split('\n'), committed);
     }
   }
 }

@@ -1,0 +1,91 @@
+import { randomBytes } from 'node:crypto';
+import { mkdir, open, utimes, writeFile } from 'node:fs/promises';
+import { dirname } from 'node:path';
+import { digestOf, type Digest } from '../../lib/oci/digest.js';
+import { StorageLayout } from '../../lib/storage/layout.js';
+
+/**
+ * Builds stores directly in the on-disk layout (lib/storage/layout.ts), without a registry worker:
+ * for the cleaner and GC unit tests and the storage benchmark.
+ */
+
+const MANIFEST_TYPE = 'application/vnd.oci.image.manifest.v1+json';
+const LAYER_TYPE = 'application/vnd.oci.image.layer.v1.tar+gzip';
+const CONFIG_TYPE = 'application/vnd.oci.image.config.v1+json';
+
+async function writeCreatingDir(path: string, data: string | Buffer): Promise<void> {
+  try {
+    await writeFile(path, data);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    await mkdir(dirname(path), { recursive: true });
+    await writeFile(path, data);
+  }
+}
+
+export interface StoredBlob {
+  digest: Digest;
+  size: number;
+}
+
+export class SyntheticStore {
+  readonly hosted: StorageLayout;
+
+  constructor(readonly root: string) {
+    this.hosted = new StorageLayout(root);
+  }
+
+  cache(namespace: string): StorageLayout {
+    return new StorageLayout(this.root, { namespace });
+  }
+
+  /** Stores a blob (random bytes of `size`, or `data`); times in ms since the epoch when given. */
+  async blob(content: number | Buffer, times?: { atimeMs: number; mtimeMs?: number }): Promise<StoredBlob> {
+    const data = typeof content === 'number' ? randomBytes(content) : content;
+    const digest = digestOf(data);
+    const path = this.hosted.blobPath(digest);
+    await writeCreatingDir(path, data);
+    if (times) await this.setTimes(digest, times.atimeMs, times.mtimeMs ?? times.atimeMs);
+    return { digest, size: data.length };
+  }
+
+  async setTimes(digest: Digest, atimeMs: number, mtimeMs: number = atimeMs): Promise<void> {
+    await utimes(this.hosted.blobPath(digest), new Date(atimeMs), new Date(mtimeMs));
+  }
+
+  /** Links a blob into a repository; `timeMs` dates the link (when it was pushed), default now. */
+  async link(layout: StorageLayout, repo: string, digest: Digest, timeMs?: number): Promise<void> {
+    const path = layout.layerLinkPath(repo, digest);
+    await mkdir(dirname(path), { recursive: true });
+    await (await open(path, 'a')).close();
+    if (timeMs !== undefined) await utimes(path, new Date(timeMs), new Date(timeMs));
+  }
+
+  /**
+   * Stores an image manifest for `config` and `layers` in `repo` of `layout` (hosted or a cache
+   * namespace): manifest blob, revision, optional tag, and links to config and layers.
+   */
+  async manifest(layout: StorageLayout, repo: string, config: StoredBlob, layers: StoredBlob[], options: { tag?: string; times?: { atimeMs: number; mtimeMs?: number }; link?: boolean } = {}): Promise<StoredBlob> {
+    const body = Buffer.from(JSON.stringify({
+      schemaVersion: 2,
+      mediaType: MANIFEST_TYPE,
+      config: { mediaType: CONFIG_TYPE, digest: config.digest.value, size: config.size },
+      layers: layers.map((l) => ({ mediaType: LAYER_TYPE, digest: l.digest.value, size: l.size })),
+    }));
+    const manifest = await this.blob(body, options.times);
+    await writeCreatingDir(layout.manifestRevisionPath(repo, manifest.digest), MANIFEST_TYPE);
+    if (options.tag !== undefined) await writeCreatingDir(layout.tagPath(repo, options.tag), manifest.digest.value);
+    const linkedAt = options.times ? options.times.mtimeMs ?? options.times.atimeMs : undefined;
+    if (options.link !== false) for (const b of [config, ...layers]) await this.link(layout, repo, b.digest, linkedAt);
+    return manifest;
+  }
+
+  /** A whole image: config + layers of the given sizes, then its manifest; all blobs get `times`. */
+  async image(layout: StorageLayout, repo: string, layerSizes: number[], options: { tag?: string; times?: { atimeMs: number; mtimeMs?: number }; shared?: StoredBlob[] } = {}): Promise<{ manifest: StoredBlob; config: StoredBlob; layers: StoredBlob[]; all: StoredBlob[] }> {
+    const config = await this.blob(Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', seed: randomBytes(8).toString('hex') })), options.times);
+    const layers = [...(options.shared ?? [])];
+    for (const size of layerSizes) layers.push(await this.blob(size, options.times));
+    const manifest = await this.manifest(layout, repo, config, layers, { ...(options.tag === undefined ? {} : { tag: options.tag }), ...(options.times ? { times: options.times } : {}) });
+    return { manifest, config, layers, all: [manifest, config, ...layers] };
+  }
+}
