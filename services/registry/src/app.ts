@@ -173,6 +173,9 @@ export function buildRegistry({ config, log, upstreamCredentials }: RegistryOpti
     loggerInstance: log as FastifyBaseLogger,
     // Per-request lines belong to the gateway's access log; a worker logs writes and failures.
     logController: new LogController({ disableRequestLogging: true }),
+    // No per-request child logger: the handlers log through the worker's logger, and creating a
+    // child (with its serialized reqId binding) for every request costs more than serving a manifest.
+    childLoggerFactory: (logger) => logger,
     exposeHeadRoutes: false,
     return503OnClosing: true,
     requestTimeout: 0,

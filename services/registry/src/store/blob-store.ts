@@ -1,5 +1,5 @@
 import { createReadStream, createWriteStream, type ReadStream } from 'node:fs';
-import { mkdir, open, readdir, rm, stat, unlink } from 'node:fs/promises';
+import { mkdir, open, readdir, rm, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import type { Readable } from 'node:stream';
@@ -13,6 +13,24 @@ import { BoundedMap } from './bounded-map.js';
 const LINK_RECHECK_MS = 5_000;
 /** Read chunk size for serving blobs: large chunks keep per-chunk work (and syscalls) low. */
 export const BLOB_READ_CHUNK = 1024 * 1024;
+/**
+ * How long a blob's cached size (and, for small blobs, its bytes) is served without asking disk
+ * whether the file is still there. Content never changes under a digest; only garbage collection
+ * and cache eviction (other processes) remove blobs, so this bounds how long a removed blob may
+ * still be served, as LINK_RECHECK_MS does for links.
+ */
+const STAT_RECHECK_MS = 5_000;
+/** Blobs up to this size are kept in memory once read (configs, small layers)... */
+export const SMALL_BLOB_CACHEABLE = 64 * 1024;
+/** ...up to this many bytes in all. */
+const SMALL_BLOB_CACHE_BYTES = 8 * 1024 * 1024;
+
+/**
+ * Bytes a blob file's write stream buffers before it pushes back on the socket: with room for
+ * several received chunks, each write(v) call takes many of them at once (fewer syscalls and
+ * thread-pool round trips than one 64 KiB write per chunk).
+ */
+export const WRITE_BUFFER = 1024 * 1024;
 
 export interface BlobInfo {
   size: number;
@@ -25,8 +43,60 @@ export interface BlobInfo {
  */
 export class BlobStore {
   private readonly linkCache = new BoundedMap<string, number>(100_000);
+  private readonly statCache = new BoundedMap<string, { info: BlobInfo; checkedAt: number }>(20_000);
+  /** Small blob bodies by digest, least recently used first. */
+  private readonly smallBodies = new Map<string, Buffer>();
+  private smallBodiesBytes = 0;
 
   constructor(readonly layout: StorageLayout) {}
+
+  /** stat() for serving: a blob's size is remembered for STAT_RECHECK_MS (see there). */
+  async statCached(digest: Digest): Promise<BlobInfo | undefined> {
+    const cached = this.statCache.get(digest.value);
+    if (cached !== undefined && Date.now() - cached.checkedAt < STAT_RECHECK_MS) return cached.info;
+    const info = await this.stat(digest);
+    if (info) this.statCache.set(digest.value, { info, checkedAt: Date.now() });
+    else this.forget(digest);
+    return info;
+  }
+
+  /** Drops what is cached about a blob (it was found missing on disk). */
+  forget(digest: Digest): void {
+    this.statCache.delete(digest.value);
+    const body = this.smallBodies.get(digest.value);
+    if (body) {
+      this.smallBodies.delete(digest.value);
+      this.smallBodiesBytes -= body.length;
+    }
+  }
+
+  /**
+   * The bytes of a small blob whose size `statCached` just confirmed, from memory when possible:
+   * after the first read, serving it needs no file system call at all.
+   */
+  async readSmallCached(digest: Digest, size: number): Promise<Buffer | undefined> {
+    const cached = this.smallBodies.get(digest.value);
+    if (cached !== undefined && cached.length === size) {
+      this.smallBodies.delete(digest.value);
+      this.smallBodies.set(digest.value, cached);
+      return cached;
+    }
+    const data = await this.readSmall(digest);
+    if (!data) {
+      this.forget(digest);
+      return undefined;
+    }
+    if (data.length <= SMALL_BLOB_CACHEABLE && !this.smallBodies.has(digest.value)) {
+      this.smallBodies.set(digest.value, data);
+      this.smallBodiesBytes += data.length;
+      for (const [key, body] of this.smallBodies) {
+        if (this.smallBodiesBytes <= SMALL_BLOB_CACHE_BYTES) break;
+        this.smallBodies.delete(key);
+        this.smallBodiesBytes -= body.length;
+      }
+    }
+    return data;
+  }
 
   async stat(digest: Digest): Promise<BlobInfo | undefined> {
     try {
@@ -92,6 +162,19 @@ export class BlobStore {
     }
   }
 
+  /** Opens a blob file for reading; undefined when it is not stored. The caller closes the handle. */
+  async openHandle(digest: Digest): Promise<FileHandle | undefined> {
+    try {
+      return await open(this.layout.blobPath(digest), 'r');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
+        this.forget(digest);
+        return undefined;
+      }
+      throw err;
+    }
+  }
+
   async readSmall(digest: Digest): Promise<Buffer | undefined> {
     const handle = await open(this.layout.blobPath(digest), 'r').catch((err: NodeJS.ErrnoException) => {
       if (err.code === 'ENOENT') return undefined;
@@ -114,8 +197,9 @@ export class BlobStore {
     await mkdir(this.layout.tmpDir, { recursive: true });
     const hash = createDigester(expected.algorithm);
     let size = 0;
-    const handle = await open(temp, 'w', 0o644);
     try {
+      // The stream owns its descriptor: it fsyncs (flush) and closes it before the pipeline resolves.
+      // (A FileHandle lent to a stream with autoClose: false stays referenced: handle.close() never resolved.)
       await pipeline(
         source,
         async function* (chunks: AsyncIterable<Buffer>) {
@@ -125,7 +209,7 @@ export class BlobStore {
             yield chunk;
           }
         },
-        createWriteStream('', { fd: handle, autoClose: false }),
+        createWriteStream(temp, { mode: 0o644, flush: true, highWaterMark: WRITE_BUFFER }),
       );
       if (expectedSize !== undefined && size !== expectedSize) {
         throw new RegistryError('SIZE_INVALID', { expected: expectedSize, received: size });
@@ -134,13 +218,10 @@ export class BlobStore {
       if (actual !== expected.value) {
         throw new RegistryError('DIGEST_INVALID', { expected: expected.value, actual });
       }
-      await handle.sync();
     } catch (err) {
-      await handle.close().catch(() => {});
       await unlink(temp).catch(() => {});
       throw err;
     }
-    await handle.close();
     await this.commitVerified(temp, expected);
     return size;
   }
