@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 #   docker-registry - CNCF distribution 2.8, the reference registry, upstream and baseline
 #   podman          - OCI client (pull/push through the gateway; run as root with a private store)
 #   wrk             - HTTP load generator for bench/
-PACKAGES=(skopeo docker-registry podman wrk)
+#   zstd            - .tar.zst archives of the air-gap commands on Node < 22.15 (newer Node has zstd built in)
+PACKAGES=(skopeo docker-registry podman wrk zstd)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

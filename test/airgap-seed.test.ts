@@ -152,6 +152,17 @@ describe('stevedore seed and export: carry images across an air gap', () => {
     assert.match(seeded.stderr, /from Stevedore export/);
     const copy = await serve(across);
     await checkServed(copy.url);
+
+    // The same round trip through a zstd archive (zlib on Node >= 22.15, the zstd command before).
+    const zst = join(work, 'store-export.tar.zst');
+    const exportedZst = await stevedore(['export', '--store', store, '--out', zst]);
+    assert.equal(exportedZst.code, 0, exportedZst.stderr);
+    assert.deepEqual([...(await readFile(zst)).subarray(0, 4)], [0x28, 0xb5, 0x2f, 0xfd], 'a zstd frame');
+    const acrossZst = await dir('airgap-seed-across-zst-');
+    const seededZst = await stevedore(['seed', '--from', zst, '--store', acrossZst]);
+    assert.equal(seededZst.code, 0, seededZst.stderr);
+    const copyZst = await serve(acrossZst);
+    await checkServed(copyZst.url);
   });
 
   it('refuses a corrupt blob, naming it, and leaves nothing of the image visible', async () => {
@@ -198,7 +209,7 @@ describe('stevedore seed and export: carry images across an air gap', () => {
     const target = await dir('airgap-seed-zst-');
     const zstd = await stevedore(['seed', '--from', zst, '--store', target]);
     assert.equal(zstd.code, 1);
-    assert.match(zstd.stderr, /zstd-compressed, which Node .* cannot decompress .*zstd -d/);
+    assert.match(zstd.stderr, /zstd|cannot read the archive/i);
     const text = join(work, 'notes.txt');
     await copyFile(join(work, 'oci-app', 'index.json'), text);
     const notTar = await stevedore(['seed', '--from', text, '--store', target]);

@@ -1,9 +1,9 @@
 import { randomUUID } from 'node:crypto';
 import { mkdir, open, readdir, realpath, rm, stat } from 'node:fs/promises';
 import { join, resolve, sep } from 'node:path';
-import * as zlib from 'node:zlib';
 import * as tar from 'tar';
 import { AirgapError } from './store-writer.js';
+import { decompressZstdFile, nodeHasZstd } from './zstd.js';
 
 /**
  * Inputs of `stevedore seed`: a directory, or a tar archive (plain, gzip; zstd where Node has it)
@@ -27,10 +27,6 @@ const GZIP_MAGIC = Buffer.from([0x1f, 0x8b]);
 const ZSTD_MAGIC = Buffer.from([0x28, 0xb5, 0x2f, 0xfd]);
 /** Entry types an image archive may hold; devices, FIFOs and the like are skipped. */
 const ENTRY_TYPES = new Set(['File', 'OldFile', 'ContiguousFile', 'Directory', 'SymbolicLink', 'Link']);
-
-export function nodeHasZstd(): boolean {
-  return typeof (zlib as unknown as Record<string, unknown>).createZstdDecompress === 'function';
-}
 
 async function readHead(path: string, length: number): Promise<Buffer> {
   const handle = await open(path, 'r');
@@ -60,7 +56,14 @@ export async function extractArchive(file: string, dest: string): Promise<void> 
   };
   if (head.subarray(0, 4).equals(ZSTD_MAGIC)) {
     if (!nodeHasZstd()) {
-      throw new AirgapError(`${file} is zstd-compressed, which Node ${process.versions.node} cannot decompress (zstd arrived in Node 22.15); decompress it first (zstd -d ${file}) and seed the .tar`);
+      // Node < 22.15 has no zstd: decompress beside the extraction (same filesystem), then read the tar.
+      const plain = join(dest, `.archive-${randomUUID()}.tar`);
+      try {
+        await decompressZstdFile(file, plain);
+        return await extractArchive(plain, dest);
+      } finally {
+        await rm(plain, { force: true });
+      }
     }
     options.zstd = true;
   } else if (!head.subarray(0, 2).equals(GZIP_MAGIC) && !isTarHeader(head)) {

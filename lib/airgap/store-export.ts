@@ -10,6 +10,8 @@ import { entriesOf, fileInside } from './archive.js';
 import type { SeedImage, SeedSource } from './importer.js';
 import { readDocument } from './oci-layout.js';
 import { AirgapError } from './store-writer.js';
+import { writeZstd } from './zstd.js';
+import type { Readable } from 'node:stream';
 
 /**
  * The export archive: the hosted store's own layout in a tar (optionally gzip), i.e.
@@ -58,9 +60,11 @@ export async function exportStore(root: string, out: string): Promise<ExportSumm
     files.push(relative(root, path));
   }
   const gzip = /\.(?:gz|tgz)$/i.test(out);
+  const zstd = /\.(?:zst|tzst)$/i.test(out);
   const temp = join(dirname(out), `.${basename(out)}.partial-${randomUUID()}`);
   try {
-    await tar.c({ file: temp, cwd: root, gzip, portable: true, strict: true }, ['repositories', ...files]);
+    if (zstd) await writeZstd(tar.c({ cwd: root, portable: true, strict: true }, ['repositories', ...files]) as unknown as Readable, temp);
+    else await tar.c({ file: temp, cwd: root, gzip, portable: true, strict: true }, ['repositories', ...files]);
     await rename(temp, out);
   } catch (err) {
     await rm(temp, { force: true });
