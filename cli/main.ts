@@ -1,15 +1,24 @@
 import { readFileSync } from 'node:fs';
 import { optionsHelp, REGISTRY_OPTIONS } from '../lib/config.js';
-import { runRegistry } from '../services/registry/src/main.js';
-import { runGateway } from '../services/gateway/src/main.js';
-import { runStart } from './start.js';
-import { runLoggerService } from '../services/logger/src/main.js';
-import { runClean, runCleanerService, runGc } from '../services/cleaner/src/main.js';
-import { runTls } from './tls.js';
-import { runUser } from './user.js';
-import { runMirror } from './mirror.js';
-import { runSeed } from './seed.js';
-import { runExport } from './export.js';
+
+/**
+ * Each command loads only its own modules: a registry worker process does not carry the gateway,
+ * the cleaner or the air-gap tooling in memory.
+ */
+const COMMANDS: Record<string, () => Promise<(argv: string[]) => Promise<number>>> = {
+  registry: async () => (await import('../services/registry/src/main.js')).runRegistry,
+  gateway: async () => (await import('../services/gateway/src/main.js')).runGateway,
+  start: async () => (await import('./start.js')).runStart,
+  logger: async () => (await import('../services/logger/src/main.js')).runLoggerService,
+  cleaner: async () => (await import('../services/cleaner/src/main.js')).runCleanerService,
+  clean: async () => (await import('../services/cleaner/src/main.js')).runClean,
+  gc: async () => (await import('../services/cleaner/src/main.js')).runGc,
+  user: async () => (await import('./user.js')).runUser,
+  tls: async () => (await import('./tls.js')).runTls,
+  mirror: async () => (await import('./mirror.js')).runMirror,
+  seed: async () => (await import('./seed.js')).runSeed,
+  export: async () => (await import('./export.js')).runExport,
+};
 
 const USAGE = `usage: stevedore <command> [options]
 
@@ -35,31 +44,9 @@ ${optionsHelp(REGISTRY_OPTIONS)}
 /** Entry point of the `stevedore` command; resolves with the process exit code. */
 export async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
+  const load = command === undefined ? undefined : COMMANDS[command];
+  if (load) return (await load())(rest);
   switch (command) {
-    case 'registry':
-      return runRegistry(rest);
-    case 'gateway':
-      return runGateway(rest);
-    case 'start':
-      return runStart(rest);
-    case 'logger':
-      return runLoggerService(rest);
-    case 'cleaner':
-      return runCleanerService(rest);
-    case 'clean':
-      return runClean(rest);
-    case 'gc':
-      return runGc(rest);
-    case 'user':
-      return runUser(rest);
-    case 'tls':
-      return runTls(rest);
-    case 'mirror':
-      return runMirror(rest);
-    case 'seed':
-      return runSeed(rest);
-    case 'export':
-      return runExport(rest);
     case 'version':
     case '--version': {
       const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
