@@ -474,8 +474,8 @@ function printTable(): string {
 // ---------------------------------------------------------------------------------------------
 // The run
 
-export async function seedImage(server: Server, smallBlob: Buffer, smallDigest: string): Promise<void> {
-  const image = buildImage({ layerSizes: [4096], seed: 'bench' });
+/** Pushes `image` (default: a new one, one 4 KiB layer) as REPO:latest, and `smallBlob`; then checks what wrk will fetch. */
+export async function seedImage(server: Server, smallBlob: Buffer, smallDigest: string, image = buildImage({ layerSizes: [4096], seed: 'bench' })): Promise<void> {
   for (const blob of [image.config, ...image.layers]) {
     const post = await request('POST', `${server.url}/v2/${REPO}/blobs/uploads/`, { headers: { 'content-length': 0 } });
     expectStatus(post, 202, `${server.label} POST upload`);

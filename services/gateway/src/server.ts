@@ -5,6 +5,7 @@ import { CACHE_RESULT_HEADER, type AppliancePlan, type WorkerPlan } from '../../
 import type { Logger } from '../../../lib/log.js';
 import { RegistryError, isRegistryError } from '../../../lib/oci/errors.js';
 import type { AccessLogWriter } from './access-log.js';
+import { DirectBlobs, sendDirectBlob } from './blob-direct.js';
 import type { AuthenticatedUser, UserDirectory } from './auth.js';
 import type { GatewayMetrics } from './metrics.js';
 import { addPrefix, prefixIndex, routeRequest } from './router.js';
@@ -18,6 +19,11 @@ export interface GatewayOptions {
   accessLog: AccessLogWriter;
   metrics: GatewayMetrics;
   tls?: { cert: string | Buffer; key: string | Buffer };
+  /**
+   * The appliance's data root (STEVEDORE_ROOT): blobs already stored there are sent from disk by
+   * the gateway itself (blob-direct.ts). Without it every request goes to a worker.
+   */
+  root?: string;
 }
 
 const READ_METHODS = new Set(['GET', 'HEAD']);
@@ -48,6 +54,7 @@ export function createGateway(options: GatewayOptions): Server {
   const agent = new Agent({ keepAlive: true, maxSockets: 512 });
   const proxy = httpProxy.createProxyServer({ agent, xfwd: false, proxyTimeout: 0 });
   const challenge = `Basic realm="${realm}"`;
+  const directBlobs = options.root ? new DirectBlobs(options.root, plan) : undefined;
 
   proxy.on('proxyRes', (proxyRes, req) => {
     const ctx = (req as GatewayRequest).gateway;
@@ -138,6 +145,16 @@ export function createGateway(options: GatewayOptions): Server {
       ctx.resource = route.resource;
       if (users && user && !user.admin && !READ_METHODS.has(req.method ?? '')) {
         throw new RegistryError('DENIED', { user: user.name, method: req.method }, { message: `user ${user.name} is read-only: only GET and HEAD are allowed` });
+      }
+      if (directBlobs && route.resource === 'blob' && req.method === 'GET' && route.repository && route.reference) {
+        const blob = await directBlobs.prepare(route.worker, route.repository, route.reference, req.headers, route.url);
+        if (blob) {
+          // What the worker would answer, without the second hop; a cache worker would report a hit.
+          if (route.worker.kind === 'proxy') metrics.cache.inc({ upstream: ctx.upstream, result: 'hit' });
+          const failure = await sendDirectBlob(blob, res, (bytes) => { ctx.bytes += bytes; });
+          if (failure) log.warn({ err: failure, repository: route.repository, digest: route.reference }, 'blob transfer failed');
+          return;
+        }
       }
       req.url = route.url;
       // Workers trust the gateway; the client's credentials go no further.

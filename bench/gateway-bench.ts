@@ -1,0 +1,483 @@
+/**
+ * What the gateway costs: the whole appliance (`stevedore start` under PM2: gateway, hosted worker
+ * on its unix socket, logger, cleaner) against the same hosted worker reached directly, and against
+ * the Debian `docker-registry` (CNCF distribution 2.8), side by side on loopback, in one run:
+ * large-blob GET MB/s (curl) and manifest GET by tag req/s (wrk, 16 and 64 connections).
+ *
+ *   npm run bench:gateway                                   # defaults (512 MiB blob, 10 s wrk runs)
+ *   BENCH_BLOB_MB=64 BENCH_DURATION=3 BENCH_RUNS=1 npm run bench:gateway   # quick run
+ *   node dist/bench/gateway-bench.js --variants plain --json out.json
+ *
+ * Targets, all serving the same content (pushed once through the plain gateway into one data root,
+ * which every appliance and the direct worker share; distribution gets the same images):
+ *   gateway plain   appliance, plain HTTP, REGISTRY_AUTH=none: the gateway's routing/proxy cost
+ *   gateway auth    appliance, plain HTTP, REGISTRY_AUTH=htpasswd, requests as a read-only user
+ *   gateway tls     appliance, HTTPS + htpasswd (informational: distribution and the worker are plain HTTP)
+ *   direct worker   `stevedore registry --listen 127.0.0.1:PORT --root <the appliances' root>`
+ *   distribution    docker-registry with the test helper's config (access log on)
+ * Targets: gateway/direct >= 0.85 (the gateway costs < 15%) and gateway/distribution >= 1.0.
+ *
+ * Options (flag, else environment variable):
+ *   --blob-mb / BENCH_BLOB_MB        large blob size in MiB, default 512
+ *   --runs / BENCH_RUNS              rounds per measurement, targets interleaved (best is kept), default 3
+ *   --duration / BENCH_DURATION      seconds per wrk measurement, default 10 (plus 2 s warm-up)
+ *   --wrk-threads / BENCH_WRK_THREADS  wrk threads, default 1 (2 cores shared with the servers)
+ *   --variants / BENCH_GATEWAY_VARIANTS  gateway variants to run, default "plain,auth,tls"
+ *   --prof / BENCH_GATEWAY_PROF      directory: CPU-profile the plain appliance's gateway (--cpu-prof)
+ *   --wait / BENCH_WAIT              seconds to wait for other benchmarks to finish first, default 600
+ *   --json / BENCH_JSON              also write the results as JSON to this file
+ *   --timeout / BENCH_TIMEOUT        whole-run limit in seconds, default 1800
+ *
+ * Throughput is MB/s (10^6 bytes per second). CPU is the processes' utime+stime from /proc.
+ */
+import { randomBytes, createHash } from 'node:crypto';
+import { readdirSync, readFileSync } from 'node:fs';
+import { mkdir, writeFile } from 'node:fs/promises';
+import { loadavg } from 'node:os';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { buildImage } from '../test/helpers/oci-image.js';
+import { startAppliance, type Appliance } from '../test/helpers/appliance.js';
+import { startStevedoreRegistry, tempDir } from '../test/helpers/processes.js';
+import {
+  MANIFEST_TYPE, MiB, REPO, children, cleanup, curlGet, expectStatus, fmt, locationOf, makeBlob, numberOption, option,
+  pushMonolithic, request, run, seedImage, settle, startDist, tempDirs, wrk, type GeneratedBlob, type Server, type WrkResult,
+} from './registry-bench.js';
+
+const VARIANTS = ['plain', 'auth', 'tls'] as const;
+type Variant = typeof VARIANTS[number];
+
+const OPTS = {
+  blobMiB: numberOption('blob-mb', 'BENCH_BLOB_MB', 512, 1),
+  runs: Math.floor(numberOption('runs', 'BENCH_RUNS', 3, 1)),
+  duration: Math.floor(numberOption('duration', 'BENCH_DURATION', 10, 1)),
+  wrkThreads: Math.floor(numberOption('wrk-threads', 'BENCH_WRK_THREADS', 1, 1)),
+  variants: option('variants', 'BENCH_GATEWAY_VARIANTS', VARIANTS.join(',')).split(',').map((v) => v.trim()).filter(Boolean),
+  prof: option('prof', 'BENCH_GATEWAY_PROF', '') || undefined,
+  waitS: numberOption('wait', 'BENCH_WAIT', 600, 0),
+  json: option('json', 'BENCH_JSON', '') || undefined,
+  timeoutS: numberOption('timeout', 'BENCH_TIMEOUT', 1800, 10),
+};
+for (const v of OPTS.variants) {
+  if (!(VARIANTS as readonly string[]).includes(v)) throw new Error(`--variants (BENCH_GATEWAY_VARIANTS): unknown variant "${v}" (known: ${VARIANTS.join(', ')})`);
+}
+
+/**
+ * Preloaded into the profiled appliance's processes: in PM2's `gateway` app, records a CPU profile
+ * from start to exit and writes it as <dir>/gateway.<pid>.cpuprofile (Chrome DevTools format).
+ */
+const CPU_PROFILE_PRELOAD = `
+import { Session } from 'node:inspector';
+import { writeFileSync } from 'node:fs';
+if (process.env.pm_id !== undefined && process.env.name === 'gateway' && process.env.BENCH_CPU_PROFILE_DIR) {
+  const session = new Session();
+  session.connect();
+  session.post('Profiler.enable');
+  session.post('Profiler.setSamplingInterval', { interval: 200 });
+  session.post('Profiler.start');
+  process.once('exit', () => {
+    session.post('Profiler.stop', (err, result) => {
+      if (!err) writeFileSync(process.env.BENCH_CPU_PROFILE_DIR + '/gateway.' + process.pid + '.cpuprofile', JSON.stringify(result.profile));
+    });
+  });
+}
+`;
+
+const MIN_DIRECT_RATIO = 0.85;
+const MIN_DIST_RATIO = 1.0;
+const OTHER_BENCHMARKS = 'registry-bench|proxy-bench|storage-bench';
+
+function log(message: string): void {
+  process.stderr.write(`[gateway-bench ${new Date().toISOString().slice(11, 19)}] ${message}\n`);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bookkeeping beyond registry-bench's (children, temp dirs): the appliances, stopped with stop().
+
+const appliances = new Set<Appliance>();
+
+async function stopAll(): Promise<void> {
+  for (const appliance of appliances) {
+    appliances.delete(appliance);
+    const result = await appliance.stop().catch((err: unknown) => {
+      log(`stopping appliance ${appliance.url} failed: ${(err as Error).message}`);
+      return undefined;
+    });
+    if (result && result.survivors.length > 0) log(`appliance ${appliance.url}: killed ${result.survivors.length} survivor(s)`);
+  }
+  await cleanup();
+}
+
+/** Other benchmark processes (the 2 cores are shared): their command lines. */
+async function otherBenchmarks(): Promise<string[]> {
+  const { stdout } = await run('pgrep', ['-af', OTHER_BENCHMARKS], 10_000).catch(() => ({ stdout: '' }));
+  return stdout.split('\n').map((l) => l.trim()).filter((l) => l && !l.startsWith(`${process.pid} `));
+}
+
+async function waitForQuiet(): Promise<{ waitedS: number; stillRunning: string[] }> {
+  const started = Date.now();
+  let others = await otherBenchmarks();
+  if (others.length > 0) log(`waiting up to ${OPTS.waitS} s for other benchmarks to finish:\n  ${others.join('\n  ')}`);
+  while (others.length > 0 && Date.now() - started < OPTS.waitS * 1000) {
+    await sleep(5_000);
+    others = await otherBenchmarks();
+  }
+  const waitedS = Math.round((Date.now() - started) / 1000);
+  if (others.length > 0) log(`other benchmarks still running after ${waitedS} s: measuring anyway (results will say so)`);
+  return { waitedS, stillRunning: others };
+}
+
+/** CPU time of a process in ms, utime + stime and stime alone (clock ticks of 10 ms). */
+function cpuMs(pid: number | undefined): { total: number; sys: number } | undefined {
+  if (pid === undefined) return undefined;
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    const sys = Number(fields[12]) * 10;
+    return { total: Number(fields[11]) * 10 + sys, sys };
+  } catch {
+    return undefined;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Targets
+
+interface Target {
+  key: 'gateway-plain' | 'gateway-auth' | 'gateway-tls' | 'direct' | 'distribution';
+  label: string;
+  url: string;
+  /** Extra curl arguments (credentials, -k). */
+  curl: string[];
+  /** Extra request headers for wrk and the sanity checks. */
+  headers: Record<string, string>;
+  /** Processes whose CPU time is reported: the gateway (if any) and the process serving the content. */
+  gatewayPid?: number;
+  serverPid?: number;
+}
+
+function pidOf(appliance: Appliance, name: string): number | undefined {
+  return appliance.processes().find((p) => p.name === name)?.pid;
+}
+
+/** A push target for registry-bench's helpers (they only use url and label). */
+function asServer(label: string, url: string, pid: number): Server {
+  return { label, url, pid, proc: undefined as never, output: () => '' };
+}
+
+/** Pushes a manifest REPO:large with the large blob as its layer, so that GC keeps the blob. */
+async function pushLargeManifest(url: string, label: string, config: { digest: string; size: number; mediaType: string }, blob: GeneratedBlob): Promise<void> {
+  const manifest = Buffer.from(JSON.stringify({
+    schemaVersion: 2,
+    mediaType: MANIFEST_TYPE,
+    config: { mediaType: config.mediaType, digest: config.digest, size: config.size },
+    layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar', digest: blob.digest, size: blob.size }],
+  }));
+  expectStatus(await request('PUT', `${url}/v2/${REPO}/manifests/large`, {
+    headers: { 'content-type': MANIFEST_TYPE, 'content-length': manifest.length }, body: manifest,
+  }), 201, `${label} PUT manifest large`);
+}
+
+/** What the measurements fetch answers 200 with the expected bytes (and, with auth, 401 without credentials). */
+async function check(target: Target, manifest: Buffer, blob: GeneratedBlob, auth: boolean): Promise<void> {
+  const insecure = target.url.startsWith('https:');
+  const get = (path: string, headers: Record<string, string>) => run('curl', [
+    '-sS', ...(insecure ? ['-k'] : []), '-o', '-', '-w', '\n%{http_code}', ...Object.entries(headers).flatMap(([k, v]) => ['-H', `${k}: ${v}`]), `${target.url}${path}`,
+  ], 30_000);
+  const res = await get(`/v2/${REPO}/manifests/latest`, { accept: MANIFEST_TYPE, ...target.headers });
+  const status = res.stdout.slice(res.stdout.lastIndexOf('\n') + 1);
+  const body = res.stdout.slice(0, res.stdout.lastIndexOf('\n'));
+  if (status !== '200' || body !== manifest.toString('utf8')) throw new Error(`${target.label}: GET manifest latest: ${status} ${body.slice(0, 300)} ${res.stderr}`);
+  if (auth) {
+    const anonymous = await get(`/v2/${REPO}/manifests/latest`, { accept: MANIFEST_TYPE });
+    const anonStatus = anonymous.stdout.slice(anonymous.stdout.lastIndexOf('\n') + 1);
+    if (anonStatus !== '401') throw new Error(`${target.label}: GET without credentials answered ${anonStatus}, expected 401`);
+  }
+  await curlGet(`${target.url}/v2/${REPO}/blobs/${blob.digest}`, blob.size, target.curl);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Results
+
+interface Measurement {
+  value: number;
+  /** CPU ms used by the gateway and by the serving process during the measurement. */
+  gatewayCpuMs?: number | undefined;
+  serverCpuMs?: number | undefined;
+  /** Of which in the kernel (stime). */
+  gatewaySysMs?: number | undefined;
+  serverSysMs?: number | undefined;
+  requests?: number;
+  errors?: number;
+  non2xx?: number;
+  latencyP99?: string;
+}
+
+type Results = Record<string, Record<string, Measurement[]>>;
+
+function best(list: Measurement[] | undefined): Measurement | undefined {
+  if (!list || list.length === 0) return undefined;
+  return list.reduce((a, b) => (b.value > a.value ? b : a));
+}
+
+interface Row {
+  metric: string;
+  unit: string;
+  variant: string;
+  gateway: number | undefined;
+  direct: number | undefined;
+  distribution: number | undefined;
+  gatewayToDirect: number | undefined;
+  gatewayToDistribution: number | undefined;
+  judged: boolean;
+  met: boolean | undefined;
+  note?: string;
+}
+
+function printTable(rows: Row[]): string {
+  const header = ['metric', 'gateway', 'direct worker', 'distribution', 'gw/direct', 'gw/dist', 'met?'];
+  const body = rows.map((r) => [
+    `${r.metric} [${r.variant}] (${r.unit})`,
+    fmt(r.gateway),
+    fmt(r.direct),
+    fmt(r.distribution),
+    r.gatewayToDirect === undefined ? '-' : fmt(r.gatewayToDirect, 2),
+    r.gatewayToDistribution === undefined ? '-' : fmt(r.gatewayToDistribution, 2),
+    !r.judged ? 'info' : r.met ? 'yes' : 'NO',
+  ]);
+  const widths = header.map((h, i) => Math.max(h.length, ...body.map((line) => line[i]!.length)));
+  const line = (cells: string[]) => cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ');
+  const notes = rows.filter((r) => r.note).map((r) => `  note: ${r.metric} [${r.variant}]: ${r.note}`);
+  return [line(header), widths.map((w) => '-'.repeat(w)).join('  '), ...body.map(line), ...notes].join('\n');
+}
+
+// ---------------------------------------------------------------------------------------------
+// The run
+
+async function main(): Promise<void> {
+  log(`options: ${JSON.stringify(OPTS)}`);
+  const quiet = await waitForQuiet();
+  const loadAtStart = loadavg().map((l) => l.toFixed(1)).join(' ');
+  const blobSize = Math.round(OPTS.blobMiB * MiB);
+
+  const scratch = await tempDir('gateway-bench-');
+  tempDirs.add(scratch);
+  const root = join(scratch, 'root');
+  await mkdir(root);
+  const variants = VARIANTS.filter((v) => OPTS.variants.includes(v));
+  // 'plain' is always started: the content is pushed through it.
+  const started: Variant[] = variants.includes('plain') ? variants : ['plain', ...variants];
+
+  // The appliances share one data root (each has its own run dir, access log, logger state, PM2 home).
+  const applianceOf = new Map<Variant, Appliance>();
+  let profiledGatewayPid: number | undefined;
+  for (const variant of started) {
+    const env: Record<string, string> = { STEVEDORE_ROOT: root, LOGGER_STATE_PATH: join(scratch, `logger-${variant}.json`) };
+    if (variant === 'plain' && OPTS.prof) {
+      // NODE_OPTIONS may not carry --cpu-prof: a preloaded module profiles the gateway app instead.
+      await mkdir(OPTS.prof, { recursive: true });
+      const preload = join(scratch, 'cpu-profile.mjs');
+      await writeFile(preload, CPU_PROFILE_PRELOAD);
+      env.NODE_OPTIONS = `--import ${pathToFileURL(preload).href}`;
+      env.BENCH_CPU_PROFILE_DIR = OPTS.prof;
+    }
+    const appliance = await startAppliance({ tls: variant === 'tls', auth: variant !== 'plain', env });
+    appliances.add(appliance);
+    applianceOf.set(variant, appliance);
+    if (variant === 'plain' && OPTS.prof) profiledGatewayPid = pidOf(appliance, 'gateway');
+    log(`appliance ${variant}: ${appliance.url} (gateway pid ${pidOf(appliance, 'gateway')}, hosted worker pid ${pidOf(appliance, 'registry-hosted')})`);
+  }
+  const plain = applianceOf.get('plain')!;
+  const dist = await startDist();
+  log(`distribution ${dist.url} pid ${dist.pid}`);
+
+  // The same content everywhere: one small image (REPO:latest, for wrk), a 4 KiB blob, the large blob (REPO:large).
+  const image = buildImage({ layerSizes: [4096], seed: 'gateway-bench' });
+  const smallBlob = randomBytes(4096);
+  const smallDigest = `sha256:${createHash('sha256').update(smallBlob).digest('hex')}`;
+  log(`generating the ${OPTS.blobMiB} MiB blob`);
+  const largeBlob = makeBlob(1, blobSize);
+  for (const [label, url, pid] of [['gateway plain', plain.url, pidOf(plain, 'gateway') ?? 0], ['distribution', dist.url, dist.pid]] as const) {
+    const server = asServer(label, url, pid);
+    await seedImage(server, smallBlob, smallDigest, image);
+    const mbs = await pushMonolithic(server, REPO, largeBlob);
+    await pushLargeManifest(url, label, image.config, largeBlob);
+    log(`pushed to ${label} (large blob at ${fmt(mbs)} MB/s)`);
+  }
+  await settle();
+
+  // The direct worker: the same data root, reachable over TCP (wrk cannot use unix sockets).
+  const direct = await startStevedoreRegistry(['--root', root]);
+  children.add(direct.proc);
+  log(`direct worker ${direct.url} pid ${direct.proc.pid}`);
+
+  const targets: Target[] = [];
+  for (const variant of variants) {
+    const appliance = applianceOf.get(variant)!;
+    const auth = variant !== 'plain';
+    targets.push({
+      key: `gateway-${variant}`,
+      label: `gateway ${variant}`,
+      url: appliance.url,
+      curl: [...(variant === 'tls' ? ['-k'] : []), ...(auth ? ['-u', appliance.reader.creds] : [])],
+      headers: auth ? { authorization: appliance.reader.auth } : {},
+      gatewayPid: pidOf(appliance, 'gateway'),
+      serverPid: pidOf(appliance, 'registry-hosted'),
+    });
+  }
+  targets.push({ key: 'direct', label: 'direct worker', url: direct.url, curl: [], headers: {}, serverPid: direct.proc.pid });
+  targets.push({ key: 'distribution', label: 'distribution', url: dist.url, curl: [], headers: {}, serverPid: dist.pid });
+  for (const target of targets) await check(target, image.manifest.data, largeBlob, target.key === 'gateway-auth' || target.key === 'gateway-tls');
+  log(`every target serves the content (${targets.map((t) => t.label).join(', ')})`);
+
+  const results: Results = {};
+  const record = (metric: string, target: Target, m: Measurement) => {
+    results[metric] ??= {};
+    (results[metric]![target.key] ??= []).push(m);
+  };
+  const rotated = (r: number) => targets.map((_, i) => targets[(i + r) % targets.length]!);
+  const cpu = (target: Target) => ({ gateway: cpuMs(target.gatewayPid), server: cpuMs(target.serverPid) });
+  const used = (target: Target, before: ReturnType<typeof cpu>): Partial<Measurement> => {
+    const after = cpu(target);
+    const d = (a: number | undefined, b: number | undefined) => (a === undefined || b === undefined ? undefined : a - b);
+    return {
+      gatewayCpuMs: d(after.gateway?.total, before.gateway?.total), gatewaySysMs: d(after.gateway?.sys, before.gateway?.sys),
+      serverCpuMs: d(after.server?.total, before.server?.total), serverSysMs: d(after.server?.sys, before.server?.sys),
+    };
+  };
+
+  // Large-blob GET: one curl per target per round, targets interleaved (rotating order); best kept.
+  log(`large-blob GET: ${OPTS.blobMiB} MiB, best of ${OPTS.runs}`);
+  const largeUrl = (t: Target) => `${t.url}/v2/${REPO}/blobs/${largeBlob.digest}`;
+  for (const target of targets) await curlGet(largeUrl(target), blobSize, target.curl); // warm (page cache, connections)
+  for (let r = 0; r < OPTS.runs; r++) {
+    for (const target of rotated(r)) {
+      const before = cpu(target);
+      const value = await curlGet(largeUrl(target), blobSize, target.curl);
+      record('large-get', target, { value, ...used(target, before) });
+    }
+    log(`  round ${r + 1}: ${targets.map((t) => `${t.label} ${fmt(results['large-get']![t.key]!.at(-1)!.value)}`).join(', ')} MB/s`);
+  }
+
+  // Manifest GET by tag with wrk.
+  const luaDir = join(scratch, 'lua');
+  await mkdir(luaDir);
+  const scripts = new Map<string, string>();
+  for (const target of targets) {
+    const path = join(luaDir, `${target.key}.lua`);
+    const headers = { Accept: MANIFEST_TYPE, ...target.headers };
+    await writeFile(path, `wrk.method = "GET"\n${Object.entries(headers).map(([k, v]) => `wrk.headers["${k}"] = "${v}"`).join('\n')}\n`);
+    scripts.set(target.key, path);
+  }
+  const wrkCases = [
+    { key: 'manifest-get-16', connections: 16 },
+    { key: 'manifest-get-64', connections: 64 },
+  ];
+  for (const c of wrkCases) {
+    log(`manifest GET by tag, ${c.connections} connections: ${OPTS.duration} s runs, best of ${OPTS.runs}`);
+    for (let r = 0; r < OPTS.runs; r++) {
+      for (const target of rotated(r)) {
+        const url = `${target.url}/v2/${REPO}/manifests/latest`;
+        await wrk(url, scripts.get(target.key)!, c.connections, 2); // warm-up
+        const before = cpu(target);
+        const w: WrkResult = await wrk(url, scripts.get(target.key)!, c.connections, OPTS.duration);
+        record(c.key, target, { value: w.rps, requests: w.requests, errors: w.errors, non2xx: w.non2xx, latencyP99: w.latencyP99, ...used(target, before) });
+      }
+      log(`  round ${r + 1}: ${targets.map((t) => `${t.label} ${fmt(results[c.key]![t.key]!.at(-1)!.value)}`).join(', ')} req/s`);
+    }
+  }
+
+  // CPU per unit of work, from the best runs (diagnostics: where the gateway's cost goes).
+  const cpuNotes: string[] = [];
+  for (const target of targets) {
+    const large = best(results['large-get']![target.key]);
+    const m64 = best(results['manifest-get-64']![target.key]);
+    const gib = blobSize / 2 ** 30;
+    const perGiB = (ms: number | undefined, sys: number | undefined) => (ms === undefined ? '-' : `${fmt(ms / gib, 0)} ms/GiB (sys ${fmt((sys ?? 0) / gib, 0)})`);
+    const perReq = (ms: number | undefined, sys: number | undefined, n: number | undefined) => (ms === undefined || !n ? '-' : `${fmt((ms * 1000) / n, 0)} µs/req (sys ${fmt(((sys ?? 0) * 1000) / n, 0)})`);
+    cpuNotes.push(`  ${target.label.padEnd(14)} large GET: server ${perGiB(large?.serverCpuMs, large?.serverSysMs)}${target.gatewayPid ? `, gateway ${perGiB(large?.gatewayCpuMs, large?.gatewaySysMs)}` : ''}; `
+      + `manifest c64: server ${perReq(m64?.serverCpuMs, m64?.serverSysMs, m64?.requests)}${target.gatewayPid ? `, gateway ${perReq(m64?.gatewayCpuMs, m64?.gatewaySysMs, m64?.requests)}` : ''}`);
+  }
+
+  // Table.
+  const rows: Row[] = [];
+  const metrics = [
+    { key: 'large-get', metric: `large-blob GET ${OPTS.blobMiB} MiB, best of ${OPTS.runs}`, unit: 'MB/s' },
+    { key: 'manifest-get-16', metric: `manifest GET by tag c16, best of ${OPTS.runs}`, unit: 'req/s' },
+    { key: 'manifest-get-64', metric: `manifest GET by tag c64, best of ${OPTS.runs}`, unit: 'req/s' },
+  ];
+  for (const m of metrics) {
+    const directValue = best(results[m.key]!.direct)?.value;
+    const distValue = best(results[m.key]!.distribution)?.value;
+    for (const variant of variants) {
+      const g = best(results[m.key]![`gateway-${variant}`]);
+      const gatewayToDirect = g && directValue ? g.value / directValue : undefined;
+      const gatewayToDistribution = g && distValue ? g.value / distValue : undefined;
+      const problems = Object.entries(results[m.key]!).flatMap(([key, list]) => list.flatMap((x) => ((x.errors ?? 0) + (x.non2xx ?? 0) > 0 ? [`${key}: ${x.errors} socket errors, ${x.non2xx} non-2xx of ${x.requests}`] : [])));
+      // TLS is informational: the worker and distribution are measured over plain HTTP.
+      const judged = variant !== 'tls';
+      const row: Row = {
+        metric: m.metric, unit: m.unit, variant, gateway: g?.value, direct: directValue, distribution: distValue, gatewayToDirect, gatewayToDistribution, judged,
+        met: judged ? (gatewayToDirect ?? 0) >= MIN_DIRECT_RATIO && (gatewayToDistribution ?? 0) >= MIN_DIST_RATIO && problems.length === 0 : undefined,
+      };
+      if (problems.length > 0 && variant === variants[0]) row.note = problems.join('; ');
+      rows.push(row);
+    }
+  }
+
+  const quietAtEnd = await otherBenchmarks();
+  const loadAtEnd = loadavg().map((l) => l.toFixed(1)).join(' ');
+  process.stdout.write(`\nGateway cost: appliance (stevedore start, PM2) vs its hosted worker directly vs distribution 2.8.2 (docker-registry, access log on)\n`);
+  process.stdout.write(`loopback, node ${process.version}, wrk -t${OPTS.wrkThreads} ${OPTS.duration}s, curl for the large GET\n\n${printTable(rows)}\n\n`);
+  process.stdout.write(`  targets: gw/direct >= ${MIN_DIRECT_RATIO} (the gateway costs < ${Math.round((1 - MIN_DIRECT_RATIO) * 100)}%), gw/dist >= ${MIN_DIST_RATIO}; `
+    + `[plain] no auth, [auth] htpasswd + read-only user, [tls] HTTPS + htpasswd (info only)\n`);
+  process.stdout.write(`  CPU (utime+stime) in the best runs:\n${cpuNotes.join('\n')}\n`);
+  process.stdout.write(`  load average at start ${loadAtStart}, at end ${loadAtEnd} (2 cores)`
+    + `${quiet.waitedS > 0 ? `; waited ${quiet.waitedS} s for other benchmarks` : ''}`
+    + `${quiet.stillRunning.length + quietAtEnd.length > 0 ? `; OTHER BENCHMARKS RAN DURING THE MEASUREMENT: ${[...quiet.stillRunning, ...quietAtEnd].join(' | ')}` : ''}\n\n`);
+  const judged = rows.filter((r) => r.judged);
+  process.stdout.write(`${judged.filter((r) => r.met).length}/${judged.length} targets met\n`);
+
+  if (OPTS.json) {
+    await writeFile(OPTS.json, `${JSON.stringify({
+      date: new Date().toISOString(), node: process.version, loadAverage: { start: loadAtStart, end: loadAtEnd },
+      otherBenchmarks: { waitedS: quiet.waitedS, atStart: quiet.stillRunning, atEnd: quietAtEnd },
+      options: OPTS, rows, results,
+    }, null, 2)}\n`);
+    log(`wrote ${OPTS.json}`);
+  }
+
+  // Stop the direct worker before the appliances (it reads their data root).
+  await direct.stop();
+  children.delete(direct.proc);
+  if (OPTS.prof && profiledGatewayPid !== undefined) {
+    await stopAll();
+    const profile = readdirSync(OPTS.prof).find((f) => f.includes(`.${profiledGatewayPid}.`) && f.endsWith('.cpuprofile'));
+    log(profile ? `gateway CPU profile: ${join(OPTS.prof, profile)}` : `no CPU profile of gateway pid ${profiledGatewayPid} in ${OPTS.prof}`);
+  }
+}
+
+const watchdog = setTimeout(() => {
+  log(`run exceeded ${OPTS.timeoutS} s: stopping`);
+  process.exitCode = 1;
+  void stopAll().then(() => process.exit(1));
+}, (OPTS.timeoutS + OPTS.waitS) * 1000);
+watchdog.unref();
+
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(signal, () => {
+    log(`${signal}: stopping the appliances and servers, removing temp data`);
+    void stopAll().then(() => process.exit(130));
+  });
+}
+
+try {
+  await main();
+} catch (err) {
+  process.exitCode = 1;
+  log(`failed: ${(err as Error).stack ?? String(err)}`);
+} finally {
+  await stopAll();
+  clearTimeout(watchdog);
+}

@@ -1,0 +1,185 @@
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { request as httpRequest, type IncomingHttpHeaders, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import type { AppliancePlan } from '../lib/appliance.js';
+import { parseAccessLogLine } from '../lib/access-log.js';
+import { createLogger } from '../lib/log.js';
+import { digestOf } from '../lib/oci/digest.js';
+import { StorageLayout } from '../lib/storage/layout.js';
+import { AccessLogWriter } from '../services/gateway/src/access-log.js';
+import { GatewayMetrics } from '../services/gateway/src/metrics.js';
+import { createGateway } from '../services/gateway/src/server.js';
+import { call, sleep, type HttpResult } from './helpers/appliance.js';
+import { STEVEDORE_BIN, tempDir } from './helpers/processes.js';
+
+/**
+ * The gateway sends stored blobs larger than 64 KiB from disk itself (services/gateway/src/blob-direct.ts):
+ * the answer must be the worker's, header for header, and everything else must still reach the worker.
+ * A real hosted worker on a unix socket; a cache worker's store written by hand (its worker never runs).
+ */
+
+/** One request to a unix socket (the worker, as the gateway reaches it). */
+function callSocket(socketPath: string, method: string, path: string, headers: Record<string, string> = {}): Promise<HttpResult> {
+  return new Promise((resolve, reject) => {
+    const req = httpRequest({ socketPath, method, path, headers, agent: false }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => {
+        const body = Buffer.concat(chunks);
+        resolve({ status: res.statusCode ?? 0, headers: res.headers, body, ms: 0, text: () => body.toString('utf8'), json: <T>() => JSON.parse(body.toString('utf8')) as T });
+      });
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+/** Headers that describe the content (the transport's Date, Connection and Keep-Alive left out). */
+function contentHeaders(headers: IncomingHttpHeaders): Record<string, unknown> {
+  const { date: _date, connection: _connection, 'keep-alive': _keepAlive, ...rest } = headers;
+  return rest;
+}
+
+async function push(url: string, name: string, data: Buffer): Promise<string> {
+  const digest = digestOf(data).value;
+  const post = await call(url, 'POST', `/v2/${name}/blobs/uploads/`);
+  assert.equal(post.status, 202, post.text());
+  const location = new URL(post.headers.location!, url);
+  location.searchParams.set('digest', digest);
+  const put = await call(url, 'PUT', `${location.pathname}${location.search}`, { body: data, headers: { 'content-type': 'application/octet-stream' } });
+  assert.equal(put.status, 201, put.text());
+  return digest;
+}
+
+describe('gateway: stored blobs sent from disk, as the worker would send them', () => {
+  let dir: string;
+  let root: string;
+  let plan: AppliancePlan;
+  let worker: ChildProcess | undefined;
+  let gateway: Server;
+  let url: string;
+  let metrics: GatewayMetrics;
+  let accessLog: AccessLogWriter;
+  let accessLogPath: string;
+  const large = Buffer.alloc(300 * 1024 + 17);
+  for (let i = 0; i < large.length; i++) large[i] = (i * 7 + (i >> 10)) & 0xff;
+  const small = Buffer.alloc(4096, 0x3c);
+  let largeDigest: string;
+  let smallDigest: string;
+
+  before(async () => {
+    dir = await tempDir('gateway-blob-direct-');
+    root = join(dir, 'root');
+    const run = join(dir, 'run');
+    await mkdir(run, { mode: 0o700 });
+    plan = {
+      hosted: { name: 'registry-hosted', kind: 'hosted', prefixes: [], socketPath: join(run, 'hosted.sock') },
+      proxies: [
+        // Never started: what it would serve from its store is written below.
+        { name: 'registry-up.example_5000', kind: 'proxy', upstream: 'up.example:5000', upstreamUrl: 'https://up.example:5000/', prefixes: ['up.example:5000', 'up'], socketPath: join(run, 'up.sock') },
+      ],
+    };
+    worker = spawn(process.execPath, [STEVEDORE_BIN, 'registry', '--listen', plan.hosted.socketPath, '--root', root, '--log-level', 'info'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let output = '';
+    worker.stdout!.on('data', (c: Buffer) => { output += c.toString(); });
+    worker.stderr!.on('data', (c: Buffer) => { output += c.toString(); });
+    for (let i = 0; i < 150 && !output.includes('"registry listening"'); i++) await sleep(100);
+    assert.ok(output.includes('"registry listening"'), `worker did not start: ${output}`);
+
+    const log = createLogger('gateway', 'silent');
+    accessLogPath = join(dir, 'logs', 'access.log');
+    accessLog = new AccessLogWriter(accessLogPath);
+    metrics = new GatewayMetrics(join(root, 'blobs'));
+    gateway = createGateway({ plan, log, users: undefined, realm: 'Test Realm', accessLog, metrics, root });
+    await new Promise<void>((resolve) => gateway.listen(0, '127.0.0.1', resolve));
+    url = `http://127.0.0.1:${(gateway.address() as AddressInfo).port}`;
+
+    largeDigest = await push(url, 'team/app', large);
+    smallDigest = await push(url, 'team/app', small);
+  });
+
+  after(async () => {
+    await new Promise<void>((resolve) => { gateway?.close(() => resolve()); gateway?.closeAllConnections(); });
+    if (worker && worker.exitCode === null) {
+      worker.kill('SIGTERM');
+      await once(worker, 'exit');
+    }
+    if (dir) await rm(dir, { recursive: true, force: true });
+  });
+
+  it('answers a GET, a Range and a ?ns= GET of a stored blob with the worker\'s status, headers and bytes', async () => {
+    const cases: Array<{ path: string; headers?: Record<string, string> }> = [
+      { path: `/v2/team/app/blobs/${largeDigest}` },
+      { path: `/v2/team/app/blobs/${largeDigest}`, headers: { range: 'bytes=1000-70999' } },
+      { path: `/v2/team/app/blobs/${largeDigest}`, headers: { range: 'bytes=-10' } },
+      { path: `/v2/team/app/blobs/${largeDigest}?ns=elsewhere.example` },
+    ];
+    for (const c of cases) {
+      const viaGateway = await call(url, 'GET', c.path, { headers: c.headers ?? {} });
+      const fromWorker = await callSocket(plan.hosted.socketPath, 'GET', c.path, c.headers);
+      assert.equal(viaGateway.status, fromWorker.status, c.path);
+      assert.deepEqual(contentHeaders(viaGateway.headers), contentHeaders(fromWorker.headers), `${c.path} ${JSON.stringify(c.headers)}`);
+      assert.ok(viaGateway.body.equals(fromWorker.body), `${c.path}: same bytes`);
+    }
+    const full = await call(url, 'GET', `/v2/team/app/blobs/${largeDigest}`);
+    assert.ok(full.body.equals(large));
+  });
+
+  it('leaves to the worker what it answers otherwise: other repositories, unknown blobs, 416, HEAD, If-None-Match', async () => {
+    const cases: Array<{ method: string; path: string; headers?: Record<string, string>; status: number }> = [
+      { method: 'GET', path: `/v2/other/app/blobs/${largeDigest}`, status: 404 },
+      { method: 'GET', path: `/v2/team/app/blobs/${digestOf('absent').value}`, status: 404 },
+      { method: 'GET', path: `/v2/team/app/blobs/${largeDigest}`, headers: { range: `bytes=${large.length}-` }, status: 416 },
+      { method: 'HEAD', path: `/v2/team/app/blobs/${largeDigest}`, status: 200 },
+      { method: 'GET', path: `/v2/team/app/blobs/${largeDigest}`, headers: { 'if-none-match': `"${largeDigest}"` }, status: 304 },
+      { method: 'GET', path: `/v2/team/app/blobs/${smallDigest}`, status: 200 },
+    ];
+    for (const c of cases) {
+      const viaGateway = await call(url, c.method, c.path, { headers: c.headers ?? {} });
+      const fromWorker = await callSocket(plan.hosted.socketPath, c.method, c.path, c.headers);
+      assert.equal(viaGateway.status, c.status, `${c.method} ${c.path} ${JSON.stringify(c.headers)}: ${viaGateway.text()}`);
+      assert.equal(fromWorker.status, c.status);
+      assert.deepEqual(contentHeaders(viaGateway.headers), contentHeaders(fromWorker.headers), `${c.method} ${c.path}`);
+      assert.ok(viaGateway.body.equals(fromWorker.body));
+    }
+  });
+
+  it('logs a blob sent from disk like a proxied one', async () => {
+    const res = await call(url, 'GET', `/v2/team/app/blobs/${largeDigest}?x=1`);
+    assert.equal(res.status, 200);
+    let entry;
+    for (let i = 0; i < 40 && !entry; i++) {
+      accessLog.flush();
+      await sleep(50);
+      const lines = (await readFile(accessLogPath, 'utf8').catch(() => '')).split('\n').filter(Boolean);
+      entry = lines.map((l) => parseAccessLogLine(l)).find((e) => e?.path === `/v2/team/app/blobs/${largeDigest}` && e.method === 'GET' && e.bytes === large.length);
+    }
+    assert.ok(entry, 'access-log entry');
+    assert.deepEqual({ ...entry, time: undefined, durationMs: undefined }, {
+      level: 30, time: undefined, msg: 'access', user: '-', method: 'GET', path: `/v2/team/app/blobs/${largeDigest}`, upstream: '-',
+      repository: 'team/app', reference: largeDigest, kind: 'blob', status: 200, bytes: large.length, durationMs: undefined,
+    });
+  });
+
+  it('a cache worker\'s stored and linked blob: sent from its namespace, counted as a cache hit', async () => {
+    const layout = new StorageLayout(root, { namespace: 'up.example:5000' });
+    const digest = digestOf(large);
+    await mkdir(join(layout.layerLinkPath('team/img', digest), '..'), { recursive: true });
+    await writeFile(layout.layerLinkPath('team/img', digest), '');
+    // The blob file is shared with the hosted store (one copy per digest).
+    const res = await call(url, 'GET', `/v2/up/team/img/blobs/${digest.value}`);
+    assert.equal(res.status, 200);
+    assert.ok(res.body.equals(large));
+    assert.equal(res.headers['docker-content-digest'], digest.value);
+    assert.match(await metrics.registry.metrics(), /^stevedore_cache_requests_total\{upstream="up.example:5000",result="hit"\} 1$/m);
+    // Not linked in the cache's namespace: the (absent) cache worker must answer.
+    const unlinked = await call(url, 'GET', `/v2/up/team/other/blobs/${digest.value}`);
+    assert.equal(unlinked.status, 503);
+  });
+});
