@@ -2,6 +2,7 @@ import { open, stat, type FileHandle } from 'node:fs/promises';
 import type { IncomingHttpHeaders, OutgoingHttpHeaders, ServerResponse } from 'node:http';
 import type { AppliancePlan, WorkerPlan } from '../../../lib/appliance.js';
 import { parseRange } from '../../../lib/http/range.js';
+import { copyFileToResponse, isClientGone } from '../../../lib/http/file-response.js';
 import { tryParseDigest } from '../../../lib/oci/digest.js';
 import { StorageLayout } from '../../../lib/storage/layout.js';
 import { BoundedMap } from '../../registry/src/store/bounded-map.js';
@@ -97,74 +98,22 @@ export interface DirectBlob {
   end: number;
 }
 
-/** Read size: as the worker's (BLOB_READ_CHUNK), large chunks keep syscalls and per-chunk work low. */
-const CHUNK = 1024 * 1024;
-/** Spare read buffers, reused across transfers (bounded). */
-const sparePool: Buffer[] = [];
-const SPARE_POOL_MAX = 8;
-
-class ClientGone extends Error {}
 
 /**
- * Sends a prepared blob and closes its file: headers, then the bytes through two reused buffers
- * (the next chunk is read while the previous one is written; a buffer is refilled only once the
- * socket has taken it, which is also the backpressure). `sent` is told each chunk's size as it is
- * handed to the socket. A transfer that fails after the headers destroys the response: the client
- * sees a broken transfer, never a short blob. Resolves with the failure, unless the client left.
+ * Sends a prepared blob and closes its file: headers, then the bytes (lib/http/file-response.ts).
+ * `sent` is told each chunk's size as it is handed to the socket. A transfer that fails after the
+ * headers destroys the response: the client sees a broken transfer, never a short blob. Resolves
+ * with the failure, unless the client left.
  */
 export async function sendDirectBlob(blob: DirectBlob, res: ServerResponse, sent: (bytes: number) => void): Promise<Error | undefined> {
-  const { handle, start, end } = blob;
-  const total = end - start + 1;
-  const pooled = total >= CHUNK;
-  const size = pooled ? CHUNK : total;
-  const buffers = [pooled ? sparePool.pop() ?? Buffer.allocUnsafeSlow(size) : Buffer.allocUnsafe(size)];
-  if (total > size) buffers.push(pooled ? sparePool.pop() ?? Buffer.allocUnsafeSlow(size) : Buffer.allocUnsafe(size));
-  const writes: Array<Promise<void> | undefined> = [undefined, undefined];
-  let gone: (() => void) | undefined;
-  const closed = new Promise<never>((_, reject) => {
-    gone = () => reject(new ClientGone('client closed the connection'));
-  });
-  closed.catch(() => {});
-  const onClose = () => {
-    if (!res.writableFinished) gone!();
-  };
-  res.once('close', onClose);
-  let complete = false;
-  let failure: Error | undefined;
   try {
     res.writeHead(blob.status, blob.headers);
-    let position = start;
-    let turn = 0;
-    while (position <= end) {
-      const buffer = buffers[turn]!;
-      const pending = writes[turn];
-      if (pending) await Promise.race([pending, closed]);
-      const want = Math.min(buffer.length, end - position + 1);
-      const { bytesRead } = await handle.read(buffer, 0, want, position);
-      if (bytesRead === 0) throw new Error(`blob file ended at ${position}, expected ${end + 1} bytes`);
-      if (res.destroyed) throw new ClientGone('client closed the connection');
-      position += bytesRead;
-      const chunk = bytesRead === buffer.length ? buffer : buffer.subarray(0, bytesRead);
-      writes[turn] = new Promise<void>((resolve, reject) => {
-        res.write(chunk, (err) => (err ? reject(err) : resolve()));
-      });
-      writes[turn]!.catch(() => {});
-      sent(bytesRead);
-      turn = (turn + 1) % buffers.length;
-    }
-    await Promise.race([Promise.all(writes), closed]);
-    await Promise.race([new Promise<void>((resolve) => res.end(resolve)), closed]);
-    complete = true;
+    await copyFileToResponse(blob.handle, res, blob.start, blob.end, sent);
+    return undefined;
   } catch (err) {
     res.destroy();
-    if (!(err instanceof ClientGone) && !CLIENT_GONE_CODES.has((err as NodeJS.ErrnoException).code ?? '')) failure = err as Error;
+    return isClientGone(err) ? undefined : (err as Error);
   } finally {
-    res.off('close', onClose);
-    await handle.close().catch(() => {});
-    // Only buffers no socket write still refers to go back to the pool.
-    if (complete && pooled) for (const buffer of buffers) if (sparePool.length < SPARE_POOL_MAX) sparePool.push(buffer);
+    await blob.handle.close().catch(() => {});
   }
-  return failure;
 }
-
-const CLIENT_GONE_CODES = new Set(['ERR_STREAM_DESTROYED', 'ECONNRESET', 'EPIPE']);

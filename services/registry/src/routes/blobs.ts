@@ -1,11 +1,11 @@
-import type { FileHandle } from 'node:fs/promises';
-import type { OutgoingHttpHeaders, ServerResponse } from 'node:http';
+import type { OutgoingHttpHeaders } from 'node:http';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { parseDigest, type Digest } from '../../../../lib/oci/digest.js';
 import { RegistryError } from '../../../../lib/oci/errors.js';
 import { parseRange } from '../../../../lib/http/range.js';
+import { copyFileToResponse, isClientGone } from '../../../../lib/http/file-response.js';
 import type { RegistryContext } from '../context.js';
-import { BLOB_READ_CHUNK, SMALL_BLOB_CACHEABLE } from '../store/blob-store.js';
+import { SMALL_BLOB_CACHEABLE } from '../store/blob-store.js';
 
 /** Blobs up to this size are read in one call (and cached); larger ones stream. */
 const SMALL_BLOB = SMALL_BLOB_CACHEABLE;
@@ -68,74 +68,13 @@ export async function getBlob(ctx: RegistryContext, name: string, rawDigest: str
   const res = reply.raw;
   try {
     res.writeHead(reply.statusCode, reply.getHeaders() as OutgoingHttpHeaders);
-    await copyToResponse(handle, res, start, end);
+    await copyFileToResponse(handle, res, start, end);
   } catch (err) {
     // Headers are out: a failed transfer must look broken to the client, never short.
     res.destroy();
     if (!isClientGone(err)) ctx.log.warn({ err, name, digest: digest.value }, 'blob transfer failed');
   } finally {
     await handle.close().catch(() => {});
-  }
-}
-
-/** Spare read buffers of BLOB_READ_CHUNK bytes, reused across transfers (bounded). */
-const sparePool: Buffer[] = [];
-const SPARE_POOL_MAX = 8;
-
-class ClientGoneError extends Error {}
-
-function isClientGone(err: unknown): boolean {
-  return err instanceof ClientGoneError || (err as NodeJS.ErrnoException).code === 'ERR_STREAM_DESTROYED'
-    || (err as NodeJS.ErrnoException).code === 'ECONNRESET' || (err as NodeJS.ErrnoException).code === 'EPIPE';
-}
-
-/**
- * Copies bytes `start..end` (inclusive) of an open file to the response, then ends it. Double
- * buffered: the next chunk is read while the previous one is being written; a buffer is refilled
- * only once the socket has taken all of it (its write callback), which is also the backpressure.
- */
-async function copyToResponse(handle: FileHandle, res: ServerResponse, start: number, end: number): Promise<void> {
-  const total = end - start + 1;
-  const pooled = total >= BLOB_READ_CHUNK;
-  const size = pooled ? BLOB_READ_CHUNK : total;
-  const buffers = [pooled ? sparePool.pop() ?? Buffer.allocUnsafeSlow(size) : Buffer.allocUnsafe(size)];
-  if (total > size) buffers.push(pooled ? sparePool.pop() ?? Buffer.allocUnsafeSlow(size) : Buffer.allocUnsafe(size));
-  const writes: Array<Promise<void> | undefined> = [undefined, undefined];
-
-  let gone: (() => void) | undefined;
-  const closed = new Promise<never>((_, reject) => {
-    gone = () => reject(new ClientGoneError('client closed the connection'));
-  });
-  closed.catch(() => {});
-  const onClose = () => {
-    if (!res.writableFinished) gone!();
-  };
-  res.once('close', onClose);
-  try {
-    let position = start;
-    let turn = 0;
-    while (position <= end) {
-      const buffer = buffers[turn]!;
-      const pending = writes[turn];
-      if (pending) await Promise.race([pending, closed]);
-      const want = Math.min(buffer.length, end - position + 1);
-      const { bytesRead } = await handle.read(buffer, 0, want, position);
-      if (bytesRead === 0) throw new Error(`blob file ended at ${position}, expected ${end + 1} bytes`);
-      if (res.destroyed) throw new ClientGoneError('client closed the connection');
-      position += bytesRead;
-      const chunk = bytesRead === buffer.length ? buffer : buffer.subarray(0, bytesRead);
-      writes[turn] = new Promise<void>((resolve, reject) => {
-        res.write(chunk, (err) => (err ? reject(err) : resolve()));
-      });
-      writes[turn]!.catch(() => {});
-      turn = (turn + 1) % buffers.length;
-    }
-    await Promise.race([Promise.all(writes), closed]);
-    await Promise.race([new Promise<void>((resolve) => res.end(resolve)), closed]);
-    // Every write completed: no socket request still refers to the buffers.
-    if (pooled) for (const buffer of buffers) if (sparePool.length < SPARE_POOL_MAX) sparePool.push(buffer);
-  } finally {
-    res.off('close', onClose);
   }
 }
 

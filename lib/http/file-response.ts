@@ -1,0 +1,71 @@
+import type { FileHandle } from 'node:fs/promises';
+import type { ServerResponse } from 'node:http';
+
+/** Read size: large chunks keep syscalls and per-chunk work low. */
+export const FILE_CHUNK = 1024 * 1024;
+
+/** Spare read buffers of FILE_CHUNK bytes, reused across transfers (bounded). */
+const sparePool: Buffer[] = [];
+const SPARE_POOL_MAX = 8;
+
+class ClientGoneError extends Error {}
+
+/** Whether a transfer failed because the client went away (not worth a log line). */
+export function isClientGone(err: unknown): boolean {
+  const code = (err as NodeJS.ErrnoException).code;
+  return err instanceof ClientGoneError || code === 'ERR_STREAM_DESTROYED' || code === 'ECONNRESET' || code === 'EPIPE';
+}
+
+/**
+ * Copies bytes `start..end` (inclusive) of an open file to a response whose headers are written,
+ * then ends it. Double buffered: the next chunk is read while the previous one is being written;
+ * a buffer is refilled only once the socket has taken all of it (its write callback), which is
+ * also the backpressure. Serving a blob of any size holds ~2 MiB and makes no garbage. Used by the
+ * registry workers and by the gateway's direct blob path. Throws on failure (the caller destroys
+ * the response: a broken transfer, never a short one).
+ */
+export async function copyFileToResponse(handle: FileHandle, res: ServerResponse, start: number, end: number, sent?: (bytes: number) => void): Promise<void> {
+  const total = end - start + 1;
+  const pooled = total >= FILE_CHUNK;
+  const size = pooled ? FILE_CHUNK : total;
+  const buffers = [pooled ? sparePool.pop() ?? Buffer.allocUnsafeSlow(size) : Buffer.allocUnsafe(size)];
+  if (total > size) buffers.push(pooled ? sparePool.pop() ?? Buffer.allocUnsafeSlow(size) : Buffer.allocUnsafe(size));
+  const writes: Array<Promise<void> | undefined> = [undefined, undefined];
+
+  let gone: (() => void) | undefined;
+  const closed = new Promise<never>((_, reject) => {
+    gone = () => reject(new ClientGoneError('client closed the connection'));
+  });
+  closed.catch(() => {});
+  const onClose = () => {
+    if (!res.writableFinished) gone!();
+  };
+  res.once('close', onClose);
+  try {
+    let position = start;
+    let turn = 0;
+    while (position <= end) {
+      const buffer = buffers[turn]!;
+      const pending = writes[turn];
+      if (pending) await Promise.race([pending, closed]);
+      const want = Math.min(buffer.length, end - position + 1);
+      const { bytesRead } = await handle.read(buffer, 0, want, position);
+      if (bytesRead === 0) throw new Error(`file ended at ${position}, expected ${end + 1} bytes`);
+      if (res.destroyed) throw new ClientGoneError('client closed the connection');
+      position += bytesRead;
+      const chunk = bytesRead === buffer.length ? buffer : buffer.subarray(0, bytesRead);
+      writes[turn] = new Promise<void>((resolve, reject) => {
+        res.write(chunk, (err) => (err ? reject(err) : resolve()));
+      });
+      writes[turn]!.catch(() => {});
+      sent?.(bytesRead);
+      turn = (turn + 1) % buffers.length;
+    }
+    await Promise.race([Promise.all(writes), closed]);
+    await Promise.race([new Promise<void>((resolve) => res.end(resolve)), closed]);
+    // Every write completed: no socket request still refers to the buffers.
+    if (pooled) for (const buffer of buffers) if (sparePool.length < SPARE_POOL_MAX) sparePool.push(buffer);
+  } finally {
+    res.off('close', onClose);
+  }
+}
