@@ -19,11 +19,13 @@
  *
  * Options (flag, else environment variable):
  *   --blob-mb / BENCH_BLOB_MB        large blob size in MiB, default 512
- *   --runs / BENCH_RUNS              rounds per measurement, targets interleaved (best is kept), default 3
+ *   --runs / BENCH_RUNS              rounds per wrk measurement, targets interleaved (best is kept), default 3
+ *   --get-runs / BENCH_GET_RUNS      rounds of large-blob GETs (a GET takes well under a second), default 7
  *   --duration / BENCH_DURATION      seconds per wrk measurement, default 10 (plus 2 s warm-up)
  *   --wrk-threads / BENCH_WRK_THREADS  wrk threads, default 1 (2 cores shared with the servers)
  *   --variants / BENCH_GATEWAY_VARIANTS  gateway variants to run, default "plain,auth,tls"
- *   --prof / BENCH_GATEWAY_PROF      directory: CPU-profile the plain appliance's gateway (--cpu-prof)
+ *   --prof / BENCH_GATEWAY_PROF      directory: CPU profile of the plain appliance's gateway, whole run
+ *                                    (.cpuprofile, through the inspector: NODE_OPTIONS may not carry --cpu-prof)
  *   --wait / BENCH_WAIT              seconds to wait for other benchmarks to finish first, default 600
  *   --json / BENCH_JSON              also write the results as JSON to this file
  *   --timeout / BENCH_TIMEOUT        whole-run limit in seconds, default 1800
@@ -51,6 +53,7 @@ type Variant = typeof VARIANTS[number];
 const OPTS = {
   blobMiB: numberOption('blob-mb', 'BENCH_BLOB_MB', 512, 1),
   runs: Math.floor(numberOption('runs', 'BENCH_RUNS', 3, 1)),
+  getRuns: Math.floor(numberOption('get-runs', 'BENCH_GET_RUNS', 7, 1)),
   duration: Math.floor(numberOption('duration', 'BENCH_DURATION', 10, 1)),
   wrkThreads: Math.floor(numberOption('wrk-threads', 'BENCH_WRK_THREADS', 1, 1)),
   variants: option('variants', 'BENCH_GATEWAY_VARIANTS', VARIANTS.join(',')).split(',').map((v) => v.trim()).filter(Boolean),
@@ -155,6 +158,8 @@ interface Target {
   /** Processes whose CPU time is reported: the gateway (if any) and the process serving the content. */
   gatewayPid?: number;
   serverPid?: number;
+  /** The appliance's other processes (logger, cleaner, PM2): their CPU is part of the appliance's cost. */
+  otherPids?: number[];
 }
 
 function pidOf(appliance: Appliance, name: string): number | undefined {
@@ -208,6 +213,8 @@ interface Measurement {
   /** Of which in the kernel (stime). */
   gatewaySysMs?: number | undefined;
   serverSysMs?: number | undefined;
+  /** CPU ms of the appliance's other processes (logger, cleaner, PM2). */
+  otherCpuMs?: number | undefined;
   requests?: number;
   errors?: number;
   non2xx?: number;
@@ -324,6 +331,7 @@ async function main(): Promise<void> {
       headers: auth ? { authorization: appliance.reader.auth } : {},
       gatewayPid: pidOf(appliance, 'gateway'),
       serverPid: pidOf(appliance, 'registry-hosted'),
+      otherPids: appliance.processes().filter((p) => p.name !== 'gateway' && p.name !== 'registry-hosted').map((p) => p.pid),
     });
   }
   targets.push({ key: 'direct', label: 'direct worker', url: direct.url, curl: [], headers: {}, serverPid: direct.proc.pid });
@@ -337,21 +345,25 @@ async function main(): Promise<void> {
     (results[metric]![target.key] ??= []).push(m);
   };
   const rotated = (r: number) => targets.map((_, i) => targets[(i + r) % targets.length]!);
-  const cpu = (target: Target) => ({ gateway: cpuMs(target.gatewayPid), server: cpuMs(target.serverPid) });
+  const cpu = (target: Target) => ({
+    gateway: cpuMs(target.gatewayPid), server: cpuMs(target.serverPid),
+    other: target.otherPids ? target.otherPids.reduce((sum, pid) => sum + (cpuMs(pid)?.total ?? 0), 0) : undefined,
+  });
   const used = (target: Target, before: ReturnType<typeof cpu>): Partial<Measurement> => {
     const after = cpu(target);
     const d = (a: number | undefined, b: number | undefined) => (a === undefined || b === undefined ? undefined : a - b);
     return {
       gatewayCpuMs: d(after.gateway?.total, before.gateway?.total), gatewaySysMs: d(after.gateway?.sys, before.gateway?.sys),
       serverCpuMs: d(after.server?.total, before.server?.total), serverSysMs: d(after.server?.sys, before.server?.sys),
+      otherCpuMs: d(after.other, before.other),
     };
   };
 
   // Large-blob GET: one curl per target per round, targets interleaved (rotating order); best kept.
-  log(`large-blob GET: ${OPTS.blobMiB} MiB, best of ${OPTS.runs}`);
+  log(`large-blob GET: ${OPTS.blobMiB} MiB, best of ${OPTS.getRuns}`);
   const largeUrl = (t: Target) => `${t.url}/v2/${REPO}/blobs/${largeBlob.digest}`;
   for (const target of targets) await curlGet(largeUrl(target), blobSize, target.curl); // warm (page cache, connections)
-  for (let r = 0; r < OPTS.runs; r++) {
+  for (let r = 0; r < OPTS.getRuns; r++) {
     for (const target of rotated(r)) {
       const before = cpu(target);
       const value = await curlGet(largeUrl(target), blobSize, target.curl);
@@ -396,14 +408,16 @@ async function main(): Promise<void> {
     const gib = blobSize / 2 ** 30;
     const perGiB = (ms: number | undefined, sys: number | undefined) => (ms === undefined ? '-' : `${fmt(ms / gib, 0)} ms/GiB (sys ${fmt((sys ?? 0) / gib, 0)})`);
     const perReq = (ms: number | undefined, sys: number | undefined, n: number | undefined) => (ms === undefined || !n ? '-' : `${fmt((ms * 1000) / n, 0)} µs/req (sys ${fmt(((sys ?? 0) * 1000) / n, 0)})`);
-    cpuNotes.push(`  ${target.label.padEnd(14)} large GET: server ${perGiB(large?.serverCpuMs, large?.serverSysMs)}${target.gatewayPid ? `, gateway ${perGiB(large?.gatewayCpuMs, large?.gatewaySysMs)}` : ''}; `
-      + `manifest c64: server ${perReq(m64?.serverCpuMs, m64?.serverSysMs, m64?.requests)}${target.gatewayPid ? `, gateway ${perReq(m64?.gatewayCpuMs, m64?.gatewaySysMs, m64?.requests)}` : ''}`);
+    const others = (ms: number | undefined, unit: (v: number) => string) => (ms === undefined ? '' : `, logger+cleaner+PM2 ${unit(ms)}`);
+    cpuNotes.push(`  ${target.label.padEnd(14)} large GET: ${target.gatewayPid ? `gateway ${perGiB(large?.gatewayCpuMs, large?.gatewaySysMs)}, worker` : 'server'} ${perGiB(large?.serverCpuMs, large?.serverSysMs)}`
+      + `${others(large?.otherCpuMs, (ms) => `${fmt(ms / gib, 0)} ms/GiB`)}\n  ${''.padEnd(14)} manifest c64: ${target.gatewayPid ? `gateway ${perReq(m64?.gatewayCpuMs, m64?.gatewaySysMs, m64?.requests)}, worker` : 'server'} ${perReq(m64?.serverCpuMs, m64?.serverSysMs, m64?.requests)}`
+      + `${others(m64?.otherCpuMs, (ms) => `${fmt((ms * 1000) / (m64?.requests || 1), 0)} µs/req`)}`);
   }
 
   // Table.
   const rows: Row[] = [];
   const metrics = [
-    { key: 'large-get', metric: `large-blob GET ${OPTS.blobMiB} MiB, best of ${OPTS.runs}`, unit: 'MB/s' },
+    { key: 'large-get', metric: `large-blob GET ${OPTS.blobMiB} MiB, best of ${OPTS.getRuns}`, unit: 'MB/s' },
     { key: 'manifest-get-16', metric: `manifest GET by tag c16, best of ${OPTS.runs}`, unit: 'req/s' },
     { key: 'manifest-get-64', metric: `manifest GET by tag c64, best of ${OPTS.runs}`, unit: 'req/s' },
   ];
