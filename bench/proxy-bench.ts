@@ -32,6 +32,7 @@ import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { buildImage, writeOciLayout } from '../test/helpers/oci-image.js';
 import { STEVEDORE_BIN, distributionRequests, freePort, startDistribution, tempDir } from '../test/helpers/processes.js';
+import { option } from './options.js';
 
 const MiB = 1024 * 1024;
 const REPO = 'bench/app';
@@ -44,18 +45,6 @@ const QUIET_MAX_MS = 90_000;
 // ---------------------------------------------------------------------------------------------
 // Options
 
-function option(flag: string, env: string, fallback: string): string {
-  const argv = process.argv.slice(2);
-  for (let i = 0; i < argv.length; i++) {
-    const arg = argv[i]!;
-    if (arg === `--${flag}`) {
-      const next = argv[i + 1];
-      return next === undefined || next.startsWith('--') ? 'true' : next;
-    }
-    if (arg.startsWith(`--${flag}=`)) return arg.slice(flag.length + 3);
-  }
-  return process.env[env] ?? fallback;
-}
 
 function intOption(flag: string, env: string, fallback: number, min: number, max: number): number {
   const raw = option(flag, env, String(fallback));

@@ -33,6 +33,9 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { buildImage } from '../test/helpers/oci-image.js';
 import { DISTRIBUTION_BIN, STEVEDORE_BIN, freePort, startDistribution, tempDir } from '../test/helpers/processes.js';
+import { option } from './options.js';
+
+export { option };
 
 export const MiB = 1024 * 1024;
 const GEN_CHUNK = MiB;
@@ -42,18 +45,6 @@ export const REPO = 'bench/app';
 // ---------------------------------------------------------------------------------------------
 // Options
 
-export function option(flag: string, env: string, fallback: string): string {
-  const argv = process.argv.slice(2);
-  for (let i = 0; i < argv.length; i++) {
-    const arg = argv[i]!;
-    if (arg === `--${flag}`) {
-      const next = argv[i + 1];
-      return next === undefined || next.startsWith('--') ? 'true' : next;
-    }
-    if (arg.startsWith(`--${flag}=`)) return arg.slice(flag.length + 3);
-  }
-  return process.env[env] ?? fallback;
-}
 
 export function numberOption(flag: string, env: string, fallback: number, min: number): number {
   const raw = option(flag, env, String(fallback));

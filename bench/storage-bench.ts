@@ -33,19 +33,8 @@ import { applyEviction, planEviction } from '../services/cleaner/src/evict.js';
 import { collectGarbage } from '../services/cleaner/src/gc.js';
 import { followAccessLog } from '../services/logger/src/main.js';
 import { tempDir } from '../test/helpers/processes.js';
+import { option } from './options.js';
 
-function option(flag: string, env: string, fallback: string): string {
-  const argv = process.argv.slice(2);
-  for (let i = 0; i < argv.length; i++) {
-    const arg = argv[i]!;
-    if (arg === `--${flag}`) {
-      const next = argv[i + 1];
-      return next === undefined || next.startsWith('--') ? 'true' : next;
-    }
-    if (arg.startsWith(`--${flag}=`)) return arg.slice(flag.length + 3);
-  }
-  return process.env[env] ?? fallback;
-}
 
 function numberOption(flag: string, env: string, fallback: number, min: number): number {
   const raw = option(flag, env, String(fallback));
