@@ -1,6 +1,13 @@
 import type { FileHandle } from 'node:fs/promises';
 import type { ServerResponse } from 'node:http';
 
+/**
+ * Blobs up to this size are answered from memory by the registry workers once read (one buffer,
+ * no file I/O); larger ones are copied from their file with copyFileToResponse. The gateway leaves
+ * the small ones to the worker (blob-direct.ts).
+ */
+export const SMALL_BLOB_MAX = 64 * 1024;
+
 /** Read size: large chunks keep syscalls and per-chunk work low. */
 export const FILE_CHUNK = 1024 * 1024;
 

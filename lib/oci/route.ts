@@ -24,6 +24,14 @@ const ROUTES: Array<[RegExp, (m: RegExpExecArray) => RegistryRoute]> = [
   [/^\/v2\/(.+)\/referrers\/([^/]+)$/, (m) => ({ kind: 'referrers', name: m[1]!, digest: m[2]! })],
 ];
 
+/** `?ns=` names an upstream registry host (containerd mirrors); only a host-shaped value is echoed as OCI-Namespace. */
+const ECHOED_NAMESPACE = /^[a-zA-Z0-9.-]+(?::\d{1,5})?$/;
+
+/** The OCI-Namespace response header for a request's `?ns=` value, if it gets one. */
+export function echoedNamespace(ns: string | null | undefined): string | undefined {
+  return ns && ECHOED_NAMESPACE.test(ns) ? ns : undefined;
+}
+
 export function splitUrl(url: string): { path: string; query: URLSearchParams } {
   const q = url.indexOf('?');
   if (q === -1) return { path: url, query: new URLSearchParams() };

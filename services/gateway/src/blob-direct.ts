@@ -2,17 +2,17 @@ import { open, stat, type FileHandle } from 'node:fs/promises';
 import type { IncomingHttpHeaders, OutgoingHttpHeaders, ServerResponse } from 'node:http';
 import type { AppliancePlan, WorkerPlan } from '../../../lib/appliance.js';
 import { parseRange } from '../../../lib/http/range.js';
-import { copyFileToResponse, isClientGone } from '../../../lib/http/file-response.js';
+import { copyFileToResponse, isClientGone, SMALL_BLOB_MAX } from '../../../lib/http/file-response.js';
 import { tryParseDigest } from '../../../lib/oci/digest.js';
+import { echoedNamespace } from '../../../lib/oci/route.js';
 import { StorageLayout } from '../../../lib/storage/layout.js';
-import { BoundedMap } from '../../registry/src/store/bounded-map.js';
-import { SMALL_BLOB_CACHEABLE } from '../../registry/src/store/blob-store.js';
+import { BoundedMap } from '../../../lib/storage/bounded-map.js';
 
 /**
- * Blobs up to this size stay with the worker, which keeps them in memory once read: for a 4 KiB
- * blob, the hop cost less than opening the file here (~10% more requests per second).
+ * Blobs up to SMALL_BLOB_MAX stay with the worker, which keeps them in memory once read: for a
+ * 4 KiB blob, the hop cost less than opening the file here (~10% more requests per second).
  */
-const SMALL_BLOB = SMALL_BLOB_CACHEABLE;
+const SMALL_BLOB = SMALL_BLOB_MAX;
 
 /**
  * Blob GETs the gateway answers itself, straight from the store, instead of proxying them.
@@ -67,9 +67,8 @@ export class DirectBlobs {
       const start = range.kind === 'partial' ? range.range.start : 0;
       const end = range.kind === 'partial' ? range.range.end : size - 1;
       const out: OutgoingHttpHeaders = { 'docker-distribution-api-version': 'registry/2.0' };
-      const q = url.indexOf('?');
-      const ns = q === -1 ? null : new URLSearchParams(url.slice(q + 1)).get('ns');
-      if (ns !== null && NAMESPACE_PATTERN.test(ns)) out['oci-namespace'] = ns;
+      const ns = namespaceHeader(url);
+      if (ns) out['oci-namespace'] = ns;
       out['content-type'] = 'application/octet-stream';
       out['docker-content-digest'] = digest.value;
       out.etag = `"${digest.value}"`;
@@ -86,8 +85,11 @@ export class DirectBlobs {
   }
 }
 
-/** As the worker echoes `?ns=` (app.ts): only a host-shaped value. */
-const NAMESPACE_PATTERN = /^[a-zA-Z0-9.-]+(?::\d{1,5})?$/;
+/** The OCI-Namespace header the worker would send for this request URL (its `?ns=`), if any. */
+export function namespaceHeader(url: string): string | undefined {
+  const q = url.indexOf('?');
+  return q === -1 ? undefined : echoedNamespace(new URLSearchParams(url.slice(q + 1)).get('ns'));
+}
 
 export interface DirectBlob {
   handle: FileHandle;

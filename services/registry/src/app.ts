@@ -2,7 +2,7 @@ import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, t
 import type { Logger } from '../../../lib/log.js';
 import type { RegistryConfig } from '../../../lib/config.js';
 import { RegistryError, isRegistryError } from '../../../lib/oci/errors.js';
-import { parseRegistryPath, splitUrl, type RegistryRoute } from '../../../lib/oci/route.js';
+import { echoedNamespace, parseRegistryPath, splitUrl, type RegistryRoute } from '../../../lib/oci/route.js';
 import { StorageLayout } from '../../../lib/storage/layout.js';
 import type { RegistryContext } from './context.js';
 import { BlobStore } from './store/blob-store.js';
@@ -39,8 +39,6 @@ const ALLOWED: Record<RegistryRoute['kind'], readonly string[]> = {
   referrers: ['GET', 'HEAD'],
 };
 
-// `ns` names an upstream registry host (containerd mirrors); only a host-shaped value is echoed.
-const NAMESPACE_PATTERN = /^[a-zA-Z0-9.-]+(?::\d{1,5})?$/;
 
 async function dispatch(ctx: RegistryContext, req: FastifyRequest, reply: FastifyReply): Promise<void> {
   reply.header('docker-distribution-api-version', 'registry/2.0');
@@ -55,8 +53,8 @@ async function dispatch(ctx: RegistryContext, req: FastifyRequest, reply: Fastif
   if (ctx.config.readOnly && WRITE_METHODS.has(method)) {
     throw new RegistryError('UNSUPPORTED', { method }, { message: 'this registry is read-only: pushes and deletes are disabled' });
   }
-  const ns = query.get('ns');
-  if (ns !== null && NAMESPACE_PATTERN.test(ns)) reply.header('oci-namespace', ns);
+  const ns = echoedNamespace(query.get('ns'));
+  if (ns) reply.header('oci-namespace', ns);
   // The ping and the catalog (what this worker stores) are the same for every kind of worker.
   if (route.kind === 'base') return void reply.code(200).header('content-type', 'application/json').send('{}');
   if (route.kind === 'catalog') return listCatalog(ctx, reply, query);

@@ -9,7 +9,7 @@ import { CACHE_RESULT_HEADER } from '../../../../lib/appliance.js';
 import type { RegistryContext } from '../context.js';
 import { getBlob, rangeNotSatisfiable, sendBlobHeaders } from '../routes/blobs.js';
 import { sendManifest } from '../routes/manifests.js';
-import { BoundedMap } from '../store/bounded-map.js';
+import { BoundedMap } from '../../../../lib/storage/bounded-map.js';
 import type { StoredManifest } from '../store/manifest-store.js';
 import { BlobFills } from './blob-fill.js';
 import { responseHeader, type UpstreamClient, type UpstreamResponse } from './upstream-client.js';

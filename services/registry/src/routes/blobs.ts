@@ -5,10 +5,9 @@ import { RegistryError } from '../../../../lib/oci/errors.js';
 import { parseRange } from '../../../../lib/http/range.js';
 import { copyFileToResponse, isClientGone } from '../../../../lib/http/file-response.js';
 import type { RegistryContext } from '../context.js';
-import { SMALL_BLOB_CACHEABLE } from '../store/blob-store.js';
+import { SMALL_BLOB_MAX } from '../../../../lib/http/file-response.js';
 
 /** Blobs up to this size are read in one call (and cached); larger ones stream. */
-const SMALL_BLOB = SMALL_BLOB_CACHEABLE;
 
 /** Headers of every blob response (the digest is the blob's identity, so it is also its ETag). */
 export function sendBlobHeaders(reply: FastifyReply, digest: Digest): void {
@@ -53,7 +52,7 @@ export async function getBlob(ctx: RegistryContext, name: string, rawDigest: str
     reply.send(Buffer.alloc(0));
     return;
   }
-  if (range.kind === 'full' && info.size <= SMALL_BLOB) {
+  if (range.kind === 'full' && info.size <= SMALL_BLOB_MAX) {
     const data = await ctx.blobs.readSmallCached(digest, info.size);
     if (!data) throw unknown();
     reply.send(data);

@@ -1,6 +1,6 @@
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { RegistryError } from '../../../../lib/oci/errors.js';
-import { acceptsManifest } from '../../../../lib/oci/media-types.js';
+import { manifestResponse } from '../../../../lib/oci/manifest-response.js';
 import { parseReference, parseTag } from '../../../../lib/oci/reference.js';
 import type { RegistryContext } from '../context.js';
 import type { StoredManifest } from '../store/manifest-store.js';
@@ -13,23 +13,8 @@ export async function getManifest(ctx: RegistryContext, name: string, ref: strin
 
 /** Answers GET/HEAD with a stored manifest, honouring Accept and If-None-Match. */
 export function sendManifest(manifest: StoredManifest, name: string, ref: string, req: FastifyRequest, reply: FastifyReply): void {
-  if (!acceptsManifest(req.headers.accept, manifest.mediaType)) {
-    throw new RegistryError('MANIFEST_UNKNOWN', { name, reference: ref, mediaType: manifest.mediaType }, {
-      message: `manifest is ${manifest.mediaType}, which the Accept header does not allow`,
-    });
-  }
-  const etag = `"${manifest.digest.value}"`;
-  reply.headers({
-    'content-type': manifest.mediaType,
-    'docker-content-digest': manifest.digest.value,
-    etag,
-    'content-length': manifest.body.length,
-  });
-  if (req.headers['if-none-match'] === etag) {
-    reply.code(304).send();
-    return;
-  }
-  reply.code(200).send(req.method === 'HEAD' ? undefined : manifest.body);
+  const answer = manifestResponse(manifest, name, ref, req.method, req.headers);
+  reply.headers(answer.headers).code(answer.status).send(answer.body);
 }
 
 export async function putManifest(ctx: RegistryContext, name: string, ref: string, req: FastifyRequest, reply: FastifyReply, query: URLSearchParams): Promise<void> {

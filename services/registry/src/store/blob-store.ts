@@ -7,7 +7,8 @@ import { createDigester, type Digest, type DigestAlgorithm } from '../../../../l
 import { RegistryError } from '../../../../lib/oci/errors.js';
 import { commitFile, tempPath } from '../../../../lib/storage/atomic.js';
 import type { StorageLayout } from '../../../../lib/storage/layout.js';
-import { BoundedMap } from './bounded-map.js';
+import { BoundedMap } from '../../../../lib/storage/bounded-map.js';
+import { SMALL_BLOB_MAX } from '../../../../lib/http/file-response.js';
 
 /** How long a cached "this repository links that blob" fact is trusted before disk is asked again. */
 const LINK_RECHECK_MS = 5_000;
@@ -20,9 +21,7 @@ export const BLOB_READ_CHUNK = 1024 * 1024;
  * still be served, as LINK_RECHECK_MS does for links.
  */
 const STAT_RECHECK_MS = 5_000;
-/** Blobs up to this size are kept in memory once read (configs, small layers)... */
-export const SMALL_BLOB_CACHEABLE = 64 * 1024;
-/** ...up to this many bytes in all. */
+/** Small blobs (SMALL_BLOB_MAX: configs, small layers) are kept in memory once read, up to this many bytes in all. */
 const SMALL_BLOB_CACHE_BYTES = 8 * 1024 * 1024;
 
 /**
@@ -44,9 +43,8 @@ export interface BlobInfo {
 export class BlobStore {
   private readonly linkCache = new BoundedMap<string, number>(100_000);
   private readonly statCache = new BoundedMap<string, { info: BlobInfo; checkedAt: number }>(20_000);
-  /** Small blob bodies by digest, least recently used first. */
-  private readonly smallBodies = new Map<string, Buffer>();
-  private smallBodiesBytes = 0;
+  /** Small blob bodies by digest. */
+  private readonly smallBodies = new BoundedMap<string, Buffer>(10_000, { maxWeight: SMALL_BLOB_CACHE_BYTES, weigh: (b) => b.length });
 
   constructor(readonly layout: StorageLayout) {}
 
@@ -63,11 +61,7 @@ export class BlobStore {
   /** Drops what is cached about a blob (it was found missing on disk). */
   forget(digest: Digest): void {
     this.statCache.delete(digest.value);
-    const body = this.smallBodies.get(digest.value);
-    if (body) {
-      this.smallBodies.delete(digest.value);
-      this.smallBodiesBytes -= body.length;
-    }
+    this.smallBodies.delete(digest.value);
   }
 
   /**
@@ -76,25 +70,13 @@ export class BlobStore {
    */
   async readSmallCached(digest: Digest, size: number): Promise<Buffer | undefined> {
     const cached = this.smallBodies.get(digest.value);
-    if (cached !== undefined && cached.length === size) {
-      this.smallBodies.delete(digest.value);
-      this.smallBodies.set(digest.value, cached);
-      return cached;
-    }
+    if (cached !== undefined && cached.length === size) return cached;
     const data = await this.readSmall(digest);
     if (!data) {
       this.forget(digest);
       return undefined;
     }
-    if (data.length <= SMALL_BLOB_CACHEABLE && !this.smallBodies.has(digest.value)) {
-      this.smallBodies.set(digest.value, data);
-      this.smallBodiesBytes += data.length;
-      for (const [key, body] of this.smallBodies) {
-        if (this.smallBodiesBytes <= SMALL_BLOB_CACHE_BYTES) break;
-        this.smallBodies.delete(key);
-        this.smallBodiesBytes -= body.length;
-      }
-    }
+    if (data.length <= SMALL_BLOB_MAX) this.smallBodies.set(digest.value, data);
     return data;
   }
 

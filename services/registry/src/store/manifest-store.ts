@@ -1,4 +1,4 @@
-import { readdir, readFile, stat, unlink, utimes } from 'node:fs/promises';
+import { readdir, stat, unlink, utimes } from 'node:fs/promises';
 import { digestOf, tryParseDigest, type Digest } from '../../../../lib/oci/digest.js';
 import { RegistryError } from '../../../../lib/oci/errors.js';
 import { MediaType } from '../../../../lib/oci/media-types.js';
@@ -7,83 +7,14 @@ import type { Reference } from '../../../../lib/oci/reference.js';
 import { writeFileAtomic } from '../../../../lib/storage/atomic.js';
 import type { StorageLayout } from '../../../../lib/storage/layout.js';
 import type { BlobStore } from './blob-store.js';
-import { BoundedMap } from './bounded-map.js';
+import { isNotFound, ManifestReader, readIfExists } from '../../../../lib/storage/manifest-reader.js';
 
-/**
- * Tags and revision links are re-read from disk at most this often: other processes (garbage
- * collection, the cleaner, seeding) may change them; this worker's own writes update the cache at once.
- */
-const RECHECK_MS = 1_000;
-/** Manifest bodies up to this size are kept in memory (they are immutable, keyed by digest). */
-const CACHED_BODY_MAX = 256 * 1024;
+export type { StoredManifest } from '../../../../lib/storage/manifest-reader.js';
 
-export interface StoredManifest {
-  digest: Digest;
-  mediaType: string;
-  body: Buffer;
-}
-
-interface Checked<T> {
-  value: T;
-  checkedAt: number;
-}
-
-function isNotFound(err: unknown): boolean {
-  const code = (err as NodeJS.ErrnoException).code;
-  return code === 'ENOENT' || code === 'ENOTDIR';
-}
-
-async function readIfExists(path: string): Promise<string | undefined> {
-  try {
-    return await readFile(path, 'utf8');
-  } catch (err) {
-    if (isNotFound(err)) return undefined;
-    throw err;
-  }
-}
-
-export class ManifestStore {
-  private readonly tags = new BoundedMap<string, Checked<Digest>>(50_000);
-  private readonly revisions = new BoundedMap<string, Checked<string>>(50_000);
-  private readonly bodies = new BoundedMap<string, Buffer>(2_000);
-
-  constructor(private readonly layout: StorageLayout, private readonly blobs: BlobStore) {}
-
-  async resolveTag(name: string, tag: string): Promise<Digest | undefined> {
-    const key = `${name}\0${tag}`;
-    const cached = this.tags.get(key);
-    if (cached && Date.now() - cached.checkedAt < RECHECK_MS) return cached.value;
-    const raw = await readIfExists(this.layout.tagPath(name, tag));
-    const digest = raw === undefined ? undefined : tryParseDigest(raw.trim());
-    if (digest) this.tags.set(key, { value: digest, checkedAt: Date.now() });
-    else this.tags.delete(key);
-    return digest;
-  }
-
-  /** The media type of manifest `digest` in repository `name`, or undefined if it has no such revision. */
-  async revisionMediaType(name: string, digest: Digest): Promise<string | undefined> {
-    const key = `${name}\0${digest.value}`;
-    const cached = this.revisions.get(key);
-    if (cached && Date.now() - cached.checkedAt < RECHECK_MS) return cached.value;
-    const mediaType = (await readIfExists(this.layout.manifestRevisionPath(name, digest)))?.trim();
-    if (mediaType) this.revisions.set(key, { value: mediaType, checkedAt: Date.now() });
-    else this.revisions.delete(key);
-    return mediaType || undefined;
-  }
-
-  async get(name: string, reference: Reference): Promise<StoredManifest> {
-    const digest = reference.kind === 'tag' ? await this.resolveTag(name, reference.tag) : reference.digest;
-    const unknown = () => new RegistryError('MANIFEST_UNKNOWN', { name, reference: reference.kind === 'tag' ? reference.tag : reference.digest.value });
-    if (!digest) throw unknown();
-    const mediaType = await this.revisionMediaType(name, digest);
-    if (!mediaType) throw unknown();
-    let body = this.bodies.get(digest.value);
-    if (!body) {
-      body = await this.blobs.readSmall(digest);
-      if (!body) throw unknown();
-      if (body.length <= CACHED_BODY_MAX) this.bodies.set(digest.value, body);
-    }
-    return { digest, mediaType, body };
+/** The manifests of one store: ManifestReader's reads plus pushes, cache fills and deletes. */
+export class ManifestStore extends ManifestReader {
+  constructor(layout: StorageLayout, private readonly blobs: BlobStore) {
+    super(layout);
   }
 
   /**
@@ -117,8 +48,8 @@ export class ManifestStore {
   private async store(name: string, digest: Digest, body: Buffer, manifest: ParsedManifest, tags: string[]): Promise<void> {
     if (!(await this.blobs.stat(digest))) await writeFileAtomic(this.layout.tmpDir, this.layout.blobPath(digest), body);
     await writeFileAtomic(this.layout.tmpDir, this.layout.manifestRevisionPath(name, digest), manifest.mediaType);
-    this.revisions.set(`${name}\0${digest.value}`, { value: manifest.mediaType, checkedAt: Date.now() });
-    if (body.length <= CACHED_BODY_MAX) this.bodies.set(digest.value, body);
+    this.revisions.set(`${name}\0${digest.value}`, this.stamp(manifest.mediaType));
+    this.rememberBody(digest, body);
 
     if (manifest.subject) {
       const subject = descriptorDigest(manifest.subject);
@@ -129,7 +60,7 @@ export class ManifestStore {
     }
     for (const tag of new Set(tags)) {
       await writeFileAtomic(this.layout.tmpDir, this.layout.tagPath(name, tag), digest.value);
-      this.tags.set(`${name}\0${tag}`, { value: digest, checkedAt: Date.now() });
+      this.tags.set(`${name}\0${tag}`, this.stamp({ digest, validatedAt: Date.now() }));
     }
   }
 
