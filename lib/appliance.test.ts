@@ -105,7 +105,7 @@ test('buildEcosystem: the run dir is made private (0700) even when it exists; a 
   assert.ok(worker);
   assert.deepEqual(worker.env, {
     STEVEDORE_LISTEN: join(fresh, '127.0.0.1_5000.sock'), STEVEDORE_ROOT: join(dir, 'root'), STEVEDORE_UPSTREAM: 'http://127.0.0.1:5000/',
-    STEVEDORE_AUTH_FILE: join(dir, 'ps.json'), STEVEDORE_READ_ONLY: 'false',
+    STEVEDORE_AUTH_FILE: join(dir, 'ps.json'), STEVEDORE_TAG_TTL: '300000ms', STEVEDORE_READ_ONLY: 'false',
   });
   assert.equal(apps.find((a) => a.name === 'registry-hosted')?.env.STEVEDORE_LISTEN, join(fresh, 'hosted.sock'));
   assert.equal(apps.find((a) => a.name === 'gateway')?.args[0], 'gateway');

@@ -263,6 +263,7 @@ export const APPLIANCE_OPTIONS = {
     flag: 'access-log', env: 'ACCESS_LOG_PATH', default: undefined,
     description: 'JSON access log (default <root>/logs/access.log)', parse: parsePath,
   }),
+  tagTtl: REGISTRY_OPTIONS.tagTtl,
   logLevel: REGISTRY_OPTIONS.logLevel,
 } as const;
 

@@ -1,6 +1,6 @@
 import { chmodSync, mkdirSync, statSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { loadApplianceConfig } from './config.js';
+import { loadApplianceConfig, type ApplianceConfig } from './config.js';
 import { planAppliance, readPullSecret, type WorkerPlan } from './appliance.js';
 
 /** The subset of PM2's app options the appliance uses (see PM2's StartOptions). */
@@ -28,11 +28,13 @@ function app(name: string, args: string[], env: Record<string, string>): PM2App 
   };
 }
 
-function workerEnv(worker: WorkerPlan, root: string, pullSecretPath: string, readOnly: boolean): Record<string, string> {
-  const env: Record<string, string> = { STEVEDORE_LISTEN: worker.socketPath, STEVEDORE_ROOT: root };
+function workerEnv(worker: WorkerPlan, config: ApplianceConfig, readOnly: boolean): Record<string, string> {
+  const env: Record<string, string> = { STEVEDORE_LISTEN: worker.socketPath, STEVEDORE_ROOT: config.root };
   if (worker.kind === 'proxy') {
     env.STEVEDORE_UPSTREAM = worker.upstreamUrl!;
-    env.STEVEDORE_AUTH_FILE = pullSecretPath;
+    env.STEVEDORE_AUTH_FILE = config.pullSecretPath;
+    // The gateway answers cached tags itself within this TTL: both must use the same one.
+    env.STEVEDORE_TAG_TTL = `${config.tagTtl}ms`;
     env.STEVEDORE_READ_ONLY = 'false';
   } else {
     env.STEVEDORE_READ_ONLY = String(readOnly);
@@ -57,8 +59,8 @@ export function buildEcosystem(env: NodeJS.ProcessEnv = process.env): { apps: PM
   if ((runDirMode & 0o777) !== 0o700) chmodSync(config.runDir, 0o700);
   mkdirSync(config.root, { recursive: true });
   const apps: PM2App[] = [app('gateway', ['gateway'], {})];
-  apps.push(app(plan.hosted.name, ['registry'], workerEnv(plan.hosted, config.root, config.pullSecretPath, config.hostedReadOnly)));
-  for (const proxy of plan.proxies) apps.push(app(proxy.name, ['registry'], workerEnv(proxy, config.root, config.pullSecretPath, false)));
+  apps.push(app(plan.hosted.name, ['registry'], workerEnv(plan.hosted, config, config.hostedReadOnly)));
+  for (const proxy of plan.proxies) apps.push(app(proxy.name, ['registry'], workerEnv(proxy, config, false)));
   apps.push(app('logger', ['logger'], { STEVEDORE_ROOT: config.root }));
   apps.push(app('cleaner', ['cleaner'], { STEVEDORE_ROOT: config.root }));
   return { apps };

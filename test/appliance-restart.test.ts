@@ -23,6 +23,8 @@ describe('appliance: a killed worker is restarted by PM2; the gateway answers 50
 
   const getManifest = (path: string): Promise<HttpResult> =>
     app.call('GET', path, { auth: app.reader.auth, headers: { accept: MANIFEST_ACCEPT }, timeoutMs: 10_000 });
+  /** A tag list: only the worker answers these (stored manifests and large blobs the gateway sends itself). */
+  const getTags = (path: string): Promise<HttpResult> => app.call('GET', path, { auth: app.reader.auth, timeoutMs: 10_000 });
 
   /** SIGKILLs the PM2 app `name`; resolves with its old pid once the process is gone. */
   async function kill9(name: string): Promise<number> {
@@ -34,12 +36,12 @@ describe('appliance: a killed worker is restarted by PM2; the gateway answers 50
     return target.pid;
   }
 
-  /** Polls until `path` answers 200 again (bounded); returns the statuses seen on the way. */
+  /** Polls until `path` (a worker's answer) is 200 again (bounded); returns the statuses seen on the way. */
   async function untilOk(path: string, ms = 20_000): Promise<number[]> {
     const seen: number[] = [];
     const deadline = Date.now() + ms;
     while (Date.now() < deadline) {
-      const res = await getManifest(path);
+      const res = await getTags(path);
       seen.push(res.status);
       if (res.status === 200) return seen;
       assert.equal(res.status, 503, `unexpected ${res.status}: ${res.text()}`);
@@ -77,38 +79,43 @@ describe('appliance: a killed worker is restarted by PM2; the gateway answers 50
     if (work) await rm(work, { recursive: true, force: true });
   });
 
-  it('kill -9 of the hosted worker: 503 UNAVAILABLE with Retry-After during the gap, then served again', async () => {
+  it('kill -9 of the hosted worker: 503 UNAVAILABLE with Retry-After during the gap for what needs the worker, then served again', async () => {
     const oldPid = await kill9('registry-hosted');
     // Right after the kill: the socket file is still there but nobody accepts on it.
-    assertUnavailable(await getManifest('/v2/team/app/manifests/v1'));
-    const head = await app.call('HEAD', '/v2/team/app/manifests/v1', { auth: app.reader.auth, headers: { accept: MANIFEST_ACCEPT } });
-    assert.equal(head.status, 503);
-    assert.equal(head.headers['retry-after'], '1');
+    assertUnavailable(await getTags('/v2/team/app/tags/list'));
+    const push = await app.call('POST', '/v2/team/app/blobs/uploads/', { auth: app.admin.auth });
+    assert.equal(push.status, 503);
+    assert.equal(push.headers['retry-after'], '1');
+    // Stored manifests are answered by the gateway from disk: pulls go on during the gap.
+    const stored = await getManifest('/v2/team/app/manifests/v1');
+    assert.equal(stored.status, 200);
+    assert.equal(sha256(stored.body), image.manifest.digest);
     const health = await app.call('GET', '/healthz');
     if (health.status === 503) {
       assert.deepEqual(health.json<{ workers: Record<string, string> }>().workers['registry-hosted'], 'down');
       assert.equal(health.json<{ status: string }>().status, 'degraded');
     }
     // The other worker is unaffected.
-    assert.equal((await getManifest('/v2/up/mirror/tool/manifests/1.0')).status, 200);
+    assert.equal((await getTags('/v2/up/mirror/tool/tags/list')).status, 200);
 
-    const statuses = await untilOk('/v2/team/app/manifests/v1');
+    const statuses = await untilOk('/v2/team/app/tags/list');
     assert.equal(statuses.at(-1), 200);
-    const res = await getManifest('/v2/team/app/manifests/v1');
-    assert.equal(sha256(res.body), image.manifest.digest);
+    assert.deepEqual((await getTags('/v2/team/app/tags/list')).json(), { name: 'team/app', tags: ['v1'] });
     const restarted = app.processes().find((p) => p.name === 'registry-hosted');
     assert.ok(restarted && restarted.pid !== oldPid, 'a new hosted worker process');
     assert.equal((await app.waitHealthy(10_000))['registry-hosted'], 'ok');
     assert.match(app.output(), /registry-hosted.*(exited|restart)/i);
   });
 
-  it('kill -9 of a cache worker: 503 on its prefix only, then it serves from its cache again', async () => {
+  it('kill -9 of a cache worker: 503 on its prefix only for what needs it, then it serves from its cache again', async () => {
     const name = `registry-${upHost.replace(':', '_')}`;
     await kill9(name);
-    assertUnavailable(await getManifest('/v2/up/mirror/tool/manifests/1.0'));
-    assertUnavailable(await getManifest(`/v2/mirror/tool/manifests/1.0?ns=${upHost}`));
-    assert.equal((await getManifest('/v2/team/app/manifests/v1')).status, 200);
-    await untilOk('/v2/up/mirror/tool/manifests/1.0');
+    assertUnavailable(await getTags('/v2/up/mirror/tool/tags/list'));
+    assertUnavailable(await getTags(`/v2/mirror/tool/tags/list?ns=${upHost}`));
+    // Its cached manifest (tag within its TTL) is still answered by the gateway.
+    assert.equal((await getManifest('/v2/up/mirror/tool/manifests/1.0')).status, 200);
+    assert.equal((await getTags('/v2/team/app/tags/list')).status, 200);
+    await untilOk('/v2/up/mirror/tool/tags/list');
     const res = await getManifest('/v2/up/mirror/tool/manifests/1.0');
     assert.equal(res.headers['docker-content-digest'], upImage.manifest.digest);
     await app.waitHealthy(10_000);

@@ -1,50 +1,22 @@
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { once } from 'node:events';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
-import { request as httpRequest, type IncomingHttpHeaders, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { AppliancePlan } from '../lib/appliance.js';
 import { parseAccessLogLine } from '../lib/access-log.js';
-import { createLogger } from '../lib/log.js';
 import { digestOf } from '../lib/oci/digest.js';
 import { StorageLayout } from '../lib/storage/layout.js';
-import { AccessLogWriter } from '../services/gateway/src/access-log.js';
-import { GatewayMetrics } from '../services/gateway/src/metrics.js';
-import { createGateway } from '../services/gateway/src/server.js';
-import { call, sleep, type HttpResult } from './helpers/appliance.js';
-import { STEVEDORE_BIN, tempDir } from './helpers/processes.js';
+import type { AccessLogWriter } from '../services/gateway/src/access-log.js';
+import type { GatewayMetrics } from '../services/gateway/src/metrics.js';
+import { call, sleep } from './helpers/appliance.js';
+import { callSocket, contentHeaders, startGatewayWithHostedWorker, type InProcessGateway } from './helpers/gateway.js';
+import { tempDir } from './helpers/processes.js';
 
 /**
  * The gateway sends stored blobs larger than 64 KiB from disk itself (services/gateway/src/blob-direct.ts):
  * the answer must be the worker's, header for header, and everything else must still reach the worker.
  * A real hosted worker on a unix socket; a cache worker's store written by hand (its worker never runs).
  */
-
-/** One request to a unix socket (the worker, as the gateway reaches it). */
-function callSocket(socketPath: string, method: string, path: string, headers: Record<string, string> = {}): Promise<HttpResult> {
-  return new Promise((resolve, reject) => {
-    const req = httpRequest({ socketPath, method, path, headers, agent: false }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('end', () => {
-        const body = Buffer.concat(chunks);
-        resolve({ status: res.statusCode ?? 0, headers: res.headers, body, ms: 0, text: () => body.toString('utf8'), json: <T>() => JSON.parse(body.toString('utf8')) as T });
-      });
-      res.on('error', reject);
-    });
-    req.on('error', reject);
-    req.end();
-  });
-}
-
-/** Headers that describe the content (the transport's Date, Connection and Keep-Alive left out). */
-function contentHeaders(headers: IncomingHttpHeaders): Record<string, unknown> {
-  const { date: _date, connection: _connection, 'keep-alive': _keepAlive, ...rest } = headers;
-  return rest;
-}
 
 async function push(url: string, name: string, data: Buffer): Promise<string> {
   const digest = digestOf(data).value;
@@ -61,8 +33,7 @@ describe('gateway: stored blobs sent from disk, as the worker would send them', 
   let dir: string;
   let root: string;
   let plan: AppliancePlan;
-  let worker: ChildProcess | undefined;
-  let gateway: Server;
+  let env: InProcessGateway;
   let url: string;
   let metrics: GatewayMetrics;
   let accessLog: AccessLogWriter;
@@ -75,41 +46,14 @@ describe('gateway: stored blobs sent from disk, as the worker would send them', 
 
   before(async () => {
     dir = await tempDir('gateway-blob-direct-');
-    root = join(dir, 'root');
-    const run = join(dir, 'run');
-    await mkdir(run, { mode: 0o700 });
-    plan = {
-      hosted: { name: 'registry-hosted', kind: 'hosted', prefixes: [], socketPath: join(run, 'hosted.sock') },
-      proxies: [
-        // Never started: what it would serve from its store is written below.
-        { name: 'registry-up.example_5000', kind: 'proxy', upstream: 'up.example:5000', upstreamUrl: 'https://up.example:5000/', prefixes: ['up.example:5000', 'up'], socketPath: join(run, 'up.sock') },
-      ],
-    };
-    worker = spawn(process.execPath, [STEVEDORE_BIN, 'registry', '--listen', plan.hosted.socketPath, '--root', root, '--log-level', 'info'], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let output = '';
-    worker.stdout!.on('data', (c: Buffer) => { output += c.toString(); });
-    worker.stderr!.on('data', (c: Buffer) => { output += c.toString(); });
-    for (let i = 0; i < 150 && !output.includes('"registry listening"'); i++) await sleep(100);
-    assert.ok(output.includes('"registry listening"'), `worker did not start: ${output}`);
-
-    const log = createLogger('gateway', 'silent');
-    accessLogPath = join(dir, 'logs', 'access.log');
-    accessLog = new AccessLogWriter(accessLogPath);
-    metrics = new GatewayMetrics(join(root, 'blobs'));
-    gateway = createGateway({ plan, log, users: undefined, realm: 'Test Realm', accessLog, metrics, root });
-    await new Promise<void>((resolve) => gateway.listen(0, '127.0.0.1', resolve));
-    url = `http://127.0.0.1:${(gateway.address() as AddressInfo).port}`;
-
+    env = await startGatewayWithHostedWorker(dir);
+    ({ root, plan, url, metrics, accessLog, accessLogPath } = env);
     largeDigest = await push(url, 'team/app', large);
     smallDigest = await push(url, 'team/app', small);
   });
 
   after(async () => {
-    await new Promise<void>((resolve) => { gateway?.close(() => resolve()); gateway?.closeAllConnections(); });
-    if (worker && worker.exitCode === null) {
-      worker.kill('SIGTERM');
-      await once(worker, 'exit');
-    }
+    await env?.close();
     if (dir) await rm(dir, { recursive: true, force: true });
   });
 

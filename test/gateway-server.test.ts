@@ -95,6 +95,7 @@ describe('gateway (in-process, fake workers on unix sockets)', () => {
 
   after(async () => {
     await new Promise<void>((resolve) => { gateway?.close(() => resolve()); gateway?.closeAllConnections(); });
+    accessLog?.close();
     for (const w of workers) await new Promise<void>((resolve) => { w.close(() => resolve()); w.closeAllConnections(); });
     if (dir) await rm(dir, { recursive: true, force: true });
   });

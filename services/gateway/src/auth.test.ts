@@ -77,3 +77,14 @@ test('UserDirectory: missing files mean nobody; edits are picked up within about
   await sleep(1_100);
   assert.equal(await users.authenticate(basic('zoe', 'new-pw-for-zoe')), undefined);
 });
+
+test('UserDirectory: requests arriving together before the files are read all get the right answer', async () => {
+  const htpasswd = join(dir, 'htpasswd-burst');
+  await writeFile(htpasswd, `dora:${bcrypt.hashSync('pw-for-dora', 5)}\n`);
+  const users = new UserDirectory(htpasswd, join(dir, 'admins-burst'), log);
+  const right = await Promise.all(Array.from({ length: 12 }, () => users.authenticate(basic('dora', 'pw-for-dora'))));
+  assert.deepEqual(right, Array.from({ length: 12 }, () => ({ name: 'dora', admin: false })));
+  const wrong = await Promise.all(Array.from({ length: 4 }, () => users.authenticate(basic('dora', 'wrong'))));
+  assert.deepEqual(wrong, [undefined, undefined, undefined, undefined]);
+  assert.deepEqual(await users.authenticate(basic('dora', 'pw-for-dora')), { name: 'dora', admin: false });
+});

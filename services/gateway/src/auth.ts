@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { hash } from 'node:crypto';
 import { readFile, stat } from 'node:fs/promises';
 import bcrypt from 'bcryptjs';
 import type { Logger } from '../../../lib/log.js';
@@ -10,26 +10,38 @@ export interface AuthenticatedUser {
 
 /** Users are re-read from disk at most this often, so edits take effect without a restart. */
 const RELOAD_CHECK_MS = 1_000;
+/** Credential checks remembered at most (then all are forgotten and checked again). */
+const MAX_REMEMBERED = 10_000;
 
 /**
  * htpasswd users (bcrypt, as `htpasswd -B` writes them) and their roles: users listed in the
  * admins file (one name a line) may write; everyone else is read-only. bcrypt is slow by design,
- * so a successful check is remembered (by a hash of the password, never the password) until the
+ * so a check's outcome is remembered (by a hash of the header, never the password) until the
  * files change.
  */
 export class UserDirectory {
   private users = new Map<string, string>();
   private admins = new Set<string>();
-  private verified = new Map<string, boolean>();
+  /** Checks by header hash: the user name once known (null: refused), and the check itself. */
+  private verified = new Map<string, { name?: string | null; pending: Promise<string | undefined> }>();
   private stamp = '';
   private checkedAt = 0;
+  private refreshing: Promise<void> | undefined;
 
   constructor(private readonly htpasswdPath: string, private readonly adminsPath: string, private readonly log: Logger) {}
 
+  /** Re-reads the files if they changed, at most every RELOAD_CHECK_MS; concurrent callers wait for the same read. */
+  private fresh(): Promise<void> | undefined {
+    if (!this.refreshing && Date.now() - this.checkedAt >= RELOAD_CHECK_MS) {
+      this.refreshing = this.refresh().finally(() => {
+        this.checkedAt = Date.now();
+        this.refreshing = undefined;
+      });
+    }
+    return this.refreshing;
+  }
+
   private async refresh(): Promise<void> {
-    const now = Date.now();
-    if (now - this.checkedAt < RELOAD_CHECK_MS) return;
-    this.checkedAt = now;
     const [users, admins] = await Promise.all([stat(this.htpasswdPath).catch(() => undefined), stat(this.adminsPath).catch(() => undefined)]);
     const stamp = `${users?.mtimeMs}:${users?.size}:${admins?.mtimeMs}:${admins?.size}`;
     if (stamp === this.stamp) return;
@@ -40,26 +52,50 @@ export class UserDirectory {
     this.log.info({ users: this.users.size, admins: this.admins.size }, 'user files loaded');
   }
 
-  /** Checks a Basic Authorization header; undefined when missing, malformed or wrong. */
-  async authenticate(authorization: string | undefined): Promise<AuthenticatedUser | undefined> {
+  /**
+   * Checks a Basic Authorization header; undefined when missing, malformed or wrong. Answers at
+   * once (no promise) when the same header was checked before and the files have not changed.
+   */
+  authenticate(authorization: string | undefined): AuthenticatedUser | undefined | Promise<AuthenticatedUser | undefined> {
     // The scheme name is case-insensitive (RFC 7235 section 2.1).
     if (!authorization || !/^basic /i.test(authorization)) return undefined;
-    await this.refresh();
+    const loading = this.fresh();
+    if (loading) return loading.then(() => this.check(authorization));
+    return this.check(authorization);
+  }
+
+  private check(authorization: string): AuthenticatedUser | undefined | Promise<AuthenticatedUser | undefined> {
+    // Remembered by a hash of the header, never the password; requests arriving together with the
+    // same new credentials share one bcrypt check (each takes tens of milliseconds of CPU).
+    const key = hash('sha256', authorization, 'base64');
+    let check = this.verified.get(key);
+    if (!check) {
+      const pending = this.verify(authorization);
+      check = { pending };
+      const entry = check;
+      void pending.then((name) => { entry.name = name ?? null; });
+      if (this.verified.size >= MAX_REMEMBERED) this.verified.clear();
+      this.verified.set(key, check);
+    }
+    if (check.name === undefined) return check.pending.then((name) => this.user(name));
+    return this.user(check.name ?? undefined);
+  }
+
+  private user(name: string | undefined): AuthenticatedUser | undefined {
+    return name === undefined ? undefined : { name, admin: this.admins.has(name) };
+  }
+
+  /** The user name if the header's credentials match the htpasswd file. */
+  private async verify(authorization: string): Promise<string | undefined> {
     const decoded = Buffer.from(authorization.slice(6).trim(), 'base64').toString('utf8');
     const colon = decoded.indexOf(':');
     if (colon <= 0) return undefined;
     const name = decoded.slice(0, colon);
-    const password = decoded.slice(colon + 1);
-    const hash = this.users.get(name);
-    if (!hash) return undefined;
-    const key = `${name}\0${createHash('sha256').update(hash).update('\0').update(password).digest('hex')}`;
-    let ok = this.verified.get(key);
-    if (ok === undefined) {
-      ok = /^\$2[aby]\$/.test(hash) && (await bcrypt.compare(password, hash.replace(/^\$2y\$/, '$2b$')));
-      if (this.verified.size > 10_000) this.verified.clear();
-      this.verified.set(key, ok);
-    }
-    return ok ? { name, admin: this.admins.has(name) } : undefined;
+    const stored = this.users.get(name);
+    if (!stored || !/^\$2[aby]\$/.test(stored)) return undefined;
+    // A malformed hash is a refusal, not an error.
+    const ok = await bcrypt.compare(decoded.slice(colon + 1), stored.replace(/^\$2y\$/, '$2b$')).catch(() => false);
+    return ok ? name : undefined;
   }
 }
 

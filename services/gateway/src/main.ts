@@ -41,7 +41,7 @@ export async function runGateway(argv: readonly string[]): Promise<number> {
   }
   const accessLog = new AccessLogWriter(accessLogPathOf(config));
   const metrics = new GatewayMetrics(join(config.root, 'blobs'));
-  const server = createGateway({ plan, log, users, realm: config.realm, accessLog, metrics, root: config.root, ...(tls ? { tls } : {}) });
+  const server = createGateway({ plan, log, users, realm: config.realm, accessLog, metrics, root: config.root, tagTtlMs: config.tagTtl, ...(tls ? { tls } : {}) });
 
   const listen = config.listen;
   await new Promise<void>((resolve, reject) => {
@@ -61,7 +61,7 @@ export async function runGateway(argv: readonly string[]): Promise<number> {
     const stop = (signal: NodeJS.Signals) => {
       log.info({ signal }, 'shutting down: finishing in-flight requests');
       server.close(() => {
-        accessLog.flush();
+        accessLog.close();
         resolve(0);
       });
       server.closeIdleConnections();

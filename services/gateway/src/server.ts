@@ -6,6 +6,7 @@ import type { Logger } from '../../../lib/log.js';
 import { RegistryError, isRegistryError } from '../../../lib/oci/errors.js';
 import type { AccessLogWriter } from './access-log.js';
 import { DirectBlobs, sendDirectBlob } from './blob-direct.js';
+import { DirectManifests } from './manifest-direct.js';
 import type { AuthenticatedUser, UserDirectory } from './auth.js';
 import type { GatewayMetrics } from './metrics.js';
 import { addPrefix, prefixIndex, routeRequest } from './router.js';
@@ -20,10 +21,13 @@ export interface GatewayOptions {
   metrics: GatewayMetrics;
   tls?: { cert: string | Buffer; key: string | Buffer };
   /**
-   * The appliance's data root (STEVEDORE_ROOT): blobs already stored there are sent from disk by
-   * the gateway itself (blob-direct.ts). Without it every request goes to a worker.
+   * The appliance's data root (STEVEDORE_ROOT): blobs and manifests already stored there are sent
+   * from disk by the gateway itself (blob-direct.ts, manifest-direct.ts). Without it every request
+   * goes to a worker.
    */
   root?: string;
+  /** The cache workers' tag TTL (STEVEDORE_TAG_TTL): how long the gateway may answer a cached tag itself. */
+  tagTtlMs?: number;
 }
 
 const READ_METHODS = new Set(['GET', 'HEAD']);
@@ -55,6 +59,12 @@ export function createGateway(options: GatewayOptions): Server {
   const proxy = httpProxy.createProxyServer({ agent, xfwd: false, proxyTimeout: 0 });
   const challenge = `Basic realm="${realm}"`;
   const directBlobs = options.root ? new DirectBlobs(options.root, plan) : undefined;
+  const directManifests = options.root ? new DirectManifests(options.root, plan, options.tagTtlMs ?? 0) : undefined;
+
+  /** A manifest write (push, tag, delete) reached a worker: what the gateway cached of the repository is stale. */
+  function forgetAfterWrite(req: IncomingMessage, ctx: GatewayContext): void {
+    if (ctx.resource === 'manifest' && ctx.repository && ctx.workerPlan && !READ_METHODS.has(req.method ?? '')) directManifests?.invalidate(ctx.workerPlan, ctx.repository);
+  }
 
   proxy.on('proxyRes', (proxyRes, req) => {
     const ctx = (req as GatewayRequest).gateway;
@@ -69,10 +79,13 @@ export function createGateway(options: GatewayOptions): Server {
       metrics.cache.inc({ upstream: ctx.upstream, result: cache });
       delete proxyRes.headers[CACHE_RESULT_HEADER];
     }
+    forgetAfterWrite(req, ctx);
     proxyRes.on('data', (chunk: Buffer) => { ctx.bytes += chunk.length; });
   });
   proxy.on('error', (err, req, res) => {
     const ctx = (req as GatewayRequest).gateway;
+    // The worker may have written before it failed.
+    if (ctx) forgetAfterWrite(req, ctx);
     log.warn({ worker: ctx?.worker, err: err.message }, 'registry worker unreachable');
     if (res instanceof Object && 'writeHead' in res) {
       sendError(res as ServerResponse, new RegistryError('UNAVAILABLE', { worker: ctx?.worker }, {
@@ -104,7 +117,7 @@ export function createGateway(options: GatewayOptions): Server {
       res.end(body);
       return;
     }
-    const ctx: GatewayContext = { user: '-', upstream: '-', worker: undefined, prefix: undefined, bytes: 0, repository: undefined, reference: undefined, resource: 'other' };
+    const ctx: GatewayContext = { user: '-', upstream: '-', worker: undefined, workerPlan: undefined, prefix: undefined, bytes: 0, repository: undefined, reference: undefined, resource: 'other' };
     req.gateway = ctx;
     res.once('close', () => {
       const durationMs = Number(process.hrtime.bigint() - started) / 1e6;
@@ -121,7 +134,8 @@ export function createGateway(options: GatewayOptions): Server {
     try {
       let user: AuthenticatedUser | undefined;
       if (users) {
-        user = await users.authenticate(req.headers.authorization);
+        const checked = users.authenticate(req.headers.authorization);
+        user = checked instanceof Promise ? await checked : checked;
         if (!user) {
           throw new RegistryError('UNAUTHORIZED', undefined, {
             message: req.headers.authorization ? 'invalid username or password' : 'authentication required',
@@ -138,6 +152,7 @@ export function createGateway(options: GatewayOptions): Server {
         return;
       }
       ctx.worker = route.worker.name;
+      ctx.workerPlan = route.worker;
       ctx.upstream = route.worker.upstream ?? '-';
       ctx.prefix = route.prefix;
       ctx.repository = route.repository;
@@ -145,6 +160,17 @@ export function createGateway(options: GatewayOptions): Server {
       ctx.resource = route.resource;
       if (users && user && !user.admin && !READ_METHODS.has(req.method ?? '')) {
         throw new RegistryError('DENIED', { user: user.name, method: req.method }, { message: `user ${user.name} is read-only: only GET and HEAD are allowed` });
+      }
+      if (directManifests && route.resource === 'manifest' && READ_METHODS.has(req.method ?? '') && route.repository && route.reference) {
+        const answer = directManifests.answer({ worker: route.worker, repository: route.repository, reference: route.reference, method: req.method!, headers: req.headers, url: route.url });
+        const manifest = answer instanceof Promise ? await answer : answer;
+        if (manifest) {
+          if (route.worker.kind === 'proxy') metrics.cache.inc({ upstream: ctx.upstream, result: 'hit' });
+          ctx.bytes = manifest.body?.length ?? 0;
+          res.writeHead(manifest.status, manifest.headers);
+          res.end(manifest.body);
+          return;
+        }
       }
       if (directBlobs && route.resource === 'blob' && req.method === 'GET' && route.repository && route.reference) {
         const blob = await directBlobs.prepare(route.worker, route.repository, route.reference, req.headers, route.url);
@@ -186,6 +212,7 @@ interface GatewayContext {
   user: string;
   upstream: string;
   worker: string | undefined;
+  workerPlan: WorkerPlan | undefined;
   prefix: string | undefined;
   bytes: number;
   repository: string | undefined;
