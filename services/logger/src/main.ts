@@ -32,7 +32,8 @@ export async function followAccessLog(config: LoggerConfig, log: Logger): Promis
         malformed++;
         continue;
       }
-      await toucher.record(entry);
+      const reading = toucher.record(entry);
+      if (reading) await reading;
     }
     position = committed;
     dirty = true;

@@ -10,6 +10,11 @@ export interface TailPosition {
 const READ_CHUNK = 1024 * 1024;
 /** A safety net beside file events: some filesystems (and chokidar on them) miss changes. */
 const POLL_MS = 2_000;
+/**
+ * File events are coalesced into one read this long after the first: under load the gateway
+ * appends hundreds of times a second, and a stat and read per append cost more than the lines.
+ */
+const EVENT_DELAY_MS = 50;
 
 /**
  * Follows a growing log file by byte offset: survives truncation (offset past the end → start over),
@@ -25,6 +30,7 @@ export class LogTailer {
   private timer: NodeJS.Timeout | undefined;
   private draining: Promise<void> | undefined;
   private again = false;
+  private scheduled: NodeJS.Timeout | undefined;
 
   constructor(
     private readonly path: string,
@@ -40,7 +46,12 @@ export class LogTailer {
 
   async start(): Promise<void> {
     this.watcher = watch(this.path, { ignoreInitial: true, awaitWriteFinish: false });
-    this.watcher.on('all', () => { void this.drain(); });
+    this.watcher.on('all', () => {
+      this.scheduled ??= setTimeout(() => {
+        this.scheduled = undefined;
+        void this.drain();
+      }, EVENT_DELAY_MS);
+    });
     this.timer = setInterval(() => { void this.drain(); }, POLL_MS);
     this.timer.unref();
     await this.drain();
@@ -48,6 +59,7 @@ export class LogTailer {
 
   async stop(): Promise<void> {
     clearInterval(this.timer);
+    clearTimeout(this.scheduled);
     await this.watcher?.close();
     await this.draining;
     await this.handle?.close();
