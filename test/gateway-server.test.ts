@@ -54,6 +54,8 @@ function fakeWorker(name: string, socketPath: string): Promise<Server> {
       res.end(req.method === 'HEAD' ? undefined : body);
     });
   });
+  // As the real worker's (app.ts): long, since only the gateway's pooled connections idle on it.
+  server.keepAliveTimeout = 72_000;
   return new Promise((resolve) => server.listen(socketPath, () => resolve(server)));
 }
 
@@ -124,6 +126,13 @@ describe('gateway (in-process, fake workers on unix sockets)', () => {
     assert.equal(hosted.json<Echo>().url, '/v2/some/repo/blobs/uploads/');
     assert.equal(hosted.headers.location, '/v2/some/repo/blobs/uploads/abc?_state=x');
     assert.equal(hosted.headers.link, '</v2/some/repo/tags/list?n=1&last=a>; rel="next"');
+  });
+
+  it('tells keep-alive clients the gateway\'s own idle timeout, not the worker\'s', async () => {
+    const res = await fetch(`${url}/v2/some/repo/tags/list`, { headers: { authorization: reader } });
+    assert.equal(res.status, 200);
+    await res.arrayBuffer();
+    assert.equal(res.headers.get('keep-alive'), `timeout=${Math.round(gateway.keepAliveTimeout / 1000)}`);
   });
 
   it('routes ?ns= to the named upstream\'s worker (query kept), an unknown ns to the hosted one', async () => {

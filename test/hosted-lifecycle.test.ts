@@ -6,7 +6,7 @@ import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { startStevedoreRegistry, tempDir, type RunningProcess } from './helpers/processes.js';
-import { assertOciError, fetchText, raw, sha256, spawnCli } from './helpers/hosted.js';
+import { assertOciError, fetchText, fileSize, raw, sha256, slowPatch, spawnCli } from './helpers/hosted.js';
 
 /**
  * The hosted worker as a process: crash safety of uploads (kill -9 mid-chunk), stale sessions
@@ -40,27 +40,6 @@ async function waitUntil(what: string, check: () => Promise<boolean> | boolean, 
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await sleep(10);
   }
-}
-
-async function fileSize(path: string): Promise<number> {
-  return (await stat(path).catch(() => undefined))?.size ?? 0;
-}
-
-/** A PATCH whose body is sent in parts: the first now, the rest when the test says so (req.end). */
-function slowPatch(port: number, path: string, first: Buffer, agent?: Agent): { req: ClientRequest; response: Promise<IncomingMessage & { text: string }>; failed: Promise<Error> } {
-  let fail!: (err: Error) => void;
-  const failed = new Promise<Error>((resolve) => { fail = resolve; });
-  let req!: ClientRequest;
-  const response = new Promise<IncomingMessage & { text: string }>((resolve) => {
-    req = request({ host: '127.0.0.1', port, method: 'PATCH', path, agent: agent ?? false, headers: { 'content-type': 'application/octet-stream' } }, (res) => {
-      let text = '';
-      res.on('data', (chunk: Buffer) => { text += chunk.toString(); });
-      res.on('end', () => resolve(Object.assign(res, { text })));
-    });
-  });
-  req.on('error', fail);
-  req.write(first);
-  return { req, response, failed };
 }
 
 describe('crash safety of uploads', () => {

@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { request, type IncomingHttpHeaders } from 'node:http';
+import { request, type Agent, type ClientRequest, type IncomingHttpHeaders, type IncomingMessage } from 'node:http';
+import { stat } from 'node:fs/promises';
 import type { BuiltImage } from './oci-image.js';
 import { STEVEDORE_BIN } from './processes.js';
 
@@ -164,4 +165,25 @@ export function spawnCli(args: string[], env: NodeJS.ProcessEnv = {}): CliProces
     return exited;
   };
   return { proc, output: () => text, exited, waitFor, stop };
+}
+
+export async function fileSize(path: string): Promise<number> {
+  return (await stat(path).catch(() => undefined))?.size ?? 0;
+}
+
+/** A PATCH whose body is sent in parts: the first now, the rest when the test says so (req.end). */
+export function slowPatch(port: number, path: string, first: Buffer, agent?: Agent): { req: ClientRequest; response: Promise<IncomingMessage & { text: string }>; failed: Promise<Error> } {
+  let fail!: (err: Error) => void;
+  const failed = new Promise<Error>((resolve) => { fail = resolve; });
+  let req!: ClientRequest;
+  const response = new Promise<IncomingMessage & { text: string }>((resolve) => {
+    req = request({ host: '127.0.0.1', port, method: 'PATCH', path, agent: agent ?? false, headers: { 'content-type': 'application/octet-stream' } }, (res) => {
+      let text = '';
+      res.on('data', (chunk: Buffer) => { text += chunk.toString(); });
+      res.on('end', () => resolve(Object.assign(res, { text })));
+    });
+  });
+  req.on('error', fail);
+  req.write(first);
+  return { req, response, failed };
 }

@@ -60,7 +60,11 @@ export async function runGateway(argv: readonly string[]): Promise<number> {
   return new Promise<number>((resolve) => {
     const stop = (signal: NodeJS.Signals) => {
       log.info({ signal }, 'shutting down: finishing in-flight requests');
+      // close() ends the connections idle when it is called; one whose request finishes later would
+      // stay open for the keep-alive timeout (120 s) and hold the exit, so idle ones are swept.
+      const sweep = setInterval(() => server.closeIdleConnections(), 50);
       server.close(() => {
+        clearInterval(sweep);
         accessLog.close();
         resolve(0);
       });

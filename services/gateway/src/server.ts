@@ -31,6 +31,13 @@ export interface GatewayOptions {
 }
 
 const READ_METHODS = new Set(['GET', 'HEAD']);
+/**
+ * How long an idle client connection stays open. Go clients (containerd, podman, skopeo) keep idle
+ * connections for 90 s and ignore the Keep-Alive header; closing sooner (Node's default is 5 s) makes
+ * them reuse connections the gateway is closing. distribution never closes idle connections.
+ */
+const KEEP_ALIVE_MS = 120_000;
+const KEEP_ALIVE_HEADER = `timeout=${KEEP_ALIVE_MS / 1000}`;
 
 function sendError(res: ServerResponse, error: RegistryError): void {
   if (res.headersSent) {
@@ -74,6 +81,9 @@ export function createGateway(options: GatewayOptions): Server {
       if (typeof proxyRes.headers.location === 'string') proxyRes.headers.location = addPrefix(proxyRes.headers.location, prefix);
       if (typeof proxyRes.headers.link === 'string') proxyRes.headers.link = addPrefix(proxyRes.headers.link, prefix);
     }
+    // The worker's keep-alive terms are for the gateway's own pooled connection to it; the client
+    // is told the gateway's.
+    if (proxyRes.headers['keep-alive'] !== undefined) proxyRes.headers['keep-alive'] = KEEP_ALIVE_HEADER;
     const cache = proxyRes.headers[CACHE_RESULT_HEADER];
     if (typeof cache === 'string') {
       metrics.cache.inc({ upstream: ctx.upstream, result: cache });
@@ -201,6 +211,7 @@ export function createGateway(options: GatewayOptions): Server {
   };
   const server = options.tls ? createHttpsServer({ cert: options.tls.cert, key: options.tls.key, minVersion: 'TLSv1.2' }, listener) : createHttpServer(listener);
   server.requestTimeout = 0;
+  server.keepAliveTimeout = KEEP_ALIVE_MS;
   server.on('close', () => {
     agent.destroy();
     proxy.close();
