@@ -6,7 +6,6 @@ import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import bcrypt from 'bcryptjs';
-import type { AppliancePlan } from '../lib/appliance.js';
 import { parseAccessLogLine, type AccessLogEntry } from '../lib/access-log.js';
 import { createLogger } from '../lib/log.js';
 import { AccessLogWriter } from '../services/gateway/src/access-log.js';
@@ -15,6 +14,7 @@ import { GatewayMetrics } from '../services/gateway/src/metrics.js';
 import { CACHE_RESULT_HEADER } from '../lib/appliance.js';
 import { createGateway } from '../services/gateway/src/server.js';
 import { basic, call, ociError, sleep } from './helpers/appliance.js';
+import { testPlan } from './helpers/gateway.js';
 import { tempDir } from './helpers/processes.js';
 
 /**
@@ -74,13 +74,9 @@ describe('gateway (in-process, fake workers on unix sockets)', () => {
     dir = await tempDir('gateway-server-');
     const run = join(dir, 'run');
     await mkdir(run, { mode: 0o700 });
-    const plan: AppliancePlan = {
-      hosted: { name: 'registry-hosted', kind: 'hosted', prefixes: [], socketPath: join(run, 'hosted.sock') },
-      proxies: [
-        { name: 'registry-up.example_5000', kind: 'proxy', upstream: 'up.example:5000', upstreamUrl: 'https://up.example:5000/', prefixes: ['up.example:5000', 'up'], socketPath: join(run, 'up.sock') },
-        { name: 'registry-down.example', kind: 'proxy', upstream: 'down.example', upstreamUrl: 'https://down.example/', prefixes: ['down.example'], socketPath: join(run, 'down.sock') },
-      ],
-    };
+    const plan = testPlan(run, [
+      { name: 'registry-down.example', kind: 'proxy', upstream: 'down.example', upstreamUrl: 'https://down.example/', prefixes: ['down.example'], socketPath: join(run, 'down.sock') },
+    ]);
     workers.push(await fakeWorker('hosted', plan.hosted.socketPath), await fakeWorker('up', plan.proxies[0]!.socketPath));
     // bcryptjs writes $2b$; htpasswd -B (and `stevedore user add`) write $2y$.
     const hash = (pass: string) => bcrypt.hashSync(pass, 4).replace(/^\$2b\$/, '$2y$');

@@ -35,6 +35,20 @@ export function contentHeaders(headers: IncomingHttpHeaders): Record<string, unk
   return rest;
 }
 
+/**
+ * A plan with the hosted worker and a cache worker of `up.example:5000` (alias `up`), plus any
+ * `more` cache workers, their sockets in `run`.
+ */
+export function testPlan(run: string, more: AppliancePlan['proxies'] = []): AppliancePlan {
+  return {
+    hosted: { name: 'registry-hosted', kind: 'hosted', prefixes: [], socketPath: join(run, 'hosted.sock') },
+    proxies: [
+      { name: 'registry-up.example_5000', kind: 'proxy', upstream: 'up.example:5000', upstreamUrl: 'https://up.example:5000/', prefixes: ['up.example:5000', 'up'], socketPath: join(run, 'up.sock') },
+      ...more,
+    ],
+  };
+}
+
 export interface InProcessGateway {
   root: string;
   plan: AppliancePlan;
@@ -57,12 +71,7 @@ export async function startGatewayWithHostedWorker(dir: string, options: { tagTt
   const root = join(dir, 'root');
   const run = join(dir, 'run');
   await mkdir(run, { mode: 0o700 });
-  const plan: AppliancePlan = {
-    hosted: { name: 'registry-hosted', kind: 'hosted', prefixes: [], socketPath: join(run, 'hosted.sock') },
-    proxies: [
-      { name: 'registry-up.example_5000', kind: 'proxy', upstream: 'up.example:5000', upstreamUrl: 'https://up.example:5000/', prefixes: ['up.example:5000', 'up'], socketPath: join(run, 'up.sock') },
-    ],
-  };
+  const plan = testPlan(run);
   const worker = spawn(process.execPath, [STEVEDORE_BIN, 'registry', '--listen', plan.hosted.socketPath, '--root', root, '--log-level', 'info'], { stdio: ['ignore', 'pipe', 'pipe'] });
   let output = '';
   worker.stdout!.on('data', (c: Buffer) => { output += c.toString(); });
