@@ -16,6 +16,8 @@
  *   direct worker   `stevedore registry --listen 127.0.0.1:PORT --root <the appliances' root>`
  *   distribution    docker-registry with the test helper's config (access log on)
  * Targets: gateway/direct >= 0.85 (the gateway costs < 15%) and gateway/distribution >= 1.0.
+ * The last column gives gateway/direct within each round as well: the machine's capacity drifts by
+ * ±25% over minutes here, so best/best alone can swing either way between runs.
  *
  * Options (flag, else environment variable):
  *   --blob-mb / BENCH_BLOB_MB        large blob size in MiB, default 512
@@ -237,13 +239,15 @@ interface Row {
   distribution: number | undefined;
   gatewayToDirect: number | undefined;
   gatewayToDistribution: number | undefined;
+  /** gateway / direct within each round (measured minutes apart at most): less exposed to the machine's drift than best / best. */
+  roundRatios: number[];
   judged: boolean;
   met: boolean | undefined;
   note?: string;
 }
 
 function printTable(rows: Row[]): string {
-  const header = ['metric', 'gateway', 'direct worker', 'distribution', 'gw/direct', 'gw/dist', 'met?'];
+  const header = ['metric', 'gateway', 'direct worker', 'distribution', 'gw/direct', 'gw/dist', 'met?', 'gw/direct per round'];
   const body = rows.map((r) => [
     `${r.metric} [${r.variant}] (${r.unit})`,
     fmt(r.gateway),
@@ -252,9 +256,10 @@ function printTable(rows: Row[]): string {
     r.gatewayToDirect === undefined ? '-' : fmt(r.gatewayToDirect, 2),
     r.gatewayToDistribution === undefined ? '-' : fmt(r.gatewayToDistribution, 2),
     !r.judged ? 'info' : r.met ? 'yes' : 'NO',
+    r.roundRatios.map((x) => fmt(x, 2)).join(' '),
   ]);
   const widths = header.map((h, i) => Math.max(h.length, ...body.map((line) => line[i]!.length)));
-  const line = (cells: string[]) => cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ');
+  const line = (cells: string[]) => cells.map((c, i) => (i === 0 || i === cells.length - 1 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ').trimEnd();
   const notes = rows.filter((r) => r.note).map((r) => `  note: ${r.metric} [${r.variant}]: ${r.note}`);
   return [line(header), widths.map((w) => '-'.repeat(w)).join('  '), ...body.map(line), ...notes].join('\n');
 }
@@ -431,8 +436,11 @@ async function main(): Promise<void> {
       const problems = Object.entries(results[m.key]!).flatMap(([key, list]) => list.flatMap((x) => ((x.errors ?? 0) + (x.non2xx ?? 0) > 0 ? [`${key}: ${x.errors} socket errors, ${x.non2xx} non-2xx of ${x.requests}`] : [])));
       // TLS is informational: the worker and distribution are measured over plain HTTP.
       const judged = variant !== 'tls';
+      const gatewayRounds = results[m.key]![`gateway-${variant}`] ?? [];
+      const directRounds = results[m.key]!.direct ?? [];
+      const roundRatios = gatewayRounds.flatMap((x, i) => (directRounds[i]?.value ? [x.value / directRounds[i]!.value] : []));
       const row: Row = {
-        metric: m.metric, unit: m.unit, variant, gateway: g?.value, direct: directValue, distribution: distValue, gatewayToDirect, gatewayToDistribution, judged,
+        metric: m.metric, unit: m.unit, variant, gateway: g?.value, direct: directValue, distribution: distValue, gatewayToDirect, gatewayToDistribution, roundRatios, judged,
         met: judged ? (gatewayToDirect ?? 0) >= MIN_DIRECT_RATIO && (gatewayToDistribution ?? 0) >= MIN_DIST_RATIO && problems.length === 0 : undefined,
       };
       if (problems.length > 0 && variant === variants[0]) row.note = problems.join('; ');

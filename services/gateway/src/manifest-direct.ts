@@ -70,7 +70,7 @@ export class DirectManifests {
     return this.load(reader, request).then(() => {
       const loaded = this.fromMemory(reader, request);
       return loaded === NOT_CACHED ? undefined : loaded;
-    });
+    }, () => undefined); // an unreadable file: the worker answers (and logs) it
   }
 
   private fromMemory(reader: ManifestReader, request: ManifestRequest): DirectManifest | undefined | typeof NOT_CACHED {
