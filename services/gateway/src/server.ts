@@ -1,5 +1,6 @@
 import { Agent, request as httpRequest, createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
+import './http-proxy-compat.js';
 import httpProxy from 'http-proxy';
 import { CACHE_RESULT_HEADER, type AppliancePlan, type WorkerPlan } from '../../../lib/appliance.js';
 import type { Logger } from '../../../lib/log.js';
