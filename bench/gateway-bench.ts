@@ -44,9 +44,10 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { buildImage } from '../test/helpers/oci-image.js';
 import { startAppliance, type Appliance } from '../test/helpers/appliance.js';
 import { startStevedoreRegistry, tempDir } from '../test/helpers/processes.js';
+import { children, cleanup, logger, run, runBenchmark, tempDirs } from './harness.js';
 import {
-  MANIFEST_TYPE, MiB, REPO, children, cleanup, curlGet, expectStatus, fmt, locationOf, makeBlob, numberOption, option,
-  pushMonolithic, request, run, seedImage, settle, startDist, tempDirs, wrk, type GeneratedBlob, type Server, type WrkResult,
+  MANIFEST_TYPE, MiB, REPO, curlGet, expectStatus, fmt, makeBlob, numberOption, option,
+  pushMonolithic, request, seedImage, settle, startDist, wrk, type GeneratedBlob, type Server, type WrkResult,
 } from './registry-bench.js';
 
 const VARIANTS = ['plain', 'auth', 'tls'] as const;
@@ -93,9 +94,7 @@ const MIN_DIRECT_RATIO = 0.85;
 const MIN_DIST_RATIO = 1.0;
 const OTHER_BENCHMARKS = 'registry-bench|proxy-bench|storage-bench';
 
-function log(message: string): void {
-  process.stderr.write(`[gateway-bench ${new Date().toISOString().slice(11, 19)}] ${message}\n`);
-}
+const log = logger('gateway-bench');
 
 // ---------------------------------------------------------------------------------------------
 // Bookkeeping beyond registry-bench's (children, temp dirs): the appliances, stopped with stop().
@@ -480,26 +479,4 @@ async function main(): Promise<void> {
   }
 }
 
-const watchdog = setTimeout(() => {
-  log(`run exceeded ${OPTS.timeoutS} s: stopping`);
-  process.exitCode = 1;
-  void stopAll().then(() => process.exit(1));
-}, (OPTS.timeoutS + OPTS.waitS) * 1000);
-watchdog.unref();
-
-for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-  process.once(signal, () => {
-    log(`${signal}: stopping the appliances and servers, removing temp data`);
-    void stopAll().then(() => process.exit(130));
-  });
-}
-
-try {
-  await main();
-} catch (err) {
-  process.exitCode = 1;
-  log(`failed: ${(err as Error).stack ?? String(err)}`);
-} finally {
-  await stopAll();
-  clearTimeout(watchdog);
-}
+await runBenchmark(main, { timeoutS: OPTS.timeoutS + OPTS.waitS, log, stop: stopAll });

@@ -23,7 +23,7 @@
  *   --json / BENCH_JSON                also write the results as JSON to this file
  *   --timeout / BENCH_TIMEOUT          whole-run limit in seconds, default 1200
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { existsSync, writeFileSync } from 'node:fs';
 import { mkdir, readdir, rm, stat } from 'node:fs/promises';
@@ -31,8 +31,9 @@ import http from 'node:http';
 import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { buildImage, writeOciLayout } from '../test/helpers/oci-image.js';
-import { STEVEDORE_BIN, distributionRequests, freePort, startDistribution, tempDir } from '../test/helpers/processes.js';
+import { STEVEDORE_BIN, distributionRequests, freePort, startDistribution } from '../test/helpers/processes.js';
 import { option } from './options.js';
+import { children, logger, newTempDir, run, runBenchmark, stopProcess, tempDirs } from './harness.js';
 
 const MiB = 1024 * 1024;
 const REPO = 'bench/app';
@@ -63,61 +64,7 @@ const OPTS = {
   timeoutS: intOption('timeout', 'BENCH_TIMEOUT', 1200, 10, 86_400),
 };
 
-// ---------------------------------------------------------------------------------------------
-// Process bookkeeping: everything started here is stopped and every temp dir removed at the end.
-
-const children = new Set<ChildProcess>();
-const tempDirs = new Set<string>();
-
-function log(message: string): void {
-  process.stderr.write(`[proxy-bench ${new Date().toISOString().slice(11, 19)}] ${message}\n`);
-}
-
-async function stopProcess(proc: ChildProcess, graceMs = 10_000): Promise<void> {
-  if (proc.exitCode !== null || proc.signalCode !== null) return;
-  const exited = once(proc, 'exit');
-  proc.kill('SIGTERM');
-  const timer = setTimeout(() => proc.kill('SIGKILL'), graceMs);
-  await exited;
-  clearTimeout(timer);
-}
-
-let cleaning: Promise<void> | undefined;
-function cleanup(): Promise<void> {
-  cleaning ??= (async () => {
-    await Promise.all([...children].map((p) => stopProcess(p).catch(() => {})));
-    for (const dir of tempDirs) await rm(dir, { recursive: true, force: true }).catch(() => {});
-  })();
-  return cleaning;
-}
-
-async function newTempDir(prefix: string): Promise<string> {
-  const dir = await tempDir(prefix);
-  tempDirs.add(dir);
-  return dir;
-}
-
-/** Runs a command to completion with a hard time limit; resolves with its output. */
-function run(cmd: string, args: string[], timeoutMs: number): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const proc = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    children.add(proc);
-    let stdout = '';
-    let stderr = '';
-    proc.stdout!.on('data', (c: Buffer) => { stdout += c.toString(); });
-    proc.stderr!.on('data', (c: Buffer) => { stderr += c.toString(); });
-    const timer = setTimeout(() => {
-      proc.kill('SIGKILL');
-      reject(new Error(`${cmd} ${args.join(' ')} timed out after ${timeoutMs} ms`));
-    }, timeoutMs);
-    proc.on('error', (err) => { clearTimeout(timer); children.delete(proc); reject(err); });
-    proc.on('close', (code) => {
-      clearTimeout(timer);
-      children.delete(proc);
-      resolve({ code, stdout, stderr });
-    });
-  });
-}
+const log = logger('proxy-bench');
 
 function httpGet(url: string, headers: Record<string, string> = {}, timeoutMs = 5_000): Promise<{ status: number; body: Buffer }> {
   return new Promise((resolve, reject) => {
@@ -576,25 +523,4 @@ function report(results: Record<Kind, KindResult>, imageBytes: number): void {
 
 // ---------------------------------------------------------------------------------------------
 
-const overall = setTimeout(() => {
-  log(`run exceeded ${OPTS.timeoutS} s: stopping`);
-  void cleanup().finally(() => process.exit(1));
-}, OPTS.timeoutS * 1000);
-overall.unref();
-
-for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-  process.once(signal, () => {
-    log(`${signal}: stopping`);
-    void cleanup().finally(() => process.exit(130));
-  });
-}
-
-try {
-  await main();
-  await cleanup();
-  clearTimeout(overall);
-} catch (err) {
-  log(`failed: ${(err as Error).stack ?? String(err)}`);
-  await cleanup();
-  process.exit(1);
-}
+await runBenchmark(main, { timeoutS: OPTS.timeoutS, log });

@@ -25,7 +25,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { readFileSync, writeFileSync } from 'node:fs';
-import { mkdir, rm, writeFile } from 'node:fs/promises';
+import { mkdir, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import { loadavg } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -34,6 +34,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { buildImage } from '../test/helpers/oci-image.js';
 import { DISTRIBUTION_BIN, STEVEDORE_BIN, freePort, startDistribution, tempDir } from '../test/helpers/processes.js';
 import { option } from './options.js';
+import { children, logger, run, runBenchmark, tempDirs } from './harness.js';
 
 export { option };
 
@@ -65,55 +66,7 @@ const OPTS = {
   timeoutS: numberOption('timeout', 'BENCH_TIMEOUT', 1800, 10),
 };
 
-// ---------------------------------------------------------------------------------------------
-// Process bookkeeping: everything started here is stopped and every temp dir removed at the end.
-
-export const children = new Set<ChildProcess>();
-export const tempDirs = new Set<string>();
-
-function log(message: string): void {
-  process.stderr.write(`[bench ${new Date().toISOString().slice(11, 19)}] ${message}\n`);
-}
-
-export async function stopProcess(proc: ChildProcess, graceMs = 10_000): Promise<void> {
-  if (proc.exitCode !== null || proc.signalCode !== null) return;
-  const exited = once(proc, 'exit');
-  proc.kill('SIGTERM');
-  const timer = setTimeout(() => proc.kill('SIGKILL'), graceMs);
-  await exited;
-  clearTimeout(timer);
-}
-
-let cleaning: Promise<void> | undefined;
-export function cleanup(): Promise<void> {
-  cleaning ??= (async () => {
-    await Promise.all([...children].map((p) => stopProcess(p).catch(() => {})));
-    for (const dir of tempDirs) await rm(dir, { recursive: true, force: true }).catch(() => {});
-  })();
-  return cleaning;
-}
-
-/** Runs a command to completion with a hard time limit; resolves with its output. */
-export function run(cmd: string, args: string[], timeoutMs: number): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const proc = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    children.add(proc);
-    let stdout = '';
-    let stderr = '';
-    proc.stdout!.on('data', (c: Buffer) => { stdout += c.toString(); });
-    proc.stderr!.on('data', (c: Buffer) => { stderr += c.toString(); });
-    const timer = setTimeout(() => {
-      proc.kill('SIGKILL');
-      reject(new Error(`${cmd} ${args.join(' ')} timed out after ${timeoutMs} ms`));
-    }, timeoutMs);
-    proc.on('error', (err) => { clearTimeout(timer); children.delete(proc); reject(err); });
-    proc.on('close', (code) => {
-      clearTimeout(timer);
-      children.delete(proc);
-      resolve({ code, stdout, stderr });
-    });
-  });
-}
+const log = logger('bench');
 
 // ---------------------------------------------------------------------------------------------
 // HTTP client (no agent: each call is one request on a fresh loopback connection)
@@ -663,28 +616,4 @@ async function main(): Promise<void> {
 // Other benchmarks (bench/gateway-bench.ts) import the pieces above: the run starts only when this
 // file is the program.
 const isMain = process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href;
-if (isMain) {
-  const watchdog = setTimeout(() => {
-    log(`run exceeded ${OPTS.timeoutS} s: stopping`);
-    process.exitCode = 1;
-    void cleanup().then(() => process.exit(1));
-  }, OPTS.timeoutS * 1000);
-  watchdog.unref();
-
-  for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-    process.once(signal, () => {
-      log(`${signal}: stopping servers and removing temp data`);
-      void cleanup().then(() => process.exit(130));
-    });
-  }
-
-  try {
-    await main();
-  } catch (err) {
-    process.exitCode = 1;
-    log(`failed: ${(err as Error).stack ?? String(err)}`);
-  } finally {
-    await cleanup();
-    clearTimeout(watchdog);
-  }
-}
+if (isMain) await runBenchmark(main, { timeoutS: OPTS.timeoutS, log });

@@ -1,0 +1,95 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import { rm } from 'node:fs/promises';
+import { tempDir } from '../test/helpers/processes.js';
+
+/**
+ * What every benchmark needs around its measurements: everything it starts is stopped and every
+ * temp dir removed at the end, on failure, on SIGINT/SIGTERM and when the run exceeds its limit.
+ */
+
+export const children = new Set<ChildProcess>();
+export const tempDirs = new Set<string>();
+
+/** A `[name HH:MM:SS] message` logger on stderr (stdout carries the results). */
+export function logger(name: string): (message: string) => void {
+  return (message) => process.stderr.write(`[${name} ${new Date().toISOString().slice(11, 19)}] ${message}\n`);
+}
+
+export async function stopProcess(proc: ChildProcess, graceMs = 10_000): Promise<void> {
+  if (proc.exitCode !== null || proc.signalCode !== null) return;
+  const exited = once(proc, 'exit');
+  proc.kill('SIGTERM');
+  const timer = setTimeout(() => proc.kill('SIGKILL'), graceMs);
+  await exited;
+  clearTimeout(timer);
+}
+
+let cleaning: Promise<void> | undefined;
+/** Stops every tracked process and removes every tracked temp dir (once). */
+export function cleanup(): Promise<void> {
+  cleaning ??= (async () => {
+    await Promise.all([...children].map((p) => stopProcess(p).catch(() => {})));
+    for (const dir of tempDirs) await rm(dir, { recursive: true, force: true }).catch(() => {});
+  })();
+  return cleaning;
+}
+
+/** A temp dir removed by cleanup(). */
+export async function newTempDir(prefix: string): Promise<string> {
+  const dir = await tempDir(prefix);
+  tempDirs.add(dir);
+  return dir;
+}
+
+/** Runs a command to completion with a hard time limit; resolves with its output. */
+export function run(cmd: string, args: string[], timeoutMs: number): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const proc = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    children.add(proc);
+    let stdout = '';
+    let stderr = '';
+    proc.stdout!.on('data', (c: Buffer) => { stdout += c.toString(); });
+    proc.stderr!.on('data', (c: Buffer) => { stderr += c.toString(); });
+    const timer = setTimeout(() => {
+      proc.kill('SIGKILL');
+      reject(new Error(`${cmd} ${args.join(' ')} timed out after ${timeoutMs} ms`));
+    }, timeoutMs);
+    proc.on('error', (err) => { clearTimeout(timer); children.delete(proc); reject(err); });
+    proc.on('close', (code) => {
+      clearTimeout(timer);
+      children.delete(proc);
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
+
+/**
+ * Runs a benchmark's main(): a failure sets exit code 1; `stop` (default cleanup()) runs at the end
+ * in every case, on SIGINT/SIGTERM (exit 130) and after `timeoutS` (exit 1).
+ */
+export async function runBenchmark(main: () => Promise<void>, options: { timeoutS: number; log: (message: string) => void; stop?: () => Promise<void> }): Promise<void> {
+  const { log } = options;
+  const stop = options.stop ?? cleanup;
+  const watchdog = setTimeout(() => {
+    log(`run exceeded ${options.timeoutS} s: stopping`);
+    process.exitCode = 1;
+    void stop().finally(() => process.exit(1));
+  }, options.timeoutS * 1000);
+  watchdog.unref();
+  for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+    process.once(signal, () => {
+      log(`${signal}: stopping servers and removing temp data`);
+      void stop().finally(() => process.exit(130));
+    });
+  }
+  try {
+    await main();
+  } catch (err) {
+    process.exitCode = 1;
+    log(`failed: ${(err as Error).stack ?? String(err)}`);
+  } finally {
+    await stop();
+    clearTimeout(watchdog);
+  }
+}
