@@ -1,4 +1,3 @@
-import { mkdir } from 'node:fs/promises';
 import { pipeline, Transform, type Readable } from 'node:stream';
 import { ConfigError, loadMirrorConfig, type MirrorConfig, optionsHelp, MIRROR_OPTIONS } from '../lib/config.js';
 import { createLogger } from '../lib/log.js';
@@ -6,16 +5,13 @@ import { digestOf, tryParseDigest, type Digest } from '../lib/oci/digest.js';
 import { isRegistryError, RegistryError } from '../lib/oci/errors.js';
 import { parseManifest, type ParsedManifest } from '../lib/oci/manifest.js';
 import { isIndexMediaType, MANIFEST_MEDIA_TYPES } from '../lib/oci/media-types.js';
-import { removeStale } from '../lib/storage/atomic.js';
-import { StorageLayout } from '../lib/storage/layout.js';
 import { credentialsFor, parseUpstream, readAuthsFile, type AuthsEntry } from '../lib/upstreams.js';
 import { readImageList, storedRepository, type ImageListEntry, type ImageReference } from '../lib/airgap/image-list.js';
 import { formatPlatform, selectIndexEntries } from '../lib/airgap/platform.js';
 import { formatBytes, formatDuration, ImageProgress } from '../lib/airgap/progress.js';
 import { AirgapError, StoreWriter, type ManifestToStore } from '../lib/airgap/store-writer.js';
+import { openStoreWriter } from './store.js';
 import { responseHeader, UpstreamClient, type UpstreamResponse } from '../services/registry/src/proxy/upstream-client.js';
-import { BlobStore } from '../services/registry/src/store/blob-store.js';
-import { ManifestStore } from '../services/registry/src/store/manifest-store.js';
 
 /**
  * `stevedore mirror`: copies every image of a list from its registry into a store, to be carried
@@ -27,8 +23,6 @@ import { ManifestStore } from '../services/registry/src/store/manifest-store.js'
 const MANIFEST_ACCEPT = [...MANIFEST_MEDIA_TYPES].join(', ');
 const MAX_MANIFEST = 16 * 1024 * 1024;
 const BLOB_ATTEMPTS = 3;
-/** Temp files older than this in the store's temp dir are left-overs of interrupted runs. */
-const STALE_TEMP_MS = 24 * 3_600_000;
 
 class MirrorError extends Error {
   constructor(message: string, readonly retryable = false) {
@@ -238,13 +232,9 @@ export async function runMirror(argv: readonly string[]): Promise<number> {
     return 2;
   }
 
-  const layout = new StorageLayout(config.store);
-  const blobStore = new BlobStore(layout);
-  const writer = new StoreWriter(layout, blobStore, new ManifestStore(layout, blobStore));
+  let writer: StoreWriter;
   try {
-    await mkdir(config.store, { recursive: true });
-    await writer.ensureDirs();
-    await removeStale(layout.tmpDir, STALE_TEMP_MS);
+    writer = await openStoreWriter(config.store);
   } catch (e) {
     err(`cannot use --store ${config.store}: ${(e as Error).message}`);
     return 2;

@@ -1,9 +1,6 @@
-import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { loadSeedConfig, type SeedConfig, optionsHelp, SEED_OPTIONS } from '../lib/config.js';
 import { isRegistryError } from '../lib/oci/errors.js';
-import { removeStale } from '../lib/storage/atomic.js';
-import { StorageLayout } from '../lib/storage/layout.js';
 import { openSeedInput, type SeedInput } from '../lib/airgap/archive.js';
 import { openDockerArchive } from '../lib/airgap/docker-archive.js';
 import { importSeedImage, type SeedSource } from '../lib/airgap/importer.js';
@@ -12,8 +9,7 @@ import { formatBytes, formatDuration } from '../lib/airgap/progress.js';
 import { openRegistryDir } from '../lib/airgap/registry-dir.js';
 import { openStoreExport } from '../lib/airgap/store-export.js';
 import { AirgapError, StoreWriter } from '../lib/airgap/store-writer.js';
-import { BlobStore } from '../services/registry/src/store/blob-store.js';
-import { ManifestStore } from '../services/registry/src/store/manifest-store.js';
+import { openStoreWriter } from './store.js';
 
 /**
  * `stevedore seed`: imports images into a store from an OCI image layout, a docker-archive (docker
@@ -21,8 +17,6 @@ import { ManifestStore } from '../services/registry/src/store/manifest-store.js'
  * blob is verified against its digest; an image with a corrupt or missing blob is refused whole
  * (nothing of it becomes visible) and named in the failures.
  */
-
-const STALE_TEMP_MS = 24 * 3_600_000;
 
 /**
  * Where archives are extracted: in the store (same filesystem, so verified blobs are renamed into
@@ -64,14 +58,9 @@ export async function runSeed(argv: readonly string[]): Promise<number> {
     say(`stevedore seed: ${(err as Error).message}`);
     return 2;
   }
-  const layout = new StorageLayout(config.store);
-  const blobStore = new BlobStore(layout);
-  const writer = new StoreWriter(layout, blobStore, new ManifestStore(layout, blobStore));
+  let writer: StoreWriter;
   try {
-    await mkdir(config.store, { recursive: true });
-    await writer.ensureDirs();
-    await removeStale(layout.tmpDir, STALE_TEMP_MS);
-    await removeStale(seedTempDir(config.store), STALE_TEMP_MS);
+    writer = await openStoreWriter(config.store, [seedTempDir(config.store)]);
   } catch (err) {
     say(`stevedore seed: cannot use --store ${config.store}: ${(err as Error).message}`);
     return 2;

@@ -1,0 +1,24 @@
+import { mkdir } from 'node:fs/promises';
+import { StoreWriter } from '../lib/airgap/store-writer.js';
+import { removeStale } from '../lib/storage/atomic.js';
+import { StorageLayout } from '../lib/storage/layout.js';
+import { BlobStore } from '../services/registry/src/store/blob-store.js';
+import { ManifestStore } from '../services/registry/src/store/manifest-store.js';
+
+/** Temp files older than this in a store's temp dirs are left-overs of interrupted runs. */
+const STALE_TEMP_MS = 24 * 3_600_000;
+
+/**
+ * A writer into the hosted store at `dir` (created if missing), through the registry's own blob
+ * and manifest stores, with left-over temp files of interrupted runs removed from the store's temp
+ * dir and from `moreTempDirs`. Used by `stevedore mirror` and `stevedore seed`.
+ */
+export async function openStoreWriter(dir: string, moreTempDirs: string[] = []): Promise<StoreWriter> {
+  const layout = new StorageLayout(dir);
+  const blobStore = new BlobStore(layout);
+  const writer = new StoreWriter(layout, blobStore, new ManifestStore(layout, blobStore));
+  await mkdir(dir, { recursive: true });
+  await writer.ensureDirs();
+  for (const temp of [layout.tmpDir, ...moreTempDirs]) await removeStale(temp, STALE_TEMP_MS);
+  return writer;
+}
