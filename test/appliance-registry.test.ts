@@ -4,9 +4,9 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { parseAccessLogLine, type AccessLogEntry } from '../lib/access-log.js';
 import {
-  expected, layoutOf, MANIFEST_ACCEPT, mustRun, ociError, readLayout, run, sha256, sleep, startAppliance, tcpListenPorts, type Appliance,
+  expected, layoutOf, MANIFEST_ACCEPT, mustRun, ociError, run, sha256, sleep, startAppliance, tcpListenPorts, type Appliance,
 } from './helpers/appliance.js';
-import { buildImage } from './helpers/oci-image.js';
+import { buildImage, readPulledLayout } from './helpers/oci-image.js';
 import { distributionRequests, startDistribution, tempDir, type RunningProcess } from './helpers/processes.js';
 
 /**
@@ -36,7 +36,7 @@ describe('appliance: hosted registry and pull-through cache behind the gateway (
     const out = await mkdtemp(join(work, 'pull-'));
     await skopeo(['copy', '--quiet', ...(all ? ['--all'] : []), '--src-cert-dir', app.certDir, '--src-creds', creds,
       `docker://${app.host}/${ref}`, `oci:${out}:pulled`]);
-    return readLayout(out);
+    return readPulledLayout(out);
   };
 
   before(async () => {

@@ -6,7 +6,7 @@ import type { IncomingHttpHeaders } from 'node:http';
 import { request as httpRequest } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import { join } from 'node:path';
-import { buildIndex, writeOciLayout, type BuiltImage } from './oci-image.js';
+import { buildIndex, writeOciLayout, type BuiltImage, type PulledLayout } from './oci-image.js';
 import { freePort, STEVEDORE_BIN } from './processes.js';
 
 /**
@@ -399,38 +399,8 @@ export async function layoutOf(parent: string, images: BuiltImage[], index = fal
   return { dir, digest: (top ?? images[0]!.manifest).digest };
 }
 
-export interface PulledImage {
-  /** Digest of the manifest (or index) pulled. */
-  top: string;
-  manifests: Array<{ digest: string; config: string; layers: string[] }>;
-}
-
-/** Reads an OCI layout skopeo wrote; every blob's bytes are checked against its digest. */
-export async function readLayout(dir: string): Promise<PulledImage> {
-  const index = JSON.parse(await readFile(join(dir, 'index.json'), 'utf8')) as { manifests: Array<{ digest: string }> };
-  const top = index.manifests[0]!.digest;
-  const manifests: PulledImage['manifests'] = [];
-  const blob = async (digest: string) => {
-    const data = await readFile(join(dir, 'blobs', 'sha256', digest.slice(7)));
-    if (sha256(data) !== digest) throw new Error(`layout blob ${digest} does not match its digest`);
-    return data;
-  };
-  const visit = async (digest: string): Promise<void> => {
-    const doc = JSON.parse((await blob(digest)).toString('utf8')) as { manifests?: Array<{ digest: string }>; config?: { digest: string }; layers?: Array<{ digest: string }> };
-    if (doc.manifests) {
-      for (const child of doc.manifests) await visit(child.digest);
-      return;
-    }
-    for (const d of [doc.config!.digest, ...doc.layers!.map((l) => l.digest)]) await blob(d);
-    manifests.push({ digest, config: doc.config!.digest, layers: doc.layers!.map((l) => l.digest) });
-  };
-  await visit(top);
-  manifests.sort((a, b) => a.digest.localeCompare(b.digest));
-  return { top, manifests };
-}
-
 /** What a pull of `images` must give: each image's manifest, config and layer digests. */
-export function expected(images: BuiltImage[]): PulledImage['manifests'] {
+export function expected(images: BuiltImage[]): PulledLayout['manifests'] {
   return images.map((i) => ({ digest: i.manifest.digest, config: i.config.digest, layers: i.layers.map((l) => l.digest) }))
     .sort((a, b) => a.digest.localeCompare(b.digest));
 }

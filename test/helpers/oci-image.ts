@@ -1,9 +1,11 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 
-/** Builds real images offline: OCI image layouts with gzip tar layers, configs and (optionally) an index. */
+/** Builds real images offline: OCI image layouts with gzip tar layers, configs and (optionally) an index; reads back what skopeo wrote. */
+
+const sha256hex = (data: Buffer): string => `sha256:${createHash('sha256').update(data).digest('hex')}`;
 
 export interface Blob {
   digest: string;
@@ -13,7 +15,7 @@ export interface Blob {
 }
 
 function blob(data: Buffer, mediaType: string): Blob {
-  return { digest: `sha256:${createHash('sha256').update(data).digest('hex')}`, size: data.length, data, mediaType };
+  return { digest: sha256hex(data), size: data.length, data, mediaType };
 }
 
 /** A ustar archive of regular files (enough for a real, unpackable layer). */
@@ -55,7 +57,7 @@ export function buildImage(options: { layerSizes?: number[]; architecture?: stri
   const diffIds: string[] = [];
   layerSizes.forEach((size, i) => {
     const tar = tarOf([{ name: `layer-${i}-${options.seed ?? ''}.bin`, data: randomBytes(size) }]);
-    diffIds.push(`sha256:${createHash('sha256').update(tar).digest('hex')}`);
+    diffIds.push(sha256hex(tar));
     layers.push(blob(gzipSync(tar, { level: 1 }), 'application/vnd.oci.image.layer.v1.tar+gzip'));
   });
   const config = blob(Buffer.from(JSON.stringify({
@@ -94,4 +96,38 @@ export async function writeOciLayout(dir: string, tag: string, images: BuiltImag
     schemaVersion: 2,
     manifests: [{ mediaType: top.mediaType, digest: top.digest, size: top.size, annotations: { 'org.opencontainers.image.ref.name': tag } }],
   }));
+}
+
+
+export interface PulledLayout {
+  /** Digest of the manifest (or index) the layout's index.json names. */
+  top: string;
+  /** Every manifest in the layout, by digest, with its config and layer digests. */
+  manifests: Array<{ digest: string; config: string; layers: string[] }>;
+}
+
+/** Reads what `skopeo copy ... oci:DIR:tag` wrote: the top digest, and each image's config and layers. */
+export async function readPulledLayout(dir: string): Promise<PulledLayout> {
+  const index = JSON.parse(await readFile(join(dir, 'index.json'), 'utf8')) as { manifests: Array<{ digest: string }> };
+  const top = index.manifests[0]!.digest;
+  const manifests: PulledLayout['manifests'] = [];
+  const visit = async (digest: string): Promise<void> => {
+    const body = await readFile(join(dir, 'blobs', 'sha256', digest.slice(7)));
+    if (sha256hex(body) !== digest) throw new Error(`layout blob ${digest} does not match its digest`);
+    const doc = JSON.parse(body.toString('utf8')) as { manifests?: Array<{ digest: string }>; config?: { digest: string }; layers?: Array<{ digest: string }> };
+    if (doc.manifests) {
+      for (const child of doc.manifests) await visit(child.digest);
+      return;
+    }
+    const config = doc.config!.digest;
+    const layers = doc.layers!.map((l) => l.digest);
+    for (const blob of [config, ...layers]) {
+      const data = await readFile(join(dir, 'blobs', 'sha256', blob.slice(7)));
+      if (sha256hex(data) !== blob) throw new Error(`layout blob ${blob} does not match its digest`);
+    }
+    manifests.push({ digest, config, layers });
+  };
+  await visit(top);
+  manifests.sort((a, b) => a.digest.localeCompare(b.digest));
+  return { top, manifests };
 }

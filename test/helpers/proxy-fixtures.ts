@@ -1,12 +1,14 @@
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { readFile, rm, writeFile } from 'node:fs/promises';
+import { rm, writeFile } from 'node:fs/promises';
 import { request as httpRequest } from 'node:http';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import bcrypt from 'bcryptjs';
-import { buildIndex, writeOciLayout, type BuiltImage } from './oci-image.js';
+import { buildIndex, readPulledLayout, writeOciLayout, type BuiltImage, type PulledLayout } from './oci-image.js';
+
+export { readPulledLayout, type PulledLayout };
 import { tempDir } from './processes.js';
 
 /** Shared pieces of the pull-through cache end-to-end tests (test/proxy-*.test.ts). */
@@ -74,39 +76,6 @@ export async function inspectRaw(registry: string, ref: string, creds?: string):
   args.push(`docker://${hostOf(registry)}/${ref}`);
   const { stdout } = await skopeo(args);
   return { digest: sha256(stdout), body: stdout };
-}
-
-export interface PulledLayout {
-  /** Digest of the manifest (or index) the layout's index.json names. */
-  top: string;
-  /** Every manifest in the layout, by digest, with its config and layer digests. */
-  manifests: Array<{ digest: string; config: string; layers: string[] }>;
-}
-
-/** Reads what `skopeo copy ... oci:DIR:tag` wrote: the top digest, and each image's config and layers. */
-export async function readPulledLayout(dir: string): Promise<PulledLayout> {
-  const index = JSON.parse(await readFile(join(dir, 'index.json'), 'utf8')) as { manifests: Array<{ digest: string }> };
-  const top = index.manifests[0]!.digest;
-  const manifests: PulledLayout['manifests'] = [];
-  const visit = async (digest: string): Promise<void> => {
-    const body = await readFile(join(dir, 'blobs', 'sha256', digest.slice(7)));
-    if (sha256(body) !== digest) throw new Error(`layout blob ${digest} does not match its digest`);
-    const doc = JSON.parse(body.toString('utf8')) as { manifests?: Array<{ digest: string }>; config?: { digest: string }; layers?: Array<{ digest: string }> };
-    if (doc.manifests) {
-      for (const child of doc.manifests) await visit(child.digest);
-      return;
-    }
-    const config = doc.config!.digest;
-    const layers = doc.layers!.map((l) => l.digest);
-    for (const blob of [config, ...layers]) {
-      const data = await readFile(join(dir, 'blobs', 'sha256', blob.slice(7)));
-      if (sha256(data) !== blob) throw new Error(`layout blob ${blob} does not match its digest`);
-    }
-    manifests.push({ digest, config, layers });
-  };
-  await visit(top);
-  manifests.sort((a, b) => a.digest.localeCompare(b.digest));
-  return { top, manifests };
 }
 
 /** `skopeo copy docker://registry/ref oci:DIR:pulled` into a fresh temp dir; returns what was written. */
