@@ -45,8 +45,9 @@ import { buildImage } from '../test/helpers/oci-image.js';
 import { startAppliance, type Appliance } from '../test/helpers/appliance.js';
 import { startStevedoreRegistry, tempDir } from '../test/helpers/processes.js';
 import { children, cleanup, logger, run, runBenchmark, tempDirs } from './harness.js';
+import { numberOption, option } from './options.js';
 import {
-  MANIFEST_TYPE, MiB, REPO, curlGet, expectStatus, fmt, makeBlob, numberOption, option,
+  MANIFEST_TYPE, MiB, REPO, curlGet, expectStatus, fmt, makeBlob,
   pushMonolithic, request, seedImage, settle, startDist, wrk, type GeneratedBlob, type Server, type WrkResult,
 } from './registry-bench.js';
 
@@ -54,16 +55,16 @@ const VARIANTS = ['plain', 'auth', 'tls'] as const;
 type Variant = typeof VARIANTS[number];
 
 const OPTS = {
-  blobMiB: numberOption('blob-mb', 'BENCH_BLOB_MB', 512, 1),
-  runs: Math.floor(numberOption('runs', 'BENCH_RUNS', 3, 1)),
-  getRuns: Math.floor(numberOption('get-runs', 'BENCH_GET_RUNS', 7, 1)),
-  duration: Math.floor(numberOption('duration', 'BENCH_DURATION', 10, 1)),
-  wrkThreads: Math.floor(numberOption('wrk-threads', 'BENCH_WRK_THREADS', 1, 1)),
+  blobMiB: numberOption('blob-mb', 'BENCH_BLOB_MB', 512, { min: 1 }),
+  runs: Math.floor(numberOption('runs', 'BENCH_RUNS', 3, { min: 1 })),
+  getRuns: Math.floor(numberOption('get-runs', 'BENCH_GET_RUNS', 7, { min: 1 })),
+  duration: Math.floor(numberOption('duration', 'BENCH_DURATION', 10, { min: 1 })),
+  wrkThreads: Math.floor(numberOption('wrk-threads', 'BENCH_WRK_THREADS', 1, { min: 1 })),
   variants: option('variants', 'BENCH_GATEWAY_VARIANTS', VARIANTS.join(',')).split(',').map((v) => v.trim()).filter(Boolean),
   prof: option('prof', 'BENCH_GATEWAY_PROF', '') || undefined,
-  waitS: numberOption('wait', 'BENCH_WAIT', 600, 0),
+  waitS: numberOption('wait', 'BENCH_WAIT', 600, { min: 0 }),
   json: option('json', 'BENCH_JSON', '') || undefined,
-  timeoutS: numberOption('timeout', 'BENCH_TIMEOUT', 1800, 10),
+  timeoutS: numberOption('timeout', 'BENCH_TIMEOUT', 1800, { min: 10 }),
 };
 for (const v of OPTS.variants) {
   if (!(VARIANTS as readonly string[]).includes(v)) throw new Error(`--variants (BENCH_GATEWAY_VARIANTS): unknown variant "${v}" (known: ${VARIANTS.join(', ')})`);

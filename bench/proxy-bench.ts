@@ -32,7 +32,7 @@ import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { buildImage, writeOciLayout } from '../test/helpers/oci-image.js';
 import { STEVEDORE_BIN, distributionRequests, freePort, startDistribution } from '../test/helpers/processes.js';
-import { option } from './options.js';
+import { numberOption, option } from './options.js';
 import { children, logger, newTempDir, run, runBenchmark, stopProcess, tempDirs } from './harness.js';
 
 const MiB = 1024 * 1024;
@@ -47,21 +47,15 @@ const QUIET_MAX_MS = 90_000;
 // Options
 
 
-function intOption(flag: string, env: string, fallback: number, min: number, max: number): number {
-  const raw = option(flag, env, String(fallback));
-  const value = Number(raw);
-  if (!Number.isInteger(value) || value < min || value > max) throw new Error(`--${flag} (${env}) must be an integer in ${min}..${max}, got "${raw}"`);
-  return value;
-}
 
 const OPTS = {
-  layers: intOption('layers', 'BENCH_LAYERS', 10, 1, 100),
-  layerMiB: intOption('layer-mb', 'BENCH_LAYER_MB', 8, 1, 1024),
-  coldRuns: intOption('cold-runs', 'BENCH_COLD_RUNS', 3, 1, 20),
-  warmRuns: intOption('warm-runs', 'BENCH_WARM_RUNS', 3, 1, 20),
-  concurrency: intOption('concurrency', 'BENCH_CONCURRENCY', 8, 1, 64),
+  layers: numberOption('layers', 'BENCH_LAYERS', 10, { min: 1, max: 100, integer: true }),
+  layerMiB: numberOption('layer-mb', 'BENCH_LAYER_MB', 8, { min: 1, max: 1024, integer: true }),
+  coldRuns: numberOption('cold-runs', 'BENCH_COLD_RUNS', 3, { min: 1, max: 20, integer: true }),
+  warmRuns: numberOption('warm-runs', 'BENCH_WARM_RUNS', 3, { min: 1, max: 20, integer: true }),
+  concurrency: numberOption('concurrency', 'BENCH_CONCURRENCY', 8, { min: 1, max: 64, integer: true }),
   json: option('json', 'BENCH_JSON', '') || undefined,
-  timeoutS: intOption('timeout', 'BENCH_TIMEOUT', 1200, 10, 86_400),
+  timeoutS: numberOption('timeout', 'BENCH_TIMEOUT', 1200, { min: 10, max: 86_400, integer: true }),
 };
 
 const log = logger('proxy-bench');

@@ -33,10 +33,8 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { buildImage } from '../test/helpers/oci-image.js';
 import { DISTRIBUTION_BIN, STEVEDORE_BIN, freePort, startDistribution, tempDir } from '../test/helpers/processes.js';
-import { option } from './options.js';
+import { numberOption, option } from './options.js';
 import { children, logger, run, runBenchmark, tempDirs } from './harness.js';
-
-export { option };
 
 export const MiB = 1024 * 1024;
 const GEN_CHUNK = MiB;
@@ -47,23 +45,17 @@ export const REPO = 'bench/app';
 // Options
 
 
-export function numberOption(flag: string, env: string, fallback: number, min: number): number {
-  const raw = option(flag, env, String(fallback));
-  const value = Number(raw);
-  if (!Number.isFinite(value) || value < min) throw new Error(`--${flag} (${env}) must be a number >= ${min}, got "${raw}"`);
-  return value;
-}
 
 const OPTS = {
-  blobMiB: numberOption('blob-mb', 'BENCH_BLOB_MB', 512, 1),
-  hugeMiB: numberOption('huge-mb', 'BENCH_HUGE_MB', 1024, 0),
-  runs: Math.floor(numberOption('runs', 'BENCH_RUNS', 3, 1)),
-  duration: Math.floor(numberOption('duration', 'BENCH_DURATION', 10, 1)),
-  chunkMiB: numberOption('chunk-mb', 'BENCH_CHUNK_MB', 16, 1),
-  wrkThreads: Math.floor(numberOption('wrk-threads', 'BENCH_WRK_THREADS', 1, 1)),
+  blobMiB: numberOption('blob-mb', 'BENCH_BLOB_MB', 512, { min: 1 }),
+  hugeMiB: numberOption('huge-mb', 'BENCH_HUGE_MB', 1024, { min: 0 }),
+  runs: Math.floor(numberOption('runs', 'BENCH_RUNS', 3, { min: 1 })),
+  duration: Math.floor(numberOption('duration', 'BENCH_DURATION', 10, { min: 1 })),
+  chunkMiB: numberOption('chunk-mb', 'BENCH_CHUNK_MB', 16, { min: 1 }),
+  wrkThreads: Math.floor(numberOption('wrk-threads', 'BENCH_WRK_THREADS', 1, { min: 1 })),
   distQuiet: ['1', 'true', 'yes'].includes(option('dist-quiet', 'BENCH_DIST_QUIET', 'false').toLowerCase()),
   json: option('json', 'BENCH_JSON', '') || undefined,
-  timeoutS: numberOption('timeout', 'BENCH_TIMEOUT', 1800, 10),
+  timeoutS: numberOption('timeout', 'BENCH_TIMEOUT', 1800, { min: 10 }),
 };
 
 const log = logger('bench');

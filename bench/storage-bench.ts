@@ -33,20 +33,15 @@ import { applyEviction, planEviction } from '../services/cleaner/src/evict.js';
 import { collectGarbage } from '../services/cleaner/src/gc.js';
 import { followAccessLog } from '../services/logger/src/main.js';
 import { tempDir } from '../test/helpers/processes.js';
-import { option } from './options.js';
+import { writeCreatingDir } from '../test/helpers/synthetic-store.js';
+import { numberOption, option } from './options.js';
 
 
-function numberOption(flag: string, env: string, fallback: number, min: number): number {
-  const raw = option(flag, env, String(fallback));
-  const value = Number(raw);
-  if (!Number.isInteger(value) || value < min) throw new Error(`--${flag} (${env}) must be an integer >= ${min}, got "${raw}"`);
-  return value;
-}
 
-const BLOBS = numberOption('blobs', 'BENCH_BLOBS', 100_000, 100);
-const BLOB_SIZE = numberOption('blob-size', 'BENCH_BLOB_SIZE', 512, 1);
-const LINES = numberOption('lines', 'BENCH_LINES', 500_000, 1);
-const DISTINCT = numberOption('distinct', 'BENCH_DISTINCT', 1_000, 1);
+const BLOBS = numberOption('blobs', 'BENCH_BLOBS', 100_000, { min: 100, integer: true });
+const BLOB_SIZE = numberOption('blob-size', 'BENCH_BLOB_SIZE', 512, { min: 1, integer: true });
+const LINES = numberOption('lines', 'BENCH_LINES', 500_000, { min: 1, integer: true });
+const DISTINCT = numberOption('distinct', 'BENCH_DISTINCT', 1_000, { min: 1, integer: true });
 const JSON_PATH = option('json', 'BENCH_JSON', '');
 const KEEP = option('keep', 'BENCH_KEEP', '') === 'true';
 
@@ -58,16 +53,6 @@ const log = createLogger('bench', 'silent');
 
 const seconds = (ms: number) => `${(ms / 1000).toFixed(2)} s`;
 const rate = (n: number, ms: number) => Math.round(n / (ms / 1000));
-
-async function writeFileMkdir(path: string, data: string | Buffer): Promise<void> {
-  try {
-    await writeFile(path, data);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-    await mkdir(dirname(path), { recursive: true });
-    await writeFile(path, data);
-  }
-}
 
 async function touchFile(path: string): Promise<void> {
   const handle = await open(path, 'a').catch(async (err: NodeJS.ErrnoException) => {
@@ -113,7 +98,7 @@ async function buildStore(): Promise<Built> {
   const storeBlob = async (data: Buffer, atimeMs: number): Promise<Digest> => {
     const digest = digestOf(data);
     const path = hosted.blobPath(digest);
-    await writeFileMkdir(path, data);
+    await writeCreatingDir(path, data);
     await utimes(path, new Date(atimeMs), new Date(atimeMs - DAY));
     return digest;
   };
@@ -136,8 +121,8 @@ async function buildStore(): Promise<Built> {
     }));
     const manifest = await storeBlob(body, servedAt);
     const tag = `v${index}`;
-    await writeFileMkdir(layout.manifestRevisionPath(repo, manifest), 'application/vnd.oci.image.manifest.v1+json');
-    await writeFileMkdir(layout.tagPath(repo, tag), manifest.value);
+    await writeCreatingDir(layout.manifestRevisionPath(repo, manifest), 'application/vnd.oci.image.manifest.v1+json');
+    await writeCreatingDir(layout.tagPath(repo, tag), manifest.value);
     for (const d of [config, ...layers.map((l) => l.digest)]) await touchFile(layout.layerLinkPath(repo, d));
     const bytes = body.length + configData.length + layers.reduce((s, l) => s + l.size, 0);
     result.bytes[kind] += bytes;

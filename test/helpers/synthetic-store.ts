@@ -13,7 +13,8 @@ const MANIFEST_TYPE = 'application/vnd.oci.image.manifest.v1+json';
 const LAYER_TYPE = 'application/vnd.oci.image.layer.v1.tar+gzip';
 const CONFIG_TYPE = 'application/vnd.oci.image.config.v1+json';
 
-async function writeCreatingDir(path: string, data: string | Buffer): Promise<void> {
+/** writeFile, creating the parent directories when they are missing (tried first: most already exist). */
+export async function writeCreatingDir(path: string, data: string | Buffer): Promise<void> {
   try {
     await writeFile(path, data);
   } catch (err) {
