@@ -180,6 +180,9 @@ async function benchLogger(built: Built): Promise<Record<string, number>> {
   const manifestNames = Math.max(1, Math.floor(DISTINCT / 10));
   const tags = built.manifestTags.slice(0, manifestNames);
   const blobs = built.cachedDigests.filter((_, i) => i % (LAYERS_PER_MANIFEST + 2) !== 0).slice(0, DISTINCT - tags.length);
+  if (blobs.length < DISTINCT - tags.length) {
+    throw new Error(`--distinct (BENCH_DISTINCT) ${DISTINCT} needs more cached blobs than --blobs ${BLOBS} makes (${blobs.length + tags.length} names): raise --blobs or lower --distinct`);
+  }
   const logPath = join(built.root, 'logs', 'access.log');
   const statePath = join(built.root, 'logs', 'logger-state.json');
   const base = Date.now() - 60_000;
