@@ -32,7 +32,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { buildImage } from '../test/helpers/oci-image.js';
-import { DISTRIBUTION_BIN, STEVEDORE_BIN, freePort, startDistribution, tempDir } from '../test/helpers/processes.js';
+import { DISTRIBUTION_BIN, STEVEDORE_BIN, distributionConfig, freePort, startDistribution, tempDir } from '../test/helpers/processes.js';
 import { numberOption, option } from './options.js';
 import { children, logger, run, runBenchmark, tempDirs } from './harness.js';
 
@@ -206,23 +206,7 @@ export async function startDist(): Promise<Server> {
   const dir = await tempDir('distribution-bench-');
   tempDirs.add(dir);
   const port = await freePort();
-  const config = [
-    'version: 0.1',
-    'log:',
-    '  level: warn',
-    '  accesslog:',
-    '    disabled: true',
-    'storage:',
-    '  filesystem:',
-    `    rootdirectory: ${join(dir, 'data')}`,
-    '  delete:',
-    '    enabled: true',
-    '  cache:',
-    '    blobdescriptor: inmemory',
-    'http:',
-    `  addr: 127.0.0.1:${port}`,
-    '',
-  ].join('\n');
+  const config = distributionConfig({ root: join(dir, 'data'), port, quiet: true });
   await writeFile(join(dir, 'config.yml'), config);
   const proc = spawn(DISTRIBUTION_BIN, ['serve', join(dir, 'config.yml')], { stdio: ['ignore', 'pipe', 'pipe'] });
   children.add(proc);

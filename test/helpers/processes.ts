@@ -107,17 +107,18 @@ export interface DistributionOptions {
 
 export const DISTRIBUTION_BIN = '/usr/bin/docker-registry';
 
-/** Starts the Debian `docker-registry` (CNCF distribution 2.8) with its access log on stdout. */
-export async function startDistribution(options: DistributionOptions = {}): Promise<RunningProcess & { root: string }> {
-  const dir = await tempDir('distribution-');
-  const root = options.root ?? join(dir, 'data');
-  const port = options.port ?? await freePort();
+/**
+ * distribution's config.yml for `options` (root and port given): access log on at level info, as the
+ * tests read it; `quiet` (benchmarks) logs warnings only, without access log.
+ */
+export function distributionConfig(options: DistributionOptions & { root: string; port: number; quiet?: boolean }): string {
+  const { root, port } = options;
   const lines = [
     'version: 0.1',
     'log:',
-    '  level: info',
+    `  level: ${options.quiet ? 'warn' : 'info'}`,
     '  accesslog:',
-    '    disabled: false',
+    `    disabled: ${options.quiet ? 'true' : 'false'}`,
     'storage:',
     '  filesystem:',
     `    rootdirectory: ${root}`,
@@ -137,8 +138,17 @@ export async function startDistribution(options: DistributionOptions = {}): Prom
     lines.push('proxy:', `  remoteurl: ${options.proxy.remoteurl}`);
     if (options.proxy.username) lines.push(`  username: ${options.proxy.username}`, `  password: ${options.proxy.password ?? ''}`);
   }
+  return `${lines.join('\n')}\n`;
+}
+
+/** Starts the Debian `docker-registry` (CNCF distribution 2.8) with its access log on stdout. */
+export async function startDistribution(options: DistributionOptions = {}): Promise<RunningProcess & { root: string }> {
+  const dir = await tempDir('distribution-');
+  const root = options.root ?? join(dir, 'data');
+  const port = options.port ?? await freePort();
+  const config = distributionConfig({ ...options, root, port });
   const configPath = join(dir, 'config.yml');
-  await writeFile(configPath, `${lines.join('\n')}\n`);
+  await writeFile(configPath, config);
   const proc = spawn(DISTRIBUTION_BIN, ['serve', configPath], { stdio: ['ignore', 'pipe', 'pipe'] });
   const { output, waitFor } = track(proc);
   const stop = stopper(proc);
