@@ -16,6 +16,21 @@ export async function readDocument(path: string, what: string): Promise<Buffer> 
   return readFile(path);
 }
 
+/**
+ * A source whose manifests and blobs are files found by digest alone, whatever the repository
+ * (an OCI layout, a Stevedore export); `blobPath` is undefined for a digest the input lacks.
+ */
+export function contentAddressedSource(source: Omit<SeedSource, 'readManifest' | 'blobFile'>, blobPath: (digest: Digest) => Promise<string | undefined>): SeedSource {
+  return {
+    ...source,
+    async readManifest(_name: string, digest: Digest) {
+      const path = await blobPath(digest);
+      return path === undefined ? undefined : readDocument(path, `manifest ${digest.value}`);
+    },
+    blobFile: (_name: string, digest: Digest) => blobPath(digest),
+  };
+}
+
 export interface NamingOptions {
   /** Repository for entries named by a tag only (or not at all). */
   name: string | undefined;
@@ -98,16 +113,6 @@ export async function openOciLayout(dir: string, movable: boolean, options: Nami
     byKey.set(key, image);
   });
 
-  const blobPath = (digest: Digest) => fileInside(dir, join('blobs', digest.algorithm, digest.hex));
-  return {
-    kind: 'OCI image layout',
-    images: [...byKey.values()],
-    problems,
-    movable,
-    async readManifest(_name: string, digest: Digest) {
-      const path = await blobPath(digest);
-      return path === undefined ? undefined : readDocument(path, `manifest ${digest.value}`);
-    },
-    blobFile: (_name: string, digest: Digest) => blobPath(digest),
-  };
+  return contentAddressedSource({ kind: 'OCI image layout', images: [...byKey.values()], problems, movable },
+    (digest) => fileInside(dir, join('blobs', digest.algorithm, digest.hex)));
 }

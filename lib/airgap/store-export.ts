@@ -8,7 +8,7 @@ import { listLinkedDigests, listRepositoryNames } from '../storage/inventory.js'
 import { StorageLayout } from '../storage/layout.js';
 import { entriesOf, fileInside } from './archive.js';
 import type { SeedImage, SeedSource } from './importer.js';
-import { readDocument } from './oci-layout.js';
+import { contentAddressedSource } from './oci-layout.js';
 import { AirgapError } from './store-writer.js';
 import { writeZstd } from './zstd.js';
 import type { Readable } from 'node:stream';
@@ -128,16 +128,6 @@ export async function openStoreExport(dir: string, movable: boolean): Promise<Se
     for (const [digest, tagged] of tags) problems.push({ label: `${name}:${tagged.join(', ')}`, reason: `the tag points at ${digest}, which is not a manifest of ${name}` });
   }
   images.sort((a, b) => Number(b.tags.length > 0) - Number(a.tags.length > 0));
-  const blobPath = (digest: Digest) => fileInside(dir, relative(dir, layout.blobPath(digest)));
-  return {
-    kind: 'Stevedore export',
-    images,
-    problems,
-    movable,
-    async readManifest(_name: string, digest: Digest) {
-      const path = await blobPath(digest);
-      return path === undefined ? undefined : readDocument(path, `manifest ${digest.value}`);
-    },
-    blobFile: (_name: string, digest: Digest) => blobPath(digest),
-  };
+  return contentAddressedSource({ kind: 'Stevedore export', images, problems, movable },
+    (digest) => fileInside(dir, relative(dir, layout.blobPath(digest))));
 }
