@@ -11,7 +11,7 @@ import { formatPlatform, selectIndexEntries } from '../lib/airgap/platform.js';
 import { formatBytes, formatDuration, ImageProgress } from '../lib/airgap/progress.js';
 import { AirgapError, StoreWriter, type ManifestToStore } from '../lib/airgap/store-writer.js';
 import { openStoreWriter } from './store.js';
-import { responseHeader, UpstreamClient, type UpstreamResponse } from '../services/registry/src/proxy/upstream-client.js';
+import { readBodyCapped, responseHeader, UpstreamClient, type UpstreamResponse } from '../services/registry/src/proxy/upstream-client.js';
 
 /**
  * `stevedore mirror`: copies every image of a list from its registry into a store, to be carried
@@ -61,18 +61,8 @@ function describeError(err: unknown): string {
   return (err as Error)?.message ?? String(err);
 }
 
-async function readCapped(res: UpstreamResponse, limit: number, what: string): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  let total = 0;
-  for await (const chunk of res.body as AsyncIterable<Buffer>) {
-    total += chunk.length;
-    if (total > limit) {
-      res.body.destroy();
-      throw new MirrorError(`${what} is larger than ${formatBytes(limit)}: refused`);
-    }
-    chunks.push(chunk);
-  }
-  return Buffer.concat(chunks);
+function readCapped(res: UpstreamResponse, limit: number, what: string): Promise<Buffer> {
+  return readBodyCapped(res, limit, () => new MirrorError(`${what} is larger than ${formatBytes(limit)}: refused`));
 }
 
 function statusError(status: number, what: string, registry: string): MirrorError {

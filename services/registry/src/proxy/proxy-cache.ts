@@ -12,7 +12,7 @@ import { sendManifest } from '../routes/manifests.js';
 import { BoundedMap } from '../../../../lib/storage/bounded-map.js';
 import type { StoredManifest } from '../store/manifest-store.js';
 import { BlobFills } from './blob-fill.js';
-import { responseHeader, type UpstreamClient, type UpstreamResponse } from './upstream-client.js';
+import { readBodyCapped, responseHeader, type UpstreamClient, type UpstreamResponse } from './upstream-client.js';
 
 export interface ProxyOptions {
   tagTtlMs: number;
@@ -34,18 +34,9 @@ function canServeStale(err: unknown): boolean {
   return err instanceof RegistryError && !['MANIFEST_UNKNOWN', 'BLOB_UNKNOWN', 'NAME_UNKNOWN', 'DIGEST_INVALID', 'MANIFEST_INVALID'].includes(err.code);
 }
 
-async function readCapped(res: UpstreamResponse): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  let total = 0;
-  for await (const chunk of res.body as AsyncIterable<Buffer>) {
-    total += chunk.length;
-    if (total > MAX_UPSTREAM_DOCUMENT) {
-      res.body.destroy();
-      throw new RegistryError('SIZE_INVALID', { limit: MAX_UPSTREAM_DOCUMENT }, { status: 502, message: 'upstream document too large' });
-    }
-    chunks.push(chunk);
-  }
-  return Buffer.concat(chunks, total);
+/** An upstream manifest or listing, at most MAX_UPSTREAM_DOCUMENT bytes. */
+function readCapped(res: UpstreamResponse): Promise<Buffer> {
+  return readBodyCapped(res, MAX_UPSTREAM_DOCUMENT, () => new RegistryError('SIZE_INVALID', { limit: MAX_UPSTREAM_DOCUMENT }, { status: 502, message: 'upstream document too large' }));
 }
 
 interface CachedList {

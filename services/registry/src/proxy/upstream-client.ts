@@ -12,6 +12,24 @@ export interface UpstreamResponse {
   body: Readable & { dump(): Promise<void> };
 }
 
+/**
+ * Reads an upstream response body (a manifest, a tag list) into memory, at most `limit` bytes: past
+ * it the body is dropped and `tooLarge()` thrown, so a hostile or broken upstream cannot fill memory.
+ */
+export async function readBodyCapped(res: UpstreamResponse, limit: number, tooLarge: () => Error): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let total = 0;
+  for await (const chunk of res.body as AsyncIterable<Buffer>) {
+    total += chunk.length;
+    if (total > limit) {
+      res.body.destroy();
+      throw tooLarge();
+    }
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks, total);
+}
+
 interface CachedToken {
   token: string;
   expiresAt: number;
