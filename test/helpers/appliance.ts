@@ -6,7 +6,9 @@ import type { IncomingHttpHeaders } from 'node:http';
 import { request as httpRequest } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import { join } from 'node:path';
-import { buildIndex, writeOciLayout, type BuiltImage, type PulledLayout } from './oci-image.js';
+import { buildIndex, MANIFEST_ACCEPT, writeOciLayout, type BuiltImage, type PulledLayout } from './oci-image.js';
+
+export { MANIFEST_ACCEPT };
 import { freePort, STEVEDORE_BIN } from './processes.js';
 
 /**
@@ -19,13 +21,6 @@ import { freePort, STEVEDORE_BIN } from './processes.js';
 export const sha256 = (data: Buffer | string): string => `sha256:${createHash('sha256').update(data).digest('hex')}`;
 export const basic = (user: string, pass: string): string => `Basic ${Buffer.from(`${user}:${pass}`).toString('base64')}`;
 export const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
-
-export const MANIFEST_ACCEPT = [
-  'application/vnd.oci.image.manifest.v1+json',
-  'application/vnd.oci.image.index.v1+json',
-  'application/vnd.docker.distribution.manifest.v2+json',
-  'application/vnd.docker.distribution.manifest.list.v2+json',
-].join(', ');
 
 export interface CommandResult {
   code: number;

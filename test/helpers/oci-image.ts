@@ -7,6 +7,14 @@ import { gzipSync } from 'node:zlib';
 
 const sha256hex = (data: Buffer): string => `sha256:${createHash('sha256').update(data).digest('hex')}`;
 
+/** An Accept header naming the four manifest types clients ask for (OCI and Docker, image and index). */
+export const MANIFEST_ACCEPT = [
+  'application/vnd.oci.image.manifest.v1+json',
+  'application/vnd.oci.image.index.v1+json',
+  'application/vnd.docker.distribution.manifest.v2+json',
+  'application/vnd.docker.distribution.manifest.list.v2+json',
+].join(', ');
+
 export interface Blob {
   digest: string;
   size: number;

@@ -6,9 +6,9 @@ import { connect, createServer, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import bcrypt from 'bcryptjs';
-import { buildIndex, readPulledLayout, writeOciLayout, type BuiltImage, type PulledLayout } from './oci-image.js';
+import { buildIndex, MANIFEST_ACCEPT, readPulledLayout, writeOciLayout, type BuiltImage, type PulledLayout } from './oci-image.js';
 
-export { readPulledLayout, type PulledLayout };
+export { MANIFEST_ACCEPT, readPulledLayout, type PulledLayout };
 import { tempDir } from './processes.js';
 
 /** Shared pieces of the pull-through cache end-to-end tests (test/proxy-*.test.ts). */
@@ -196,13 +196,6 @@ export async function pushManifest(registry: string, repo: string, ref: string, 
   if (res.status !== 201) throw new Error(`PUT manifest ${repo}:${ref} answered ${res.status}: ${text}`);
   return res.headers.get('docker-content-digest')!;
 }
-
-export const MANIFEST_ACCEPT = [
-  'application/vnd.oci.image.manifest.v1+json',
-  'application/vnd.oci.image.index.v1+json',
-  'application/vnd.docker.distribution.manifest.v2+json',
-  'application/vnd.docker.distribution.manifest.list.v2+json',
-].join(', ');
 
 /** HEAD (or GET) of a manifest through a registry: status and Docker-Content-Digest. */
 export async function manifestDigest(registry: string, repo: string, ref: string, method: 'HEAD' | 'GET' = 'HEAD'): Promise<{ status: number; digest: string | null; body: Buffer }> {
