@@ -145,13 +145,12 @@ export class ProxyCache {
       return this.dedupe(`${name}@${digest.value}`, () => this.fetchManifest(name, digest.value, digest));
     }
     const tag = reference.tag;
-    const localDigest = await this.ctx.manifests.resolveTag(name, tag);
-    if (localDigest) {
-      const validatedAt = await this.ctx.manifests.tagValidatedAt(name, tag);
-      if (validatedAt !== undefined && Date.now() - validatedAt < this.options.tagTtlMs) {
-        const cached = await this.local(name, { kind: 'digest', digest: localDigest });
-        if (cached) return cached;
-      }
+    // The tag file's digest and mtime (when it was written or last confirmed upstream), read together.
+    const local = await this.ctx.manifests.readTag(name, tag);
+    const localDigest = local?.digest;
+    if (local && Date.now() - local.validatedAt < this.options.tagTtlMs) {
+      const cached = await this.local(name, { kind: 'digest', digest: local.digest });
+      if (cached) return cached;
     }
     try {
       return await this.dedupe(`${name}:${tag}`, () => this.revalidateTag(name, tag, localDigest));
@@ -179,7 +178,7 @@ export class ProxyCache {
         if (upstreamDigest?.value === localDigest.value) {
           const cached = await this.local(name, { kind: 'digest', digest: localDigest });
           if (cached) {
-            await this.ctx.manifests.markTagValidated(name, tag);
+            await this.ctx.manifests.markTagValidated(name, tag, localDigest);
             return cached;
           }
         }

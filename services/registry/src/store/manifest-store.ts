@@ -64,20 +64,11 @@ export class ManifestStore extends ManifestReader {
     }
   }
 
-  /** When a tag was last written or confirmed against its upstream (the tag file's mtime), or undefined. */
-  async tagValidatedAt(name: string, tag: string): Promise<number | undefined> {
-    try {
-      return (await stat(this.layout.tagPath(name, tag))).mtimeMs;
-    } catch (err) {
-      if (isNotFound(err)) return undefined;
-      throw err;
-    }
-  }
-
-  /** Records that the upstream confirmed the tag still points where it did. */
-  async markTagValidated(name: string, tag: string): Promise<void> {
+  /** Records that the upstream confirmed the tag still points at `digest` (the tag file's mtime, which readTag() reports). */
+  async markTagValidated(name: string, tag: string, digest: Digest): Promise<void> {
     const now = new Date();
     await utimes(this.layout.tagPath(name, tag), now, now).catch(() => {});
+    this.tags.set(`${name}\0${tag}`, this.stamp({ digest, validatedAt: now.getTime() }));
   }
 
   private async checkReferences(name: string, manifest: ParsedManifest): Promise<void> {
