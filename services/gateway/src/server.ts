@@ -71,7 +71,7 @@ export function createGateway(options: GatewayOptions): Server {
 
   /** A manifest write (push, tag, delete) reached a worker: what the gateway cached of the repository is stale. */
   function forgetAfterWrite(req: IncomingMessage, ctx: GatewayContext): void {
-    if (ctx.resource === 'manifest' && ctx.repository && ctx.workerPlan && !READ_METHODS.has(req.method ?? '')) directManifests?.invalidate(ctx.workerPlan, ctx.repository);
+    if (ctx.resource === 'manifest' && ctx.repository && ctx.worker && !READ_METHODS.has(req.method ?? '')) directManifests?.invalidate(ctx.worker, ctx.repository);
   }
 
   proxy.on('proxyRes', (proxyRes, req) => {
@@ -97,9 +97,9 @@ export function createGateway(options: GatewayOptions): Server {
     const ctx = (req as GatewayRequest).gateway;
     // The worker may have written before it failed.
     if (ctx) forgetAfterWrite(req, ctx);
-    log.warn({ worker: ctx?.worker, err: err.message }, 'registry worker unreachable');
+    log.warn({ worker: ctx?.worker?.name, err: err.message }, 'registry worker unreachable');
     if (res instanceof Object && 'writeHead' in res) {
-      sendError(res as ServerResponse, new RegistryError('UNAVAILABLE', { worker: ctx?.worker }, {
+      sendError(res as ServerResponse, new RegistryError('UNAVAILABLE', { worker: ctx?.worker?.name }, {
         message: 'the registry worker for this request is not running (it may be restarting); retry shortly',
         headers: { 'retry-after': '1' },
       }));
@@ -128,7 +128,7 @@ export function createGateway(options: GatewayOptions): Server {
       res.end(body);
       return;
     }
-    const ctx: GatewayContext = { user: '-', upstream: '-', worker: undefined, workerPlan: undefined, prefix: undefined, bytes: 0, repository: undefined, reference: undefined, resource: 'other' };
+    const ctx: GatewayContext = { user: '-', upstream: '-', worker: undefined, prefix: undefined, bytes: 0, repository: undefined, reference: undefined, resource: 'other' };
     req.gateway = ctx;
     res.once('close', () => {
       const durationMs = Number(process.hrtime.bigint() - started) / 1e6;
@@ -162,8 +162,7 @@ export function createGateway(options: GatewayOptions): Server {
         res.end(req.method === 'HEAD' ? undefined : body);
         return;
       }
-      ctx.worker = route.worker.name;
-      ctx.workerPlan = route.worker;
+      ctx.worker = route.worker;
       ctx.upstream = route.worker.upstream ?? '-';
       ctx.prefix = route.prefix;
       ctx.repository = route.repository;
@@ -223,8 +222,7 @@ export function createGateway(options: GatewayOptions): Server {
 interface GatewayContext {
   user: string;
   upstream: string;
-  worker: string | undefined;
-  workerPlan: WorkerPlan | undefined;
+  worker: WorkerPlan | undefined;
   prefix: string | undefined;
   bytes: number;
   repository: string | undefined;
