@@ -1,5 +1,5 @@
 import type { FileHandle } from 'node:fs/promises';
-import type { ServerResponse } from 'node:http';
+import type { OutgoingHttpHeaders, ServerResponse } from 'node:http';
 
 /**
  * Blobs up to this size are answered from memory by the registry workers once read (one buffer,
@@ -74,5 +74,32 @@ export async function copyFileToResponse(handle: FileHandle, res: ServerResponse
     if (pooled) for (const buffer of buffers) if (sparePool.length < SPARE_POOL_MAX) sparePool.push(buffer);
   } finally {
     res.off('close', onClose);
+  }
+}
+
+/** A prepared file response: the open file, the status and headers, and the inclusive byte range to send. */
+export interface FileResponse {
+  handle: FileHandle;
+  status: number;
+  headers: OutgoingHttpHeaders;
+  start: number;
+  end: number;
+}
+
+/**
+ * Writes the headers, copies the range (copyFileToResponse) and closes the file. A transfer that
+ * fails after the headers destroys the response: the client sees a broken transfer, never a short
+ * blob. Resolves with the failure, unless the client left (nothing worth logging).
+ */
+export async function sendFileResponse(file: FileResponse, res: ServerResponse, sent?: (bytes: number) => void): Promise<Error | undefined> {
+  try {
+    res.writeHead(file.status, file.headers);
+    await copyFileToResponse(file.handle, res, file.start, file.end, sent);
+    return undefined;
+  } catch (err) {
+    res.destroy();
+    return isClientGone(err) ? undefined : (err as Error);
+  } finally {
+    await file.handle.close().catch(() => {});
   }
 }

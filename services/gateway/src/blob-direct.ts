@@ -2,7 +2,7 @@ import { open, stat, type FileHandle } from 'node:fs/promises';
 import type { IncomingHttpHeaders, OutgoingHttpHeaders, ServerResponse } from 'node:http';
 import type { AppliancePlan, WorkerPlan } from '../../../lib/appliance.js';
 import { parseRange } from '../../../lib/http/range.js';
-import { copyFileToResponse, isClientGone, SMALL_BLOB_MAX } from '../../../lib/http/file-response.js';
+import { SMALL_BLOB_MAX, type FileResponse } from '../../../lib/http/file-response.js';
 import { tryParseDigest } from '../../../lib/oci/digest.js';
 import { echoedNamespace } from '../../../lib/oci/route.js';
 import { StorageLayout } from '../../../lib/storage/layout.js';
@@ -91,31 +91,5 @@ export function namespaceHeader(url: string): string | undefined {
   return q === -1 ? undefined : echoedNamespace(new URLSearchParams(url.slice(q + 1)).get('ns'));
 }
 
-export interface DirectBlob {
-  handle: FileHandle;
-  status: 200 | 206;
-  headers: OutgoingHttpHeaders;
-  /** Inclusive byte range to send. */
-  start: number;
-  end: number;
-}
-
-
-/**
- * Sends a prepared blob and closes its file: headers, then the bytes (lib/http/file-response.ts).
- * `sent` is told each chunk's size as it is handed to the socket. A transfer that fails after the
- * headers destroys the response: the client sees a broken transfer, never a short blob. Resolves
- * with the failure, unless the client left.
- */
-export async function sendDirectBlob(blob: DirectBlob, res: ServerResponse, sent: (bytes: number) => void): Promise<Error | undefined> {
-  try {
-    res.writeHead(blob.status, blob.headers);
-    await copyFileToResponse(blob.handle, res, blob.start, blob.end, sent);
-    return undefined;
-  } catch (err) {
-    res.destroy();
-    return isClientGone(err) ? undefined : (err as Error);
-  } finally {
-    await blob.handle.close().catch(() => {});
-  }
-}
+/** A large stored blob to send from disk: 200 or 206. */
+export type DirectBlob = FileResponse & { status: 200 | 206 };

@@ -6,7 +6,8 @@ import { CACHE_RESULT_HEADER, type AppliancePlan, type WorkerPlan } from '../../
 import type { Logger } from '../../../lib/log.js';
 import { RegistryError, isRegistryError } from '../../../lib/oci/errors.js';
 import type { AccessLogWriter } from './access-log.js';
-import { DirectBlobs, sendDirectBlob } from './blob-direct.js';
+import { sendFileResponse } from '../../../lib/http/file-response.js';
+import { DirectBlobs } from './blob-direct.js';
 import { DirectManifests } from './manifest-direct.js';
 import type { AuthenticatedUser, UserDirectory } from './auth.js';
 import type { GatewayMetrics } from './metrics.js';
@@ -187,7 +188,7 @@ export function createGateway(options: GatewayOptions): Server {
         if (blob) {
           // What the worker would answer, without the second hop; a cache worker would report a hit.
           if (route.worker.kind === 'proxy') metrics.cache.inc({ upstream: ctx.upstream, result: 'hit' });
-          const failure = await sendDirectBlob(blob, res, (bytes) => { ctx.bytes += bytes; });
+          const failure = await sendFileResponse(blob, res, (bytes) => { ctx.bytes += bytes; });
           if (failure) log.warn({ err: failure, repository: route.repository, digest: route.reference }, 'blob transfer failed');
           return;
         }

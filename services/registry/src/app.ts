@@ -39,7 +39,6 @@ const ALLOWED: Record<RegistryRoute['kind'], readonly string[]> = {
   referrers: ['GET', 'HEAD'],
 };
 
-
 async function dispatch(ctx: RegistryContext, req: FastifyRequest, reply: FastifyReply): Promise<void> {
   reply.header('docker-distribution-api-version', 'registry/2.0');
   const { path, query } = splitUrl(req.raw.url ?? '/');

@@ -3,11 +3,8 @@ import type { FastifyReply, FastifyRequest } from 'fastify';
 import { parseDigest, type Digest } from '../../../../lib/oci/digest.js';
 import { RegistryError } from '../../../../lib/oci/errors.js';
 import { parseRange } from '../../../../lib/http/range.js';
-import { copyFileToResponse, isClientGone } from '../../../../lib/http/file-response.js';
+import { sendFileResponse, SMALL_BLOB_MAX } from '../../../../lib/http/file-response.js';
 import type { RegistryContext } from '../context.js';
-import { SMALL_BLOB_MAX } from '../../../../lib/http/file-response.js';
-
-/** Blobs up to this size are read in one call (and cached); larger ones stream. */
 
 /** Headers of every blob response (the digest is the blob's identity, so it is also its ETag). */
 export function sendBlobHeaders(reply: FastifyReply, digest: Digest): void {
@@ -64,17 +61,8 @@ export async function getBlob(ctx: RegistryContext, name: string, rawDigest: str
   // to the socket through two reused buffers, so serving a blob of any size holds ~2 MiB and
   // makes no garbage for the collector to catch up with.
   reply.hijack();
-  const res = reply.raw;
-  try {
-    res.writeHead(reply.statusCode, reply.getHeaders() as OutgoingHttpHeaders);
-    await copyFileToResponse(handle, res, start, end);
-  } catch (err) {
-    // Headers are out: a failed transfer must look broken to the client, never short.
-    res.destroy();
-    if (!isClientGone(err)) ctx.log.warn({ err, name, digest: digest.value }, 'blob transfer failed');
-  } finally {
-    await handle.close().catch(() => {});
-  }
+  const failure = await sendFileResponse({ handle, status: reply.statusCode, headers: reply.getHeaders() as OutgoingHttpHeaders, start, end }, reply.raw);
+  if (failure) ctx.log.warn({ err: failure, name, digest: digest.value }, 'blob transfer failed');
 }
 
 export async function deleteBlob(ctx: RegistryContext, name: string, rawDigest: string, reply: FastifyReply): Promise<void> {
