@@ -264,6 +264,10 @@ export const APPLIANCE_OPTIONS = {
     description: 'JSON access log (default <root>/logs/access.log)', parse: parsePath,
   }),
   tagTtl: REGISTRY_OPTIONS.tagTtl,
+  workerWait: option<number>({
+    flag: 'worker-wait', env: 'STEVEDORE_WORKER_WAIT', default: 10_000,
+    description: 'how long a request waits for a registry worker that is starting or restarting before 503', parse: parseDuration,
+  }),
   logLevel: REGISTRY_OPTIONS.logLevel,
 } as const;
 

@@ -10,6 +10,7 @@ import { createLogger } from '../lib/log.js';
 import { AccessLogWriter } from '../services/gateway/src/access-log.js';
 import { GatewayMetrics } from '../services/gateway/src/metrics.js';
 import { createGateway } from '../services/gateway/src/server.js';
+import { REPLAYABLE_BODY_MAX } from '../services/gateway/src/worker-forward.js';
 import { call, sleep } from './helpers/appliance.js';
 import { tempDir } from './helpers/processes.js';
 
@@ -91,11 +92,23 @@ describe('gateway forwarding (as http-proxy did)', () => {
     assert.equal(seen.at(-1)!.url, parseLegacyUrl('/v2/team/app/tags/list?last={a}"b').path);
   });
 
-  it('a client that goes away mid-upload ends the worker\'s request', async () => {
+  it('a client that goes away mid-upload of a small body never reaches the worker (the body is read first)', async () => {
     const before = seen.length;
     const socket = connect(port, '127.0.0.1');
     await new Promise<void>((resolve) => socket.once('connect', resolve));
     socket.write('PATCH /v2/team/app/blobs/uploads/abc HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n');
+    socket.write(Buffer.alloc(1000));
+    await sleep(300);
+    socket.destroy();
+    await sleep(200);
+    assert.equal(seen.length, before);
+  });
+
+  it('a client that goes away mid-upload of a streamed (large) body ends the worker\'s request', async () => {
+    const before = seen.length;
+    const socket = connect(port, '127.0.0.1');
+    await new Promise<void>((resolve) => socket.once('connect', resolve));
+    socket.write(`PATCH /v2/team/app/blobs/uploads/abc HTTP/1.1\r\nHost: x\r\nContent-Length: ${REPLAYABLE_BODY_MAX + 1}\r\n\r\n`);
     socket.write(Buffer.alloc(1000));
     for (let i = 0; i < 50 && seen.length === before; i++) await sleep(20);
     const entry = seen.at(-1)!;

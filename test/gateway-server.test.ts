@@ -86,7 +86,7 @@ describe('gateway (in-process, fake workers on unix sockets)', () => {
     accessLogPath = join(dir, 'logs', 'access.log');
     accessLog = new AccessLogWriter(accessLogPath);
     metrics = new GatewayMetrics(join(dir, 'blobs'));
-    gateway = createGateway({ plan, log, users: new UserDirectory(join(dir, 'htpasswd'), join(dir, 'admins'), log), realm: 'Test Realm', accessLog, metrics });
+    gateway = createGateway({ plan, log, users: new UserDirectory(join(dir, 'htpasswd'), join(dir, 'admins'), log), realm: 'Test Realm', accessLog, metrics, workerWaitMs: 1_000 });
     await new Promise<void>((resolve) => gateway.listen(0, '127.0.0.1', resolve));
     url = `http://127.0.0.1:${(gateway.address() as AddressInfo).port}`;
   });
@@ -160,9 +160,10 @@ describe('gateway (in-process, fake workers on unix sockets)', () => {
     assert.match(text, /^stevedore_cache_requests_total\{upstream="up.example:5000",result="miss"\} 1$/m);
   });
 
-  it('a worker that is not listening: 503 UNAVAILABLE with Retry-After, counted as an upstream error; /healthz degraded', async () => {
+  it('a worker that is not listening: waited for (workerWaitMs), then 503 UNAVAILABLE with Retry-After, counted as an upstream error; /healthz degraded', async () => {
     const res = await call(url, 'GET', '/v2/down.example/r/manifests/1', { auth: reader });
     assert.equal(res.status, 503);
+    assert.ok(res.ms >= 900 && res.ms < 5_000, `waited ${res.ms} ms for the worker`);
     assert.equal(res.headers['retry-after'], '1');
     assert.equal(ociError(res).code, 'UNAVAILABLE');
     assert.deepEqual(ociError(res).detail, { worker: 'registry-down.example' });
@@ -180,10 +181,22 @@ describe('gateway (in-process, fake workers on unix sockets)', () => {
     assert.equal(head.status, 401);
     assert.equal(head.headers['www-authenticate'], 'Basic realm="Test Realm"');
     assert.equal(head.body.length, 0);
-    for (const method of ['POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS']) {
+    for (const method of ['POST', 'PUT', 'PATCH', 'DELETE']) {
       const res = await call(url, method, '/v2/some/repo/blobs/uploads/', { auth: reader });
       assert.equal(res.status, 403, method);
       assert.equal(ociError(res).code, 'DENIED');
+    }
+    // Every upload-session endpoint is write-side, reads included.
+    for (const method of ['GET', 'HEAD']) {
+      const res = await call(url, method, '/v2/some/repo/blobs/uploads/0b7e2cf4-5f3c-4d8a-9a62-7e0d8b3f1c11', { auth: reader });
+      assert.equal(res.status, 403, method);
+      if (method === 'GET') assert.equal(ociError(res).code, 'DENIED');
+    }
+    // Methods outside the API are 405 with OCI error JSON, for anyone.
+    for (const method of ['TRACE', 'OPTIONS', 'PROPFIND']) {
+      const res = await call(url, method, '/v2/', { auth: reader });
+      assert.equal(res.status, 405, method);
+      assert.equal(ociError(res).code, 'UNSUPPORTED');
     }
     for (const path of ['/', '/v1/', '/v2x/a/manifests/b', '/favicon.ico']) {
       const res = await call(url, 'GET', path, { auth: reader });

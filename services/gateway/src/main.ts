@@ -41,7 +41,7 @@ export async function runGateway(argv: readonly string[]): Promise<number> {
   }
   const accessLog = new AccessLogWriter(accessLogPathOf(config));
   const metrics = new GatewayMetrics(join(config.root, 'blobs'));
-  const server = createGateway({ plan, log, users, realm: config.realm, accessLog, metrics, root: config.root, tagTtlMs: config.tagTtl, ...(tls ? { tls } : {}) });
+  const server = createGateway({ plan, log, users, realm: config.realm, accessLog, metrics, root: config.root, tagTtlMs: config.tagTtl, workerWaitMs: config.workerWait, ...(tls ? { tls } : {}) });
 
   const listen = config.listen;
   await new Promise<void>((resolve, reject) => {

@@ -1,7 +1,5 @@
 import { Agent, request as httpRequest, createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
-import './http-proxy-compat.js';
-import httpProxy from 'http-proxy';
 import { CACHE_RESULT_HEADER, type AppliancePlan, type WorkerPlan } from '../../../lib/appliance.js';
 import type { Logger } from '../../../lib/log.js';
 import { RegistryError, isRegistryError } from '../../../lib/oci/errors.js';
@@ -12,6 +10,8 @@ import { DirectManifests } from './manifest-direct.js';
 import type { AuthenticatedUser, UserDirectory } from './auth.js';
 import type { GatewayMetrics } from './metrics.js';
 import { addPrefix, prefixIndex, routeRequest } from './router.js';
+import { sendError } from './send-error.js';
+import { readForwardBody, WorkerForwarder } from './worker-forward.js';
 
 export interface GatewayOptions {
   plan: AppliancePlan;
@@ -30,9 +30,13 @@ export interface GatewayOptions {
   root?: string;
   /** The cache workers' tag TTL (STEVEDORE_TAG_TTL): how long the gateway may answer a cached tag itself. */
   tagTtlMs?: number;
+  /** How long a request waits for a worker that is starting or restarting (STEVEDORE_WORKER_WAIT; default 10 s). */
+  workerWaitMs?: number;
 }
 
 const READ_METHODS = new Set(['GET', 'HEAD']);
+/** The methods of the distribution API; anything else (TRACE, OPTIONS, ...) is 405. */
+const API_METHODS = new Set(['GET', 'HEAD', 'PUT', 'POST', 'PATCH', 'DELETE']);
 /**
  * How long an idle client connection stays open. Go clients (containerd, podman, skopeo) keep idle
  * connections for 90 s and ignore the Keep-Alive header; closing sooner (Node's default is 5 s) makes
@@ -40,21 +44,6 @@ const READ_METHODS = new Set(['GET', 'HEAD']);
  */
 const KEEP_ALIVE_MS = 120_000;
 const KEEP_ALIVE_HEADER = `timeout=${KEEP_ALIVE_MS / 1000}`;
-
-function sendError(res: ServerResponse, error: RegistryError): void {
-  if (res.headersSent) {
-    res.destroy();
-    return;
-  }
-  const body = JSON.stringify(error.toBody());
-  res.writeHead(error.status, {
-    ...error.headers,
-    'content-type': 'application/json',
-    'content-length': Buffer.byteLength(body),
-    'docker-distribution-api-version': 'registry/2.0',
-  });
-  res.end(body);
-}
 
 /**
  * The appliance's only way in: authenticates users, routes `/v2/` requests to the registry workers
@@ -64,8 +53,6 @@ function sendError(res: ServerResponse, error: RegistryError): void {
 export function createGateway(options: GatewayOptions): Server {
   const { plan, log, users, realm, accessLog, metrics } = options;
   const byPrefix = prefixIndex(plan);
-  const agent = new Agent({ keepAlive: true, maxSockets: 512 });
-  const proxy = httpProxy.createProxyServer({ agent, xfwd: false, proxyTimeout: 0 });
   const challenge = `Basic realm="${realm}"`;
   const directBlobs = options.root ? new DirectBlobs(options.root, plan) : undefined;
   const directManifests = options.root ? new DirectManifests(options.root, plan, options.tagTtlMs ?? 0) : undefined;
@@ -75,37 +62,37 @@ export function createGateway(options: GatewayOptions): Server {
     if (ctx.resource === 'manifest' && ctx.repository && ctx.worker && !READ_METHODS.has(req.method ?? '')) directManifests?.invalidate(ctx.worker, ctx.repository);
   }
 
-  proxy.on('proxyRes', (proxyRes, req) => {
-    const ctx = (req as GatewayRequest).gateway;
-    if (!ctx) return;
-    const prefix = ctx.prefix;
-    if (prefix) {
-      if (typeof proxyRes.headers.location === 'string') proxyRes.headers.location = addPrefix(proxyRes.headers.location, prefix);
-      if (typeof proxyRes.headers.link === 'string') proxyRes.headers.link = addPrefix(proxyRes.headers.link, prefix);
-    }
-    // The worker's keep-alive terms are for the gateway's own pooled connection to it; the client
-    // is told the gateway's.
-    if (proxyRes.headers['keep-alive'] !== undefined) proxyRes.headers['keep-alive'] = KEEP_ALIVE_HEADER;
-    const cache = proxyRes.headers[CACHE_RESULT_HEADER];
-    if (typeof cache === 'string') {
-      metrics.cache.inc({ upstream: ctx.upstream, result: cache });
-      delete proxyRes.headers[CACHE_RESULT_HEADER];
-    }
-    forgetAfterWrite(req, ctx);
-    proxyRes.on('data', (chunk: Buffer) => { ctx.bytes += chunk.length; });
+  const forwarder = new WorkerForwarder({
+    log,
+    workers: [plan.hosted, ...plan.proxies],
+    workerWaitMs: options.workerWaitMs ?? 10_000,
+    onResponse(proxyRes, req) {
+      const ctx = (req as GatewayRequest).gateway;
+      if (!ctx) return;
+      if (ctx.worker) forwarder.availability.markUp(ctx.worker);
+      const prefix = ctx.prefix;
+      if (prefix) {
+        if (typeof proxyRes.headers.location === 'string') proxyRes.headers.location = addPrefix(proxyRes.headers.location, prefix);
+        if (typeof proxyRes.headers.link === 'string') proxyRes.headers.link = addPrefix(proxyRes.headers.link, prefix);
+      }
+      // The worker's keep-alive terms are for the gateway's own pooled connection to it; the client
+      // is told the gateway's.
+      if (proxyRes.headers['keep-alive'] !== undefined) proxyRes.headers['keep-alive'] = KEEP_ALIVE_HEADER;
+      const cache = proxyRes.headers[CACHE_RESULT_HEADER];
+      if (typeof cache === 'string') {
+        metrics.cache.inc({ upstream: ctx.upstream, result: cache });
+        delete proxyRes.headers[CACHE_RESULT_HEADER];
+      }
+      forgetAfterWrite(req, ctx);
+      proxyRes.on('data', (chunk: Buffer) => { ctx.bytes += chunk.length; });
+    },
+    onForwarded(req) {
+      // The worker may have written before it failed.
+      const ctx = (req as GatewayRequest).gateway;
+      if (ctx) forgetAfterWrite(req, ctx);
+    },
   });
-  proxy.on('error', (err, req, res) => {
-    const ctx = (req as GatewayRequest).gateway;
-    // The worker may have written before it failed.
-    if (ctx) forgetAfterWrite(req, ctx);
-    log.warn({ worker: ctx?.worker?.name, err: err.message }, 'registry worker unreachable');
-    if (res instanceof Object && 'writeHead' in res) {
-      sendError(res as ServerResponse, new RegistryError('UNAVAILABLE', { worker: ctx?.worker?.name }, {
-        message: 'the registry worker for this request is not running (it may be restarting); retry shortly',
-        headers: { 'retry-after': '1' },
-      }));
-    }
-  });
+  const agent = forwarder.pool;
 
   async function health(res: ServerResponse): Promise<void> {
     const workers = [plan.hosted, ...plan.proxies];
@@ -120,7 +107,8 @@ export function createGateway(options: GatewayOptions): Server {
 
   async function handle(req: GatewayRequest, res: ServerResponse): Promise<void> {
     const started = process.hrtime.bigint();
-    const url = req.url ?? '/';
+    // RFC 9112 §3.2.2: a server MUST accept the absolute form (`GET http://host/v2/ HTTP/1.1`).
+    const url = originForm(req.url ?? '/');
     const path = url.split('?', 1)[0]!;
     if (path === '/healthz') return health(res);
     if (path === '/metrics') {
@@ -156,6 +144,9 @@ export function createGateway(options: GatewayOptions): Server {
         }
         ctx.user = user.name;
       }
+      if (!API_METHODS.has(req.method ?? '')) {
+        throw new RegistryError('UNSUPPORTED', { method: req.method }, { message: `method ${req.method} is not supported by the registry API`, headers: { allow: 'GET, HEAD, PUT, POST, PATCH, DELETE' } });
+      }
       const route = routeRequest(url, plan, byPrefix);
       if (route.kind === 'ping') {
         const body = '{}';
@@ -169,8 +160,10 @@ export function createGateway(options: GatewayOptions): Server {
       ctx.repository = route.repository;
       ctx.reference = route.reference;
       ctx.resource = route.resource;
-      if (users && user && !user.admin && !READ_METHODS.has(req.method ?? '')) {
-        throw new RegistryError('DENIED', { user: user.name, method: req.method }, { message: `user ${user.name} is read-only: only GET and HEAD are allowed` });
+      if (users && user && !user.admin && (!READ_METHODS.has(req.method ?? '') || route.resource === 'upload')) {
+        throw new RegistryError('DENIED', { user: user.name, method: req.method }, {
+          message: route.resource === 'upload' ? `user ${user.name} is read-only: upload sessions are for pushing` : `user ${user.name} is read-only: only GET and HEAD are allowed`,
+        });
       }
       if (directManifests && route.resource === 'manifest' && READ_METHODS.has(req.method ?? '') && route.repository && route.reference) {
         const answer = directManifests.answer({ worker: route.worker, repository: route.repository, reference: route.reference, method: req.method!, headers: req.headers, url: route.url });
@@ -196,7 +189,9 @@ export function createGateway(options: GatewayOptions): Server {
       req.url = route.url;
       // Workers trust the gateway; the client's credentials go no further.
       delete req.headers.authorization;
-      proxy.web(req, res, { target: { socketPath: route.worker.socketPath } as unknown as string });
+      const body = await readForwardBody(req);
+      if (!body) return; // the client went away while sending
+      await forwarder.forward(req, res, route.worker, body);
     } catch (err) {
       if (isRegistryError(err)) return sendError(res, err);
       log.error({ err }, 'gateway request failed');
@@ -213,10 +208,7 @@ export function createGateway(options: GatewayOptions): Server {
   const server = options.tls ? createHttpsServer({ cert: options.tls.cert, key: options.tls.key, minVersion: 'TLSv1.2' }, listener) : createHttpServer(listener);
   server.requestTimeout = 0;
   server.keepAliveTimeout = KEEP_ALIVE_MS;
-  server.on('close', () => {
-    agent.destroy();
-    proxy.close();
-  });
+  server.on('close', () => forwarder.close());
   return server;
 }
 
@@ -232,6 +224,15 @@ interface GatewayContext {
 }
 
 type GatewayRequest = IncomingMessage & { gateway?: GatewayContext };
+
+/** `http://host:port/v2/x?y` → `/v2/x?y`; an origin-form target as it is. */
+function originForm(target: string): string {
+  if (target.startsWith('/')) return target;
+  const match = /^https?:\/\/[^/?#]*(.*)$/i.exec(target);
+  if (!match) return target;
+  const rest = match[1] ?? '';
+  return rest.startsWith('/') ? rest : `/${rest}`;
+}
 
 /** Whether a worker answers GET /v2/ on its socket within 2 seconds. */
 function probe(worker: WorkerPlan, agent: Agent): Promise<boolean> {

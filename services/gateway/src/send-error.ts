@@ -1,0 +1,18 @@
+import type { ServerResponse } from 'node:http';
+import type { RegistryError } from '../../../lib/oci/errors.js';
+
+/** Answers with the error's OCI error JSON; a response already under way is broken off instead. */
+export function sendError(res: ServerResponse, error: RegistryError): void {
+  if (res.headersSent) {
+    res.destroy();
+    return;
+  }
+  const body = JSON.stringify(error.toBody());
+  res.writeHead(error.status, {
+    ...error.headers,
+    'content-type': 'application/json',
+    'content-length': Buffer.byteLength(body),
+    'docker-distribution-api-version': 'registry/2.0',
+  });
+  res.end(body);
+}
