@@ -92,6 +92,28 @@ describe('gateway forwarding (as http-proxy did)', () => {
     assert.equal(seen.at(-1)!.url, parseLegacyUrl('/v2/team/app/tags/list?last={a}"b').path);
   });
 
+  it('accepts an absolute-form request target (RFC 9112 §3.2.2) as its origin-form path', async () => {
+    const raw = await new Promise<string>((resolve, reject) => {
+      const socket = connect(port, '127.0.0.1', () => socket.write('GET http://stevedore.lan:8443/v2/team/app/tags/list?n=1 HTTP/1.1\r\nHost: stevedore.lan:8443\r\nConnection: close\r\n\r\n'));
+      let text = '';
+      socket.setEncoding('latin1');
+      socket.on('data', (d: string) => { text += d; });
+      socket.on('end', () => resolve(text));
+      socket.on('error', reject);
+    });
+    assert.match(raw, /^HTTP\/1\.1 202 /);
+    assert.equal(seen.at(-1)!.url, '/v2/team/app/tags/list?n=1');
+    const ping = await new Promise<string>((resolve, reject) => {
+      const socket = connect(port, '127.0.0.1', () => socket.write('GET http://stevedore.lan:8443/v2/ HTTP/1.1\r\nHost: stevedore.lan:8443\r\nConnection: close\r\n\r\n'));
+      let text = '';
+      socket.setEncoding('latin1');
+      socket.on('data', (d: string) => { text += d; });
+      socket.on('end', () => resolve(text));
+      socket.on('error', reject);
+    });
+    assert.match(ping, /^HTTP\/1\.1 200 /);
+  });
+
   it('a client that goes away mid-upload of a small body never reaches the worker (the body is read first)', async () => {
     const before = seen.length;
     const socket = connect(port, '127.0.0.1');

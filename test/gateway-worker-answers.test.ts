@@ -187,3 +187,49 @@ describe('gateway: a pooled worker connection closed under a request', () => {
     agent.destroy();
   });
 });
+
+describe('gateway: a request for a worker that is still starting waits for it', () => {
+  let dir: string;
+  let worker: Server | undefined;
+  let gateway: Server;
+  let base: string;
+  let socketPath: string;
+
+  before(async () => {
+    dir = await tempDir('gateway-worker-start-');
+    const run = join(dir, 'run');
+    await mkdir(run, { mode: 0o700 });
+    socketPath = join(run, 'hosted.sock');
+    const plan: AppliancePlan = { hosted: { name: 'registry-hosted', kind: 'hosted', prefixes: [], socketPath }, proxies: [] };
+    gateway = createGateway({ plan, log: createLogger('gateway', 'silent'), users: undefined, realm: 'Test', accessLog: new AccessLogWriter(join(dir, 'access.log')), metrics: new GatewayMetrics(join(dir, 'blobs')), workerWaitMs: 5_000 });
+    await new Promise<void>((resolve) => gateway.listen(0, '127.0.0.1', resolve));
+    base = `http://127.0.0.1:${(gateway.address() as AddressInfo).port}`;
+  });
+  after(async () => {
+    await new Promise<void>((resolve) => { gateway?.close(() => resolve()); gateway?.closeAllConnections(); });
+    if (worker) await new Promise<void>((resolve) => { worker!.close(() => resolve()); worker!.closeAllConnections(); });
+    if (dir) await rm(dir, { recursive: true, force: true });
+  });
+
+  it('holds GETs and a buffered PUT until the worker listens (not 503), then answers them', async () => {
+    const agent = new Agent({ keepAlive: true });
+    const started = Date.now();
+    const pending = Promise.all([
+      send(agent, base, 'GET', '/v2/a/tags/list'),
+      send(agent, base, 'PUT', '/v2/a/manifests/1', { 'content-type': 'application/vnd.oci.image.manifest.v1+json' }, Buffer.from('{}')),
+    ]);
+    await new Promise((resolve) => setTimeout(resolve, 800));
+    worker = createServer((req, res) => {
+      req.resume();
+      req.on('end', () => res.end(JSON.stringify({ method: req.method })));
+    });
+    await new Promise<void>((resolve) => worker!.listen(socketPath, resolve));
+    const [get, put] = await pending;
+    assert.equal(get.status, 200, get.body);
+    assert.equal(put.status, 200, put.body);
+    assert.deepEqual(JSON.parse(put.body), { method: 'PUT' });
+    const waited = Date.now() - started;
+    assert.ok(waited >= 700 && waited < 3_000, `answered after ${waited} ms`);
+    agent.destroy();
+  });
+});
