@@ -160,7 +160,7 @@ export interface KeepAliveResult {
  * One client connection with keep-alive (an agent with a single socket): requests go one after the
  * other on the same TCP/TLS connection while the server keeps it open. Paths are sent as given.
  */
-export function keepAliveClient(base: string, auth?: string): {
+export function keepAliveClient(base: string, auth?: string, timeoutMs = 10_000): {
   request(method: string, path: string, options?: { headers?: Record<string, string>; body?: Buffer | string }): Promise<KeepAliveResult>;
   /** How many sockets this client opened so far (1 if the server kept the connection). */
   connections(): number;
@@ -179,7 +179,7 @@ export function keepAliveClient(base: string, auth?: string): {
       if (auth) headers.authorization = auth;
       if (options.body !== undefined) headers['content-length'] = String(Buffer.byteLength(options.body));
       return new Promise((resolve, reject) => {
-        const req = send({ host: url.hostname, port: url.port, method, path, headers, agent, timeout: 30_000 }, (res) => {
+        const req = send({ host: url.hostname, port: url.port, method, path, headers, agent, timeout: timeoutMs }, (res) => {
           const chunks: Buffer[] = [];
           res.on('data', (c: Buffer) => chunks.push(c));
           res.on('end', () => {
@@ -194,7 +194,7 @@ export function keepAliveClient(base: string, auth?: string): {
             connections++;
           }
         });
-        req.on('timeout', () => req.destroy(new Error(`${method} ${path}: no answer within 30 s`)));
+        req.on('timeout', () => req.destroy(new Error(`${method} ${path}: no answer within ${timeoutMs} ms`)));
         // The server may answer (and close) before reading the whole body: the answer still counts.
         req.on('error', reject);
         req.end(options.body);
