@@ -115,9 +115,14 @@ describe('fault: the gateway while workers start and restart, and under bad requ
     await app.waitHealthy(20_000);
   });
 
-  it('a burst of refused requests interleaved with good ones on keep-alive connections: each gets the worker\'s 4xx and OCI error JSON, no 503', async (t) => {
+  it('a burst of refused requests interleaved with good ones, a connection per request: each gets the worker\'s 4xx and OCI error JSON, no 503', async (t) => {
     await app.waitHealthy(20_000);
-    assertBurst(t, await badRequestBurst(app.url, app.admin.auth, hostedImage));
+    assertBurst(t, await badRequestBurst(app.url, app.admin.auth, hostedImage, false));
+  });
+
+  it('the same burst on keep-alive connections: each answer as the worker gave it, no 503, and each connection stays usable', async (t) => {
+    await app.waitHealthy(20_000);
+    assertBurst(t, await badRequestBurst(app.url, app.admin.auth, hostedImage, true));
   });
 });
 
@@ -133,14 +138,16 @@ interface BurstReport {
 }
 
 /**
- * On BURST_CONNECTIONS keep-alive connections to `base` at once, BURST_ROUNDS rounds each of good
+ * On BURST_CONNECTIONS clients of `base` at once (each on one keep-alive connection, or with
+ * `keepAlive` false a connection per request), BURST_ROUNDS rounds each of good
  * requests and requests a registry worker refuses (large bodies the worker answers before reading):
  * PATCH with `Content-Range: 9-0`, PUT `?digest=sha257:…`, a manifest with trailing garbage, a chunk
  * after the upload completed, a manifest whose layer digest is `sha256:..%2f..`. `team/app:v1`
  * (`image`) must be stored; `auth` may write. Every answer is checked against the worker's own.
  */
-async function badRequestBurst(base: string, auth: string | undefined, image: BuiltImage): Promise<BurstReport> {
-  const oneMiB = Buffer.alloc(1024 * 1024, 0x5a);
+async function badRequestBurst(base: string, auth: string | undefined, image: BuiltImage, keepAlive: boolean): Promise<BurstReport> {
+  // Bodies the worker refuses before reading them: 16 KiB (fits in socket buffers) and 1 MiB (does not), alternately.
+  const bodies = [Buffer.alloc(16 * 1024, 0x5a), Buffer.alloc(1024 * 1024, 0x5a)];
   const small = Buffer.from('a small blob for the completed upload');
   const badManifest = Buffer.concat([image.manifest.data, Buffer.from('}trailing garbage')]);
   const parsed = JSON.parse(image.manifest.data.toString('utf8')) as { layers: Array<{ digest: string }> };
@@ -149,7 +156,7 @@ async function badRequestBurst(base: string, auth: string | undefined, image: Bu
   const withQuery = (location: string, query: string) => `${location}${location.includes('?') ? '&' : '?'}${query}`;
 
   const report: BurstReport = { outcomes: [], problems: [], sockets: [] };
-  const clients = Array.from({ length: BURST_CONNECTIONS }, () => keepAliveClient(base, auth));
+  const clients = Array.from({ length: BURST_CONNECTIONS }, () => keepAliveClient(base, auth, { keepAlive }));
 
   /** Records a request's answer and checks it: `status`, and for a 4xx the OCI error `codes` (one of). */
   function expectAnswer(connection: number, what: string, res: KeepAliveResult, status: number, codes: string[] = []): void {
@@ -173,18 +180,19 @@ async function badRequestBurst(base: string, auth: string | undefined, image: Bu
 
   await Promise.all(clients.map(async (client, connection) => {
     for (let round = 0; round < BURST_ROUNDS; round++) {
+      const body = bodies[round % bodies.length]!;
       expectAnswer(connection, 'GET /v2/', await client.request('GET', '/v2/'), 200);
       const first = await session(connection, client);
       if (first) {
         expectAnswer(connection, 'PATCH Content-Range: 9-0', await client.request('PATCH', first, {
-          headers: { 'content-range': '9-0', 'content-type': 'application/octet-stream' }, body: oneMiB,
+          headers: { 'content-range': '9-0', 'content-type': 'application/octet-stream' }, body,
         }), 416, ['BLOB_UPLOAD_INVALID', 'RANGE_INVALID']);
       }
       expectAnswer(connection, 'GET manifest', await client.request('GET', '/v2/team/app/manifests/v1', { headers: { accept: MANIFEST_ACCEPT } }), 200);
       const second = await session(connection, client);
       if (second) {
         expectAnswer(connection, 'PUT ?digest=sha257:', await client.request('PUT', withQuery(second, `digest=sha257:${'a'.repeat(64)}`), {
-          headers: { 'content-type': 'application/octet-stream' }, body: oneMiB,
+          headers: { 'content-type': 'application/octet-stream' }, body,
         }), 400, ['DIGEST_INVALID']);
       }
       expectAnswer(connection, 'PUT manifest with trailing garbage', await client.request('PUT', `/v2/team/app/manifests/bad-${connection}-${round}`, {
@@ -197,7 +205,7 @@ async function badRequestBurst(base: string, auth: string | undefined, image: Bu
           headers: { 'content-type': 'application/octet-stream' }, body: small,
         }), 201);
         expectAnswer(connection, 'PATCH after the upload completed', await client.request('PATCH', third, {
-          headers: { 'content-type': 'application/octet-stream' }, body: oneMiB,
+          headers: { 'content-type': 'application/octet-stream' }, body,
         }), 404, ['BLOB_UPLOAD_UNKNOWN']);
       }
       expectAnswer(connection, 'PUT manifest with layer digest sha256:..%2f..', await client.request('PUT', `/v2/team/app/manifests/trav-${connection}-${round}`, {
@@ -214,8 +222,12 @@ async function badRequestBurst(base: string, auth: string | undefined, image: Bu
 /** Asserts a burst went as the worker answers: no 503, no problem, every request answered. */
 function assertBurst(t: TestContext, report: BurstReport): void {
   const unavailable = report.outcomes.filter((o) => o.status === 503);
-  t.diagnostic(`${report.outcomes.length} requests on ${BURST_CONNECTIONS} keep-alive connections (sockets opened per connection: ${report.sockets.join(', ')}); 503s: ${unavailable.length}`);
-  if (unavailable.length) t.diagnostic(`first 503: ${unavailable[0]!.what}: ${unavailable[0]!.body}`);
+  t.diagnostic(`${report.outcomes.length} requests from ${BURST_CONNECTIONS} clients (sockets opened per client: ${report.sockets.join(', ')}); 503s: ${unavailable.length}`);
+  if (unavailable.length) {
+    const byKind = new Map<string, number>();
+    for (const o of unavailable) byKind.set(o.what, (byKind.get(o.what) ?? 0) + 1);
+    t.diagnostic(`503s by request: ${[...byKind].map(([what, n]) => `${what} ×${n}`).join('; ')}; first: ${unavailable[0]!.body}`);
+  }
   assert.deepEqual(unavailable, [], 'no 503 while every worker is up');
   assert.deepEqual(report.problems, []);
   assert.equal(report.outcomes.length, BURST_CONNECTIONS * BURST_ROUNDS * BURST_REQUESTS_PER_ROUND);
@@ -235,7 +247,11 @@ describe('control: the same burst sent straight to a hosted worker (what the gat
     if (root) await rm(root, { recursive: true, force: true });
   });
 
-  it('each refused request gets its 4xx and OCI error JSON on a connection that stays usable', async (t) => {
-    assertBurst(t, await badRequestBurst(worker.url, undefined, image));
+  it('each refused request gets its 4xx and OCI error JSON: a connection per request', async (t) => {
+    assertBurst(t, await badRequestBurst(worker.url, undefined, image, false));
+  });
+
+  it('each refused request gets its 4xx and OCI error JSON on keep-alive connections that stay usable', async (t) => {
+    assertBurst(t, await badRequestBurst(worker.url, undefined, image, true));
   });
 });

@@ -159,8 +159,9 @@ export interface KeepAliveResult {
 /**
  * One client connection with keep-alive (an agent with a single socket): requests go one after the
  * other on the same TCP/TLS connection while the server keeps it open. Paths are sent as given.
+ * With `keepAlive: false`, every request has a connection of its own instead.
  */
-export function keepAliveClient(base: string, auth?: string, timeoutMs = 10_000): {
+export function keepAliveClient(base: string, auth?: string, options: { timeoutMs?: number; keepAlive?: boolean } = {}): {
   request(method: string, path: string, options?: { headers?: Record<string, string>; body?: Buffer | string }): Promise<KeepAliveResult>;
   /** How many sockets this client opened so far (1 if the server kept the connection). */
   connections(): number;
@@ -168,7 +169,8 @@ export function keepAliveClient(base: string, auth?: string, timeoutMs = 10_000)
 } {
   const url = new URL(base);
   const tls = url.protocol === 'https:';
-  const agent = tls
+  const timeoutMs = options.timeoutMs ?? 10_000;
+  const agent = options.keepAlive === false ? undefined : tls
     ? new HttpsAgent({ keepAlive: true, maxSockets: 1, rejectUnauthorized: false })
     : new HttpAgent({ keepAlive: true, maxSockets: 1 });
   let connections = 0;
@@ -179,7 +181,7 @@ export function keepAliveClient(base: string, auth?: string, timeoutMs = 10_000)
       if (auth) headers.authorization = auth;
       if (options.body !== undefined) headers['content-length'] = String(Buffer.byteLength(options.body));
       return new Promise((resolve, reject) => {
-        const req = send({ host: url.hostname, port: url.port, method, path, headers, agent, timeout: timeoutMs }, (res) => {
+        const req = send({ host: url.hostname, port: url.port, method, path, headers, agent: agent ?? false, rejectUnauthorized: false, timeout: timeoutMs }, (res) => {
           const chunks: Buffer[] = [];
           res.on('data', (c: Buffer) => chunks.push(c));
           res.on('end', () => {
@@ -201,6 +203,6 @@ export function keepAliveClient(base: string, auth?: string, timeoutMs = 10_000)
       });
     },
     connections: () => connections,
-    close: () => agent.destroy(),
+    close: () => agent?.destroy(),
   };
 }
