@@ -226,6 +226,8 @@ export interface ApplianceOptions {
   auth?: boolean;
   realm?: string;
   env?: Record<string, string>;
+  /** Resolve once /healthz is 200 (default); false: as soon as `stevedore start` is spawned (start-up tests). */
+  waitHealthy?: boolean;
 }
 
 export interface Appliance {
@@ -377,6 +379,7 @@ export async function startAppliance(options: ApplianceOptions = {}): Promise<Ap
       return { ...result, ms, survivors };
     },
   };
+  if (options.waitHealthy === false) return appliance;
   try {
     await appliance.waitHealthy();
   } catch (err) {

@@ -179,3 +179,48 @@ export function distributionRequests(output: string): Array<{ method: string; pa
   }
   return result;
 }
+
+/** A docker-registry that can be stopped and started again on the same port with the same storage (an upstream outage). */
+export interface RestartableDistribution {
+  port: number;
+  root: string;
+  url: string;
+  /** The running instance, if up. */
+  current(): (RunningProcess & { root: string }) | undefined;
+  /** Everything every instance wrote so far (access logs of all of them). */
+  output(): string;
+  /** Stops the instance (SIGKILL by default: an upstream that dies, not one that drains). */
+  down(signal?: NodeJS.Signals): Promise<void>;
+  /** Starts it again where it was; resolves once it listens. */
+  up(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+export async function startRestartableDistribution(options: Omit<DistributionOptions, 'root' | 'port'> = {}): Promise<RestartableDistribution> {
+  const dir = await tempDir('distribution-restartable-');
+  const root = join(dir, 'data');
+  let instance: (RunningProcess & { root: string }) | undefined = await startDistribution({ ...options, root });
+  const port = instance.port;
+  let previous = '';
+  const restartable: RestartableDistribution = {
+    port, root, url: `http://127.0.0.1:${port}`,
+    current: () => instance,
+    output: () => previous + (instance?.output() ?? ''),
+    async down(signal: NodeJS.Signals = 'SIGKILL') {
+      if (!instance) return;
+      const stopping = instance;
+      instance = undefined;
+      await stopping.stop(signal);
+      previous += stopping.output();
+    },
+    async up() {
+      if (instance) return;
+      instance = await startDistribution({ ...options, root, port });
+    },
+    async stop() {
+      await restartable.down('SIGTERM');
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+  return restartable;
+}
