@@ -41,6 +41,13 @@ export interface ForwardOptions {
   onForwarded(req: IncomingMessage): void;
 }
 
+/** Whether the client asked to close its connection after this request. */
+function clientWantsClose(req: IncomingMessage): boolean {
+  const connection = (req.headers.connection ?? '').toLowerCase();
+  if (req.httpVersion === '1.0') return !connection.includes('keep-alive');
+  return connection.split(',').some((token) => token.trim() === 'close');
+}
+
 /** What a request's body is, for forwarding: none, read whole (replayable), or a stream. */
 export type ForwardBody = { kind: 'none' } | { kind: 'buffered'; data: Buffer } | { kind: 'stream' };
 
@@ -88,6 +95,7 @@ export class WorkerForwarder {
   constructor(private readonly options: ForwardOptions) {
     this.availability = new WorkerAvailability(options.workers, options.workerWaitMs);
     this.proxy.on('proxyRes', (proxyRes, req, res) => this.onProxyResponse(proxyRes, req, res));
+
     // A client that went away mid-request: http-proxy aborts the worker request; nothing to answer.
     this.proxy.on('econnreset', () => {});
   }
@@ -105,6 +113,13 @@ export class WorkerForwarder {
     this.attempts.set(req, attempt);
     if (body.kind === 'stream') req.on('data', (chunk: Buffer) => { attempt.bodyBytes += chunk.length; });
     const target = { socketPath: worker.socketPath } as unknown as string;
+    // Connection is hop-by-hop: the gateway's connection to a worker stays a pooled keep-alive one
+    // whatever the client asked for its own. (A client's `Connection: close` passed on made the
+    // worker close the socket after an early answer while the gateway was still sending the body:
+    // EPIPE before the answer was read, and a false 503.) http-proxy copies the headers in web().
+    const { connection, 'keep-alive': keepAlive } = req.headers;
+    req.headers.connection = 'keep-alive';
+    delete req.headers['keep-alive'];
     this.proxy.web(req, res, {
       target,
       agent: retried ? this.freshAgent : this.agent,
@@ -126,6 +141,9 @@ export class WorkerForwarder {
       }
       this.unavailable(res, worker, `the connection to it failed before it answered (${err.message})`);
     });
+    if (connection === undefined) delete req.headers.connection;
+    else req.headers.connection = connection;
+    if (keepAlive !== undefined) req.headers['keep-alive'] = keepAlive;
   }
 
   close(): void {
@@ -137,6 +155,8 @@ export class WorkerForwarder {
   private onProxyResponse(proxyRes: IncomingMessage, req: IncomingMessage, res: ServerResponse): void {
     const attempt = this.attempts.get(req);
     if (attempt) attempt.responded = true;
+    // The client's connection follows the client's wish, not the worker's.
+    proxyRes.headers.connection = clientWantsClose(req) ? 'close' : 'keep-alive';
     this.options.onResponse(proxyRes, req);
     // The answer broke off midway: the client must see a broken transfer, not a short body.
     proxyRes.once('aborted', () => res.destroy());
