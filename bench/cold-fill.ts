@@ -64,6 +64,18 @@ function cpuMs(pid: number | undefined): number {
   }
 }
 
+/** Appliances still running: stopped by stopAll() on a signal, a failure or the time limit too. */
+const runningAppliances = new Set<Appliance>();
+
+/** Stops what a run left behind (for runBenchmark). */
+export async function stopAll(): Promise<void> {
+  for (const appliance of [...runningAppliances]) {
+    runningAppliances.delete(appliance);
+    await appliance.stop().catch(() => {});
+  }
+  await cleanup();
+}
+
 const load = () => loadavg().map((l) => l.toFixed(2)).join(' ');
 
 /** The blob's cache path under a Stevedore root (lib/storage/layout.ts). */
@@ -96,6 +108,7 @@ export async function measureColdFill(options: { sizeMiB: number; runs: number; 
   }
   if (options.targets.includes('appliance')) {
     appliance = await startAppliance({ tls: false, auth: false, upstreams: [new URL(upstream.url).host], env: { LOG_LEVEL: 'warn' } });
+    runningAppliances.add(appliance);
   }
   const upstreamHost = new URL(upstream.url).host;
 
@@ -151,7 +164,10 @@ export async function measureColdFill(options: { sizeMiB: number; runs: number; 
     await stopProcess(worker.proc);
     children.delete(worker.proc);
   }
-  if (appliance) await appliance.stop();
+  if (appliance) {
+    runningAppliances.delete(appliance);
+    await appliance.stop();
+  }
   await upstream.stop();
   children.delete(upstream.proc);
   return { sizeMiB: options.sizeMiB, runs, cpuMs: cpu, upstreamGets, loadStart, loadEnd: load() };
@@ -200,5 +216,5 @@ if (isMain) {
     const result = await measureColdFill(OPTS);
     process.stdout.write(`\n${coldFillReport(result)}\n`);
     if (OPTS.json) await writeFile(OPTS.json, `${JSON.stringify(result, null, 2)}\n`);
-  }, { timeoutS: OPTS.timeoutS, log, stop: cleanup });
+  }, { timeoutS: OPTS.timeoutS, log, stop: stopAll });
 }

@@ -43,7 +43,7 @@ import { buildImage, writeOciLayout } from '../test/helpers/oci-image.js';
 import { STEVEDORE_BIN, distributionRequests, freePort, startDistribution } from '../test/helpers/processes.js';
 import { startAppliance } from '../test/helpers/appliance.js';
 import { numberOption, option } from './options.js';
-import { children, logger, newTempDir, run, runBenchmark, stopProcess, tempDirs } from './harness.js';
+import { children, cleanup, logger, newTempDir, run, runBenchmark, stopProcess, tempDirs } from './harness.js';
 
 const MiB = 1024 * 1024;
 const REPO = 'bench/app';
@@ -183,13 +183,22 @@ async function startStevedoreProxy(upstreamUrl: string): Promise<Server> {
   };
 }
 
+/** Appliances still running: stopped at the end of the run, on a signal or on failure (runBenchmark). */
+const runningAppliances = new Set<() => Promise<void>>();
+
 /** The whole appliance (`stevedore start` under PM2, plain HTTP, no auth) with a cache worker for the upstream. */
 async function startApplianceProxy(upstreamUrl: string): Promise<Server> {
   const host = hostPortOf(upstreamUrl);
-  const appliance = await startAppliance({ tls: false, auth: false, upstreams: [host], env: { LOG_LEVEL: process.env.BENCH_STEVEDORE_LOG_LEVEL || 'warn' } });
+  // A host with a port cannot be a path segment of an image reference (skopeo refuses it): an alias.
+  const appliance = await startAppliance({ tls: false, auth: false, upstreams: [host], aliases: `up=${host}`, env: { LOG_LEVEL: process.env.BENCH_STEVEDORE_LOG_LEVEL || 'warn' } });
+  const stop = async () => {
+    runningAppliances.delete(stop);
+    await appliance.stop();
+  };
+  runningAppliances.add(stop);
   return {
-    kind: 'appliance', prefix: host, url: appliance.url, hostPort: appliance.host, output: () => appliance.output(),
-    stop: async () => { await appliance.stop(); },
+    kind: 'appliance', prefix: 'up', url: appliance.url, hostPort: appliance.host, output: () => appliance.output(),
+    stop,
     hasBlobs: async () => true,
     processes: () => appliance.processes().map((p) => ({ pid: p.pid, name: p.name ?? (p.pid === appliance.proc.pid ? 'stevedore start' : 'pm2') })),
   };
@@ -314,6 +323,8 @@ function countUpstream(logSlice: string): UpstreamCounts {
 function stevedoreComplaints(output: string): string[] {
   return output.split('\n').filter((line) => {
     if (line.trim() === '') return false;
+    // The appliance: PM2's own lines, and the gateway's expected warnings about plain HTTP without auth.
+    if (/PM2 log:|no TLS certificate found|REGISTRY_AUTH is not htpasswd/.test(line)) return false;
     try {
       const entry = JSON.parse(line) as { level?: number };
       return typeof entry.level !== 'number' || entry.level >= 40;
@@ -550,4 +561,10 @@ function report(results: Record<Kind, KindResult>, direct: { seconds: number[]; 
 
 // ---------------------------------------------------------------------------------------------
 
-await runBenchmark(main, { timeoutS: OPTS.timeoutS, log });
+await runBenchmark(main, {
+  timeoutS: OPTS.timeoutS, log,
+  stop: async () => {
+    for (const stop of [...runningAppliances]) await stop().catch(() => {});
+    await cleanup();
+  },
+});
