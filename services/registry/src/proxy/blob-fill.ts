@@ -50,7 +50,7 @@ const openP = (path: string) => new Promise<number>((resolve, reject) => {
  * byte, loses the cache copy only.
  */
 export class BlobFill {
-  /** Bytes received from upstream (and hashed). */
+  /** Bytes received from upstream. */
   received = 0;
   /** Bytes written to the temp file: [0, written) is on disk, [written, received) in `chunks`. */
   written = 0;
@@ -118,7 +118,7 @@ export class BlobFill {
       this.fd = await openP(temp);
       created = true;
       this.hash = hasher.start(this.digest.algorithm, temp);
-      // Resolved by the upstream's end (all written, or verified and the write failed) or any failure.
+      // Resolved once every byte is written and the digest matched; rejected by any failure.
       const received = new Promise<void>((resolve, reject) => {
         this.settle = (err) => (err ? reject(err) : resolve());
       });
