@@ -81,6 +81,8 @@ export class BlobFill {
   /** Bytes the hashing thread was told are written (finish() tells it the rest). */
   private hashAnnounced = 0;
   private upstreamEnded = false;
+  private upstreamEndedAt = 0;
+  private verifiedAt = 0;
   private paused = false;
   private body: Readable | undefined;
   private abandonTimer: NodeJS.Timeout | undefined;
@@ -109,6 +111,7 @@ export class BlobFill {
     log: Logger,
   ): Promise<void> {
     const temp = tempPath(blobs.layout.tmpDir);
+    const startedAt = Date.now();
     let created = false;
     try {
       const { body, size } = await openUpstream();
@@ -131,7 +134,11 @@ export class BlobFill {
       created = false;
       await blobs.link(name, this.digest);
       this.done = true;
-      log.info({ name, digest: this.digest.value, size: this.received }, 'blob cached from upstream');
+      log.info({
+        name, digest: this.digest.value, size: this.received, ms: Date.now() - startedAt,
+        // From the upstream's last byte to the digest's match (writing and hashing the rest).
+        verifyWaitMs: this.verifiedAt - this.upstreamEndedAt,
+      }, 'blob cached from upstream');
     } catch (err) {
       const error = err instanceof Error ? err : new Error(String(err));
       if (this.verified) {
@@ -176,6 +183,7 @@ export class BlobFill {
       }
       this.size = this.received;
       this.upstreamEnded = true;
+      this.upstreamEndedAt = Date.now();
       this.write();
     });
     body.once('error', (err) => this.fail(err));
@@ -198,6 +206,7 @@ export class BlobFill {
         return;
       }
       this.verified = true;
+      this.verifiedAt = Date.now();
       this.notify();
       this.settle();
     }, (err: Error) => this.fail(err));
