@@ -69,7 +69,7 @@ export function createGateway(options: GatewayOptions): Server {
   const directBlobs = options.root ? new DirectBlobs(options.root, plan) : undefined;
   const directManifests = options.root ? new DirectManifests(options.root, plan, options.tagTtlMs ?? 0) : undefined;
 
-  /** A manifest write (push, tag, delete) reached a worker: what the gateway cached of the repository is stale. */
+  /** A write (manifest push, tag, delete; blob delete) reached a worker: what the gateway cached of the repository is stale. */
   function forgetAfterWrite(req: IncomingMessage, ctx: GatewayContext): void {
     if (ctx.resource === 'manifest' && ctx.repository && ctx.worker && !READ_METHODS.has(req.method ?? '')) directManifests?.invalidate(ctx.worker, ctx.repository);
     if (ctx.resource === 'blob' && ctx.repository && ctx.worker && !READ_METHODS.has(req.method ?? '')) directBlobs?.invalidate(ctx.worker, ctx.repository);
