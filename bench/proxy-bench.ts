@@ -1,39 +1,49 @@
 /**
- * Pull-through cache benchmark: a Stevedore proxy worker vs the Debian `docker-registry` (CNCF
- * distribution 2.8) configured as a proxy, both in front of the same upstream `docker-registry`,
- * all on loopback, in one run:
+ * Pull-through cache benchmark: a Stevedore cache worker, the whole appliance (`stevedore start`
+ * under PM2: gateway + cache worker) and the Debian `docker-registry` (CNCF distribution 2.8)
+ * configured as a proxy, all in front of the same upstream `docker-registry`, and pulls from that
+ * upstream directly as the baseline, on loopback, in one run, for each image shape:
  *
- *   (a) cold pull of a multi-layer image through each proxy (fresh cache; best of --cold-runs),
+ *   (a) cold pull through each (fresh cache; best of --cold-runs), and from the upstream directly:
+ *       the cold/direct ratio is what a cache costs a first pull,
  *   (b) warm pull of the same image (best of --warm-runs),
  *   (c) --concurrency simultaneous cold pulls against a fresh cache: wall time, and how many times
  *       the upstream was asked for each blob (its access log), the target being exactly once.
+ * The appliance's per-process peak RSS during its cold pulls is printed too, and the load average.
  *
  * Pulls are `skopeo copy docker://proxy/bench/app:latest dir:<fresh dir>`.
  *
- *   npm run bench:proxy
- *   BENCH_LAYER_MB=2 BENCH_COLD_RUNS=1 npm run bench:proxy      # quick run
- *   node dist/bench/proxy-bench.js --layers 10 --layer-mb 8 --json out.json
+ *   npm run bench:proxy                                 # shapes 1x200 and 10x20 (MiB)
+ *   BENCH_QUICK=1 npm run bench:proxy                   # quick run (a few minutes)
+ *   node dist/bench/proxy-bench.js --shapes 10x8 --kinds stevedore,distribution --json out.json
  *
  * Options (flag, else environment variable):
- *   --layers / BENCH_LAYERS            image layers, default 10
- *   --layer-mb / BENCH_LAYER_MB        MiB of random content per layer, default 8
+ *   --shapes / BENCH_SHAPES            image shapes LAYERSxMIB, comma-separated, default 1x200,10x20
+ *                                      (--layers/--layer-mb, BENCH_LAYERS/BENCH_LAYER_MB: one shape, as before)
+ *   --kinds / BENCH_PROXY_KINDS        default stevedore,appliance,distribution
  *   --cold-runs / BENCH_COLD_RUNS      cold pulls per proxy, each against a fresh cache (best kept), default 3
  *   --warm-runs / BENCH_WARM_RUNS      warm pulls per proxy (best kept), default 3
  *   --concurrency / BENCH_CONCURRENCY  simultaneous cold pulls in phase (c), default 8
- *   --json / BENCH_JSON                also write the results as JSON to this file
- *   --timeout / BENCH_TIMEOUT          whole-run limit in seconds, default 1200
+ *   --quick / BENCH_QUICK              shapes 1x64,10x8, one cold and warm run, 4 concurrent pulls
+ *   --json / BENCH_JSON                also write the reports as JSON to this file
+ *   --timeout / BENCH_TIMEOUT          whole-run limit in seconds, default 2400
+ *
+ * One cold big blob by curl (MB/s vs distribution's proxy and the upstream direct) is
+ * bench/cold-fill.ts (npm run bench:fill).
  */
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { existsSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { loadavg } from 'node:os';
 import { mkdir, readdir, rm, stat } from 'node:fs/promises';
 import http from 'node:http';
 import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { buildImage, writeOciLayout } from '../test/helpers/oci-image.js';
 import { STEVEDORE_BIN, distributionRequests, freePort, startDistribution } from '../test/helpers/processes.js';
+import { startAppliance } from '../test/helpers/appliance.js';
 import { numberOption, option } from './options.js';
-import { children, logger, newTempDir, run, runBenchmark, stopProcess, tempDirs } from './harness.js';
+import { children, cleanup, logger, newTempDir, run, runBenchmark, stopProcess, tempDirs } from './harness.js';
 
 const MiB = 1024 * 1024;
 const REPO = 'bench/app';
@@ -48,14 +58,30 @@ const QUIET_MAX_MS = 90_000;
 
 
 
+/** --quick (BENCH_QUICK=1): one cold and one warm run, 4 concurrent pulls, smaller shapes: a few minutes. */
+const QUICK = ['1', 'true', 'yes'].includes(option('quick', 'BENCH_QUICK', 'false').toLowerCase());
+
+/** `LxM` image shapes: L layers of M MiB each. */
+function parseShapes(text: string): Array<{ layers: number; layerMiB: number }> {
+  return text.split(',').map((t) => t.trim()).filter(Boolean).map((t) => {
+    const m = /^(\d+)x(\d+)$/.exec(t);
+    if (!m || Number(m[1]) < 1 || Number(m[2]) < 1) throw new Error(`--shapes (BENCH_SHAPES): "${t}" is not LAYERSxMIB, e.g. 1x200`);
+    return { layers: Number(m[1]), layerMiB: Number(m[2]) };
+  });
+}
+
+const legacyShape = option('layers', 'BENCH_LAYERS', '') || option('layer-mb', 'BENCH_LAYER_MB', '')
+  ? `${numberOption('layers', 'BENCH_LAYERS', 10, { min: 1, max: 100, integer: true })}x${numberOption('layer-mb', 'BENCH_LAYER_MB', 8, { min: 1, max: 1024, integer: true })}`
+  : undefined;
+
 const OPTS = {
-  layers: numberOption('layers', 'BENCH_LAYERS', 10, { min: 1, max: 100, integer: true }),
-  layerMiB: numberOption('layer-mb', 'BENCH_LAYER_MB', 8, { min: 1, max: 1024, integer: true }),
-  coldRuns: numberOption('cold-runs', 'BENCH_COLD_RUNS', 3, { min: 1, max: 20, integer: true }),
-  warmRuns: numberOption('warm-runs', 'BENCH_WARM_RUNS', 3, { min: 1, max: 20, integer: true }),
-  concurrency: numberOption('concurrency', 'BENCH_CONCURRENCY', 8, { min: 1, max: 64, integer: true }),
+  shapes: parseShapes(option('shapes', 'BENCH_SHAPES', legacyShape ?? (QUICK ? '1x64,10x8' : '1x200,10x20'))),
+  kinds: option('kinds', 'BENCH_PROXY_KINDS', 'stevedore,appliance,distribution').split(',').map((k) => k.trim()),
+  coldRuns: numberOption('cold-runs', 'BENCH_COLD_RUNS', QUICK ? 1 : 3, { min: 1, max: 20, integer: true }),
+  warmRuns: numberOption('warm-runs', 'BENCH_WARM_RUNS', QUICK ? 1 : 3, { min: 1, max: 20, integer: true }),
+  concurrency: numberOption('concurrency', 'BENCH_CONCURRENCY', QUICK ? 4 : 8, { min: 1, max: 64, integer: true }),
   json: option('json', 'BENCH_JSON', '') || undefined,
-  timeoutS: numberOption('timeout', 'BENCH_TIMEOUT', 1200, { min: 10, max: 86_400, integer: true }),
+  timeoutS: numberOption('timeout', 'BENCH_TIMEOUT', 2400, { min: 10, max: 86_400, integer: true }),
 };
 
 const log = logger('proxy-bench');
@@ -76,7 +102,9 @@ function httpGet(url: string, headers: Record<string, string> = {}, timeoutMs = 
 // Servers
 
 interface Server {
-  kind: 'stevedore' | 'distribution';
+  kind: 'stevedore' | 'appliance' | 'distribution';
+  /** Path prefix of the image in this server (the appliance: the upstream's host). */
+  prefix?: string;
   url: string;
   /** host:port, for docker:// references. */
   hostPort: string;
@@ -84,6 +112,8 @@ interface Server {
   stop(): Promise<void>;
   /** Resolves once the server has stored every one of `digests` (distribution fills in the background). */
   hasBlobs(digests: string[]): Promise<boolean>;
+  /** The processes serving (the appliance's): for RSS. */
+  processes?: () => Array<{ pid: number; name: string }>;
 }
 
 function hostPortOf(url: string): string {
@@ -153,6 +183,27 @@ async function startStevedoreProxy(upstreamUrl: string): Promise<Server> {
   };
 }
 
+/** Appliances still running: stopped at the end of the run, on a signal or on failure (runBenchmark). */
+const runningAppliances = new Set<() => Promise<void>>();
+
+/** The whole appliance (`stevedore start` under PM2, plain HTTP, no auth) with a cache worker for the upstream. */
+async function startApplianceProxy(upstreamUrl: string): Promise<Server> {
+  const host = hostPortOf(upstreamUrl);
+  // A host with a port cannot be a path segment of an image reference (skopeo refuses it): an alias.
+  const appliance = await startAppliance({ tls: false, auth: false, upstreams: [host], aliases: `up=${host}`, env: { LOG_LEVEL: process.env.BENCH_STEVEDORE_LOG_LEVEL || 'warn' } });
+  const stop = async () => {
+    runningAppliances.delete(stop);
+    await appliance.stop();
+  };
+  runningAppliances.add(stop);
+  return {
+    kind: 'appliance', prefix: 'up', url: appliance.url, hostPort: appliance.host, output: () => appliance.output(),
+    stop,
+    hasBlobs: async () => true,
+    processes: () => appliance.processes().map((p) => ({ pid: p.pid, name: p.name ?? (p.pid === appliance.proc.pid ? 'stevedore start' : 'pm2') })),
+  };
+}
+
 // ---------------------------------------------------------------------------------------------
 // Pulls and upstream accounting
 
@@ -165,7 +216,7 @@ async function pull(server: Server, workDir: string, failures: string[]): Promis
   try {
     const started = performance.now();
     const res = await run('skopeo', ['--insecure-policy', 'copy', '--quiet', '--src-tls-verify=false',
-      `docker://${server.hostPort}/${REPO}:${TAG}`, `dir:${dest}`], PULL_TIMEOUT_MS);
+      `docker://${server.hostPort}/${server.prefix ? `${server.prefix}/` : ''}${REPO}:${TAG}`, `dir:${dest}`], PULL_TIMEOUT_MS);
     const seconds = (performance.now() - started) / 1000;
     if (res.code !== 0) throw new Error(`skopeo exit ${res.code}: ${res.stderr.trim().split('\n').pop()?.slice(0, 500)}`);
     await verifyPulled(dest);
@@ -174,7 +225,7 @@ async function pull(server: Server, workDir: string, failures: string[]): Promis
     const message = (err as Error).message;
     failures.push(message);
     log(`pull via ${server.kind} FAILED: ${message}`);
-    if (server.kind === 'stevedore') log(`stevedore output tail:\n${server.output().slice(-3000)}`);
+    if (server.kind !== 'distribution') log(`${server.kind} output tail:\n${server.output().slice(-3000)}`);
     return NaN;
   } finally {
     await rm(dest, { recursive: true, force: true });
@@ -272,6 +323,8 @@ function countUpstream(logSlice: string): UpstreamCounts {
 function stevedoreComplaints(output: string): string[] {
   return output.split('\n').filter((line) => {
     if (line.trim() === '') return false;
+    // The appliance: PM2's own lines, and the gateway's expected warnings about plain HTTP without auth.
+    if (/PM2 log:|no TLS certificate found|REGISTRY_AUTH is not htpasswd/.test(line)) return false;
     try {
       const entry = JSON.parse(line) as { level?: number };
       return typeof entry.level !== 'number' || entry.level >= 40;
@@ -285,8 +338,9 @@ function stevedoreComplaints(output: string): string[] {
 // ---------------------------------------------------------------------------------------------
 // Phases
 
-type Kind = 'stevedore' | 'distribution';
-const KINDS: Kind[] = ['stevedore', 'distribution'];
+type Kind = 'stevedore' | 'appliance' | 'distribution';
+const ALL_KINDS: Kind[] = ['stevedore', 'appliance', 'distribution'];
+const KINDS: Kind[] = ALL_KINDS.filter((k) => OPTS.kinds.includes(k));
 
 interface KindResult {
   coldSeconds: number[];
@@ -300,21 +354,45 @@ interface KindResult {
   failures: string[];
   /** Lines distribution logged at level=error (its own log), or Stevedore's warn/error lines. */
   complaints: string[];
+  /** Peak RSS (MB) per process during the cold pulls (the appliance's processes). */
+  rss: Record<string, number>;
 }
 
 function emptyResult(): KindResult {
   return {
     coldSeconds: [], coldUpstream: [], warmSeconds: [], concurrentWallSeconds: NaN, concurrentPullSeconds: [],
-    concurrentUpstream: undefined, concurrentFailed: 0, failures: [], complaints: [],
+    concurrentUpstream: undefined, concurrentFailed: 0, failures: [], complaints: [], rss: {},
   };
 }
 
-async function main(): Promise<void> {
-  const work = await newTempDir('proxy-bench-');
-  const layerSize = OPTS.layerMiB * MiB;
-  log(`building a ${OPTS.layers}-layer image (${OPTS.layers} x ${OPTS.layerMiB} MiB random content)`);
-  const image = buildImage({ layerSizes: Array.from({ length: OPTS.layers }, () => layerSize), seed: 'proxy-bench' });
-  const layout = join(work, 'oci');
+const load = () => loadavg().map((l) => l.toFixed(1)).join(' ');
+
+/** Peak VmRSS (MB) of each process, sampled every 50 ms until stop(). */
+function sampleRss(processes: Array<{ pid: number; name: string }>): () => Record<string, number> {
+  const peak: Record<string, number> = {};
+  const sample = () => {
+    for (const p of processes) {
+      try {
+        const kb = Number(/^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${p.pid}/status`, 'utf8'))?.[1] ?? 0);
+        peak[p.name] = Math.max(peak[p.name] ?? 0, (kb * 1024) / 1e6);
+      } catch { /* gone */ }
+    }
+  };
+  const timer = setInterval(sample, 50);
+  return () => {
+    clearInterval(timer);
+    sample();
+    return peak;
+  };
+}
+
+/** One image shape, every phase, every kind; returns the report. */
+async function runShape(layers: number, layerMiB: number, work: string): Promise<string> {
+  const layerSize = layerMiB * MiB;
+  const loadStart = load();
+  log(`building a ${layers}-layer image (${layers} x ${layerMiB} MiB random content)`);
+  const image = buildImage({ layerSizes: Array.from({ length: layers }, () => layerSize), seed: `proxy-bench-${layers}x${layerMiB}` });
+  const layout = join(work, `oci-${layers}x${layerMiB}`);
   await writeOciLayout(layout, TAG, [image]);
 
   log('starting the upstream docker-registry and pushing the image');
@@ -333,32 +411,37 @@ async function main(): Promise<void> {
   const imageBytes = expectedBlobs.reduce((a, b) => a + b.size, 0);
   log(`upstream ${upstream.url} holds ${REPO}:${TAG}: ${expectedBlobs.length} blobs, ${(imageBytes / MiB).toFixed(1)} MiB`);
 
-  const start = (kind: Kind) => (kind === 'stevedore' ? startStevedoreProxy(upstream.url) : startDistributionProxy(upstream.url));
-  const results: Record<Kind, KindResult> = {
-    stevedore: emptyResult(),
-    distribution: emptyResult(),
-  };
+  const start = (kind: Kind) => (kind === 'stevedore' ? startStevedoreProxy(upstream.url)
+    : kind === 'appliance' ? startApplianceProxy(upstream.url) : startDistributionProxy(upstream.url));
+  const results = Object.fromEntries(KINDS.map((k) => [k, emptyResult()])) as Record<Kind, KindResult>;
+  const direct: { seconds: number[]; failures: string[] } = { seconds: [], failures: [] };
   const noteComplaints = (server: Server) => {
-    if (server.kind === 'stevedore') results.stevedore.complaints.push(...stevedoreComplaints(server.output()));
+    if (server.kind !== 'distribution') results[server.kind].complaints.push(...stevedoreComplaints(server.output()));
     else results.distribution.complaints.push(...server.output().split('\n').filter((l) => l.includes('level=error')));
   };
 
-  // (a) cold pulls, each against a fresh cache; the last instances stay up for (b).
+  // (a) cold pulls, each against a fresh cache, and a pull from the upstream directly in each round;
+  // the last instances stay up for (b).
   const warmServers: Partial<Record<Kind, Server>> = {};
   for (let round = 0; round < OPTS.coldRuns; round++) {
+    const seconds = await pull(upstream, work, direct.failures);
+    direct.seconds.push(seconds);
+    log(`direct pull ${round + 1}/${OPTS.coldRuns} from the upstream: ${seconds.toFixed(2)} s (load ${load()})`);
     const order = round % 2 === 0 ? KINDS : [...KINDS].reverse();
     for (const kind of order) {
       const server = await start(kind);
       await settle([upstream, server], server, false);
       const mark = upstream.output().length;
       const failed = results[kind].failures.length;
+      const stopRss = server.processes ? sampleRss(server.processes()) : undefined;
       const seconds = await pull(server, work, results[kind].failures);
+      if (stopRss) for (const [name, mb] of Object.entries(stopRss())) results[kind].rss[name] = Math.max(results[kind].rss[name] ?? 0, mb);
       await settle([upstream, server], server, results[kind].failures.length === failed);
       const counts = countUpstream(upstream.output().slice(mark));
       results[kind].coldSeconds.push(seconds);
       results[kind].coldUpstream.push(counts);
       log(`cold pull ${round + 1}/${OPTS.coldRuns} via ${kind}: ${seconds.toFixed(2)} s; upstream blob GETs ${counts.blobGetsTotal} `
-        + `(per blob ${counts.blobGetsMin}..${counts.blobGetsMax}), blob HEADs ${counts.blobHeads}, manifest GET/HEAD ${counts.manifestGets}/${counts.manifestHeads}`);
+        + `(per blob ${counts.blobGetsMin}..${counts.blobGetsMax}), blob HEADs ${counts.blobHeads}, manifest GET/HEAD ${counts.manifestGets}/${counts.manifestHeads} (load ${load()})`);
       if (round === OPTS.coldRuns - 1) warmServers[kind] = server;
       else {
         noteComplaints(server);
@@ -373,7 +456,7 @@ async function main(): Promise<void> {
       const server = warmServers[kind]!;
       const seconds = await pull(server, work, results[kind].failures);
       results[kind].warmSeconds.push(seconds);
-      log(`warm pull ${i + 1}/${OPTS.warmRuns} via ${kind}: ${seconds.toFixed(2)} s`);
+      log(`warm pull ${i + 1}/${OPTS.warmRuns} via ${kind}: ${seconds.toFixed(2)} s (load ${load()})`);
     }
   }
   for (const kind of KINDS) {
@@ -397,13 +480,26 @@ async function main(): Promise<void> {
     results[kind].concurrentPullSeconds = seconds;
     results[kind].concurrentUpstream = counts;
     log(`${OPTS.concurrency} concurrent cold pulls via ${kind}: ${wall.toFixed(2)} s wall; upstream blob GETs ${counts.blobGetsTotal} `
-      + `(per blob ${counts.blobGetsMin}..${counts.blobGetsMax}), blob HEADs ${counts.blobHeads}, manifest GET/HEAD ${counts.manifestGets}/${counts.manifestHeads}`);
+      + `(per blob ${counts.blobGetsMin}..${counts.blobGetsMax}), blob HEADs ${counts.blobHeads}, manifest GET/HEAD ${counts.manifestGets}/${counts.manifestHeads} (load ${load()})`);
     noteComplaints(server);
     await server.stop();
   }
   await upstream.stop();
 
-  report(results, imageBytes);
+  return report(results, direct, imageBytes, layers, layerMiB, loadStart);
+}
+
+async function main(): Promise<void> {
+  const work = await newTempDir('proxy-bench-');
+  const reports: string[] = [];
+  for (const shape of OPTS.shapes) {
+    reports.push(await runShape(shape.layers, shape.layerMiB, work));
+    process.stdout.write(`\n${reports.at(-1)}\n`);
+  }
+  if (OPTS.json) {
+    writeFileSync(OPTS.json, `${JSON.stringify({ options: OPTS, reports }, null, 2)}\n`);
+    log(`wrote ${OPTS.json}`);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -415,106 +511,60 @@ const min = (xs: number[]) => {
   return ok.length > 0 ? Math.min(...ok) : NaN;
 };
 const fmtS = (s: number) => (Number.isFinite(s) ? `${s.toFixed(2)} s` : 'n/a');
+const ratio = (a: number, b: number) => (Number.isFinite(a) && Number.isFinite(b) && b > 0 ? (a / b).toFixed(2) : 'n/a');
 
-function timeRatio(s: number, d: number): string {
-  if (!Number.isFinite(s) || !Number.isFinite(d) || s <= 0) return 'n/a';
-  return `${(s / d).toFixed(2)} (${(d / s).toFixed(2)}x speed)`;
-}
-
-function countRatio(s: number, d: number): string {
-  if (!Number.isFinite(s) || !Number.isFinite(d) || d === 0) return 'n/a';
-  return (s / d).toFixed(2);
-}
-
-function report(results: Record<Kind, KindResult>, imageBytes: number): void {
-  const S = results.stevedore;
-  const D = results.distribution;
+function report(results: Record<Kind, KindResult>, direct: { seconds: number[]; failures: string[] }, imageBytes: number, layers: number, layerMiB: number, loadStart: string): string {
   const n = expectedBlobs.length;
   const perBlob = (c: UpstreamCounts | undefined) => (c ? `${c.blobGetsTotal} (${c.blobGetsMin}..${c.blobGetsMax}/blob)` : 'n/a');
   const exactlyOnce = (c: UpstreamCounts | undefined) => c !== undefined && c.blobGetsMin === 1 && c.blobGetsMax === 1;
-  const sColdWorst = S.coldUpstream.reduce((a, c) => (c.blobGetsMax > a.blobGetsMax || c.blobGetsMin < a.blobGetsMin ? c : a));
-  const dColdWorst = D.coldUpstream.reduce((a, c) => (c.blobGetsMax > a.blobGetsMax || c.blobGetsMin < a.blobGetsMin ? c : a));
-  const sColdOnce = S.coldUpstream.every(exactlyOnce);
-  const totalPulls = OPTS.coldRuns + OPTS.warmRuns + OPTS.concurrency;
-  const withFailed = (text: string, failed: number) => (failed > 0 ? `${text} (${failed} failed)` : text);
+  const worst = (list: UpstreamCounts[]) => list.reduce((a, c) => (c.blobGetsMax > a.blobGetsMax || c.blobGetsMin < a.blobGetsMin ? c : a));
   const list = (xs: number[]) => xs.map((x) => (Number.isFinite(x) ? x.toFixed(2) : 'failed')).join(', ');
-  const sWarm = min(S.warmSeconds);
-  const dWarm = min(D.warmSeconds);
-  const rows: Array<{ metric: string; stevedore: string; distribution: string; ratio: string; target: string; met: string }> = [
-    {
-      metric: `cold pull, best of ${OPTS.coldRuns} (fresh cache each)`,
-      stevedore: fmtS(min(S.coldSeconds)), distribution: fmtS(min(D.coldSeconds)),
-      ratio: timeRatio(min(S.coldSeconds), min(D.coldSeconds)), target: '-', met: '-',
-    },
-    {
-      metric: `upstream blob GETs per cold pull (${n} blobs; worst run)`,
-      stevedore: perBlob(sColdWorst), distribution: perBlob(dColdWorst),
-      ratio: countRatio(sColdWorst.blobGetsTotal, dColdWorst.blobGetsTotal), target: 'exactly 1 per blob', met: sColdOnce ? 'yes' : 'NO',
-    },
-    {
-      metric: `warm pull, best of ${OPTS.warmRuns}`,
-      stevedore: fmtS(sWarm), distribution: fmtS(dWarm),
-      ratio: timeRatio(sWarm, dWarm), target: '<= distribution',
-      met: Number.isFinite(sWarm) && Number.isFinite(dWarm) ? (sWarm <= dWarm ? 'yes' : 'NO') : 'n/a',
-    },
-    {
-      metric: `${OPTS.concurrency} concurrent cold pulls, wall`,
-      stevedore: withFailed(fmtS(S.concurrentWallSeconds), S.concurrentFailed),
-      distribution: withFailed(fmtS(D.concurrentWallSeconds), D.concurrentFailed),
-      ratio: timeRatio(S.concurrentWallSeconds, D.concurrentWallSeconds), target: '-', met: '-',
-    },
-    {
-      metric: `upstream blob GETs, ${OPTS.concurrency} concurrent cold pulls`,
-      stevedore: perBlob(S.concurrentUpstream), distribution: perBlob(D.concurrentUpstream),
-      ratio: countRatio(S.concurrentUpstream?.blobGetsTotal ?? NaN, D.concurrentUpstream?.blobGetsTotal ?? NaN),
-      target: `exactly 1 per blob (${n})`, met: exactlyOnce(S.concurrentUpstream) ? 'yes' : 'NO',
-    },
-    {
-      metric: `upstream manifest GET+HEAD, ${OPTS.concurrency} concurrent`,
-      stevedore: String((S.concurrentUpstream?.manifestGets ?? 0) + (S.concurrentUpstream?.manifestHeads ?? 0)),
-      distribution: String((D.concurrentUpstream?.manifestGets ?? 0) + (D.concurrentUpstream?.manifestHeads ?? 0)),
-      ratio: countRatio((S.concurrentUpstream?.manifestGets ?? 0) + (S.concurrentUpstream?.manifestHeads ?? 0),
-        (D.concurrentUpstream?.manifestGets ?? 0) + (D.concurrentUpstream?.manifestHeads ?? 0)),
-      target: '-', met: '-',
-    },
-    {
-      metric: `failed pulls (of ${totalPulls}, all phases)`,
-      stevedore: String(S.failures.length), distribution: String(D.failures.length),
-      ratio: '-', target: '0', met: S.failures.length === 0 ? 'yes' : 'NO',
-    },
+  const withFailed = (text: string, failed: number) => (failed > 0 ? `${text} (${failed} failed)` : text);
+  const directBest = min(direct.seconds);
+  const dist = results.distribution;
+  const header = ['metric', ...KINDS, 'direct from upstream'];
+  const rows: string[][] = [
+    [`cold pull, best of ${OPTS.coldRuns} (fresh cache each)`, ...KINDS.map((k) => fmtS(min(results[k].coldSeconds))), fmtS(directBest)],
+    ['  cold / direct (goal <= 1.2 for 1 big layer, <= 1.10 for 10)', ...KINDS.map((k) => ratio(min(results[k].coldSeconds), directBest)), '1.00'],
+    ['  cold / distribution\'s proxy', ...KINDS.map((k) => ratio(min(results[k].coldSeconds), min(dist?.coldSeconds ?? []))), '-'],
+    [`upstream blob GETs per cold pull (${n} blobs; worst run)`, ...KINDS.map((k) => perBlob(worst(results[k].coldUpstream))), '-'],
+    [`warm pull, best of ${OPTS.warmRuns}`, ...KINDS.map((k) => fmtS(min(results[k].warmSeconds))), '-'],
+    [`${OPTS.concurrency} concurrent cold pulls, wall`, ...KINDS.map((k) => withFailed(fmtS(results[k].concurrentWallSeconds), results[k].concurrentFailed)), '-'],
+    ['  / distribution\'s proxy (goal <= 0.9)', ...KINDS.map((k) => ratio(results[k].concurrentWallSeconds, dist?.concurrentWallSeconds ?? NaN)), '-'],
+    [`upstream blob GETs, ${OPTS.concurrency} concurrent cold pulls (goal ${n})`, ...KINDS.map((k) => perBlob(results[k].concurrentUpstream)), '-'],
+    [`failed pulls (all phases)`, ...KINDS.map((k) => String(results[k].failures.length)), String(direct.failures.length)],
   ];
-  const header = { metric: 'metric', stevedore: 'stevedore', distribution: 'distribution', ratio: 'ratio (s/d)', target: 'target', met: 'met?' };
-  const cols = Object.keys(header) as Array<keyof typeof header>;
-  const widths = cols.map((c) => Math.max(header[c].length, ...rows.map((r) => r[c].length)));
-  const line = (r: typeof header) => `| ${cols.map((c, i) => r[c].padEnd(widths[i]!)).join(' | ')} |`;
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
+  const line = (cells: string[]) => `| ${cells.map((c, i) => c.padEnd(widths[i]!)).join(' | ')} |`;
   const out = [
-    `Pull-through cache: ${REPO}:${TAG}, ${n} blobs (${OPTS.layers} layers x ${OPTS.layerMiB} MiB + config), ${(imageBytes / MiB).toFixed(1)} MiB; `
-      + 'skopeo copy docker:// -> dir:, loopback, upstream = docker-registry 2.8.2',
+    `Pull-through cache: ${REPO}:${TAG}, ${n} blobs (${layers} layers x ${layerMiB} MiB + config), ${(imageBytes / MiB).toFixed(1)} MiB; `
+      + 'skopeo copy docker:// -> dir:, loopback, upstream = docker-registry 2.8.2; stevedore = one cache worker, appliance = stevedore start (PM2, gateway, plain HTTP)',
     line(header),
     `|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`,
     ...rows.map(line),
     '',
-    `cold pulls (s): stevedore ${list(S.coldSeconds)}; distribution ${list(D.coldSeconds)}`,
-    `warm pulls (s): stevedore ${list(S.warmSeconds)}; distribution ${list(D.warmSeconds)}`,
-    `concurrent pulls, each (s): stevedore ${list(S.concurrentPullSeconds)}; distribution ${list(D.concurrentPullSeconds)}`,
-    `upstream blob HEADs, ${OPTS.concurrency} concurrent: stevedore ${S.concurrentUpstream?.blobHeads ?? 'n/a'}; distribution ${D.concurrentUpstream?.blobHeads ?? 'n/a'}`,
+    `cold pulls (s): ${KINDS.map((k) => `${k} ${list(results[k].coldSeconds)}`).join('; ')}; direct ${list(direct.seconds)}`,
+    `warm pulls (s): ${KINDS.map((k) => `${k} ${list(results[k].warmSeconds)}`).join('; ')}`,
+    `concurrent pulls, each (s): ${KINDS.map((k) => `${k} ${list(results[k].concurrentPullSeconds)}`).join('; ')}`,
+    `exactly one upstream GET per blob: ${KINDS.filter((k) => k !== 'distribution').map((k) => `${k} ${results[k].coldUpstream.every(exactlyOnce) && exactlyOnce(results[k].concurrentUpstream) ? 'yes' : 'NO'}`).join(', ')}`,
   ];
+  if (results.appliance) out.push(`appliance peak RSS per process during cold pulls (MB): ${Object.entries(results.appliance.rss).map(([k, v]) => `${k} ${v.toFixed(1)}`).join(', ')}`);
   for (const kind of KINDS) {
     const r = results[kind];
-    out.push(`${kind}: ${r.failures.length} failed pulls, ${r.complaints.length} ${kind === 'stevedore' ? 'warn/error log lines' : 'level=error log lines'}`);
+    out.push(`${kind}: ${r.failures.length} failed pulls, ${r.complaints.length} ${kind === 'distribution' ? 'level=error log lines' : 'warn/error log lines'}`);
     for (const failure of r.failures.slice(0, 5)) out.push(`  failed pull: ${failure.slice(0, 400)}`);
-    for (const line of r.complaints.slice(0, 5)) out.push(`  log: ${line.slice(0, 400)}`);
+    for (const l of r.complaints.slice(0, 5)) out.push(`  log: ${l.slice(0, 400)}`);
   }
-  process.stdout.write(`${out.join('\n')}\n`);
-  if (OPTS.json) {
-    writeFileSync(OPTS.json, `${JSON.stringify({
-      image: { repo: REPO, tag: TAG, layers: OPTS.layers, layerMiB: OPTS.layerMiB, blobs: expectedBlobs, bytes: imageBytes },
-      options: OPTS, rows, results,
-    }, null, 2)}\n`);
-    log(`wrote ${OPTS.json}`);
-  }
+  out.push(`load average at start ${loadStart}, at end ${load()} (2 cores: above ~2 other work competed)`);
+  return out.join('\n');
 }
 
 // ---------------------------------------------------------------------------------------------
 
-await runBenchmark(main, { timeoutS: OPTS.timeoutS, log });
+await runBenchmark(main, {
+  timeoutS: OPTS.timeoutS, log,
+  stop: async () => {
+    for (const stop of [...runningAppliances]) await stop().catch(() => {});
+    await cleanup();
+  },
+});

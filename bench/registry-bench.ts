@@ -275,7 +275,7 @@ export async function pushMonolithic(server: Server, name: string, blob: Generat
 }
 
 /** POST, PATCH chunks with Content-Range, then PUT ?digest= without a body; returns MB/s. */
-async function pushChunked(server: Server, name: string, blob: GeneratedBlob, chunkSize: number): Promise<number> {
+export async function pushChunked(server: Server, name: string, blob: GeneratedBlob, chunkSize: number): Promise<number> {
   const started = process.hrtime.bigint();
   const post = await request('POST', `${server.url}/v2/${name}/blobs/uploads/`, { headers: { 'content-length': 0 } });
   expectStatus(post, 202, `${server.label} POST upload`);

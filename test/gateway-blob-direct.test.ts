@@ -13,7 +13,7 @@ import { callSocket, contentHeaders, startGatewayWithHostedWorker, type InProces
 import { tempDir } from './helpers/processes.js';
 
 /**
- * The gateway sends stored blobs larger than 64 KiB from disk itself (services/gateway/src/blob-direct.ts):
+ * The gateway sends stored blobs itself (services/gateway/src/blob-direct.ts), large ones from disk, small ones from memory:
  * the answer must be the worker's, header for header, and everything else must still reach the worker.
  * A real hosted worker on a unix socket; a cache worker's store written by hand (its worker never runs).
  */
@@ -125,5 +125,66 @@ describe('gateway: stored blobs sent from disk, as the worker would send them', 
     // Not linked in the cache's namespace: the (absent) cache worker must answer.
     const unlinked = await call(url, 'GET', `/v2/up/team/other/blobs/${digest.value}`);
     assert.equal(unlinked.status, 503);
+  });
+
+  it('answers small blobs from memory with the worker\'s headers and bytes (GET, Range, ?ns=), and logs them', async () => {
+    const cases: Array<{ path: string; headers?: Record<string, string> }> = [
+      { path: `/v2/team/app/blobs/${smallDigest}` },
+      { path: `/v2/team/app/blobs/${smallDigest}`, headers: { range: 'bytes=100-199' } },
+      { path: `/v2/team/app/blobs/${smallDigest}`, headers: { range: 'bytes=-10' } },
+      { path: `/v2/team/app/blobs/${smallDigest}?ns=elsewhere.example` },
+    ];
+    for (let round = 0; round < 2; round++) { // read from disk, then from memory
+      for (const c of cases) {
+        const viaGateway = await call(url, 'GET', c.path, { headers: c.headers ?? {} });
+        const fromWorker = await callSocket(plan.hosted.socketPath, 'GET', c.path, c.headers);
+        assert.equal(viaGateway.status, fromWorker.status, c.path);
+        assert.deepEqual(contentHeaders(viaGateway.headers), contentHeaders(fromWorker.headers), `${c.path} ${JSON.stringify(c.headers)}`);
+        assert.ok(viaGateway.body.equals(fromWorker.body), `${c.path}: same bytes`);
+      }
+    }
+    let entry;
+    for (let i = 0; i < 40 && !entry; i++) {
+      accessLog.flush();
+      await sleep(50);
+      const lines = (await readFile(accessLogPath, 'utf8').catch(() => '')).split('\n').filter(Boolean);
+      entry = lines.map((l) => parseAccessLogLine(l)).find((e) => e?.path === `/v2/team/app/blobs/${smallDigest}` && e.status === 206 && e.bytes === 100);
+    }
+    assert.ok(entry, 'access-log entry of the 206');
+    assert.equal(entry.kind, 'blob');
+    assert.equal(entry.repository, 'team/app');
+  });
+
+  it('a small blob of a cache worker is served without it; a link removed on disk stops being served within about a second', async () => {
+    const layout = new StorageLayout(root, { namespace: 'up.example:5000' });
+    const data = Buffer.from('a small cached layer\n'.repeat(100));
+    const digest = digestOf(data);
+    await mkdir(join(layout.blobPath(digest), '..'), { recursive: true });
+    await writeFile(layout.blobPath(digest), data);
+    await mkdir(join(layout.layerLinkPath('team/small', digest), '..'), { recursive: true });
+    await writeFile(layout.layerLinkPath('team/small', digest), '');
+    for (let i = 0; i < 3; i++) {
+      // The cache worker of up.example:5000 never runs: only the gateway can answer 200.
+      const res = await call(url, 'GET', `/v2/up/team/small/blobs/${digest.value}`);
+      assert.equal(res.status, 200, res.text());
+      assert.ok(res.body.equals(data));
+      assert.equal(res.headers['docker-content-digest'], digest.value);
+      assert.equal(res.headers['content-length'], String(data.length));
+    }
+    await rm(layout.layerLinkPath('team/small', digest));
+    await sleep(1_100);
+    const gone = await call(url, 'GET', `/v2/up/team/small/blobs/${digest.value}`);
+    assert.equal(gone.status, 503, 'the (absent) worker must answer once the link is gone');
+  });
+
+  it('a blob deleted through the gateway is not served from memory afterwards', async () => {
+    const data = Buffer.alloc(2048, 0x5a);
+    const digest = await push(url, 'team/del', data);
+    assert.equal((await call(url, 'GET', `/v2/team/del/blobs/${digest}`)).status, 200);
+    assert.equal((await call(url, 'GET', `/v2/team/del/blobs/${digest}`)).status, 200);
+    const deleted = await call(url, 'DELETE', `/v2/team/del/blobs/${digest}`);
+    assert.equal(deleted.status, 202, deleted.text());
+    const after = await call(url, 'GET', `/v2/team/del/blobs/${digest}`);
+    assert.equal(after.status, 404);
   });
 });

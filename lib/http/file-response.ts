@@ -2,9 +2,9 @@ import type { FileHandle } from 'node:fs/promises';
 import type { OutgoingHttpHeaders, ServerResponse } from 'node:http';
 
 /**
- * Blobs up to this size are answered from memory by the registry workers once read (one buffer,
- * no file I/O); larger ones are copied from their file with copyFileToResponse. The gateway leaves
- * the small ones to the worker (blob-direct.ts).
+ * Blobs up to this size are answered from memory once read, by the registry workers and by the
+ * gateway (blob-direct.ts): one buffer, no file I/O; larger ones are copied from their file with
+ * copyFileToResponse.
  */
 export const SMALL_BLOB_MAX = 64 * 1024;
 

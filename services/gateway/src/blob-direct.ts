@@ -2,38 +2,48 @@ import { open, stat, type FileHandle } from 'node:fs/promises';
 import type { IncomingHttpHeaders, OutgoingHttpHeaders, ServerResponse } from 'node:http';
 import type { AppliancePlan, WorkerPlan } from '../../../lib/appliance.js';
 import { parseRange } from '../../../lib/http/range.js';
-import { SMALL_BLOB_MAX, type FileResponse } from '../../../lib/http/file-response.js';
-import { tryParseDigest } from '../../../lib/oci/digest.js';
+import { SMALL_BLOB_MAX, sendFileResponse, type FileResponse } from '../../../lib/http/file-response.js';
+import { tryParseDigest, type Digest } from '../../../lib/oci/digest.js';
+import { RECHECK_MS } from '../../../lib/storage/manifest-reader.js';
 import { echoedNamespace } from '../../../lib/oci/route.js';
 import { StorageLayout } from '../../../lib/storage/layout.js';
 import { BoundedMap } from '../../../lib/storage/bounded-map.js';
 
+/** Small blob bodies kept in memory, in all (as the worker's BlobStore keeps them). */
+const SMALL_BODIES_BYTES = 8 * 1024 * 1024;
 /**
- * Blobs up to SMALL_BLOB_MAX stay with the worker, which keeps them in memory once read: for a
- * 4 KiB blob, the hop cost less than opening the file here (~10% more requests per second).
+ * How long a repository's link to a small blob, and the blob file, are trusted before disk is asked
+ * again: what another process removes (GC, the cleaner) stops being served within about a second,
+ * as for manifests (lib/storage/manifest-reader.ts RECHECK_MS); a delete through the gateway at once.
  */
-const SMALL_BLOB = SMALL_BLOB_MAX;
+const SMALL_RECHECK_MS = RECHECK_MS;
+/** Link facts kept per repository before that repository's are dropped (a bound, not an expected size). */
+const LINKS_PER_REPOSITORY = 10_000;
 
 /**
  * Blob GETs the gateway answers itself, straight from the store, instead of proxying them.
  *
  * Measured (bench/gateway-bench.ts, 2 cores): through the second HTTP hop a 512 MiB blob came at
  * ~0.3-0.4x the worker's own rate, the gateway spending ~2x the worker's CPU per byte to copy it
- * from one socket to the other. Read from disk here, a blob costs what it costs the worker.
+ * from one socket to the other; a 4 KiB blob at ~0.3x the worker's request rate. Read from disk
+ * (large blobs) or memory (small ones, up to SMALL_BLOB_MAX, as the worker keeps them), a blob
+ * costs what it costs the worker.
  *
- * Only the case with a single possible answer is taken: a GET (no If-None-Match) of a blob larger
- * than SMALL_BLOB that the repository links (the worker's own check) and that is stored, with a
- * satisfiable or no Range.
+ * Only the case with a single possible answer is taken: a GET (no If-None-Match) of a blob that
+ * the repository links (the worker's own check) and that is stored, with a satisfiable or no Range.
  * The answer is the worker's, header for header (routes/blobs.ts, app.ts): 200 or 206 and the same
  * headers, the cache's `hit` for a pull-through worker. Everything else (not linked, not stored, a
  * fill in progress, HEAD, conditional, 416, a failure before the headers) goes to the worker as
- * before. Links and files are checked on disk for every request; the worker caches them for 5 s,
- * so the gateway never serves what the worker would refuse.
+ * before. For large blobs, links and files are checked on disk for every request; for small ones
+ * at most SMALL_RECHECK_MS apart (the worker trusts its own for 5 s), and a write through the
+ * gateway (invalidate()) drops what is known of the repository.
  */
 export class DirectBlobs {
   private readonly layouts = new Map<string, StorageLayout>();
-  /** Digests of blobs found to be small (sizes never change under a digest): no file system call for them again. */
-  private readonly small = new BoundedMap<string, true>(20_000);
+  /** Small blob bodies by digest. */
+  private readonly smallBodies = new BoundedMap<string, Buffer>(10_000, { maxWeight: SMALL_BODIES_BYTES, weigh: (b) => b.length });
+  /** `<worker>\0<repository>` -> small blob digest -> when its link and file were last seen on disk. */
+  private readonly smallLinks = new BoundedMap<string, Map<string, number>>(10_000);
 
   constructor(root: string, plan: AppliancePlan) {
     this.layouts.set(plan.hosted.name, new StorageLayout(root));
@@ -41,23 +51,53 @@ export class DirectBlobs {
     for (const worker of plan.proxies) this.layouts.set(worker.name, new StorageLayout(root, { namespace: worker.upstream! }));
   }
 
+  /** A write to `repository` (a blob delete) went through the gateway to `worker`: forget its links. */
+  invalidate(worker: WorkerPlan, repository: string): void {
+    this.smallLinks.delete(`${worker.name}\0${repository}`);
+  }
+
   /**
-   * The response to send for `GET <repository>/blobs/<reference>` on `worker`, with the blob file
-   * open; undefined when the worker must answer.
+   * The response to send for `GET <repository>/blobs/<reference>` on `worker`; undefined when the
+   * worker must answer. A promise only when the store must be read (a small blob known and
+   * recently checked is answered from memory).
    */
-  async prepare(worker: WorkerPlan, repository: string, reference: string, headers: IncomingHttpHeaders, url: string): Promise<DirectBlob | undefined> {
+  prepare(worker: WorkerPlan, repository: string, reference: string, headers: IncomingHttpHeaders, url: string): DirectBlob | undefined | Promise<DirectBlob | undefined> {
     const layout = this.layouts.get(worker.name);
     const digest = tryParseDigest(reference);
-    if (!layout || !digest || headers['if-none-match'] !== undefined || this.small.get(digest.value)) return undefined;
+    if (!layout || !digest || headers['if-none-match'] !== undefined) return undefined;
+    const body = this.smallBodies.get(digest.value);
+    if (body !== undefined) {
+      const checkedAt = this.smallLinks.get(`${worker.name}\0${repository}`)?.get(digest.value);
+      if (checkedAt !== undefined && Date.now() - checkedAt < SMALL_RECHECK_MS) return fromMemory(body, digest, headers, url);
+    }
+    return this.prepareFromDisk(worker, layout, repository, digest, headers, url);
+  }
+
+  /** Sends a prepared blob; resolves with a failure worth logging (see sendFileResponse). */
+  send(blob: DirectBlob, res: ServerResponse, sent: (bytes: number) => void): Promise<Error | undefined> | undefined {
+    if (!('body' in blob)) return sendFileResponse(blob, res, sent);
+    res.writeHead(blob.status, blob.headers);
+    res.end(blob.body);
+    sent(blob.body.length);
+    return undefined;
+  }
+
+  private async prepareFromDisk(worker: WorkerPlan, layout: StorageLayout, repository: string, digest: Digest, headers: IncomingHttpHeaders, url: string): Promise<DirectBlob | undefined> {
     let handle: FileHandle | undefined;
     try {
+      const checkedAt = Date.now();
       await stat(layout.layerLinkPath(repository, digest));
       handle = await open(layout.blobPath(digest), 'r');
       const size = (await handle.stat()).size;
-      if (size <= SMALL_BLOB) {
-        this.small.set(digest.value, true);
+      if (size <= SMALL_BLOB_MAX) {
+        const known = this.smallBodies.get(digest.value);
+        const body = known !== undefined && known.length === size ? known : await handle.readFile();
         await handle.close();
-        return undefined;
+        handle = undefined;
+        if (body.length !== size) return undefined;
+        this.smallBodies.set(digest.value, body);
+        this.rememberLink(worker, repository, digest, checkedAt);
+        return fromMemory(body, digest, headers, url);
       }
       const range = parseRange(headers.range, size);
       if (range.kind === 'unsatisfiable') {
@@ -66,23 +106,48 @@ export class DirectBlobs {
       }
       const start = range.kind === 'partial' ? range.range.start : 0;
       const end = range.kind === 'partial' ? range.range.end : size - 1;
-      const out: OutgoingHttpHeaders = { 'docker-distribution-api-version': 'registry/2.0' };
-      const ns = namespaceHeader(url);
-      if (ns) out['oci-namespace'] = ns;
-      out['content-type'] = 'application/octet-stream';
-      out['docker-content-digest'] = digest.value;
-      out.etag = `"${digest.value}"`;
-      out['accept-ranges'] = 'bytes';
-      out['cache-control'] = 'max-age=31536000';
-      if (range.kind === 'partial') out['content-range'] = `bytes ${start}-${end}/${size}`;
-      out['content-length'] = end - start + 1;
-      return { handle, status: range.kind === 'partial' ? 206 : 200, headers: out, start, end };
+      return { handle, status: range.kind === 'partial' ? 206 : 200, headers: blobHeaders(digest, size, range.kind === 'partial' ? [start, end] : undefined, url), start, end };
     } catch {
       // Not linked, not stored (ENOENT), or unreadable: the worker answers (and logs what it must).
       await handle?.close().catch(() => {});
+      this.smallBodies.delete(digest.value);
       return undefined;
     }
   }
+
+  private rememberLink(worker: WorkerPlan, repository: string, digest: Digest, checkedAt: number): void {
+    const key = `${worker.name}\0${repository}`;
+    let links = this.smallLinks.get(key);
+    if (!links || links.size >= LINKS_PER_REPOSITORY) {
+      links = new Map();
+      this.smallLinks.set(key, links);
+    }
+    links.set(digest.value, checkedAt);
+  }
+}
+
+/** A small blob's answer from its bytes in memory: 200, or 206 for a satisfiable Range; undefined (the worker answers) otherwise. */
+function fromMemory(body: Buffer, digest: Digest, headers: IncomingHttpHeaders, url: string): DirectBlob | undefined {
+  const range = parseRange(headers.range, body.length);
+  if (range.kind === 'unsatisfiable') return undefined;
+  if (range.kind === 'full') return { status: 200, headers: blobHeaders(digest, body.length, undefined, url), body };
+  const { start, end } = range.range;
+  return { status: 206, headers: blobHeaders(digest, body.length, [start, end], url), body: body.subarray(start, end + 1) };
+}
+
+/** The worker's headers for a blob GET (app.ts, routes/blobs.ts), in its order. */
+function blobHeaders(digest: Digest, size: number, range: [number, number] | undefined, url: string): OutgoingHttpHeaders {
+  const out: OutgoingHttpHeaders = { 'docker-distribution-api-version': 'registry/2.0' };
+  const ns = namespaceHeader(url);
+  if (ns) out['oci-namespace'] = ns;
+  out['content-type'] = 'application/octet-stream';
+  out['docker-content-digest'] = digest.value;
+  out.etag = `"${digest.value}"`;
+  out['accept-ranges'] = 'bytes';
+  out['cache-control'] = 'max-age=31536000';
+  if (range) out['content-range'] = `bytes ${range[0]}-${range[1]}/${size}`;
+  out['content-length'] = range ? range[1] - range[0] + 1 : size;
+  return out;
 }
 
 /** The OCI-Namespace header the worker would send for this request URL (its `?ns=`), if any. */
@@ -91,5 +156,5 @@ export function namespaceHeader(url: string): string | undefined {
   return q === -1 ? undefined : echoedNamespace(new URLSearchParams(url.slice(q + 1)).get('ns'));
 }
 
-/** A large stored blob to send from disk: 200 or 206. */
-export type DirectBlob = FileResponse & { status: 200 | 206 };
+/** A stored blob to send: a large one from its open file, a small one from memory; 200 or 206. */
+export type DirectBlob = (FileResponse & { status: 200 | 206 }) | { status: 200 | 206; headers: OutgoingHttpHeaders; body: Buffer };

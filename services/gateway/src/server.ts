@@ -4,7 +4,6 @@ import { CACHE_RESULT_HEADER, type AppliancePlan, type WorkerPlan } from '../../
 import type { Logger } from '../../../lib/log.js';
 import { RegistryError, isRegistryError } from '../../../lib/oci/errors.js';
 import type { AccessLogWriter } from './access-log.js';
-import { sendFileResponse } from '../../../lib/http/file-response.js';
 import { DirectBlobs } from './blob-direct.js';
 import { DirectManifests } from './manifest-direct.js';
 import type { AuthenticatedUser, UserDirectory } from './auth.js';
@@ -57,9 +56,10 @@ export function createGateway(options: GatewayOptions): Server {
   const directBlobs = options.root ? new DirectBlobs(options.root, plan) : undefined;
   const directManifests = options.root ? new DirectManifests(options.root, plan, options.tagTtlMs ?? 0) : undefined;
 
-  /** A manifest write (push, tag, delete) reached a worker: what the gateway cached of the repository is stale. */
+  /** A write (manifest push, tag, delete; blob delete) reached a worker: what the gateway cached of the repository is stale. */
   function forgetAfterWrite(req: IncomingMessage, ctx: GatewayContext): void {
     if (ctx.resource === 'manifest' && ctx.repository && ctx.worker && !READ_METHODS.has(req.method ?? '')) directManifests?.invalidate(ctx.worker, ctx.repository);
+    if (ctx.resource === 'blob' && ctx.repository && ctx.worker && !READ_METHODS.has(req.method ?? '')) directBlobs?.invalidate(ctx.worker, ctx.repository);
   }
 
   const forwarder = new WorkerForwarder({
@@ -177,11 +177,13 @@ export function createGateway(options: GatewayOptions): Server {
         }
       }
       if (directBlobs && route.resource === 'blob' && req.method === 'GET' && route.repository && route.reference) {
-        const blob = await directBlobs.prepare(route.worker, route.repository, route.reference, req.headers, route.url);
+        const prepared = directBlobs.prepare(route.worker, route.repository, route.reference, req.headers, route.url);
+        const blob = prepared instanceof Promise ? await prepared : prepared;
         if (blob) {
           // What the worker would answer, without the second hop; a cache worker would report a hit.
           if (route.worker.kind === 'proxy') metrics.cache.inc({ upstream: ctx.upstream, result: 'hit' });
-          const failure = await sendFileResponse(blob, res, (bytes) => { ctx.bytes += bytes; });
+          const sending = directBlobs.send(blob, res, (bytes) => { ctx.bytes += bytes; });
+          const failure = sending && await sending;
           if (failure) log.warn({ err: failure, repository: route.repository, digest: route.reference }, 'blob transfer failed');
           return;
         }
