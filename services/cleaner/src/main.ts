@@ -1,7 +1,7 @@
 import { ConfigError, loadCleanerConfig, type CleanerConfig } from '../../../lib/config.js';
 import { createLogger, type Logger } from '../../../lib/log.js';
 import { formatDuration } from '../../../lib/duration.js';
-import { applyEviction, humanSize, planEviction } from './evict.js';
+import { applyEviction, humanSize, planEviction } from '../../../lib/storage/eviction.js';
 import { collectGarbage } from './gc.js';
 
 function load(command: string, argv: readonly string[]): CleanerConfig | number {
