@@ -11,6 +11,7 @@ import { DirectBlobs } from './blob-direct.js';
 import { DirectManifests } from './manifest-direct.js';
 import type { AuthenticatedUser, UserDirectory } from './auth.js';
 import type { GatewayMetrics } from './metrics.js';
+import { isConsolePath, WebConsole, type CleanerSettings } from './console/console.js';
 import { addPrefix, prefixIndex, routeRequest } from './router.js';
 
 export interface GatewayOptions {
@@ -30,6 +31,8 @@ export interface GatewayOptions {
   root?: string;
   /** The cache workers' tag TTL (STEVEDORE_TAG_TTL): how long the gateway may answer a cached tag itself. */
   tagTtlMs?: number;
+  /** The web console (`/`, `/ui/`, `/api/v1/`; needs `root`); without it those paths are registry 404s. */
+  console?: { accessLogPath: string; cleaner: CleanerSettings };
 }
 
 const READ_METHODS = new Set(['GET', 'HEAD']);
@@ -70,6 +73,11 @@ export function createGateway(options: GatewayOptions): Server {
   const directBlobs = options.root ? new DirectBlobs(options.root, plan) : undefined;
   const directManifests = options.root ? new DirectManifests(options.root, plan, options.tagTtlMs ?? 0) : undefined;
 
+  const webConsole = options.console && options.root ? new WebConsole({
+    ...options.console, root: options.root, plan, log, users, realm, metrics, tls: Boolean(options.tls), agent,
+    probe: (worker) => probe(worker, agent), invalidate: (worker, repository) => directManifests?.invalidate(worker, repository),
+  }) : undefined;
+
   /** A manifest write (push, tag, delete) reached a worker: what the gateway cached of the repository is stale. */
   function forgetAfterWrite(req: IncomingMessage, ctx: GatewayContext): void {
     if (ctx.resource === 'manifest' && ctx.repository && ctx.worker && !READ_METHODS.has(req.method ?? '')) directManifests?.invalidate(ctx.worker, ctx.repository);
@@ -89,6 +97,7 @@ export function createGateway(options: GatewayOptions): Server {
     const cache = proxyRes.headers[CACHE_RESULT_HEADER];
     if (typeof cache === 'string') {
       metrics.cache.inc({ upstream: ctx.upstream, result: cache });
+      ctx.cacheResult = cache;
       delete proxyRes.headers[CACHE_RESULT_HEADER];
     }
     forgetAfterWrite(req, ctx);
@@ -129,6 +138,8 @@ export function createGateway(options: GatewayOptions): Server {
       res.end(body);
       return;
     }
+    // The console authenticates with the same users itself; its requests are not registry traffic (no access log or registry metrics).
+    if (webConsole && isConsolePath(path)) return webConsole.handle(req, res, path);
     const ctx: GatewayContext = { user: '-', upstream: '-', worker: undefined, prefix: undefined, bytes: 0, repository: undefined, reference: undefined, resource: 'other' };
     req.gateway = ctx;
     res.once('close', () => {
@@ -141,6 +152,7 @@ export function createGateway(options: GatewayOptions): Server {
       });
       metrics.requests.inc({ upstream: ctx.upstream, method: req.method ?? '-', status: String(status) });
       metrics.bytes.inc({ upstream: ctx.upstream }, ctx.bytes);
+      if (ctx.cacheResult) metrics.cacheBytes.inc({ upstream: ctx.upstream, result: ctx.cacheResult }, ctx.bytes);
       if (ctx.upstream !== '-' && status >= 502 && status <= 504) metrics.upstreamErrors.inc({ upstream: ctx.upstream });
     });
     try {
@@ -176,7 +188,10 @@ export function createGateway(options: GatewayOptions): Server {
         const answer = directManifests.answer({ worker: route.worker, repository: route.repository, reference: route.reference, method: req.method!, headers: req.headers, url: route.url });
         const manifest = answer instanceof Promise ? await answer : answer;
         if (manifest) {
-          if (route.worker.kind === 'proxy') metrics.cache.inc({ upstream: ctx.upstream, result: 'hit' });
+          if (route.worker.kind === 'proxy') {
+            metrics.cache.inc({ upstream: ctx.upstream, result: 'hit' });
+            ctx.cacheResult = 'hit';
+          }
           ctx.bytes = manifest.body?.length ?? 0;
           res.writeHead(manifest.status, manifest.headers);
           res.end(manifest.body);
@@ -187,7 +202,10 @@ export function createGateway(options: GatewayOptions): Server {
         const blob = await directBlobs.prepare(route.worker, route.repository, route.reference, req.headers, route.url);
         if (blob) {
           // What the worker would answer, without the second hop; a cache worker would report a hit.
-          if (route.worker.kind === 'proxy') metrics.cache.inc({ upstream: ctx.upstream, result: 'hit' });
+          if (route.worker.kind === 'proxy') {
+            metrics.cache.inc({ upstream: ctx.upstream, result: 'hit' });
+            ctx.cacheResult = 'hit';
+          }
           const failure = await sendFileResponse(blob, res, (bytes) => { ctx.bytes += bytes; });
           if (failure) log.warn({ err: failure, repository: route.repository, digest: route.reference }, 'blob transfer failed');
           return;
@@ -214,6 +232,7 @@ export function createGateway(options: GatewayOptions): Server {
   server.requestTimeout = 0;
   server.keepAliveTimeout = KEEP_ALIVE_MS;
   server.on('close', () => {
+    webConsole?.close();
     agent.destroy();
     proxy.close();
   });
@@ -229,6 +248,8 @@ interface GatewayContext {
   repository: string | undefined;
   reference: string | undefined;
   resource: NonNullable<import('../../../lib/access-log.js').AccessLogEntry['kind']>;
+  /** A cache worker's answer: served from the cache (hit) or fetched upstream (miss). */
+  cacheResult?: string;
 }
 
 type GatewayRequest = IncomingMessage & { gateway?: GatewayContext };
