@@ -13,7 +13,7 @@ import { applyEviction, planEviction, type EvictionPlan } from '../../../../lib/
 import type { AuthenticatedUser, UserDirectory } from '../auth.js';
 import type { GatewayMetrics } from '../metrics.js';
 import { ConsoleHistory } from './history.js';
-import { readCounters, totalsOf } from './metrics-view.js';
+import { readCounters, storeChangeStamp, totalsOf } from './metrics-view.js';
 import { recentPulls } from './recent-pulls.js';
 import { StoreView } from './store-view.js';
 
@@ -48,6 +48,11 @@ export interface ConsoleOptions {
 export function isConsolePath(path: string): boolean {
   return path === '/' || path === '/ui' || path.startsWith('/ui/') || path === '/api/v1' || path.startsWith('/api/v1/');
 }
+
+/** Storage is re-measured (a walk of the blob store) at least this often for the overview and history... */
+const STORAGE_MAX_AGE_MS = 60_000;
+/** ...and at most this often while the gateway fills, pushes or deletes. */
+const STORE_RECHECK_MS = 2_000;
 
 /** Header every state-changing API request must carry: a cross-site form or image can't set it (see checkCsrf). */
 export const CSRF_HEADER = 'x-stevedore-console';
@@ -124,7 +129,7 @@ export class WebConsole {
   private readonly assets = loadAssets();
   private readonly store: StoreView;
   private readonly history: ConsoleHistory;
-  private measured: { at: number; plan: Promise<EvictionPlan> } | undefined;
+  private measured: { at: number; stamp: number; plan: Promise<EvictionPlan> } | undefined;
   private cleaning: Promise<unknown> | undefined;
   private readonly challenge: string;
   /** Upstream error counters a minute apart (the last six): an upstream is failing if its count rose within them. */
@@ -135,7 +140,7 @@ export class WebConsole {
     this.store = new StoreView(options.root, options.plan);
     this.challenge = `Basic realm="${options.realm}"`;
     this.history = new ConsoleHistory(options.root, async () => totalsOf(await readCounters(options.metrics)), async () => {
-      const plan = await this.evictionPlan(30_000);
+      const plan = await this.evictionPlan(STORAGE_MAX_AGE_MS, storeChangeStamp(await readCounters(options.metrics)));
       return { cached: plan.usage, hosted: plan.hosted };
     });
     this.history.start((err) => options.log.warn({ err }, 'console: history sample failed'));
@@ -155,12 +160,17 @@ export class WebConsole {
     clearInterval(this.snapshotTimer);
   }
 
-  /** The cleaner's plan (one walk of the blob store), reused for up to `maxAgeMs`; concurrent callers share a walk. */
-  private evictionPlan(maxAgeMs: number): Promise<EvictionPlan> {
-    if (!this.measured || Date.now() - this.measured.at > maxAgeMs) {
+  /**
+   * The cleaner's plan (one walk of the blob store, which also measures storage), reused for up to
+   * `maxAgeMs`, or up to STORE_RECHECK_MS once the gateway has seen a fill, push or delete since
+   * (`stamp`); concurrent callers share a walk. The cleaner's own evictions show within `maxAgeMs`.
+   */
+  private evictionPlan(maxAgeMs: number, stamp = this.measured?.stamp ?? 0): Promise<EvictionPlan> {
+    const age = this.measured ? Date.now() - this.measured.at : Infinity;
+    if (!this.measured || age > maxAgeMs || (stamp !== this.measured.stamp && age > STORE_RECHECK_MS)) {
       const { cleaner, root } = this.options;
       const plan = planEviction(root, { maxSize: cleaner.maxSize, thresholdPercentage: cleaner.thresholdPercentage, graceMs: cleaner.grace });
-      const entry = { at: Date.now(), plan };
+      const entry = { at: Date.now(), stamp, plan };
       this.measured = entry;
       plan.catch(() => { if (this.measured === entry) this.measured = undefined; });
     }
@@ -272,7 +282,7 @@ export class WebConsole {
       }
       case 'GET /api/v1/evictions': {
         // Fresh: this is the list `stevedore clean --dry-run` would print now.
-        const plan = await this.evictionPlan(query.get('fresh') === '0' ? 30_000 : 0);
+        const plan = await this.evictionPlan(query.get('fresh') === '0' ? STORAGE_MAX_AGE_MS : 0);
         const page = paginate(plan.evict, query);
         return this.json(res, 200, {
           ...page, items: page.items.map((b) => ({ digest: b.digest.value, size: b.size, lastServed: new Date(b.atimeMs).toISOString(), reason: b.reason })),
@@ -315,20 +325,24 @@ export class WebConsole {
 
   /** The image reference a client pulls through this gateway (host added by the page). */
   private pullReference(source: string, repository: string): string {
-    return source === 'hosted' ? repository : `${source}/${repository}`;
+    if (source === 'hosted') return repository;
+    // A host with a port can't be an image path segment: its alias then.
+    const prefix = this.store.workerOf(source)?.prefixes.find((p) => !p.includes(':')) ?? source;
+    return `${prefix}/${repository}`;
   }
 
   private async overview(user: AuthenticatedUser): Promise<unknown> {
     const { plan, cleaner, root } = this.options;
-    const [storage, counters, runs, health] = await Promise.all([
-      this.evictionPlan(30_000), readCounters(this.options.metrics), readCleanerRuns(root),
+    const counters = await readCounters(this.options.metrics);
+    const [storage, runs, health] = await Promise.all([
+      this.evictionPlan(STORAGE_MAX_AGE_MS, storeChangeStamp(counters)), readCleanerRuns(root),
       Promise.all([plan.hosted, ...plan.proxies].map((w) => this.options.probe(w))),
     ]);
     const oldest = this.errorSnapshots[0];
     const workers = [plan.hosted, ...plan.proxies];
     const upstreams = workers.map((worker, i) => {
       const key = worker.upstream ?? '-';
-      const c = counters.get(key) ?? { requests: 0, bytesServed: 0, hits: 0, misses: 0, bytesFromCache: 0, bytesFetched: 0, upstreamErrors: 0 };
+      const c = counters.get(key) ?? { requests: 0, bytesServed: 0, hits: 0, misses: 0, bytesFromCache: 0, bytesFetched: 0, upstreamErrors: 0, writes: 0 };
       const lookups = c.hits + c.misses;
       // Failing: upstream errors within the last five to six minutes.
       const recentErrors = c.upstreamErrors - (oldest?.get(key) ?? 0);
@@ -340,7 +354,7 @@ export class WebConsole {
       user: { name: user.name, admin: user.admin },
       storage: {
         cachedBytes: storage.usage, hostedBytes: storage.hosted, pinnedBytes: storage.pinned, limitBytes: storage.limit, triggerBytes: storage.trigger,
-        evictableBlobs: storage.evict.length, evictableBytes: storage.evict.reduce((sum, b) => sum + b.size, 0),
+        measuredAt: new Date(this.measured?.at ?? Date.now()).toISOString(), evictableBlobs: storage.evict.length, evictableBytes: storage.evict.reduce((sum, b) => sum + b.size, 0),
       },
       cleaner: {
         runEveryMs: cleaner.runEvery, graceMs: cleaner.grace, thresholdPercentage: cleaner.thresholdPercentage,

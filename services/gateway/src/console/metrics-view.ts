@@ -10,10 +10,12 @@ export interface UpstreamCounters {
   bytesFromCache: number;
   bytesFetched: number;
   upstreamErrors: number;
+  /** Requests other than GET and HEAD (pushes, deletes): they change what is stored. */
+  writes: number;
 }
 
 function empty(): UpstreamCounters {
-  return { requests: 0, bytesServed: 0, hits: 0, misses: 0, bytesFromCache: 0, bytesFetched: 0, upstreamErrors: 0 };
+  return { requests: 0, bytesServed: 0, hits: 0, misses: 0, bytesFromCache: 0, bytesFetched: 0, upstreamErrors: 0, writes: 0 };
 }
 
 /**
@@ -31,7 +33,10 @@ export async function readCounters(metrics: GatewayMetrics): Promise<Map<string,
   const [requests, bytes, cache, cacheBytes, errors] = await Promise.all([
     metrics.requests.counter.get(), metrics.bytes.counter.get(), metrics.cache.counter.get(), metrics.cacheBytes.counter.get(), metrics.upstreamErrors.counter.get(),
   ]);
-  for (const v of requests.values) row(v.labels.upstream).requests += v.value;
+  for (const v of requests.values) {
+    row(v.labels.upstream).requests += v.value;
+    if (v.labels.method !== 'GET' && v.labels.method !== 'HEAD') row(v.labels.upstream).writes += v.value;
+  }
   for (const v of bytes.values) row(v.labels.upstream).bytesServed += v.value;
   for (const v of cache.values) {
     if (v.labels.result === 'hit') row(v.labels.upstream).hits += v.value;
@@ -56,4 +61,11 @@ export function totalsOf(counters: Map<string, UpstreamCounters>): Totals {
     t.errors += c.upstreamErrors;
   }
   return t;
+}
+
+/** A number that changes whenever the gateway may have stored or removed content (a cache fill, a push, a delete). */
+export function storeChangeStamp(counters: Map<string, UpstreamCounters>): number {
+  let stamp = 0;
+  for (const c of counters.values()) stamp += c.misses + c.writes;
+  return stamp;
 }
