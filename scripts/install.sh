@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 #   podman          - OCI client (pull/push through the gateway; run as root with a private store)
 #   wrk             - HTTP load generator for bench/
 #   zstd            - .tar.zst archives of the air-gap commands on Node < 22.15 (newer Node has zstd built in)
-PACKAGES=(skopeo docker-registry podman wrk zstd)
+#   chromium        - the browser the web console tests drive headless (puppeteer-core, which downloads none)
+PACKAGES=(skopeo docker-registry podman wrk zstd chromium)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

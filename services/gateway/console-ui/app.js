@@ -26,6 +26,7 @@ function size(bytes) {
   while (Math.abs(v) >= 1024 && i < units.length - 1) { v /= 1024; i++; }
   return `${i === 0 ? v : v.toFixed(v < 10 ? 2 : 1)} ${units[i]}`;
 }
+const plural = (n, one, many = `${one}s`) => `${num(n)} ${n === 1 ? one : many}`;
 const num = (n) => (n ?? 0).toLocaleString('en');
 const pct = (r) => (r === null || r === undefined ? '–' : `${(r * 100).toFixed(1)} %`);
 function when(iso) {
@@ -35,6 +36,8 @@ function when(iso) {
   const rel = ago < 0 ? `in ${Math.round(-ago / 60)} min` : ago < 90 ? `${Math.round(ago)} s ago` : ago < 5400 ? `${Math.round(ago / 60)} min ago` : ago < 172800 ? `${Math.round(ago / 3600)} h ago` : `${Math.round(ago / 86400)} d ago`;
   return h('time', { datetime: d.toISOString(), title: d.toISOString() }, rel);
 }
+/** A number shown formatted, with its exact value kept for tools (and the tests). */
+const valued = (value, text) => h('span', { 'data-value': value ?? '' }, text);
 const short = (digest) => h('span', { class: 'digest', title: digest }, digest ? `${digest.slice(0, 19)}…` : '–');
 
 function say(text, kind = 'ok') {
@@ -49,11 +52,11 @@ async function api(path, options = {}) {
   return body;
 }
 
-function table(caption, columns, rows, { empty = 'Nothing to show.' } = {}) {
-  return h('div', { class: 'table-wrap' }, h('table', {},
+function table(caption, columns, rows, { empty = 'Nothing to show.', id, rowAttrs = () => ({}) } = {}) {
+  return h('div', { class: 'table-wrap' }, h('table', { id },
     h('caption', {}, caption),
     h('thead', {}, h('tr', {}, columns.map((c) => h('th', { scope: 'col', class: c.cls }, c.label)))),
-    h('tbody', {}, rows.length ? rows.map((r) => h('tr', {}, columns.map((c) => h('td', { class: c.cls }, c.cell(r)))))
+    h('tbody', {}, rows.length ? rows.map((r) => h('tr', rowAttrs(r), columns.map((c) => h('td', { class: c.cls, 'data-field': c.field }, c.cell(r)))))
       : h('tr', {}, h('td', { colspan: columns.length, class: 'muted' }, empty)))));
 }
 
@@ -118,7 +121,11 @@ function renderCharts(host, history) {
   const bars = uPlot.paths?.bars ? uPlot.paths.bars({ size: [0.6, 40] }) : undefined;
   chart(boxes[3], 'Evicted per cleaner run', [runs.map((r) => r.at / 1000), runs.map((r) => r.freedBytes)], [
     { label: 'freed', stroke: cssVar('--c-miss'), fill: `${cssVar('--c-miss')}88`, paths: bars, points: { show: true } },
-  ], { values: sizeAxis });
+  ], {
+    values: sizeAxis,
+    // A run or two would otherwise stretch the time axis over years.
+    scales: { x: { time: true, range: (u, min, max) => (max - min < 7200 ? [(min ?? Date.now() / 1000) - 3600, (max ?? Date.now() / 1000) + 3600] : [min, max]) } },
+  });
 }
 
 // ---- pages -----------------------------------------------------------------------------------
@@ -144,29 +151,29 @@ async function overview() {
         h('div', {}, 'Hosted (never evicted): ', h('span', { 'data-testid': 'hosted-bytes', 'data-bytes': s.hostedBytes }, size(s.hostedBytes))),
         h('div', { class: 'muted' }, `Cleaner evicts above ${size(s.triggerBytes)} (limit + ${c.thresholdPercentage} %)`)),
       h('section', { class: 'card', 'aria-labelledby': 'cleaner-h' }, h('h2', { id: 'cleaner-h' }, 'Cleaner'),
-        h('div', {}, 'Last run: ', when(c.lastRunAt), c.lastRun ? ` — freed ${size(c.lastRun.freedBytes)} (${num(c.lastRun.evictedBlobs)} blobs)` : ''),
+        h('div', {}, 'Last run: ', when(c.lastRunAt), c.lastRun ? ` — freed ${size(c.lastRun.freedBytes)} (${plural(c.lastRun.evictedBlobs, 'blob')})` : ''),
         h('div', {}, 'Next run: ', when(c.nextRunAt), h('span', { class: 'muted' }, ` (every ${Math.round(c.runEveryMs / 60000)} min)`)),
-        h('div', {}, `Next run would evict ${num(s.evictableBlobs)} blobs, ${size(s.evictableBytes)}`),
+        h('div', {}, `Next run would evict ${plural(s.evictableBlobs, 'blob')}, ${size(s.evictableBytes)}`),
         h('p', {}, adminButton('Run cleaner now', runCleaner)))),
     h('h2', {}, 'Upstreams'),
     table('Requests since the gateway started (same counters as /metrics)', [
       { label: 'Upstream', cell: (u) => (u.upstream === '-' ? 'hosted registry' : u.upstream) },
       { label: 'State', cell: (u) => h('span', { class: `state-${u.state.replace(' ', '-')}` }, u.state) },
-      { label: 'Requests', cls: 'num', cell: (u) => num(u.requests) },
-      { label: 'Hit ratio', cls: 'num', cell: (u) => (u.kind === 'proxy' ? pct(u.hitRatio) : '–') },
-      { label: 'Served', cls: 'num', cell: (u) => size(u.bytesServed) },
-      { label: 'From cache (saved)', cls: 'num', cell: (u) => (u.kind === 'proxy' ? size(u.bytesFromCache) : '–') },
-      { label: 'Fetched upstream', cls: 'num', cell: (u) => (u.kind === 'proxy' ? size(u.bytesFetched) : '–') },
-      { label: 'Upstream errors', cls: 'num hide-narrow', cell: (u) => num(u.upstreamErrors) },
-    ], o.upstreams),
+      { label: 'Requests', cls: 'num', field: 'requests', cell: (u) => valued(u.requests, num(u.requests)) },
+      { label: 'Hit ratio', cls: 'num', field: 'hitRatio', cell: (u) => (u.kind === 'proxy' ? valued(u.hitRatio, pct(u.hitRatio)) : '–') },
+      { label: 'Served', cls: 'num', field: 'bytesServed', cell: (u) => valued(u.bytesServed, size(u.bytesServed)) },
+      { label: 'From cache (saved)', cls: 'num', field: 'bytesFromCache', cell: (u) => (u.kind === 'proxy' ? valued(u.bytesFromCache, size(u.bytesFromCache)) : '–') },
+      { label: 'Fetched upstream', cls: 'num', field: 'bytesFetched', cell: (u) => (u.kind === 'proxy' ? valued(u.bytesFetched, size(u.bytesFetched)) : '–') },
+      { label: 'Upstream errors', cls: 'num hide-narrow', field: 'upstreamErrors', cell: (u) => valued(u.upstreamErrors, num(u.upstreamErrors)) },
+    ], o.upstreams, { id: 'upstreams', rowAttrs: (u) => ({ 'data-upstream': u.upstream }) }),
     h('h2', {}, 'History'),
     chartsHost,
     h('h2', {}, 'Next to be evicted'),
-    table(`What the next cleaner run would remove, in order (${num(evictions.total)} blobs, ${size(evictions.evictBytes)}); the same plan as stevedore clean --dry-run`, [
+    table(`What the next cleaner run would remove, in order (${plural(evictions.total, 'blob')}, ${size(evictions.evictBytes)}); the same plan as stevedore clean --dry-run`, [
       { label: 'Blob', cell: (b) => h('code', { class: 'digest' }, b.digest) },
       { label: 'Size', cls: 'num', cell: (b) => size(b.size) },
       { label: 'Last served', cell: (b) => when(b.lastServed) },
-    ], evictions.items, { empty: 'Nothing: cached content is under the trigger, or within the grace period.' }),
+    ], evictions.items, { id: 'evictions', empty: 'Nothing: cached content is under the trigger, or within the grace period.' }),
   );
   renderCharts(chartsHost, history);
 }
@@ -175,7 +182,7 @@ async function runCleaner() {
   if (!confirm('Run the cleaner now? It evicts least recently served cached content above the limit.')) return;
   try {
     const { run } = await api('cleaner/run', { method: 'POST', headers: CSRF });
-    say(`Cleaner run done: ${num(run.evictedBlobs)} blobs evicted, ${size(run.freedBytes)} freed.`);
+    say(`Cleaner run done: ${plural(run.evictedBlobs, 'blob')} evicted, ${size(run.freedBytes)} freed.`);
     route();
   } catch (err) {
     say(err.message, 'error');
@@ -194,7 +201,7 @@ async function repositories(params) {
     h('h1', {}, 'Repositories'),
     h('form', { class: 'toolbar', role: 'search', onsubmit: (e) => { e.preventDefault(); go(); } },
       h('label', { for: 'repo-q' }, 'Search', search), h('label', { for: 'repo-source' }, 'Source', select), h('button', { type: 'submit' }, 'Search')),
-    table(`${num(data.total)} repositories`, [
+    table(plural(data.total, 'repository', 'repositories'), [
       { label: 'Repository', cell: (r) => h('a', { href: `#/repository?${new URLSearchParams({ source: r.source, name: r.name })}` }, r.name) },
       { label: 'Source', cell: (r) => (r.source === 'hosted' ? 'hosted' : `cache of ${r.source}`) },
       { label: 'Tags', cls: 'num', cell: (r) => num(r.tags) },
@@ -251,7 +258,7 @@ async function repository(params) {
   main.replaceChildren(
     h('h1', {}, h('span', { class: 'muted' }, cache ? `cache of ${source} / ` : 'hosted / '), name),
     h('p', {}, h('code', {}, pull), ' ', copyButton(pull)),
-    table(`${num(data.total)} tags`, [
+    table(plural(data.total, 'tag'), [
       { label: 'Tag', cell: (t) => h('a', { href: `#/image?${new URLSearchParams({ source, repository: name, digest: t.digest, tag: t.tag })}` }, t.tag) },
       { label: 'Digest', cell: (t) => h('code', { class: 'digest', 'data-testid': 'tag-digest' }, t.digest) },
       { label: 'Size', cls: 'num', cell: (t) => h('span', { 'data-bytes': t.size }, size(t.size)) },
@@ -259,7 +266,7 @@ async function repository(params) {
       { label: 'Created', cls: 'hide-narrow', cell: (t) => when(t.created) },
       { label: 'Last served', cell: (t) => when(t.lastServed) },
       { label: 'Action', cell: (t) => adminButton(cache ? 'Purge' : 'Delete', () => remove(t), 'danger') },
-    ], data.items),
+    ], data.items, { id: 'tags' }),
     pager(data, (p) => { location.hash = `#/repository?${new URLSearchParams({ source, name, page: String(p) })}`; }),
     ...mirror,
   );
@@ -280,12 +287,12 @@ async function image(params) {
     h('h2', {}, 'Config'),
     img.config ? h('p', {}, h('code', { class: 'digest', 'data-testid': 'config-digest' }, img.config.digest), ` ${size(img.config.size)}`,
       img.config.os ? ` · ${img.config.os}/${img.config.architecture}` : '', img.config.created ? ` · created ${new Date(img.config.created).toISOString()}` : '') : h('p', {}, '–'),
-    table(`${img.layers.length} layers, ${size(img.layers.reduce((s, l) => s + l.size, 0))}`, [
+    table(`${plural(img.layers.length, 'layer')}, ${size(img.layers.reduce((s, l) => s + l.size, 0))}`, [
       { label: 'Layer', cell: (l) => h('code', { class: 'digest', 'data-testid': 'layer-digest' }, l.digest) },
       { label: 'Size', cls: 'num', cell: (l) => h('span', { 'data-testid': 'layer-size', 'data-bytes': l.size }, size(l.size)) },
       { label: 'Stored', cell: (l) => (l.stored ? 'yes' : 'no (evicted or not fetched yet)') },
       { label: 'Last served', cls: 'hide-narrow', cell: (l) => when(l.lastServed) },
-    ], img.layers),
+    ], img.layers, { id: 'layers' }),
   ];
   main.replaceChildren(
     h('h1', {}, back, params.get('tag') ? `:${params.get('tag')}` : ''),

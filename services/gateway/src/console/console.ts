@@ -88,7 +88,7 @@ const CONTENT_TYPES: Record<string, string> = {
  * The page's files: services/gateway/console-ui/ (shipped beside dist/ in the package and image)
  * and uPlot from node_modules; read once at start-up (about 100 KB), never from a CDN.
  */
-function loadAssets(): Map<string, Asset> {
+function loadAssets(log: Logger): Map<string, Asset> {
   const assets = new Map<string, Asset>();
   const add = (urlPath: string, file: string) => {
     const body = readFileSync(file);
@@ -97,11 +97,16 @@ function loadAssets(): Map<string, Asset> {
   };
   // dist/services/gateway/src/console/ → the checkout or /app root.
   const uiDir = fileURLToPath(new URL('../../../../../services/gateway/console-ui/', import.meta.url));
-  for (const name of readdirSync(uiDir)) if (/^[\w.-]+\.(html|js|css|svg|png|ico)$/.test(name)) add(`/ui/${name}`, join(uiDir, name));
-  const require = createRequire(import.meta.url);
-  const uplotDir = join(require.resolve('uplot/package.json'), '..', 'dist');
-  add('/ui/vendor/uPlot.iife.min.js', join(uplotDir, 'uPlot.iife.min.js'));
-  add('/ui/vendor/uPlot.min.css', join(uplotDir, 'uPlot.min.css'));
+  try {
+    for (const name of readdirSync(uiDir)) if (/^[\w.-]+\.(html|js|css|svg|png|ico)$/.test(name)) add(`/ui/${name}`, join(uiDir, name));
+    const require = createRequire(import.meta.url);
+    const uplotDir = join(require.resolve('uplot/package.json'), '..', 'dist');
+    add('/ui/vendor/uPlot.iife.min.js', join(uplotDir, 'uPlot.iife.min.js'));
+    add('/ui/vendor/uPlot.min.css', join(uplotDir, 'uPlot.min.css'));
+  } catch (err) {
+    // The registry must not go down for a missing page: the API still answers.
+    log.error({ err, uiDir }, 'console: the page\'s files are missing (an incomplete install?): only /api/v1/ is served');
+  }
   return assets;
 }
 
@@ -126,7 +131,7 @@ function paginate<T>(items: T[], query: URLSearchParams): { items: T[]; page: nu
  * same paths as the registry API (a DELETE sent to the worker) and the cleaner's own code.
  */
 export class WebConsole {
-  private readonly assets = loadAssets();
+  private readonly assets: Map<string, Asset>;
   private readonly store: StoreView;
   private readonly history: ConsoleHistory;
   private measured: { at: number; stamp: number; plan: Promise<EvictionPlan> } | undefined;
@@ -137,6 +142,7 @@ export class WebConsole {
   private readonly snapshotTimer: NodeJS.Timeout;
 
   constructor(private readonly options: ConsoleOptions) {
+    this.assets = loadAssets(options.log);
     this.store = new StoreView(options.root, options.plan);
     this.challenge = `Basic realm="${options.realm}"`;
     this.history = new ConsoleHistory(options.root, async () => totalsOf(await readCounters(options.metrics)), async () => {
