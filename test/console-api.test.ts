@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { gunzipSync } from 'node:zlib';
 import { after, before, describe, it } from 'node:test';
 import { sleep } from './helpers/appliance.js';
 import { metricValue, startConsoleFixture, type ConsoleFixture } from './helpers/console-fixture.js';
@@ -55,6 +56,11 @@ describe('console API: /api/v1 on the appliance', () => {
       const again = await f.app.call('GET', asset, { auth: f.app.reader.auth, headers: { 'if-none-match': String(res.headers.etag) } });
       assert.equal(again.status, 304, `${asset} revalidates`);
     }
+    const js = await get('/ui/vendor/uPlot.iife.min.js');
+    const zipped = await f.app.call('GET', '/ui/vendor/uPlot.iife.min.js', { auth: f.app.reader.auth, headers: { 'accept-encoding': 'gzip, br' } });
+    assert.equal(zipped.headers['content-encoding'], 'gzip');
+    assert.deepEqual(gunzipSync(zipped.body), js.body);
+    assert.ok(zipped.body.length < js.body.length / 2);
     assert.equal((await get('/ui/../package.json')).status, 404);
     assert.equal((await get('/ui/nope.js')).status, 404);
     assert.equal((await get('/api/v1/nope')).status, 404);
