@@ -117,15 +117,16 @@ function renderCharts(host, history) {
     { label: 'limit', stroke: cssVar('--c-limit'), dash: [6, 4] },
     { label: 'trigger', stroke: cssVar('--c-trigger'), dash: [2, 4] },
   ], { values: sizeAxis });
+  // Runs are far apart (CLEANER_RUNEVERY_TIME): empty points at both ends keep the time axis on
+  // the last hours instead of stretching one run over years.
   const runs = history.cleanerRuns;
+  const nowS = Date.now() / 1000;
+  const runX = [Math.min(nowS - 6 * 3600, ...runs.map((r) => r.at / 1000 - 3600)), ...runs.map((r) => r.at / 1000), nowS + 600];
+  const runY = [null, ...runs.map((r) => r.freedBytes), null];
   const bars = uPlot.paths?.bars ? uPlot.paths.bars({ size: [0.6, 40] }) : undefined;
-  chart(boxes[3], 'Evicted per cleaner run', [runs.map((r) => r.at / 1000), runs.map((r) => r.freedBytes)], [
+  chart(boxes[3], 'Evicted per cleaner run', [runX, runY], [
     { label: 'freed', stroke: cssVar('--c-miss'), fill: `${cssVar('--c-miss')}88`, paths: bars, points: { show: true } },
-  ], {
-    values: sizeAxis,
-    // A run or two would otherwise stretch the time axis over years.
-    scales: { x: { time: true, range: (u, min, max) => (max - min < 7200 ? [(min ?? Date.now() / 1000) - 3600, (max ?? Date.now() / 1000) + 3600] : [min, max]) } },
-  });
+  ], { values: sizeAxis });
 }
 
 // ---- pages -----------------------------------------------------------------------------------
