@@ -130,7 +130,7 @@ describe('console API: /api/v1 on the appliance', () => {
     const dry = await f.app.cli(['clean', '--dry-run']);
     assert.equal(dry.code, 0, dry.stderr);
     const printed = dry.stdout.split('\n').filter((l) => l.startsWith('would evict ')).map((l) => l.split(' ')[2]);
-    const api = await getJson<{ items: Array<{ digest: string }>; total: number }>('/api/v1/evictions?per_page=500');
+    const api = await getJson<{ items: Array<{ digest: string }>; total: number }>('/api/v1/evictions?per_page=500&fresh=1');
     assert.ok(printed.length > 0, dry.stdout);
     assert.deepEqual(api.items.map((b) => b.digest), printed);
     assert.equal(api.total, printed.length);
@@ -180,7 +180,7 @@ describe('console API: /api/v1 on the appliance', () => {
   });
 
   it('run cleaner now: the cleaner\'s own eviction, recorded for the chart; history is kept in the data directory', async () => {
-    const before = await getJson<{ total: number; evictBytes: number }>('/api/v1/evictions');
+    const before = await getJson<{ total: number; evictBytes: number }>('/api/v1/evictions?fresh=1');
     assert.ok(before.total > 0);
     const res = await f.app.call('POST', '/api/v1/cleaner/run', { auth: f.app.admin.auth, headers: { 'x-stevedore-console': '1', origin: f.app.url } });
     assert.equal(res.status, 200, res.text());

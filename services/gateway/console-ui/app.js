@@ -170,7 +170,7 @@ async function overview() {
     h('h2', {}, 'History'),
     chartsHost,
     h('h2', {}, 'Next to be evicted'),
-    table(`What the next cleaner run would remove, in order (${plural(evictions.total, 'blob')}, ${size(evictions.evictBytes)}); the same plan as stevedore clean --dry-run`, [
+    table([`What the next cleaner run would remove, in order (${plural(evictions.total, 'blob')}, ${size(evictions.evictBytes)}); the same plan as stevedore clean --dry-run, made `, when(evictions.plannedAt)], [
       { label: 'Blob', cell: (b) => h('code', { class: 'digest' }, b.digest) },
       { label: 'Size', cls: 'num', cell: (b) => size(b.size) },
       { label: 'Last served', cell: (b) => when(b.lastServed) },

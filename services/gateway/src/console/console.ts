@@ -50,10 +50,15 @@ export function isConsolePath(path: string): boolean {
   return path === '/' || path === '/ui' || path.startsWith('/ui/') || path === '/api/v1' || path.startsWith('/api/v1/');
 }
 
-/** Storage is re-measured (a walk of the blob store) at least this often for the overview and history... */
+/**
+ * Storage is re-measured (a walk of the blob store: ~100 ms for 2,000 blobs, seconds for 100,000)
+ * at least every STORAGE_MAX_AGE_MS for the overview and history, and at most every
+ * STORE_RECHECK_MS while the gateway fills, pushes or deletes; both grow with the walk's cost
+ * (WALK_COST_FACTOR × its duration) so that a large store is not walked more than ~5% of the time.
+ */
 const STORAGE_MAX_AGE_MS = 60_000;
-/** ...and at most this often while the gateway fills, pushes or deletes. */
 const STORE_RECHECK_MS = 2_000;
+const WALK_COST_FACTOR = 20;
 
 /** Header every state-changing API request must carry: a cross-site form or image can't set it (see checkCsrf). */
 export const CSRF_HEADER = 'x-stevedore-console';
@@ -138,6 +143,8 @@ export class WebConsole {
   private readonly store: StoreView;
   private readonly history: ConsoleHistory;
   private measured: { at: number; stamp: number; plan: Promise<EvictionPlan> } | undefined;
+  /** How long the last walk took. */
+  private walkMs = 0;
   private cleaning: Promise<unknown> | undefined;
   private readonly challenge: string;
   /** Upstream error counters a minute apart (the last six): an upstream is failing if its count rose within them. */
@@ -176,9 +183,12 @@ export class WebConsole {
    */
   private evictionPlan(maxAgeMs: number, stamp = this.measured?.stamp ?? 0): Promise<EvictionPlan> {
     const age = this.measured ? Date.now() - this.measured.at : Infinity;
-    if (!this.measured || age > maxAgeMs || (stamp !== this.measured.stamp && age > STORE_RECHECK_MS)) {
+    const cost = this.walkMs * WALK_COST_FACTOR;
+    if (!this.measured || age > Math.max(maxAgeMs, cost) || (stamp !== this.measured.stamp && age > Math.max(STORE_RECHECK_MS, cost))) {
       const { cleaner, root } = this.options;
+      const started = Date.now();
       const plan = planEviction(root, { maxSize: cleaner.maxSize, thresholdPercentage: cleaner.thresholdPercentage, graceMs: cleaner.grace });
+      void plan.then(() => { this.walkMs = Date.now() - started; }, () => {});
       const entry = { at: Date.now(), stamp, plan };
       this.measured = entry;
       plan.catch(() => { if (this.measured === entry) this.measured = undefined; });
@@ -293,13 +303,15 @@ export class WebConsole {
         return this.json(res, 200, image);
       }
       case 'GET /api/v1/evictions': {
-        // Fresh: this is the list `stevedore clean --dry-run` would print now.
-        const plan = await this.evictionPlan(query.get('fresh') === '0' ? STORAGE_MAX_AGE_MS : 0);
+        // fresh=1: planned now, as `stevedore clean --dry-run` would print it (a walk of the store);
+        // otherwise the overview's plan (see evictionPlan), with the time it was made.
+        const fresh = query.get('fresh') === '1';
+        const plan = await (fresh ? this.evictionPlan(0) : this.evictionPlan(STORAGE_MAX_AGE_MS, storeChangeStamp(await readCounters(this.options.metrics))));
         const page = paginate(plan.evict, query);
         return this.json(res, 200, {
           ...page, items: page.items.map((b) => ({ digest: b.digest.value, size: b.size, lastServed: new Date(b.atimeMs).toISOString(), reason: b.reason })),
           usageBytes: plan.usage, limitBytes: plan.limit, triggerBytes: plan.trigger, pinnedBytes: plan.pinned, hostedBytes: plan.hosted,
-          evictBytes: plan.evict.reduce((sum, b) => sum + b.size, 0),
+          evictBytes: plan.evict.reduce((sum, b) => sum + b.size, 0), plannedAt: new Date(this.measured?.at ?? Date.now()).toISOString(),
         });
       }
       case 'GET /api/v1/pulls': {
