@@ -145,6 +145,9 @@ describe('console API: /api/v1 on the appliance', () => {
     assert.ok(byAdmin.items.length > 0 && byAdmin.items.every((e) => e.user === 'admin'), 'the push');
     const errors = await getJson<{ items: unknown[] }>('/api/v1/pulls?status=5xx');
     assert.equal(errors.items.length, 0);
+    const top = await getJson<{ mostPulled: Array<{ upstream: string; repository: string; pulls: number; bytes: number }> }>('/api/v1/top');
+    assert.deepEqual(top.mostPulled.map((i) => [i.upstream, i.repository]), [[f.upHost, 'mirror/tool'], [f.upHost, 'mirror/gone']], 'two pulls, then one (the push is not a pull)');
+    assert.ok(top.mostPulled[0]!.pulls >= 2 && top.mostPulled[0]!.pulls > top.mostPulled[1]!.pulls);
   });
 
   it('admin actions: refused without the CSRF header, from another origin, and for read-only users; an admin purge takes effect', async () => {

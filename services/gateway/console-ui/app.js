@@ -132,7 +132,7 @@ function renderCharts(host, history) {
 // ---- pages -----------------------------------------------------------------------------------
 
 async function overview() {
-  const [o, history, evictions] = await Promise.all([api('overview'), api(`history?since=${Date.now() - 24 * 3600_000}`), api('evictions?per_page=20')]);
+  const [o, history, evictions, top] = await Promise.all([api('overview'), api(`history?since=${Date.now() - 24 * 3600_000}`), api('evictions?per_page=20'), api('top?limit=10')]);
   const s = o.storage;
   const scale = Math.max(s.triggerBytes, s.cachedBytes) * 1.05 || 1;
   const at = (v) => `${Math.min(100, (v / scale) * 100).toFixed(2)}%`;
@@ -167,6 +167,13 @@ async function overview() {
       { label: 'Fetched upstream', cls: 'num', field: 'bytesFetched', cell: (u) => (u.kind === 'proxy' ? valued(u.bytesFetched, size(u.bytesFetched)) : '–') },
       { label: 'Upstream errors', cls: 'num hide-narrow', field: 'upstreamErrors', cell: (u) => valued(u.upstreamErrors, num(u.upstreamErrors)) },
     ], o.upstreams, { id: 'upstreams', rowAttrs: (u) => ({ 'data-upstream': u.upstream }) }),
+    h('h2', {}, 'Most pulled'),
+    table(['Most pulled images in the recent access log', top.since ? [' (since ', when(top.since), ')'] : ''], [
+      { label: 'Image', cell: (i) => (i.upstream === '-' ? i.repository : `${i.upstream}/${i.repository}`) },
+      { label: 'Pulls', cls: 'num', cell: (i) => valued(i.pulls, num(i.pulls)) },
+      { label: 'Sent', cls: 'num', cell: (i) => size(i.bytes) },
+      { label: 'Last pulled', cell: (i) => when(i.lastPulled) },
+    ], top.mostPulled, { id: 'top' }),
     h('h2', {}, 'History'),
     chartsHost,
     h('h2', {}, 'Next to be evicted'),

@@ -15,7 +15,7 @@ import type { AuthenticatedUser, UserDirectory } from '../auth.js';
 import type { GatewayMetrics } from '../metrics.js';
 import { ConsoleHistory } from './history.js';
 import { readCounters, storeChangeStamp, totalsOf } from './metrics-view.js';
-import { recentPulls } from './recent-pulls.js';
+import { mostPulled, recentPulls } from './recent-pulls.js';
 import { StoreView } from './store-view.js';
 
 /** The cleaner settings the console shows and plans with (CLEANER_* as the cleaner reads them). */
@@ -143,6 +143,7 @@ export class WebConsole {
   private readonly store: StoreView;
   private readonly history: ConsoleHistory;
   private measured: { at: number; stamp: number; plan: Promise<EvictionPlan> } | undefined;
+  private ranking: { at: number; value: ReturnType<typeof mostPulled> } | undefined;
   /** How long the last walk took. */
   private walkMs = 0;
   private cleaning: Promise<unknown> | undefined;
@@ -322,6 +323,10 @@ export class WebConsole {
         });
         return this.json(res, 200, { items: entries.map(({ time, user: who, method, upstream, repository, reference, kind, status, bytes, durationMs }) => ({ time, user: who, method, upstream, repository, reference, kind, status, bytes, durationMs })) });
       }
+      case 'GET /api/v1/top':
+        // The ranking reads megabytes of log: reused for 30 s.
+        if (!this.ranking || Date.now() - this.ranking.at > 30_000) this.ranking = { at: Date.now(), value: mostPulled(this.options.accessLogPath, 100) };
+        return this.json(res, 200, await this.ranking.value.then((r) => ({ since: r.since ?? null, mostPulled: r.items.slice(0, intParam(query, 'limit', 10, 1, 100)) })));
       case 'DELETE /api/v1/manifests':
         this.checkCsrf(req);
         this.requireAdmin(user, 'deleting a tag or manifest');
