@@ -43,6 +43,8 @@ describe('console in chromium: the appliance\'s page, as a read-only user and as
     if (page.url().startsWith(f.app.url)) await page.evaluate((h) => { document.body.removeAttribute('data-ready'); location.hash = h; }, hash);
     else await page.goto(url, { waitUntil: 'load' });
     await page.waitForSelector(`body[data-ready="${ready}"]`, { timeout: 10_000 });
+    const text: string = await page.evaluate(() => document.body.innerText);
+    assert.doesNotMatch(text, /\[object |undefined|NaN/, `${hash} renders every value`);
   }
 
   async function screenshot(page: Page, name: string): Promise<void> {

@@ -180,12 +180,13 @@ export class WebConsole {
   /**
    * The cleaner's plan (one walk of the blob store, which also measures storage), reused for up to
    * `maxAgeMs`, or up to STORE_RECHECK_MS once the gateway has seen a fill, push or delete since
-   * (`stamp`); concurrent callers share a walk. The cleaner's own evictions show within `maxAgeMs`.
+   * (`stamp`); concurrent callers share a walk; `maxAgeMs` 0 walks now. The cleaner's own
+   * evictions show within `maxAgeMs`.
    */
   private evictionPlan(maxAgeMs: number, stamp = this.measured?.stamp ?? 0): Promise<EvictionPlan> {
     const age = this.measured ? Date.now() - this.measured.at : Infinity;
     const cost = this.walkMs * WALK_COST_FACTOR;
-    if (!this.measured || age > Math.max(maxAgeMs, cost) || (stamp !== this.measured.stamp && age > Math.max(STORE_RECHECK_MS, cost))) {
+    if (!this.measured || maxAgeMs === 0 || age > Math.max(maxAgeMs, cost) || (stamp !== this.measured.stamp && age > Math.max(STORE_RECHECK_MS, cost))) {
       const { cleaner, root } = this.options;
       const started = Date.now();
       const plan = planEviction(root, { maxSize: cleaner.maxSize, thresholdPercentage: cleaner.thresholdPercentage, graceMs: cleaner.grace });
