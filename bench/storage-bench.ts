@@ -29,7 +29,7 @@ import { ACCESS_LOG_MESSAGE } from '../lib/access-log.js';
 import { createLogger } from '../lib/log.js';
 import { digestOf, type Digest } from '../lib/oci/digest.js';
 import { StorageLayout } from '../lib/storage/layout.js';
-import { applyEviction, planEviction } from '../services/cleaner/src/evict.js';
+import { applyEviction, planEviction } from '../lib/storage/eviction.js';
 import { collectGarbage } from '../services/cleaner/src/gc.js';
 import { followAccessLog } from '../services/logger/src/main.js';
 import { tempDir } from '../test/helpers/processes.js';

@@ -11,7 +11,8 @@ cd "$(dirname "$0")/.."
 #   wrk             - HTTP load generator for bench/
 #   zstd            - .tar.zst archives of the air-gap commands on Node < 22.15 (newer Node has zstd built in)
 #   containerd      - containerd 1.6 and ctr, the K3s node's client (pulls through hosts.toml mirrors, as root)
-PACKAGES=(skopeo docker-registry podman wrk zstd containerd)
+#   chromium        - the browser the web console tests drive headless (puppeteer-core, which downloads none)
+PACKAGES=(skopeo docker-registry podman wrk zstd containerd chromium)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -74,3 +74,28 @@ export async function listLinkedDigests(dir: string): Promise<Digest[]> {
   }
   return digests;
 }
+
+/** Every digest the repositories of `layouts` link: their layers and manifest revisions. */
+async function linkedDigests(layouts: StorageLayout[]): Promise<Set<string>> {
+  const digests = new Set<string>();
+  for (const layout of layouts) {
+    for (const name of await listRepositoryNames(layout)) {
+      for (const d of await listLinkedDigests(join(layout.repositoryDir(name), '_layers'))) digests.add(d.value);
+      for (const d of await listLinkedDigests(join(layout.manifestsDir(name), 'revisions'))) digests.add(d.value);
+    }
+  }
+  return digests;
+}
+
+/**
+ * Digests the hosted (pushed or seeded) store holds. They have no upstream to be fetched from
+ * again, so the cleaner never evicts them.
+ */
+export function hostedDigests(layout: StorageLayout): Promise<Set<string>> {
+  return linkedDigests([layout]);
+}
+
+/** Digests any pull-through cache namespace links (its manifests and layers). */
+export async function cachedDigests(root: string): Promise<Set<string>> {
+  return linkedDigests(await listCacheLayouts(root));
+}

@@ -1,10 +1,10 @@
 import { rm, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from '../../../lib/log.js';
-import { listBlobs, listLinkedDigests, listRepositoryNames, type BlobEntry } from '../../../lib/storage/inventory.js';
+import { cachedDigests, listBlobs, listLinkedDigests, listRepositoryNames, type BlobEntry } from '../../../lib/storage/inventory.js';
 import { removeStale } from '../../../lib/storage/atomic.js';
 import { StorageLayout } from '../../../lib/storage/layout.js';
-import { cachedDigests, markHostedReferences } from './marks.js';
+import { markHostedReferences } from './marks.js';
 
 export interface GcResult {
   removed: BlobEntry[];

@@ -1,7 +1,8 @@
 import { ConfigError, loadCleanerConfig, type CleanerConfig } from '../../../lib/config.js';
 import { createLogger, type Logger } from '../../../lib/log.js';
 import { formatDuration } from '../../../lib/duration.js';
-import { applyEviction, humanSize, planEviction } from './evict.js';
+import { recordCleanerRun, type CleanerRun } from '../../../lib/storage/cleaner-runs.js';
+import { applyEviction, humanSize, planEviction } from '../../../lib/storage/eviction.js';
 import { collectGarbage } from './gc.js';
 
 function load(command: string, argv: readonly string[]): CleanerConfig | number {
@@ -13,20 +14,22 @@ function load(command: string, argv: readonly string[]): CleanerConfig | number 
   }
 }
 
-async function cleanOnce(config: CleanerConfig, log: Logger): Promise<void> {
+/** One run; what it did, for the console's chart (undefined for a dry run). */
+async function cleanOnce(config: CleanerConfig, log: Logger): Promise<CleanerRun | undefined> {
   const plan = await planEviction(config.root, { maxSize: config.maxSize, thresholdPercentage: config.thresholdPercentage, graceMs: config.grace });
   if (plan.evict.length === 0) {
     log.info({ usage: humanSize(plan.usage), hosted: humanSize(plan.hosted), limit: humanSize(plan.limit), trigger: humanSize(plan.trigger), pinned: humanSize(plan.pinned) }, 'cleaner: nothing to evict');
-    return;
+    return config.dryRun ? undefined : { at: Date.now(), usageBefore: plan.usage, evictedBlobs: 0, freedBytes: 0 };
   }
   if (config.dryRun) {
     log.info({
       wouldEvict: plan.evict.length, bytes: humanSize(plan.evict.reduce((sum, b) => sum + b.size, 0)), usage: humanSize(plan.usage), limit: humanSize(plan.limit),
       blobs: plan.evict.slice(0, 100).map((b) => `${b.digest.value} ${humanSize(b.size)} (${b.reason})`),
     }, 'cleaner (dry run): would evict');
-    return;
+    return undefined;
   }
-  await applyEviction(config.root, plan, log);
+  const freed = await applyEviction(config.root, plan, log);
+  return { at: Date.now(), usageBefore: plan.usage, evictedBlobs: plan.evict.length, freedBytes: freed };
 }
 
 /** `stevedore cleaner`: the PM2 service. Garbage collection at start-up, then an eviction run every CLEANER_RUNEVERY_TIME. */
@@ -54,7 +57,8 @@ export async function runCleanerService(argv: readonly string[]): Promise<number
   }
   while (!stopped) {
     try {
-      await cleanOnce(config, log);
+      const run = await cleanOnce(config, log);
+      if (run) await recordCleanerRun(config.root, run, Date.now() + config.runEvery);
     } catch (err) {
       log.error({ err }, 'cleaner run failed');
     }
@@ -78,7 +82,10 @@ export async function runClean(argv: readonly string[]): Promise<number> {
     return 0;
   }
   for (const blob of plan.evict) process.stdout.write(`${config.dryRun ? 'would evict' : 'evict'} ${blob.digest.value} ${humanSize(blob.size)} (${blob.reason})\n`);
-  if (!config.dryRun) await applyEviction(config.root, plan, log);
+  if (!config.dryRun) {
+    const freed = await applyEviction(config.root, plan, log);
+    await recordCleanerRun(config.root, { at: Date.now(), usageBefore: plan.usage, evictedBlobs: plan.evict.length, freedBytes: freed });
+  }
   return 0;
 }
 

@@ -1,7 +1,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
-import { accessLogPathOf, adminsPathOf, ConfigError, loadApplianceConfig } from '../../../lib/config.js';
+import { accessLogPathOf, adminsPathOf, ConfigError, loadApplianceConfig, loadCleanerConfig } from '../../../lib/config.js';
 import { planAppliance, readPullSecret } from '../../../lib/appliance.js';
 import { createLogger } from '../../../lib/log.js';
 import { AccessLogWriter } from './access-log.js';
@@ -13,8 +13,11 @@ import { createGateway } from './server.js';
 export async function runGateway(argv: readonly string[]): Promise<number> {
   let config;
   let plan;
+  let cleaner;
   try {
     config = loadApplianceConfig(argv);
+    // The console shows and plans with the cleaner's settings (CLEANER_*, same environment).
+    cleaner = loadCleanerConfig([]);
     plan = planAppliance(config, readPullSecret(config.pullSecretPath));
   } catch (err) {
     process.stderr.write(`stevedore gateway: ${(err as Error).message}\n`);
@@ -41,7 +44,9 @@ export async function runGateway(argv: readonly string[]): Promise<number> {
   }
   const accessLog = new AccessLogWriter(accessLogPathOf(config));
   const metrics = new GatewayMetrics(join(config.root, 'blobs'));
-  const server = createGateway({ plan, log, users, realm: config.realm, accessLog, metrics, root: config.root, tagTtlMs: config.tagTtl, workerWaitMs: config.workerWait, ...(tls ? { tls } : {}) });
+  const server = createGateway({ plan, log, users, realm: config.realm, accessLog, metrics, root: config.root, tagTtlMs: config.tagTtl, workerWaitMs: config.workerWait,
+    console: { accessLogPath: accessLogPathOf(config), cleaner: { maxSize: cleaner.maxSize, thresholdPercentage: cleaner.thresholdPercentage, grace: cleaner.grace, runEvery: cleaner.runEvery } },
+    ...(tls ? { tls } : {}) });
 
   const listen = config.listen;
   await new Promise<void>((resolve, reject) => {

@@ -57,6 +57,7 @@ export class GatewayMetrics {
   readonly requests: BufferedCounter<'upstream' | 'method' | 'status'>;
   readonly bytes: BufferedCounter<'upstream'>;
   readonly cache: BufferedCounter<'upstream' | 'result'>;
+  readonly cacheBytes: BufferedCounter<'upstream' | 'result'>;
   readonly upstreamErrors: BufferedCounter<'upstream'>;
   private storageMeasuredAt = 0;
   private storageBytes = 0;
@@ -66,6 +67,7 @@ export class GatewayMetrics {
     this.requests = new BufferedCounter({ name: 'stevedore_requests_total', help: 'Requests answered, by upstream ("-" = hosted), method and status', labelNames: ['upstream', 'method', 'status'], registers: [this.registry] });
     this.bytes = new BufferedCounter({ name: 'stevedore_response_bytes_total', help: 'Response body bytes sent to clients, by upstream', labelNames: ['upstream'], registers: [this.registry] });
     this.cache = new BufferedCounter({ name: 'stevedore_cache_requests_total', help: 'Pull-through cache lookups of manifests and blobs, by upstream and result (hit, miss)', labelNames: ['upstream', 'result'], registers: [this.registry] });
+    this.cacheBytes = new BufferedCounter({ name: 'stevedore_cache_response_bytes_total', help: 'Response body bytes of pull-through cache lookups, by upstream and result: hit = served from the cache, miss = fetched upstream (traffic saved = hit bytes)', labelNames: ['upstream', 'result'], registers: [this.registry] });
     this.upstreamErrors = new BufferedCounter({ name: 'stevedore_upstream_errors_total', help: 'Requests that failed because the upstream failed (502/503/504 from a cache worker)', labelNames: ['upstream'], registers: [this.registry] });
     const self = this;
     new Gauge({

@@ -8,6 +8,7 @@ import { DirectBlobs } from './blob-direct.js';
 import { DirectManifests } from './manifest-direct.js';
 import type { AuthenticatedUser, UserDirectory } from './auth.js';
 import type { GatewayMetrics } from './metrics.js';
+import { isConsolePath, WebConsole, type CleanerSettings } from './console/console.js';
 import { addPrefix, prefixIndex, routeRequest } from './router.js';
 import { sendError } from './send-error.js';
 import { readForwardBody, WorkerForwarder } from './worker-forward.js';
@@ -31,6 +32,8 @@ export interface GatewayOptions {
   tagTtlMs?: number;
   /** How long a request waits for a worker that is starting or restarting (STEVEDORE_WORKER_WAIT; default 10 s). */
   workerWaitMs?: number;
+  /** The web console (`/`, `/ui/`, `/api/v1/`; needs `root`); without it those paths are registry 404s. */
+  console?: { accessLogPath: string; cleaner: CleanerSettings };
 }
 
 const READ_METHODS = new Set(['GET', 'HEAD']);
@@ -81,6 +84,7 @@ export function createGateway(options: GatewayOptions): Server {
       const cache = proxyRes.headers[CACHE_RESULT_HEADER];
       if (typeof cache === 'string') {
         metrics.cache.inc({ upstream: ctx.upstream, result: cache });
+        ctx.cacheResult = cache;
         delete proxyRes.headers[CACHE_RESULT_HEADER];
       }
       forgetAfterWrite(req, ctx);
@@ -93,6 +97,11 @@ export function createGateway(options: GatewayOptions): Server {
     },
   });
   const agent = forwarder.pool;
+
+  const webConsole = options.console && options.root ? new WebConsole({
+    ...options.console, root: options.root, plan, log, users, realm, metrics, tls: Boolean(options.tls), agent,
+    probe: (worker) => probe(worker, agent), invalidate: (worker, repository) => directManifests?.invalidate(worker, repository),
+  }) : undefined;
 
   async function health(res: ServerResponse): Promise<void> {
     const workers = [plan.hosted, ...plan.proxies];
@@ -117,6 +126,8 @@ export function createGateway(options: GatewayOptions): Server {
       res.end(body);
       return;
     }
+    // The console authenticates with the same users itself; its requests are not registry traffic (no access log or registry metrics).
+    if (webConsole && isConsolePath(path)) return webConsole.handle(req, res, path);
     const ctx: GatewayContext = { user: '-', upstream: '-', worker: undefined, prefix: undefined, bytes: 0, repository: undefined, reference: undefined, resource: 'other' };
     req.gateway = ctx;
     res.once('close', () => {
@@ -129,6 +140,7 @@ export function createGateway(options: GatewayOptions): Server {
       });
       metrics.requests.inc({ upstream: ctx.upstream, method: req.method ?? '-', status: String(status) });
       metrics.bytes.inc({ upstream: ctx.upstream }, ctx.bytes);
+      if (ctx.cacheResult) metrics.cacheBytes.inc({ upstream: ctx.upstream, result: ctx.cacheResult }, ctx.bytes);
       if (ctx.upstream !== '-' && status >= 502 && status <= 504) metrics.upstreamErrors.inc({ upstream: ctx.upstream });
     });
     try {
@@ -169,7 +181,10 @@ export function createGateway(options: GatewayOptions): Server {
         const answer = directManifests.answer({ worker: route.worker, repository: route.repository, reference: route.reference, method: req.method!, headers: req.headers, url: route.url });
         const manifest = answer instanceof Promise ? await answer : answer;
         if (manifest) {
-          if (route.worker.kind === 'proxy') metrics.cache.inc({ upstream: ctx.upstream, result: 'hit' });
+          if (route.worker.kind === 'proxy') {
+            metrics.cache.inc({ upstream: ctx.upstream, result: 'hit' });
+            ctx.cacheResult = 'hit';
+          }
           ctx.bytes = manifest.body?.length ?? 0;
           res.writeHead(manifest.status, manifest.headers);
           res.end(manifest.body);
@@ -181,7 +196,10 @@ export function createGateway(options: GatewayOptions): Server {
         const blob = prepared instanceof Promise ? await prepared : prepared;
         if (blob) {
           // What the worker would answer, without the second hop; a cache worker would report a hit.
-          if (route.worker.kind === 'proxy') metrics.cache.inc({ upstream: ctx.upstream, result: 'hit' });
+          if (route.worker.kind === 'proxy') {
+            metrics.cache.inc({ upstream: ctx.upstream, result: 'hit' });
+            ctx.cacheResult = 'hit';
+          }
           const sending = directBlobs.send(blob, res, (bytes) => { ctx.bytes += bytes; });
           const failure = sending && await sending;
           if (failure) log.warn({ err: failure, repository: route.repository, digest: route.reference }, 'blob transfer failed');
@@ -210,7 +228,10 @@ export function createGateway(options: GatewayOptions): Server {
   const server = options.tls ? createHttpsServer({ cert: options.tls.cert, key: options.tls.key, minVersion: 'TLSv1.2' }, listener) : createHttpServer(listener);
   server.requestTimeout = 0;
   server.keepAliveTimeout = KEEP_ALIVE_MS;
-  server.on('close', () => forwarder.close());
+  server.on('close', () => {
+    webConsole?.close();
+    forwarder.close();
+  });
   return server;
 }
 
@@ -223,6 +244,8 @@ interface GatewayContext {
   repository: string | undefined;
   reference: string | undefined;
   resource: NonNullable<import('../../../lib/access-log.js').AccessLogEntry['kind']>;
+  /** A cache worker's answer: served from the cache (hit) or fetched upstream (miss). */
+  cacheResult?: string;
 }
 
 type GatewayRequest = IncomingMessage & { gateway?: GatewayContext };

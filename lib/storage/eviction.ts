@@ -1,16 +1,19 @@
 import { readdir, readFile, rm, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { filesize } from 'filesize';
-import type { Logger } from '../../../lib/log.js';
-import { tryParseDigest, type Digest } from '../../../lib/oci/digest.js';
-import { listBlobs, listCacheLayouts, listLinkedDigests, listRepositoryNames, type BlobEntry } from '../../../lib/storage/inventory.js';
-import { StorageLayout } from '../../../lib/storage/layout.js';
-import { hostedDigests } from './marks.js';
+import type { Logger } from '../log.js';
+import { tryParseDigest, type Digest } from '../oci/digest.js';
+import { hostedDigests, listBlobs, listCacheLayouts, listLinkedDigests, listRepositoryNames, type BlobEntry } from './inventory.js';
+import { StorageLayout } from './layout.js';
 
 export function humanSize(bytes: number): string {
   return filesize(bytes, { base: 2, standard: 'iec' }) as string;
 }
 
+/**
+ * The cleaner's eviction: planned here (lib, not services/cleaner) because the cleaner service,
+ * `stevedore clean` and the gateway's console (next to evict, run now) must agree on one plan.
+ */
 export interface EvictionPlan {
   /** Bytes of cached content: every blob the hosted store does not hold (hosted content is not counted). */
   usage: number;

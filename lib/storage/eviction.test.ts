@@ -3,10 +3,10 @@ import { mkdtemp, readdir, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, beforeEach, describe, it } from 'node:test';
-import { createLogger } from '../../../lib/log.js';
-import type { Digest } from '../../../lib/oci/digest.js';
-import { SyntheticStore, type StoredBlob } from '../../../test/helpers/synthetic-store.js';
-import { applyEviction, planEviction, pruneDanglingCacheEntries } from './evict.js';
+import { createLogger } from '../log.js';
+import type { Digest } from '../oci/digest.js';
+import { SyntheticStore, type StoredBlob } from '../../test/helpers/synthetic-store.js';
+import { applyEviction, planEviction, pruneDanglingCacheEntries } from './eviction.js';
 
 const log = createLogger('cleaner-test', 'silent');
 const NS = 'registry.example:5000';

@@ -1,0 +1,450 @@
+import { createHash } from 'node:crypto';
+import { readdirSync, readFileSync } from 'node:fs';
+import { request as httpRequest, type Agent, type IncomingMessage, type ServerResponse } from 'node:http';
+import { createRequire } from 'node:module';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { gzipSync } from 'node:zlib';
+import type { AppliancePlan, WorkerPlan } from '../../../../lib/appliance.js';
+import type { Logger } from '../../../../lib/log.js';
+import { tryParseDigest } from '../../../../lib/oci/digest.js';
+import { isValidName, isValidTag } from '../../../../lib/oci/reference.js';
+import { readCleanerRuns, recordCleanerRun } from '../../../../lib/storage/cleaner-runs.js';
+import { applyEviction, planEviction, type EvictionPlan } from '../../../../lib/storage/eviction.js';
+import type { AuthenticatedUser, UserDirectory } from '../auth.js';
+import type { GatewayMetrics } from '../metrics.js';
+import { ConsoleHistory } from './history.js';
+import { readCounters, storeChangeStamp, totalsOf } from './metrics-view.js';
+import { mostPulled, recentPulls } from './recent-pulls.js';
+import { StoreView } from './store-view.js';
+
+/** The cleaner settings the console shows and plans with (CLEANER_* as the cleaner reads them). */
+export interface CleanerSettings {
+  maxSize: number;
+  thresholdPercentage: number;
+  grace: number;
+  runEvery: number;
+}
+
+export interface ConsoleOptions {
+  root: string;
+  plan: AppliancePlan;
+  log: Logger;
+  /** Undefined: no authentication (everyone is an admin, as on the registry). */
+  users: UserDirectory | undefined;
+  realm: string;
+  metrics: GatewayMetrics;
+  accessLogPath: string;
+  cleaner: CleanerSettings;
+  tls: boolean;
+  /** The gateway's pooled agent to the workers' sockets. */
+  agent: Agent;
+  /** Whether a worker answers (the gateway's /healthz probe). */
+  probe(worker: WorkerPlan): Promise<boolean>;
+  /** A write reached a worker: what the gateway cached of the repository is stale. */
+  invalidate(worker: WorkerPlan, repository: string): void;
+}
+
+/** Console paths the gateway hands to the console instead of routing them as registry requests. */
+export function isConsolePath(path: string): boolean {
+  return path === '/' || path === '/ui' || path.startsWith('/ui/') || path === '/api/v1' || path.startsWith('/api/v1/');
+}
+
+/**
+ * Storage is re-measured (a walk of the blob store: ~100 ms for 2,000 blobs, seconds for 100,000)
+ * at least every STORAGE_MAX_AGE_MS for the overview and history, and at most every
+ * STORE_RECHECK_MS while the gateway fills, pushes or deletes; both grow with the walk's cost
+ * (WALK_COST_FACTOR × its duration) so that a large store is not walked more than ~5% of the time.
+ */
+const STORAGE_MAX_AGE_MS = 60_000;
+const STORE_RECHECK_MS = 2_000;
+const WALK_COST_FACTOR = 20;
+
+/** Header every state-changing API request must carry: a cross-site form or image can't set it (see checkCsrf). */
+export const CSRF_HEADER = 'x-stevedore-console';
+
+class ConsoleError extends Error {
+  constructor(readonly status: number, readonly code: string, message: string, readonly headers: Record<string, string> = {}) {
+    super(message);
+  }
+}
+
+const SECURITY_HEADERS: Record<string, string> = {
+  'content-security-policy': "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+  'x-content-type-options': 'nosniff',
+  'x-frame-options': 'DENY',
+  'referrer-policy': 'no-referrer',
+  'cross-origin-opener-policy': 'same-origin',
+  'cross-origin-resource-policy': 'same-origin',
+  'permissions-policy': 'camera=(), microphone=(), geolocation=()',
+};
+
+interface Asset {
+  body: Buffer;
+  /** The body gzipped once at start-up (the page is about 80 KB, 32 KB gzipped). */
+  gzipped: Buffer;
+  type: string;
+  etag: string;
+}
+
+const CONTENT_TYPES: Record<string, string> = {
+  '.html': 'text/html; charset=utf-8', '.js': 'text/javascript; charset=utf-8', '.css': 'text/css; charset=utf-8',
+  '.svg': 'image/svg+xml', '.png': 'image/png', '.ico': 'image/x-icon',
+};
+
+/**
+ * The page's files: services/gateway/console-ui/ (shipped beside dist/ in the package and image)
+ * and uPlot from node_modules; read once at start-up (about 100 KB), never from a CDN.
+ */
+function loadAssets(log: Logger): Map<string, Asset> {
+  const assets = new Map<string, Asset>();
+  const add = (urlPath: string, file: string) => {
+    const body = readFileSync(file);
+    const ext = file.slice(file.lastIndexOf('.'));
+    assets.set(urlPath, { body, gzipped: gzipSync(body, { level: 9 }), type: CONTENT_TYPES[ext] ?? 'application/octet-stream', etag: `"${createHash('sha256').update(body).digest('base64url').slice(0, 22)}"` });
+  };
+  // dist/services/gateway/src/console/ → the checkout or /app root.
+  const uiDir = fileURLToPath(new URL('../../../../../services/gateway/console-ui/', import.meta.url));
+  try {
+    for (const name of readdirSync(uiDir)) if (/^[\w.-]+\.(html|js|css|svg|png|ico)$/.test(name)) add(`/ui/${name}`, join(uiDir, name));
+    const require = createRequire(import.meta.url);
+    const uplotDir = join(require.resolve('uplot/package.json'), '..', 'dist');
+    add('/ui/vendor/uPlot.iife.min.js', join(uplotDir, 'uPlot.iife.min.js'));
+    add('/ui/vendor/uPlot.min.css', join(uplotDir, 'uPlot.min.css'));
+  } catch (err) {
+    // The registry must not go down for a missing page: the API still answers.
+    log.error({ err, uiDir }, 'console: the page\'s files are missing (an incomplete install?): only /api/v1/ is served');
+  }
+  return assets;
+}
+
+function intParam(query: URLSearchParams, name: string, fallback: number, min: number, max: number): number {
+  const raw = query.get(name);
+  if (raw === null || raw === '') return fallback;
+  const value = Number(raw);
+  if (!Number.isInteger(value) || value < min || value > max) throw new ConsoleError(400, 'BAD_REQUEST', `${name} must be an integer from ${min} to ${max}`);
+  return value;
+}
+
+/** `page` (1-based) and `per_page` (default 50, at most 500) of a list. */
+function paginate<T>(items: T[], query: URLSearchParams): { items: T[]; page: number; perPage: number; total: number } {
+  const perPage = intParam(query, 'per_page', 50, 1, 500);
+  const page = intParam(query, 'page', 1, 1, 1_000_000);
+  return { items: items.slice((page - 1) * perPage, page * perPage), page, perPage, total: items.length };
+}
+
+/**
+ * The web console: the page (`/`, `/ui/…`) and its JSON API (`/api/v1/…`), behind the registry's
+ * users. Reads go through lib/storage and the gateway's own metrics; admin actions go through the
+ * same paths as the registry API (a DELETE sent to the worker) and the cleaner's own code.
+ */
+export class WebConsole {
+  private readonly assets: Map<string, Asset>;
+  private readonly store: StoreView;
+  private readonly history: ConsoleHistory;
+  private measured: { at: number; stamp: number; plan: Promise<EvictionPlan> } | undefined;
+  private ranking: { at: number; value: ReturnType<typeof mostPulled> } | undefined;
+  /** How long the last walk took. */
+  private walkMs = 0;
+  private cleaning: Promise<unknown> | undefined;
+  private readonly challenge: string;
+  /** Upstream error counters a minute apart (the last six): an upstream is failing if its count rose within them. */
+  private readonly errorSnapshots: Array<Map<string, number>> = [];
+  private readonly snapshotTimer: NodeJS.Timeout;
+
+  constructor(private readonly options: ConsoleOptions) {
+    this.assets = loadAssets(options.log);
+    this.store = new StoreView(options.root, options.plan);
+    this.challenge = `Basic realm="${options.realm}"`;
+    this.history = new ConsoleHistory(options.root, async () => totalsOf(await readCounters(options.metrics)), async () => {
+      const plan = await this.evictionPlan(STORAGE_MAX_AGE_MS, storeChangeStamp(await readCounters(options.metrics)));
+      return { cached: plan.usage, hosted: plan.hosted };
+    });
+    this.history.start((err) => options.log.warn({ err }, 'console: history sample failed'));
+    const snapshot = () => {
+      void readCounters(options.metrics).then((counters) => {
+        this.errorSnapshots.push(new Map([...counters].map(([upstream, c]) => [upstream, c.upstreamErrors])));
+        if (this.errorSnapshots.length > 6) this.errorSnapshots.shift();
+      });
+    };
+    snapshot();
+    this.snapshotTimer = setInterval(snapshot, 60_000);
+    this.snapshotTimer.unref();
+  }
+
+  close(): void {
+    this.history.stop();
+    clearInterval(this.snapshotTimer);
+  }
+
+  /**
+   * The cleaner's plan (one walk of the blob store, which also measures storage), reused for up to
+   * `maxAgeMs`, or up to STORE_RECHECK_MS once the gateway has seen a fill, push or delete since
+   * (`stamp`); concurrent callers share a walk; `maxAgeMs` 0 walks now. The cleaner's own
+   * evictions show within `maxAgeMs`.
+   */
+  private evictionPlan(maxAgeMs: number, stamp = this.measured?.stamp ?? 0): Promise<EvictionPlan> {
+    const age = this.measured ? Date.now() - this.measured.at : Infinity;
+    const cost = this.walkMs * WALK_COST_FACTOR;
+    if (!this.measured || maxAgeMs === 0 || age > Math.max(maxAgeMs, cost) || (stamp !== this.measured.stamp && age > Math.max(STORE_RECHECK_MS, cost))) {
+      const { cleaner, root } = this.options;
+      const started = Date.now();
+      const plan = planEviction(root, { maxSize: cleaner.maxSize, thresholdPercentage: cleaner.thresholdPercentage, graceMs: cleaner.grace });
+      void plan.then(() => { this.walkMs = Date.now() - started; }, () => {});
+      const entry = { at: Date.now(), stamp, plan };
+      this.measured = entry;
+      plan.catch(() => { if (this.measured === entry) this.measured = undefined; });
+    }
+    return this.measured.plan;
+  }
+
+  async handle(req: IncomingMessage, res: ServerResponse, path: string): Promise<void> {
+    try {
+      const user = await this.authenticate(req);
+      if (path.startsWith('/api/')) {
+        await this.api(req, res, path, user);
+        return;
+      }
+      this.page(req, res, path);
+    } catch (err) {
+      if (err instanceof ConsoleError) return this.json(res, err.status, { error: { code: err.code, message: err.message } }, err.headers);
+      this.options.log.error({ err, path }, 'console request failed');
+      this.json(res, 500, { error: { code: 'INTERNAL', message: 'internal server error' } });
+    }
+  }
+
+  private async authenticate(req: IncomingMessage): Promise<AuthenticatedUser> {
+    const { users } = this.options;
+    if (!users) return { name: '-', admin: true };
+    const checked = users.authenticate(req.headers.authorization);
+    const user = checked instanceof Promise ? await checked : checked;
+    if (!user) throw new ConsoleError(401, 'UNAUTHORIZED', req.headers.authorization ? 'invalid username or password' : 'authentication required', { 'www-authenticate': this.challenge });
+    return user;
+  }
+
+  private page(req: IncomingMessage, res: ServerResponse, path: string): void {
+    if (req.method !== 'GET' && req.method !== 'HEAD') throw new ConsoleError(405, 'METHOD_NOT_ALLOWED', 'the console pages are read with GET');
+    const asset = this.assets.get(path === '/' || path === '/ui' || path === '/ui/' ? '/ui/index.html' : path);
+    if (!asset) throw new ConsoleError(404, 'NOT_FOUND', `no console page ${path}`);
+    const gzip = /\bgzip\b/.test(String(req.headers['accept-encoding'] ?? ''));
+    const etag = gzip ? `${asset.etag.slice(0, -1)}-gz"` : asset.etag;
+    const headers: Record<string, string> = { ...SECURITY_HEADERS, 'content-type': asset.type, etag, 'cache-control': 'no-cache', vary: 'authorization, accept-encoding' };
+    if (req.headers['if-none-match'] === etag) {
+      res.writeHead(304, headers);
+      res.end();
+      return;
+    }
+    const body = gzip ? asset.gzipped : asset.body;
+    res.writeHead(200, { ...headers, ...(gzip ? { 'content-encoding': 'gzip' } : {}), 'content-length': String(body.length) });
+    res.end(req.method === 'HEAD' ? undefined : body);
+  }
+
+  private json(res: ServerResponse, status: number, value: unknown, headers: Record<string, string> = {}): void {
+    if (res.headersSent) {
+      res.destroy();
+      return;
+    }
+    const body = JSON.stringify(value);
+    res.writeHead(status, { ...SECURITY_HEADERS, ...headers, 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(body)), 'cache-control': 'no-store' });
+    res.end(body);
+  }
+
+  /**
+   * Browsers send Basic credentials with any request to this origin, a cross-site one included,
+   * so a write must prove it comes from the console's own script: a custom header (which a
+   * cross-origin page can only send after a CORS preflight, which is never granted) and, when the
+   * browser says where the request comes from, this very origin.
+   */
+  private checkCsrf(req: IncomingMessage): void {
+    if (req.headers[CSRF_HEADER] !== '1') throw new ConsoleError(403, 'CSRF', `admin actions need the ${CSRF_HEADER}: 1 header (sent by the console page)`);
+    const site = req.headers['sec-fetch-site'];
+    if (site !== undefined && site !== 'same-origin' && site !== 'none') throw new ConsoleError(403, 'CSRF', 'cross-site request refused');
+    const origin = req.headers.origin;
+    if (origin !== undefined && origin !== `${this.options.tls ? 'https' : 'http'}://${req.headers.host ?? ''}`) throw new ConsoleError(403, 'CSRF', `cross-origin request refused (Origin ${origin})`);
+  }
+
+  private requireAdmin(user: AuthenticatedUser, action: string): void {
+    if (!user.admin) throw new ConsoleError(403, 'DENIED', `user ${user.name} is read-only: ${action} needs an admin`);
+  }
+
+  private async api(req: IncomingMessage, res: ServerResponse, path: string, user: AuthenticatedUser): Promise<void> {
+    const query = new URL(req.url ?? '/', 'http://console').searchParams;
+    const route = `${req.method} ${path}`;
+    switch (route) {
+      case 'GET /api/v1/me':
+        return this.json(res, 200, { user: user.name, admin: user.admin, auth: Boolean(this.options.users) });
+      case 'GET /api/v1/overview':
+        return this.json(res, 200, await this.overview(user));
+      case 'GET /api/v1/history': {
+        const since = intParam(query, 'since', 0, 0, Number.MAX_SAFE_INTEGER);
+        const [points, cleaner] = await Promise.all([this.history.series(since), readCleanerRuns(this.options.root)]);
+        return this.json(res, 200, {
+          columns: ['time', 'hits', 'misses', 'bytesFromCache', 'bytesFetched', 'upstreamErrors', 'cachedBytes', 'hostedBytes'],
+          points, limitBytes: this.options.cleaner.maxSize, triggerBytes: this.trigger(),
+          cleanerRuns: cleaner.runs.filter((r) => r.at >= since),
+        });
+      }
+      case 'GET /api/v1/repositories': {
+        const q = (query.get('q') ?? '').toLowerCase();
+        const source = query.get('source');
+        const rows = (await this.store.repositories()).filter((r) => (!source || r.source === source) && (!q || `${r.source}/${r.name}`.toLowerCase().includes(q)));
+        return this.json(res, 200, { ...paginate(rows, query), sources: this.store.sourceNames() });
+      }
+      case 'GET /api/v1/tags': {
+        const { source, repository } = this.repositoryParams(query);
+        const names = await this.store.tagNames(source, repository);
+        if (!names) throw new ConsoleError(404, 'NOT_FOUND', `no repository ${repository} in ${source}`);
+        const page = paginate(names, query);
+        const rows = await Promise.all(page.items.map((tag) => this.store.tag(source, repository, tag)));
+        return this.json(res, 200, { ...page, source, repository, pull: this.pullReference(source, repository), items: rows.filter(Boolean) });
+      }
+      case 'GET /api/v1/image': {
+        const { source, repository } = this.repositoryParams(query);
+        const image = await this.store.image(source, repository, query.get('digest') ?? '');
+        if (!image) throw new ConsoleError(404, 'NOT_FOUND', `no manifest ${query.get('digest')} in ${source}/${repository}`);
+        return this.json(res, 200, image);
+      }
+      case 'GET /api/v1/evictions': {
+        // fresh=1: planned now, as `stevedore clean --dry-run` would print it (a walk of the store);
+        // otherwise the overview's plan (see evictionPlan), with the time it was made.
+        const fresh = query.get('fresh') === '1';
+        const plan = await (fresh ? this.evictionPlan(0) : this.evictionPlan(STORAGE_MAX_AGE_MS, storeChangeStamp(await readCounters(this.options.metrics))));
+        const page = paginate(plan.evict, query);
+        return this.json(res, 200, {
+          ...page, items: page.items.map((b) => ({ digest: b.digest.value, size: b.size, lastServed: new Date(b.atimeMs).toISOString(), reason: b.reason })),
+          usageBytes: plan.usage, limitBytes: plan.limit, triggerBytes: plan.trigger, pinnedBytes: plan.pinned, hostedBytes: plan.hosted,
+          evictBytes: plan.evict.reduce((sum, b) => sum + b.size, 0), plannedAt: new Date(this.measured?.at ?? Date.now()).toISOString(),
+        });
+      }
+      case 'GET /api/v1/pulls': {
+        const entries = await recentPulls(this.options.accessLogPath, {
+          limit: intParam(query, 'limit', 100, 1, 1000), contentOnly: query.get('all') !== '1',
+          ...(query.get('q') ? { q: query.get('q')! } : {}), ...(query.get('user') ? { user: query.get('user')! } : {}),
+          ...(query.get('upstream') ? { upstream: query.get('upstream')! } : {}), ...(query.get('status') ? { status: query.get('status')! } : {}),
+        });
+        return this.json(res, 200, { items: entries.map(({ time, user: who, method, upstream, repository, reference, kind, status, bytes, durationMs }) => ({ time, user: who, method, upstream, repository, reference, kind, status, bytes, durationMs })) });
+      }
+      case 'GET /api/v1/top':
+        // The ranking reads megabytes of log: reused for 30 s.
+        if (!this.ranking || Date.now() - this.ranking.at > 30_000) this.ranking = { at: Date.now(), value: mostPulled(this.options.accessLogPath, 100) };
+        return this.json(res, 200, await this.ranking.value.then((r) => ({ since: r.since ?? null, mostPulled: r.items.slice(0, intParam(query, 'limit', 10, 1, 100)) })));
+      case 'DELETE /api/v1/manifests':
+        this.checkCsrf(req);
+        this.requireAdmin(user, 'deleting a tag or manifest');
+        return this.json(res, 200, await this.deleteManifest(user, query));
+      case 'POST /api/v1/cleaner/run':
+        this.checkCsrf(req);
+        this.requireAdmin(user, 'running the cleaner');
+        return this.json(res, 200, await this.runCleaner(user));
+      default:
+        throw new ConsoleError(404, 'NOT_FOUND', `no API endpoint ${route}`);
+    }
+  }
+
+  private trigger(): number {
+    return Math.floor(this.options.cleaner.maxSize * (1 + this.options.cleaner.thresholdPercentage / 100));
+  }
+
+  private repositoryParams(query: URLSearchParams): { source: string; repository: string } {
+    const source = query.get('source') ?? '';
+    const repository = query.get('repository') ?? '';
+    if (!this.store.workerOf(source)) throw new ConsoleError(400, 'BAD_REQUEST', `source must be one of ${this.store.sourceNames().join(', ')}`);
+    if (!isValidName(repository)) throw new ConsoleError(400, 'BAD_REQUEST', 'repository is not a valid repository name');
+    return { source, repository };
+  }
+
+  /** The image reference a client pulls through this gateway (host added by the page). */
+  private pullReference(source: string, repository: string): string {
+    if (source === 'hosted') return repository;
+    // A host with a port can't be an image path segment: its alias then.
+    const prefix = this.store.workerOf(source)?.prefixes.find((p) => !p.includes(':')) ?? source;
+    return `${prefix}/${repository}`;
+  }
+
+  private async overview(user: AuthenticatedUser): Promise<unknown> {
+    const { plan, cleaner, root } = this.options;
+    const counters = await readCounters(this.options.metrics);
+    const [storage, runs, health] = await Promise.all([
+      this.evictionPlan(STORAGE_MAX_AGE_MS, storeChangeStamp(counters)), readCleanerRuns(root),
+      Promise.all([plan.hosted, ...plan.proxies].map((w) => this.options.probe(w))),
+    ]);
+    const oldest = this.errorSnapshots[0];
+    const workers = [plan.hosted, ...plan.proxies];
+    const upstreams = workers.map((worker, i) => {
+      const key = worker.upstream ?? '-';
+      const c = counters.get(key) ?? { requests: 0, bytesServed: 0, hits: 0, misses: 0, bytesFromCache: 0, bytesFetched: 0, upstreamErrors: 0, writes: 0 };
+      const lookups = c.hits + c.misses;
+      // Failing: upstream errors within the last five to six minutes.
+      const recentErrors = c.upstreamErrors - (oldest?.get(key) ?? 0);
+      const state = !health[i] ? 'worker down' : recentErrors > 0 ? 'failing' : 'healthy';
+      return { upstream: key, worker: worker.name, kind: worker.kind, prefixes: worker.prefixes, state, recentErrors, ...c, hitRatio: lookups ? c.hits / lookups : null };
+    });
+    const last = runs.runs.at(-1);
+    return {
+      user: { name: user.name, admin: user.admin },
+      storage: {
+        cachedBytes: storage.usage, hostedBytes: storage.hosted, pinnedBytes: storage.pinned, limitBytes: storage.limit, triggerBytes: storage.trigger,
+        measuredAt: new Date(this.measured?.at ?? Date.now()).toISOString(), evictableBlobs: storage.evict.length, evictableBytes: storage.evict.reduce((sum, b) => sum + b.size, 0),
+      },
+      cleaner: {
+        runEveryMs: cleaner.runEvery, graceMs: cleaner.grace, thresholdPercentage: cleaner.thresholdPercentage,
+        lastRunAt: last ? new Date(last.at).toISOString() : null, lastRun: last ?? null,
+        nextRunAt: runs.nextRunAt ? new Date(runs.nextRunAt).toISOString() : null,
+      },
+      upstreams,
+    };
+  }
+
+  /** DELETE /v2/<repository>/manifests/<reference> sent to the source's worker, as a client's DELETE through the gateway would be. */
+  private async deleteManifest(user: AuthenticatedUser, query: URLSearchParams): Promise<unknown> {
+    const { source, repository } = this.repositoryParams(query);
+    const reference = query.get('reference') ?? '';
+    if (!tryParseDigest(reference) && !isValidTag(reference)) throw new ConsoleError(400, 'BAD_REQUEST', 'reference must be a tag or a digest');
+    const worker = this.store.workerOf(source)!;
+    const answer = await new Promise<{ status: number; body: string }>((resolve, reject) => {
+      const sent = httpRequest({ socketPath: worker.socketPath, path: `/v2/${repository}/manifests/${reference}`, method: 'DELETE', agent: this.options.agent }, (res) => {
+        let body = '';
+        res.setEncoding('utf8');
+        res.on('data', (c: string) => { body += c; });
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+        res.on('error', reject);
+      });
+      sent.on('error', () => reject(new ConsoleError(503, 'UNAVAILABLE', `the registry worker ${worker.name} is not running (it may be restarting); retry shortly`)));
+      sent.end();
+    });
+    this.options.invalidate(worker, repository);
+    this.store.forget();
+    if (answer.status >= 300) {
+      let message = `the registry answered ${answer.status}`;
+      try {
+        const first = (JSON.parse(answer.body) as { errors?: Array<{ code: string; message: string }> }).errors?.[0];
+        if (first) message = `${first.code}: ${first.message}`;
+      } catch { /* not OCI JSON */ }
+      throw new ConsoleError(answer.status === 404 ? 404 : answer.status >= 500 ? 502 : answer.status, 'REGISTRY', message);
+    }
+    this.options.log.info({ user: user.name, source, repository, reference }, source === 'hosted' ? 'console: deleted from the hosted registry' : 'console: purged from the cache');
+    return { deleted: { source, repository, reference } };
+  }
+
+  /** One eviction run now, with the cleaner's own code; one at a time. */
+  private async runCleaner(user: AuthenticatedUser): Promise<unknown> {
+    if (this.cleaning) throw new ConsoleError(409, 'BUSY', 'a cleaner run started from the console is still going');
+    const run = (async () => {
+      const { cleaner, root, log } = this.options;
+      const plan = await planEviction(root, { maxSize: cleaner.maxSize, thresholdPercentage: cleaner.thresholdPercentage, graceMs: cleaner.grace });
+      const freed = plan.evict.length ? await applyEviction(root, plan, log) : 0;
+      const record = { at: Date.now(), usageBefore: plan.usage, evictedBlobs: plan.evict.length, freedBytes: freed };
+      await recordCleanerRun(root, record);
+      log.info({ user: user.name, ...record }, 'console: cleaner run');
+      return record;
+    })();
+    this.cleaning = run;
+    try {
+      return { run: await run };
+    } finally {
+      this.cleaning = undefined;
+      this.measured = undefined;
+      this.store.forget();
+    }
+  }
+}

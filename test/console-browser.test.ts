@@ -1,0 +1,168 @@
+import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
+import { mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import puppeteer, { type Browser, type Page } from 'puppeteer-core';
+import { metricValue, startConsoleFixture, type ConsoleFixture } from './helpers/console-fixture.js';
+import { REPO_ROOT } from './helpers/processes.js';
+
+/**
+ * The web console in a real browser: Debian's chromium, headless, driven by puppeteer-core (which
+ * downloads no browser), against the appliance under PM2 with a docker-registry upstream and
+ * skopeo pulls. Screenshots (light and dark, desktop and phone) go to test-artifacts/console/.
+ */
+
+// Functions passed to page.evaluate run in the page; the project compiles without the DOM library.
+declare const document: any, location: any, window: any, getComputedStyle: any; // eslint-disable-line @typescript-eslint/no-explicit-any
+type HTMLCanvasElement = any; // eslint-disable-line @typescript-eslint/no-explicit-any
+
+const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
+const ARTIFACTS = join(REPO_ROOT, 'test-artifacts', 'console');
+
+describe('console in chromium: the appliance\'s page, as a read-only user and as an admin', { skip: existsSync(CHROMIUM) ? false : `no browser at ${CHROMIUM} (apt-get install chromium)` }, () => {
+  let f: ConsoleFixture;
+  let browser: Browser;
+  const problems: string[] = [];
+
+  /** A page in its own browser context (own credentials), logged in through the Basic challenge. */
+  async function login(user: { name: string; pass: string }, viewport = { width: 1280, height: 900 }): Promise<Page> {
+    const context = await browser.createBrowserContext();
+    const page = await context.newPage();
+    await page.setViewport(viewport);
+    await page.authenticate({ username: user.name, password: user.pass });
+    page.on('pageerror', (err) => problems.push(`${user.name}: page error ${String(err)}`));
+    // 401 (before the login) and the read-only user's refused purge (403) are expected.
+    page.on('console', (msg) => { if (msg.type() === 'error' && !/status of 40[13]/.test(msg.text())) problems.push(`${user.name}: console ${msg.text()}`); });
+    page.on('dialog', (dialog) => { void dialog.accept(); });
+    return page;
+  }
+
+  async function show(page: Page, hash: string, ready: string): Promise<void> {
+    const url = `${f.app.url}/${hash}`;
+    if (page.url().startsWith(f.app.url)) await page.evaluate((h) => { document.body.removeAttribute('data-ready'); location.hash = h; }, hash);
+    else await page.goto(url, { waitUntil: 'load' });
+    await page.waitForSelector(`body[data-ready="${ready}"]`, { timeout: 10_000 });
+    const text: string = await page.evaluate(() => document.body.innerText);
+    assert.doesNotMatch(text, /\[object |undefined|NaN/, `${hash} renders every value`);
+  }
+
+  async function screenshot(page: Page, name: string): Promise<void> {
+    const path = join(ARTIFACTS, `${name}.png`);
+    await page.screenshot({ path, fullPage: true });
+    process.stdout.write(`# screenshot: ${path}\n`);
+  }
+
+  before(async () => {
+    await mkdir(ARTIFACTS, { recursive: true });
+    f = await startConsoleFixture('browser');
+    browser = await puppeteer.launch({
+      executablePath: CHROMIUM, headless: true,
+      // As root, chromium needs --no-sandbox; the gateway's certificate is self-signed.
+      args: ['--no-sandbox', '--ignore-certificate-errors', '--disable-dev-shm-usage', '--disable-gpu'],
+    });
+  });
+
+  after(async () => {
+    await browser?.close();
+    await f?.stop();
+  });
+
+  it('overview shows what /metrics shows, draws its charts, and lists the cleaner\'s plan (light and dark)', async () => {
+    const page = await login(f.app.reader);
+    await show(page, '#/overview', 'overview');
+    const shown = await page.$$eval(`#upstreams tr[data-upstream="${f.upHost}"] td[data-field] span[data-value]`, (spans) => Object.fromEntries(spans.map((s) => [s.parentElement!.dataset.field!, Number(s.getAttribute('data-value'))])));
+    const metrics = (await f.app.call('GET', '/metrics')).text();
+    const m = (name: string, labels: Record<string, string> = {}) => metricValue(metrics, name, { upstream: f.upHost, ...labels });
+    assert.deepEqual(shown, {
+      requests: m('stevedore_requests_total'), bytesServed: m('stevedore_response_bytes_total'),
+      hitRatio: m('stevedore_cache_requests_total', { result: 'hit' }) / (m('stevedore_cache_requests_total', { result: 'hit' }) + m('stevedore_cache_requests_total', { result: 'miss' })),
+      bytesFromCache: m('stevedore_cache_response_bytes_total', { result: 'hit' }), bytesFetched: m('stevedore_cache_response_bytes_total', { result: 'miss' }),
+      upstreamErrors: m('stevedore_upstream_errors_total'),
+    });
+    assert.ok(shown.hitRatio! > 0 && shown.hitRatio! < 1);
+
+    // Four charts, each drawn (uPlot's canvas has non-transparent pixels beyond a blank frame).
+    const painted = await page.$$eval('#charts canvas', (canvases) => canvases.map((c) => {
+      const data = (c as HTMLCanvasElement).getContext('2d')!.getImageData(0, 0, (c as HTMLCanvasElement).width, (c as HTMLCanvasElement).height).data;
+      let n = 0;
+      for (let i = 3; i < data.length; i += 4) if (data[i]! > 0) n++;
+      return n;
+    }));
+    assert.equal(painted.length, 4, 'four charts');
+    for (const n of painted) assert.ok(n > 200, `a chart has ${n} painted pixels`);
+
+    const dry = await f.app.cli(['clean', '--dry-run']);
+    const planned = dry.stdout.split('\n').filter((l) => l.startsWith('would evict ')).map((l) => l.split(' ')[2]);
+    assert.ok(planned.length > 0 && planned.length <= 20, dry.stdout);
+    const listed = await page.$$eval('#evictions tbody code', (cells) => cells.map((c) => c.textContent));
+    assert.deepEqual(listed, planned);
+
+    // Charts follow the data directory's history; give uPlot's layout a frame before the picture.
+    await screenshot(page, 'overview-light');
+    await page.emulateMediaFeatures([{ name: 'prefers-color-scheme', value: 'dark' }]);
+    await page.reload({ waitUntil: 'load' });
+    await page.waitForSelector('body[data-ready="overview"]');
+    const background = await page.evaluate(() => getComputedStyle(document.body).backgroundColor);
+    assert.equal(background, 'rgb(13, 17, 23)', 'dark mode follows the system');
+    await screenshot(page, 'overview-dark');
+
+    // On a phone: nothing wider than the screen.
+    await page.emulateMediaFeatures([{ name: 'prefers-color-scheme', value: 'light' }]);
+    await page.setViewport({ width: 390, height: 844, isMobile: true, hasTouch: true });
+    await page.reload({ waitUntil: 'load' });
+    await page.waitForSelector('body[data-ready="overview"]');
+    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    assert.ok(overflow <= 0, `page is ${overflow}px wider than a phone`);
+    await screenshot(page, 'overview-phone');
+    await page.browserContext().close();
+  });
+
+  it('repository and image pages list the pulled image\'s tags and layers with the right digests and sizes', async () => {
+    const page = await login(f.app.reader);
+    await show(page, '#/repositories?q=tool', 'repositories');
+    await page.click('#main table a');
+    await page.waitForSelector('body[data-ready="repository"]');
+    const image = f.cachedImage;
+    const tags = await page.$$eval('#tags tbody tr', (rows) => rows.map((r) => [r.querySelector('a')!.textContent, r.querySelector('[data-testid="tag-digest"]')!.textContent, Number(r.querySelector('[data-bytes]')!.getAttribute('data-bytes'))]));
+    assert.deepEqual(tags, [['1.0', image.manifest.digest, [image.manifest, image.config, ...image.layers].reduce((s, b) => s + b.size, 0)]]);
+    const pull = await page.$eval('#main p code', (c) => c.textContent);
+    assert.equal(pull, `podman pull ${f.app.host}/up/mirror/tool:1.0`);
+    await screenshot(page, 'repository-light');
+    await page.click('#tags tbody a');
+    await page.waitForSelector('body[data-ready="image"]');
+    const layers = await page.$$eval('#layers tbody tr', (rows) => rows.map((r) => [r.querySelector('[data-testid="layer-digest"]')!.textContent, Number(r.querySelector('[data-testid="layer-size"]')!.getAttribute('data-bytes'))]));
+    assert.deepEqual(layers, image.layers.map((l) => [l.digest, l.size]));
+    assert.equal(await page.$eval('[data-testid="config-digest"]', (c) => c.textContent), image.config.digest);
+    await page.emulateMediaFeatures([{ name: 'prefers-color-scheme', value: 'dark' }]);
+    await screenshot(page, 'image-dark');
+    await page.browserContext().close();
+  });
+
+  it('a read-only user\'s purge is refused with a clear message; an admin\'s takes effect', async () => {
+    const tagsOf = async () => (await f.app.call('GET', `/api/v1/tags?source=${f.upHost}&repository=mirror/gone`, { auth: f.app.reader.auth })).json<{ items: unknown[] }>().items.length;
+    const hash = `#/repository?source=${encodeURIComponent(f.upHost)}&name=mirror%2Fgone`;
+    const reader = await login(f.app.reader);
+    await show(reader, hash, 'repository');
+    await reader.click('#tags tbody button.danger');
+    const refusal = await reader.waitForSelector('#status .msg.error', { timeout: 10_000 });
+    assert.equal(await refusal!.evaluate((e) => e.textContent), 'user reader is read-only: deleting a tag or manifest needs an admin');
+    assert.equal(await tagsOf(), 1, 'nothing purged');
+    await reader.browserContext().close();
+
+    const admin = await login(f.app.admin);
+    await show(admin, hash, 'repository');
+    assert.match(await admin.$eval('#whoami', (e) => e.textContent ?? ''), /admin · admin/);
+    await admin.click('#tags tbody button.danger');
+    const done = await admin.waitForSelector('#status .msg.ok', { timeout: 10_000 });
+    assert.match(await done!.evaluate((e) => e.textContent ?? ''), /^Purged mirror\/gone:2\.0 from the cache/);
+    await admin.waitForSelector('body[data-ready="repository"]');
+    await admin.waitForFunction(() => document.querySelector('#tags tbody td.muted')?.textContent === 'Nothing to show.', { timeout: 10_000 });
+    assert.equal(await tagsOf(), 0, 'purged');
+    await admin.browserContext().close();
+  });
+
+  it('raised no script errors or CSP violations', () => {
+    assert.deepEqual(problems, []);
+  });
+});
