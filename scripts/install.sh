@@ -10,7 +10,9 @@ cd "$(dirname "$0")/.."
 #   podman          - OCI client (pull/push through the gateway; run as root with a private store)
 #   wrk             - HTTP load generator for bench/
 #   zstd            - .tar.zst archives of the air-gap commands on Node < 22.15 (newer Node has zstd built in)
-PACKAGES=(skopeo docker-registry podman wrk zstd)
+#   ceph-mon ceph-osd radosgw ceph-common - a throw-away Ceph RADOS Gateway, the real S3 store of the tests
+#                     and benchmarks (scripts/ceph-rgw.sh)
+PACKAGES=(skopeo docker-registry podman wrk zstd ceph-mon ceph-osd radosgw ceph-common)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
