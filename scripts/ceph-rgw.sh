@@ -29,6 +29,7 @@ wait_until() {
     sleep 0.1
   done
   echo "ceph-rgw: timed out waiting for: $*" >&2
+  "$@" >&2 || true
   return 1
 }
 
@@ -118,7 +119,7 @@ EOF
   monmaptool --create --fsid "$fsid" --addv a "[v1:127.0.0.1:$mon_port]" "$dir/monmap" >/dev/null
   ceph-mon "${c[@]}" --mkfs -i a --monmap "$dir/monmap" >/dev/null 2>&1
   ceph-mon "${c[@]}" -i a 2>>"$dir/log/daemons.err"
-  wait_until 100 ceph "${c[@]}" --connect-timeout 2 mon stat
+  wait_until 300 ceph "${c[@]}" --connect-timeout 2 mon stat
 
   local osd_uuid osd_id
   osd_uuid="$(uuidgen)"
@@ -126,9 +127,10 @@ EOF
   mkdir -p "$dir/osd/$osd_id"
   ceph-osd "${c[@]}" -i "$osd_id" --mkfs --osd-uuid "$osd_uuid" >/dev/null 2>&1
   # Placing the OSD ourselves avoids a start-up race ("wrong fsid").
-  ceph "${c[@]}" osd crush add "osd.$osd_id" 1.0 root=default host=localhost >/dev/null 2>&1
+  # (Retried: on a loaded machine the monitor may refuse it for a moment after `osd new`.)
+  wait_until 100 ceph "${c[@]}" osd crush add "osd.$osd_id" 1.0 root=default host=localhost
   ceph-osd "${c[@]}" -i "$osd_id" 2>>"$dir/log/daemons.err"
-  wait_until 200 bash -c "ceph -c '$conf' osd stat -f json | grep -q '\"num_up_osds\":1'"
+  wait_until 600 bash -c "ceph -c '$conf' osd stat -f json | grep -q '\"num_up_osds\":1'"
 
   # radosgw's pools, created in one ceph process (~1 s, instead of ~9 s one by one by radosgw).
   local pool
@@ -139,7 +141,7 @@ EOF
   done | ceph "${c[@]}" >/dev/null 2>&1
 
   radosgw "${c[@]}" -n client.rgw.a 2>>"$dir/log/daemons.err"
-  wait_until 200 curl -fsS -o /dev/null "http://127.0.0.1:$rgw_port/"
+  wait_until 600 curl -fsS -o /dev/null "http://127.0.0.1:$rgw_port/"
   radosgw-admin "${c[@]}" user create --uid test --display-name test \
     --access-key "$access" --secret-key "$secret" >/dev/null
   curl -fsS -X PUT --aws-sigv4 "aws:amz:us-east-1:s3" --user "$access:$secret" \

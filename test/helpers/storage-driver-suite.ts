@@ -298,6 +298,36 @@ export function driverConformance(name: string, under: DriverUnderTest): void {
       assert.deepEqual(await incompleteWrites(driver), []);
     });
 
+    test('upload sessions: appends by one process finish verified, whatever the chunk sizes', async () => {
+      const driver = await under.open();
+      const big = 5 * MiB + 1;
+      let n = 0;
+      // A single chunk (one server-side copy), parts to copy, a small chunk first (re-read), small only.
+      for (const sizes of [[big], [big, big, 100], [100, big], [300, 200]]) {
+        const data = randomBytes(sizes.reduce((a, b) => a + b, 0));
+        // A wrong digest once per way of finishing: before a copy, before a re-read.
+        for (const right of sizes[0] === big ? [false, true] : [true]) {
+          const id = `5e7e1a2b-0000-4000-8000-1000000000${String(n++).padStart(2, '0')}`;
+          await driver.uploads.create(id, { name: 'team/app' });
+          let offset = 0;
+          for (const size of sizes) {
+            offset = await driver.uploads.append(id, offset, chunksOf(data.subarray(offset, offset + size), MiB));
+          }
+          const key = `blobs/${sizes.join('-')}`;
+          if (!right) {
+            await assert.rejects(driver.uploads.finish(id, key, sha256(Buffer.from('no'))), (err) => isRegistryError(err) && err.code === 'DIGEST_INVALID');
+            await rejectsNotFound(driver.stat(key));
+            await driver.uploads.delete(id);
+          } else {
+            assert.equal(await driver.uploads.finish(id, key, sha256(data)), data.length);
+            assert.ok((await read(driver, key)).equals(data), `content of ${key}`);
+          }
+        }
+      }
+      assert.deepEqual((await listAll(driver, '_uploads/')).keys, []);
+      assert.deepEqual(await incompleteWrites(driver), []);
+    });
+
     test('upload sessions: of two appends at one offset exactly one is taken; delete removes a session', async () => {
       const driver = await under.open();
       const other = under.reopen(driver);

@@ -122,8 +122,11 @@ export interface IncompleteWrite {
  * Filesystem: `_uploads/<id>/data` (appended in place) and `_uploads/<id>/state.json` (meta + offset +
  * startedAt), today's layout. S3: every append is its own object `_uploads/<id>/chunks/<offset>-<uuid>`
  * of any size (no 5 MiB rule: chunks are not parts), claimed with a conditional create of
- * `_uploads/<id>/claims/<offset>` so two concurrent appends at one offset cannot both win; `finish`
- * re-reads the chunks in order through a blobWriter (hash + multipart to the final key, bounded memory).
+ * `_uploads/<id>/claims/<offset>` so two concurrent appends at one offset cannot both win. `finish`:
+ * when this process made every append it has the running hash, verifies it and has the store copy the
+ * chunks into the final key (CopyObject / UploadPartCopy, no re-read); otherwise (after a restart, or
+ * chunks under 5 MiB before the last) it re-reads the chunks in order through a blobWriter (hash +
+ * multipart to the final key, memory bounded by the part size).
  */
 export interface UploadSessions {
   /** Starts a session; `meta` (small JSON: the repository name) comes back from `get`. */

@@ -1,9 +1,9 @@
 import { createHash, randomUUID, type Hash } from 'node:crypto';
 import { Readable } from 'node:stream';
 import {
-  AbortMultipartUploadCommand, CompleteMultipartUploadCommand, CreateMultipartUploadCommand, DeleteObjectCommand,
+  AbortMultipartUploadCommand, CompleteMultipartUploadCommand, CopyObjectCommand, CreateMultipartUploadCommand, DeleteObjectCommand,
   DeleteObjectsCommand, GetObjectCommand, HeadObjectCommand, ListMultipartUploadsCommand, ListObjectsV2Command,
-  PutObjectCommand, UploadPartCommand, type S3Client,
+  PutObjectCommand, UploadPartCommand, UploadPartCopyCommand, type S3Client,
 } from '@aws-sdk/client-s3';
 import type { Digest, DigestAlgorithm } from '../../oci/digest.js';
 import {
@@ -26,6 +26,10 @@ export interface S3DriverOptions {
 }
 
 const MIN_PART_SIZE = 5 * 1024 * 1024;
+/** Largest source of one CopyObject / UploadPartCopy request (S3's limit is 5 GiB). */
+const MAX_COPY_SIZE = 5 * 1024 * 1024 * 1024;
+/** Ranges a large chunk is copied in: well under MAX_COPY_SIZE, well over MIN_PART_SIZE. */
+const COPY_RANGE_SIZE = 1024 * 1024 * 1024;
 
 function unquote(etag: string | undefined): string {
   return (etag ?? '').replace(/^"|"$/g, '');
@@ -211,6 +215,46 @@ export class S3Driver implements StorageDriver {
     }
   }
 
+  /** `bucket/key` as CopySource wants it: the key URL-encoded segment by segment. */
+  copySource(key: string): string {
+    return `${this.bucket}/${this.objectKey(key).split('/').map(encodeURIComponent).join('/')}`;
+  }
+
+  /**
+   * Concatenates `sources` (all but the last at least 5 MiB) into `key` on the server: one
+   * CopyObject for a single source, else a multipart upload of UploadPartCopy ranges. Used only for
+   * content already verified, so the copy needs no re-read.
+   */
+  async copyConcatenated(key: string, sources: Array<{ key: string; size: number }>): Promise<void> {
+    if (sources.length === 1 && sources[0]!.size <= MAX_COPY_SIZE) {
+      await this.call(key, () => this.client.send(new CopyObjectCommand({ Bucket: this.bucket, Key: this.objectKey(key), CopySource: this.copySource(sources[0]!.key) })));
+      return;
+    }
+    const uploadId = await this.call(key, async () => (await this.client.send(new CreateMultipartUploadCommand({ Bucket: this.bucket, Key: this.objectKey(key) }))).UploadId!);
+    try {
+      const parts: Array<{ PartNumber: number; ETag: string }> = [];
+      for (const source of sources) {
+        const ranges = Math.max(1, Math.ceil(source.size / COPY_RANGE_SIZE));
+        const step = Math.ceil(source.size / ranges);
+        for (let start = 0; start < source.size; start += step) {
+          const end = Math.min(start + step, source.size) - 1;
+          const partNumber = parts.length + 1;
+          const out = await this.call(key, () => this.client.send(new UploadPartCopyCommand({
+            Bucket: this.bucket, Key: this.objectKey(key), UploadId: uploadId, PartNumber: partNumber,
+            CopySource: this.copySource(source.key), CopySourceRange: `bytes=${start}-${end}`,
+          })));
+          parts.push({ PartNumber: partNumber, ETag: out.CopyPartResult!.ETag! });
+        }
+      }
+      await this.call(key, () => this.client.send(new CompleteMultipartUploadCommand({
+        Bucket: this.bucket, Key: this.objectKey(key), UploadId: uploadId, MultipartUpload: { Parts: parts },
+      })));
+    } catch (err) {
+      await this.abortIncompleteWrite({ id: uploadId, key, startedAt: new Date() }).catch(() => {});
+      throw err;
+    }
+  }
+
   async abortIncompleteWrite(write: IncompleteWrite): Promise<void> {
     if (write.key === undefined) throw new Error('an S3 incomplete write needs its key');
     await this.call(write.key, () => this.client.send(new AbortMultipartUploadCommand({ Bucket: this.bucket, Key: this.objectKey(write.key!), UploadId: write.id })))
@@ -238,14 +282,14 @@ export class S3BlobWriter implements BlobWriter {
   private done = false;
   private nextPartNumber = 1;
 
-  constructor(private readonly driver: S3Driver, readonly key: string, private readonly hash: Hash) {
+  constructor(private readonly driver: S3Driver, readonly key: string, private readonly hash: Hash | undefined) {
     driver.objectKey(key);
   }
 
   async write(chunk: Buffer): Promise<void> {
     if (this.done) throw new Error('blob writer already finished');
     if (this.failure) throw this.failure;
-    this.hash.update(chunk);
+    this.hash?.update(chunk);
     this.size += chunk.length;
     this.pending.push(chunk);
     this.pendingBytes += chunk.length;
@@ -259,6 +303,7 @@ export class S3BlobWriter implements BlobWriter {
   async commit(expected: Digest, expectedSize?: number): Promise<void> {
     if (this.done) throw new Error('blob writer already finished');
     try {
+      if (!this.hash) throw new Error('blob writer without a hash cannot verify');
       verifyContent(this.hash, this.size, expected, expectedSize);
       await this.complete();
     } catch (err) {
@@ -343,9 +388,13 @@ interface ChunkClaim {
  * `_uploads/<id>/claims/<offset>` (conditional create naming the chunk that holds the bytes from that
  * offset: of two appends racing at one offset exactly one wins). The session's size is the last
  * claim's offset + size. An append killed midway leaves an unclaimed chunk (or an incomplete
- * multipart upload), which `delete` or GC removes.
+ * multipart upload), which `delete` or GC removes. `finish` copies on the server when this process
+ * hashed every append, else re-reads (see UploadSessions).
  */
 class S3Uploads implements UploadSessions {
+  /** sha256 of the session so far, while this process made every append: finish then copies on the server. */
+  private readonly running = new Map<string, { size: number; hash: Hash }>();
+
   constructor(private readonly driver: S3Driver) {}
 
   private dir(id: string): string {
@@ -373,15 +422,22 @@ class S3Uploads implements UploadSessions {
     const session = await this.get(id);
     if (offset !== session.size) throw new UploadOffsetError(session.size, offset);
     const chunkKey = `${this.dir(id)}chunks/${offsetKey(offset)}-${randomUUID()}`;
-    const writer = await this.driver.blobWriter(chunkKey);
+    const writer = new S3BlobWriter(this.driver, chunkKey, undefined);
+    const previous = this.running.get(id);
+    this.running.delete(id);
+    const hash = offset === 0 ? createHash('sha256') : previous?.size === offset ? previous.hash : undefined;
     try {
-      for await (const chunk of body) await writer.write(chunk);
+      for await (const chunk of body) {
+        hash?.update(chunk);
+        await writer.write(chunk);
+      }
     } catch (err) {
       await writer.cancel();
       throw err;
     }
     if (writer.size === 0) {
       await writer.cancel();
+      if (hash) this.running.set(id, { size: offset, hash });
       return offset;
     }
     try {
@@ -395,11 +451,24 @@ class S3Uploads implements UploadSessions {
       await this.driver.delete(chunkKey);
       throw new UploadOffsetError((await this.get(id)).size, offset);
     }
+    if (hash) this.running.set(id, { size: offset + writer.size, hash });
     return offset + writer.size;
   }
 
   async finish(id: string, key: string, expected: Digest): Promise<number> {
     const claims = await this.claims(id);
+    const size = claims.reduce((sum, claim) => sum + claim.size, 0);
+    const running = this.running.get(id);
+    this.running.delete(id);
+    // Fast path: this process hashed every byte as it was appended, so verify now and let the store
+    // copy the chunks into place; parts other than the last must be >= 5 MiB for UploadPartCopy.
+    if (running && running.size === size && expected.algorithm === 'sha256' && claims.length > 0
+      && claims.slice(0, -1).every((claim) => claim.size >= MIN_PART_SIZE)) {
+      verifyContent(running.hash, size, expected);
+      await this.driver.copyConcatenated(key, claims.map((claim) => ({ key: claim.chunk, size: claim.size })));
+      await this.delete(id);
+      return size;
+    }
     const writer = await this.driver.blobWriter(key, expected.algorithm);
     try {
       // Re-read the chunks in order: hashing and part-packing in one pass, memory bounded by the writer.
@@ -417,6 +486,7 @@ class S3Uploads implements UploadSessions {
   }
 
   async delete(id: string): Promise<void> {
+    this.running.delete(id);
     await this.driver.deletePrefix(this.dir(id));
   }
 
