@@ -9,6 +9,8 @@
  *   --mib / BENCH_MIB        size of the large blob written (blobWriter + verified commit) and read back, default 256
  *   --small / BENCH_SMALL    small keys (4 KiB) put then got, sequentially and 16 at a time, default 1000
  *   --chunk-mib / BENCH_CHUNK_MIB  chunk size of the upload session run (a quarter of --mib in such chunks), default 4
+ *   --part-mib / BENCH_PART_MIB    S3 multipart part size, default 8 (the driver's default)
+ *   --parts / BENCH_PARTS          S3 parts uploaded at once per writer, default 2 (the driver's default)
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { rm } from 'node:fs/promises';
@@ -26,6 +28,8 @@ const MiB = 1024 * 1024;
 const mib = numberOption('mib', 'BENCH_MIB', 256, { min: 1, integer: true });
 const small = numberOption('small', 'BENCH_SMALL', 1000, { min: 1, integer: true });
 const chunkMib = numberOption('chunk-mib', 'BENCH_CHUNK_MIB', 4, { min: 1, integer: true });
+const partMib = numberOption('part-mib', 'BENCH_PART_MIB', 8, { min: 5, integer: true });
+const parts = numberOption('parts', 'BENCH_PARTS', 2, { min: 1, integer: true });
 
 // One random MiB repeated: generating 256 MiB of randomness would dominate the run, and the hash
 // does not care that blocks repeat (each block position changes the digest).
@@ -94,7 +98,7 @@ const rgw = await startCephRgw();
 try {
   const rows = [
     await run('filesystem', new FilesystemDriver(dir)),
-    await run('s3 (Ceph RGW memstore)', new S3Driver({ client: createS3Client(), bucket: rgw.bucket, prefix: 'bench' })),
+    await run(`s3 (Ceph RGW memstore, ${partMib} MiB parts ×${parts})`, new S3Driver({ client: createS3Client(), bucket: rgw.bucket, prefix: 'bench', partSize: partMib * MiB, partConcurrency: parts })),
   ];
   console.table(rows);
 } finally {
