@@ -13,8 +13,11 @@
  *   --parts / BENCH_PARTS          S3 parts uploaded at once per writer, default 2 (the driver's default)
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { rm } from 'node:fs/promises';
+import { execFile } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
+import { rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { digestOf } from '../lib/oci/digest.js';
 import type { StorageDriver } from '../lib/storage/driver/driver.js';
 import { FilesystemDriver } from '../lib/storage/driver/filesystem.js';
@@ -93,10 +96,24 @@ async function run(name: string, driver: StorageDriver): Promise<Record<string, 
   return row;
 }
 
+/** The store's own ceiling on this machine, measured the same way by curl (one PUT, one GET). */
+async function curlBaseline(rgw: Awaited<ReturnType<typeof startCephRgw>>, dir: string): Promise<Record<string, string>> {
+  const file = join(dir, 'curl-blob');
+  await writeFile(file, blob);
+  const url = `${rgw.endpoint}/${rgw.bucket}/curl/blob`;
+  const auth = ['--aws-sigv4', 'aws:amz:us-east-1:s3', '--user', `${rgw.accessKeyId}:${rgw.secretAccessKey}`, '-H', 'x-amz-content-sha256: UNSIGNED-PAYLOAD'];
+  const curl = promisify(execFile);
+  const [put] = await timed(() => curl('curl', ['-fsS', '-o', '/dev/null', '-T', file, ...auth, url]));
+  const [get] = await timed(() => curl('curl', ['-fsS', '-o', '/dev/null', ...auth, url]));
+  await rm(file);
+  return { driver: 'curl to the same Ceph RGW (ceiling)', [`write ${mib} MiB`]: `${(mib / put).toFixed(0)} MiB/s`, [`read ${mib} MiB`]: `${(mib / get).toFixed(0)} MiB/s` };
+}
+
 const dir = await tempDir('stevedore-driver-bench-');
 const rgw = await startCephRgw();
 try {
   const rows = [
+    await curlBaseline(rgw, dir),
     await run('filesystem', new FilesystemDriver(dir)),
     await run(`s3 (Ceph RGW memstore, ${partMib} MiB parts ×${parts})`, new S3Driver({ client: createS3Client(), bucket: rgw.bucket, prefix: 'bench', partSize: partMib * MiB, partConcurrency: parts })),
   ];

@@ -106,6 +106,8 @@ bluestore block path = $dir/osd/\$id/block
 bluestore block size = 4294967296
 bluestore block create = true
 osd crush update on start = false
+# memstore keeps objects in RAM up to this cap (default 1 GiB, which a benchmark fills)
+memstore device bytes = 4294967296
 osd class update on start = false
 [client.rgw.a]
 rgw frontends = beast endpoint=127.0.0.1:$rgw_port
