@@ -406,6 +406,7 @@ class S3Uploads implements UploadSessions {
     if (!(await this.driver.putIfAbsent(`${this.dir(id)}state.json`, JSON.stringify({ ...meta, startedAt })))) {
       throw new Error(`upload session ${id} already exists`);
     }
+    this.running.set(id, { size: 0, hash: createHash('sha256') });
     return { id, meta, size: 0, startedAt: new Date(startedAt) };
   }
 
@@ -419,12 +420,16 @@ class S3Uploads implements UploadSessions {
   }
 
   async append(id: string, offset: number, body: AsyncIterable<Buffer>): Promise<number> {
-    const session = await this.get(id);
-    if (offset !== session.size) throw new UploadOffsetError(session.size, offset);
-    const chunkKey = `${this.dir(id)}chunks/${offsetKey(offset)}-${randomUUID()}`;
-    const writer = new S3BlobWriter(this.driver, chunkKey, undefined);
     const previous = this.running.get(id);
     this.running.delete(id);
+    // When this process made the last append, it knows the size: no need to list the claims. If another
+    // process appended since, the claim below is taken and this append fails as it should.
+    if (previous?.size !== offset) {
+      const session = await this.get(id);
+      if (offset !== session.size) throw new UploadOffsetError(session.size, offset);
+    }
+    const chunkKey = `${this.dir(id)}chunks/${offsetKey(offset)}-${randomUUID()}`;
+    const writer = new S3BlobWriter(this.driver, chunkKey, undefined);
     const hash = offset === 0 ? createHash('sha256') : previous?.size === offset ? previous.hash : undefined;
     try {
       for await (const chunk of body) {
