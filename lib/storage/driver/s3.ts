@@ -332,6 +332,8 @@ export class S3BlobWriter implements BlobWriter {
     await driver.call(this.key, () => driver.client.send(new CompleteMultipartUploadCommand({
       Bucket: driver.bucket, Key: driver.objectKey(this.key), UploadId: uploadId, MultipartUpload: { Parts: parts },
     })));
+    // Completed: a later cancel() has nothing to abort.
+    this.uploadId = undefined;
   }
 
   async cancel(): Promise<void> {
