@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
+import { readdir, readFile } from 'node:fs/promises';
 import { createServer, type Socket } from 'node:net';
 import { after, before, test } from 'node:test';
 import { isRegistryError } from '../lib/oci/errors.js';
@@ -16,7 +17,17 @@ before(async () => {
   rgw = await startCephRgw();
 });
 after(async () => {
-  await rgw?.stop();
+  if (!rgw) return;
+  await rgw.stop();
+  await rgw.stop();
+  // scripts/ceph-rgw.sh stop left none of the cluster's daemons running.
+  const left = [];
+  for (const pid of await readdir('/proc')) {
+    if (!/^\d+$/.test(pid)) continue;
+    const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
+    if (cmdline.includes(rgw.dir)) left.push(`${pid}: ${cmdline.replace(/\0/g, ' ')}`);
+  }
+  assert.deepEqual(left, []);
 });
 
 function driverAt(prefix: string): S3Driver {

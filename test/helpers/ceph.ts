@@ -16,6 +16,9 @@ export interface CephRgw {
   region: string;
   /** AWS_* variables for a child process (the SDK's own names). */
   env: Record<string, string>;
+  /** The cluster's directory: its conf, data, logs and pid files. */
+  dir: string;
+  /** Kills the daemons and removes the directory; safe to call twice. */
   stop(): Promise<void>;
 }
 
@@ -47,6 +50,7 @@ export async function startCephRgw(): Promise<CephRgw> {
     secretAccessKey: env.AWS_SECRET_ACCESS_KEY!,
     region: env.AWS_REGION!,
     env: awsEnv,
+    dir,
     stop: async () => {
       await run('bash', [SCRIPT, 'stop', dir]);
       await rm(dir, { recursive: true, force: true });
