@@ -12,7 +12,9 @@ cd "$(dirname "$0")/.."
 #   zstd            - .tar.zst archives of the air-gap commands on Node < 22.15 (newer Node has zstd built in)
 #   containerd      - containerd 1.6 and ctr, the K3s node's client (pulls through hosts.toml mirrors, as root)
 #   chromium        - the browser the web console tests drive headless (puppeteer-core, which downloads none)
-PACKAGES=(skopeo docker-registry podman wrk zstd containerd chromium)
+#   ceph-mon ceph-osd radosgw ceph-common - a throw-away Ceph RADOS Gateway, the real S3 store of the tests
+#                     and benchmarks (scripts/ceph-rgw.sh)
+PACKAGES=(skopeo docker-registry podman wrk zstd containerd chromium ceph-mon ceph-osd radosgw ceph-common)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -1,0 +1,78 @@
+import { S3Client, S3ServiceException } from '@aws-sdk/client-s3';
+import { RegistryError } from '../../oci/errors.js';
+import { StorageNotFoundError } from './driver.js';
+
+export interface S3ClientOptions {
+  /** `http(s)://host:port` of an S3-compatible store; default: the SDK's (AWS_ENDPOINT_URL, or AWS). */
+  endpoint?: string;
+  /** Default: AWS_REGION from the SDK's chain, else us-east-1 (what Ceph RGW and MinIO accept). */
+  region?: string;
+  /** Path-style URLs (`endpoint/bucket/key`): default true when an endpoint is given. */
+  forcePathStyle?: boolean;
+  /** TCP connect timeout (ms): a dead endpoint fails this fast. Default 3000. */
+  connectTimeoutMs?: number;
+  /** Socket idle timeout (ms): a store that stops answering mid-request. Default 30000. */
+  idleTimeoutMs?: number;
+  /** Attempts per request including retries. Default 2: fail over to the client quickly. */
+  maxAttempts?: number;
+}
+
+/**
+ * The S3 client Stevedore uses. Checksums only where the API requires them: the SDK's default
+ * (checksums on every request) makes streaming PutObject fail with 411 on Ceph RGW and others.
+ * Credentials come from the SDK's own chain (env, profile, web identity).
+ */
+export function createS3Client(options: S3ClientOptions = {}): S3Client {
+  const endpoint = options.endpoint ?? process.env.AWS_ENDPOINT_URL_S3 ?? process.env.AWS_ENDPOINT_URL;
+  return new S3Client({
+    ...(endpoint ? { endpoint } : {}),
+    region: options.region ?? process.env.AWS_REGION ?? process.env.AWS_DEFAULT_REGION ?? 'us-east-1',
+    forcePathStyle: options.forcePathStyle ?? endpoint !== undefined,
+    requestChecksumCalculation: 'WHEN_REQUIRED',
+    responseChecksumValidation: 'WHEN_REQUIRED',
+    maxAttempts: options.maxAttempts ?? 2,
+    requestHandler: {
+      connectionTimeout: options.connectTimeoutMs ?? 3000,
+      socketTimeout: options.idleTimeoutMs ?? 30_000,
+      // Blob fills and GETs run many requests at once: the SDK's default of 50 sockets would queue them.
+      httpAgent: { keepAlive: true, maxSockets: 256 },
+      httpsAgent: { keepAlive: true, maxSockets: 256 },
+    },
+  });
+}
+
+/** Seconds a client should wait before retrying when the store is unavailable. */
+export const STORE_RETRY_AFTER_SECONDS = 5;
+
+export function httpStatusOf(err: unknown): number | undefined {
+  return (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode;
+}
+
+const NETWORK_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN', 'ECONNABORTED']);
+
+/** True for failures of the store itself (unreachable, timed out, 5xx), as opposed to answers about a key. */
+export function isStoreUnavailable(err: unknown): boolean {
+  const status = httpStatusOf(err);
+  if (status !== undefined && status >= 500) return true;
+  if (err instanceof S3ServiceException) return false;
+  const e = err as { code?: string; name?: string };
+  return NETWORK_CODES.has(e.code ?? '') || e.name === 'TimeoutError' || e.name === 'RequestTimeout'
+    || /socket hang up|timed out|timeout/i.test(String((err as Error)?.message ?? ''));
+}
+
+/**
+ * Translates an SDK failure: a missing key is a StorageNotFoundError, an unavailable store a
+ * RegistryError UNAVAILABLE with Retry-After (what the client of the registry should see); anything
+ * else (access denied, bad request) is passed on as it is, a bug or a misconfiguration to log.
+ */
+export function translateS3Error(err: unknown, key: string): Error {
+  const name = (err as { name?: string }).name;
+  if (name === 'NoSuchKey' || name === 'NotFound' || httpStatusOf(err) === 404) return new StorageNotFoundError(key);
+  if (isStoreUnavailable(err)) {
+    return new RegistryError('UNAVAILABLE', { storage: 's3', reason: String((err as Error).message ?? err).slice(0, 200) }, {
+      message: 'storage unavailable',
+      headers: { 'Retry-After': String(STORE_RETRY_AFTER_SECONDS) },
+    });
+  }
+  return err as Error;
+}
