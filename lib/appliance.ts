@@ -8,6 +8,12 @@ import { parseAuths, parseUpstream, type AuthsEntry } from './upstreams.js';
  */
 export const CACHE_RESULT_HEADER = 'x-stevedore-cache';
 
+/**
+ * A worker's internal status (JSON: for a cache worker its upstream's circuit, last error and rate
+ * limit), read by the gateway's console over the worker's socket; outside /v2/, so never forwarded.
+ */
+export const WORKER_STATUS_PATH = '/_stevedore/status';
+
 /** One registry worker of the appliance: the hosted registry, or the cache of one upstream. */
 export interface WorkerPlan {
   /** PM2 app name and socket file name. */

@@ -1,4 +1,5 @@
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import { WORKER_STATUS_PATH } from '../../../lib/appliance.js';
 import type { Logger } from '../../../lib/log.js';
 import type { RegistryConfig } from '../../../lib/config.js';
 import { RegistryError, isRegistryError } from '../../../lib/oci/errors.js';
@@ -196,6 +197,8 @@ export function buildRegistry({ config, log, upstreamCredentials }: RegistryOpti
     await dispatch(context, req, reply);
     return reply;
   };
+  // Internal, outside /v2/: only the gateway reaches a worker's socket, and it forwards /v2/ paths only.
+  app.get(WORKER_STATUS_PATH, async (_req, reply) => reply.header('cache-control', 'no-store').send(context.proxy ? { kind: 'proxy', ...context.proxy.client.statusView() } : { kind: 'hosted' }));
   app.route({ method: [...METHODS], url: '/v2', handler });
   app.route({ method: [...METHODS], url: '/v2/*', handler });
   return { app, context };

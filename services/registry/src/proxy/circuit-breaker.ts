@@ -36,6 +36,11 @@ export class CircuitBreaker {
     if (this.failures >= this.maxFailures) this.openUntil = now + this.openMs;
   }
 
+  /** Failures since the last success (the console's "failing"). */
+  get consecutiveFailures(): number {
+    return this.failures;
+  }
+
   get isOpen(): boolean {
     return this.failures >= this.maxFailures && Date.now() < this.openUntil;
   }

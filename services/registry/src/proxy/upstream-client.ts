@@ -4,6 +4,7 @@ import type { Logger } from '../../../../lib/log.js';
 import { RegistryError } from '../../../../lib/oci/errors.js';
 import type { UpstreamCredentials, UpstreamEndpoint } from '../../../../lib/upstreams.js';
 import { CircuitBreaker } from './circuit-breaker.js';
+import { UpstreamStatus } from './upstream-status.js';
 import { parseChallenge, type Challenge } from './www-authenticate.js';
 
 export interface UpstreamResponse {
@@ -51,6 +52,8 @@ function header(headers: UpstreamResponse['headers'], name: string): string | un
  */
 export class UpstreamClient {
   readonly breaker: CircuitBreaker;
+  /** The last error and rate-limit headers seen, for the console (see statusView). */
+  readonly status = new UpstreamStatus();
   private readonly agent: Agent;
   private readonly tokens = new Map<string, CachedToken>();
   private readonly tokenFetches = new Map<string, Promise<string>>();
@@ -83,6 +86,7 @@ export class UpstreamClient {
     try {
       response = await this.send(method, path, scope, accept);
     } catch (err) {
+      this.status.failed((err as Error).message);
       if (err instanceof RegistryError) {
         // Our credentials were refused: the upstream is up, so the breaker stays closed.
         if (err.code === 'UNAUTHORIZED' || err.code === 'DENIED') this.breaker.success();
@@ -95,9 +99,17 @@ export class UpstreamClient {
         message: `upstream ${this.endpoint.host} is unreachable: ${(err as Error).message}`,
       });
     }
-    if (response.status >= 500) this.breaker.failure();
-    else this.breaker.success();
+    this.status.answered(response.status, response.headers);
+    if (response.status >= 500) {
+      this.breaker.failure();
+      this.status.failed(`${method} ${path} answered ${response.status}`);
+    } else this.breaker.success();
     return response;
+  }
+
+  /** What GET /_stevedore/status on the worker's socket answers (the console's upstream state). */
+  statusView(): Record<string, unknown> {
+    return { upstream: this.endpoint.host, circuitOpen: this.breaker.isOpen, consecutiveFailures: this.breaker.consecutiveFailures, ...this.status.view() };
   }
 
   private async send(method: 'GET' | 'HEAD', path: string, scope: string, accept?: string): Promise<UpstreamResponse> {
