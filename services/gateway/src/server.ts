@@ -100,7 +100,7 @@ export function createGateway(options: GatewayOptions): Server {
 
   const webConsole = options.console && options.root ? new WebConsole({
     ...options.console, root: options.root, plan, log, users, realm, metrics, tls: Boolean(options.tls), agent,
-    probe: (worker) => probe(worker, agent), invalidate: (worker, repository) => directManifests?.invalidate(worker, repository),
+    invalidate: (worker, repository) => directManifests?.invalidate(worker, repository),
   }) : undefined;
 
   async function health(res: ServerResponse): Promise<void> {

@@ -15,8 +15,10 @@ import type { AuthenticatedUser, UserDirectory } from '../auth.js';
 import type { GatewayMetrics } from '../metrics.js';
 import { ConsoleHistory } from './history.js';
 import { readCounters, storeChangeStamp, totalsOf } from './metrics-view.js';
+import { largestCachedImages, type LargeImage } from './largest-images.js';
 import { mostPulled, recentPulls } from './recent-pulls.js';
 import { StoreView } from './store-view.js';
+import { readWorkerStatus, upstreamState } from './worker-status.js';
 
 /** The cleaner settings the console shows and plans with (CLEANER_* as the cleaner reads them). */
 export interface CleanerSettings {
@@ -39,8 +41,6 @@ export interface ConsoleOptions {
   tls: boolean;
   /** The gateway's pooled agent to the workers' sockets. */
   agent: Agent;
-  /** Whether a worker answers (the gateway's /healthz probe). */
-  probe(worker: WorkerPlan): Promise<boolean>;
   /** A write reached a worker: what the gateway cached of the repository is stale. */
   invalidate(worker: WorkerPlan, repository: string): void;
 }
@@ -59,6 +59,8 @@ export function isConsolePath(path: string): boolean {
 const STORAGE_MAX_AGE_MS = 60_000;
 const STORE_RECHECK_MS = 2_000;
 const WALK_COST_FACTOR = 20;
+/** How long the top-images rankings are reused. */
+const RANKING_MAX_AGE_MS = 30_000;
 
 /** Header every state-changing API request must carry: a cross-site form or image can't set it (see checkCsrf). */
 export const CSRF_HEADER = 'x-stevedore-console';
@@ -144,6 +146,7 @@ export class WebConsole {
   private readonly history: ConsoleHistory;
   private measured: { at: number; stamp: number; plan: Promise<EvictionPlan> } | undefined;
   private ranking: { at: number; value: ReturnType<typeof mostPulled> } | undefined;
+  private largest: { at: number; value: Promise<LargeImage[]> } | undefined;
   /** How long the last walk took. */
   private walkMs = 0;
   private cleaning: Promise<unknown> | undefined;
@@ -324,10 +327,18 @@ export class WebConsole {
         });
         return this.json(res, 200, { items: entries.map(({ time, user: who, method, upstream, repository, reference, kind, status, bytes, durationMs }) => ({ time, user: who, method, upstream, repository, reference, kind, status, bytes, durationMs })) });
       }
-      case 'GET /api/v1/top':
-        // The ranking reads megabytes of log: reused for 30 s.
-        if (!this.ranking || Date.now() - this.ranking.at > 30_000) this.ranking = { at: Date.now(), value: mostPulled(this.options.accessLogPath, 100) };
-        return this.json(res, 200, await this.ranking.value.then((r) => ({ since: r.since ?? null, mostPulled: r.items.slice(0, intParam(query, 'limit', 10, 1, 100)) })));
+      case 'GET /api/v1/top': {
+        const limit = intParam(query, 'limit', 10, 1, 100);
+        // The rankings read megabytes of log and every cached tag: each reused for 30 s.
+        if (!this.ranking || Date.now() - this.ranking.at > RANKING_MAX_AGE_MS) this.ranking = { at: Date.now(), value: mostPulled(this.options.accessLogPath, 100) };
+        if (!this.largest || Date.now() - this.largest.at > RANKING_MAX_AGE_MS) {
+          const entry = { at: Date.now(), value: largestCachedImages(this.store, 100) };
+          this.largest = entry;
+          entry.value.catch(() => { if (this.largest === entry) this.largest = undefined; });
+        }
+        const [pulled, largest] = await Promise.all([this.ranking.value, this.largest.value]);
+        return this.json(res, 200, { since: pulled.since ?? null, mostPulled: pulled.items.slice(0, limit), largestCached: largest.slice(0, limit) });
+      }
       case 'DELETE /api/v1/manifests':
         this.checkCsrf(req);
         this.requireAdmin(user, 'deleting a tag or manifest');
@@ -366,7 +377,7 @@ export class WebConsole {
     const counters = await readCounters(this.options.metrics);
     const [storage, runs, health] = await Promise.all([
       this.evictionPlan(STORAGE_MAX_AGE_MS, storeChangeStamp(counters)), readCleanerRuns(root),
-      Promise.all([plan.hosted, ...plan.proxies].map((w) => this.options.probe(w))),
+      Promise.all([plan.hosted, ...plan.proxies].map((w) => readWorkerStatus(w, this.options.agent))),
     ]);
     const oldest = this.errorSnapshots[0];
     const workers = [plan.hosted, ...plan.proxies];
@@ -374,10 +385,14 @@ export class WebConsole {
       const key = worker.upstream ?? '-';
       const c = counters.get(key) ?? { requests: 0, bytesServed: 0, hits: 0, misses: 0, bytesFromCache: 0, bytesFetched: 0, upstreamErrors: 0, writes: 0 };
       const lookups = c.hits + c.misses;
-      // Failing: upstream errors within the last five to six minutes.
+      // Errors the gateway answered for this upstream within the last five to six minutes.
       const recentErrors = c.upstreamErrors - (oldest?.get(key) ?? 0);
-      const state = !health[i] ? 'worker down' : recentErrors > 0 ? 'failing' : 'healthy';
-      return { upstream: key, worker: worker.name, kind: worker.kind, prefixes: worker.prefixes, state, recentErrors, ...c, hitRatio: lookups ? c.hits / lookups : null };
+      const status = health[i];
+      return {
+        upstream: key, worker: worker.name, kind: worker.kind, prefixes: worker.prefixes,
+        state: upstreamState(status), recentErrors, ...c, hitRatio: lookups ? c.hits / lookups : null,
+        consecutiveFailures: status?.consecutiveFailures ?? null, lastError: status?.lastError ?? null, lastSuccessAt: status?.lastSuccessAt ?? null, rateLimit: status?.rateLimit ?? null,
+      };
     });
     const last = runs.runs.at(-1);
     return {
@@ -414,6 +429,7 @@ export class WebConsole {
     });
     this.options.invalidate(worker, repository);
     this.store.forget();
+    this.largest = undefined;
     if (answer.status >= 300) {
       let message = `the registry answered ${answer.status}`;
       try {
@@ -445,6 +461,7 @@ export class WebConsole {
       this.cleaning = undefined;
       this.measured = undefined;
       this.store.forget();
+      this.largest = undefined;
     }
   }
 }
