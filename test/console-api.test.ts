@@ -86,6 +86,9 @@ describe('console API: /api/v1 on the appliance', () => {
     assert.ok((up.bytesFromCache as number) >= f.cachedImage.layers.reduce((s, l) => s + l.size, 0), 'the second pull came from the cache');
     assert.equal(up.hitRatio, (up.hits as number) / ((up.hits as number) + (up.misses as number)));
     assert.equal(up.state, 'healthy');
+    assert.equal(up.consecutiveFailures, 0, 'from the worker\'s /_stevedore/status');
+    assert.equal(up.lastError, null);
+    assert.equal(up.rateLimit, null, 'docker-registry sends no rate-limit headers');
     assert.equal(overview.storage.limitBytes, 1024);
     assert.equal(overview.storage.triggerBytes, Math.floor(1024 * 1.1));
     const cachedBlobs = [f.cachedImage, f.purgeImage].flatMap((i) => [i.manifest, i.config, ...i.layers]);
@@ -97,7 +100,7 @@ describe('console API: /api/v1 on the appliance', () => {
   it('repositories: hosted and cached, searchable and paginated', async () => {
     const all = await getJson<{ items: Array<{ source: string; name: string; tags: number }>; total: number; sources: string[] }>('/api/v1/repositories');
     assert.deepEqual(all.items.map((r) => `${r.source} ${r.name} ${r.tags}`), ['hosted team/app 1', `${f.upHost} mirror/gone 1`, `${f.upHost} mirror/tool 1`]);
-    assert.deepEqual(all.sources, ['hosted', f.upHost]);
+    assert.deepEqual(all.sources, ['hosted', f.upHost, f.hub.host]);
     const search = await getJson<{ items: Array<{ name: string }> }>('/api/v1/repositories?q=TOOL');
     assert.deepEqual(search.items.map((r) => r.name), ['mirror/tool']);
     const page2 = await getJson<{ items: Array<{ name: string }>; total: number; page: number }>('/api/v1/repositories?per_page=1&page=2');
@@ -150,6 +153,17 @@ describe('console API: /api/v1 on the appliance', () => {
     assert.ok(top.mostPulled[0]!.pulls >= 2 && top.mostPulled[0]!.pulls > top.mostPulled[1]!.pulls);
   });
 
+  it('largest cached images: one row per cached manifest, largest first, with the tag\'s size', async () => {
+    const sizeOf = (i: typeof f.cachedImage) => [i.manifest, i.config, ...i.layers].reduce((s, b) => s + b.size, 0);
+    const top = await getJson<{ largestCached: Array<{ upstream: string; repository: string; tags: string[]; digest: string; size: number; lastServed: string }> }>('/api/v1/top');
+    assert.deepEqual(top.largestCached.map((i) => [i.upstream, i.repository, i.tags, i.digest, i.size]), [
+      [f.upHost, 'mirror/tool', ['1.0'], f.cachedImage.manifest.digest, sizeOf(f.cachedImage)],
+      [f.upHost, 'mirror/gone', ['2.0'], f.purgeImage.manifest.digest, sizeOf(f.purgeImage)],
+    ], 'hosted images are not cached ones');
+    assert.ok(top.largestCached.every((i) => typeof i.lastServed === 'string'));
+    assert.equal((await getJson<{ largestCached: unknown[] }>('/api/v1/top?limit=1')).largestCached.length, 1);
+  });
+
   it('admin actions: refused without the CSRF header, from another origin, and for read-only users; an admin purge takes effect', async () => {
     const path = `/api/v1/manifests?source=${f.upHost}&repository=mirror/gone&reference=${f.purgeImage.manifest.digest}`;
     const del = (auth: string, headers: Record<string, string>) => f.app.call('DELETE', path, { auth, headers });
@@ -182,6 +196,25 @@ describe('console API: /api/v1 on the appliance', () => {
     assert.equal(gone.status, 404);
   });
 
+  it('deletes a single hosted tag: the manifest and its other tags stay', async () => {
+    const m = f.hostedImage.manifest;
+    const put = await f.app.call('PUT', '/v2/team/app/manifests/v1-copy', { auth: f.app.admin.auth, headers: { 'content-type': m.mediaType }, body: m.data });
+    assert.equal(put.status, 201, put.text());
+    const tagsPath = '/api/v1/tags?source=hosted&repository=team/app';
+    assert.deepEqual((await getJson<{ items: Array<{ tag: string }> }>(tagsPath)).items.map((t) => t.tag), ['v1', 'v1-copy']);
+    const path = '/api/v1/manifests?source=hosted&repository=team/app&reference=v1-copy';
+    const reader = await f.app.call('DELETE', path, { auth: f.app.reader.auth, headers: { 'x-stevedore-console': '1' } });
+    assert.equal(reader.status, 403);
+    const del = await f.app.call('DELETE', path, { auth: f.app.admin.auth, headers: { 'x-stevedore-console': '1', origin: f.app.url } });
+    assert.equal(del.status, 200, del.text());
+    assert.deepEqual(del.json(), { deleted: { source: 'hosted', repository: 'team/app', reference: 'v1-copy' } });
+    const left = await getJson<{ items: Array<{ tag: string; digest: string }> }>(tagsPath);
+    assert.deepEqual(left.items.map((t) => [t.tag, t.digest]), [['v1', m.digest]]);
+    assert.equal((await f.app.call('GET', `/v2/team/app/manifests/${m.digest}`, { auth: f.app.reader.auth })).status, 200, 'the manifest stays');
+    assert.equal((await f.app.call('GET', '/v2/team/app/manifests/v1-copy', { auth: f.app.reader.auth })).status, 404);
+    assert.equal((await f.app.call('DELETE', '/api/v1/manifests?source=hosted&repository=team/app&reference=bad%20tag', { auth: f.app.admin.auth, headers: { 'x-stevedore-console': '1' } })).status, 400);
+  });
+
   it('run cleaner now: the cleaner\'s own eviction, recorded for the chart; history is kept in the data directory', async () => {
     const before = await getJson<{ total: number; evictBytes: number }>('/api/v1/evictions?fresh=1');
     assert.ok(before.total > 0);
@@ -202,5 +235,72 @@ describe('console API: /api/v1 on the appliance', () => {
       if (!stored) await sleep(100);
     }
     assert.ok(stored && stored.points.length >= 1);
+  });
+
+  it('the workers\' status path is internal: the gateway never forwards it', async () => {
+    for (const path of ['/_stevedore/status', '/v2/../_stevedore/status', '/v2/%2e%2e/_stevedore/status', '/v2/up/../../_stevedore/status', '//_stevedore/status']) {
+      const res = await f.app.call('GET', path, { auth: f.app.admin.auth });
+      assert.ok(res.status === 404 || res.status === 400, `${path}: ${res.status}`);
+      assert.doesNotMatch(res.text(), /consecutiveFailures|circuitOpen/, path);
+    }
+    // Under /v2/ it is a repository path like any other (here an invalid name), answered by the registry API.
+    const inside = await f.app.call('GET', '/v2/_stevedore/status/manifests/latest', { auth: f.app.admin.auth });
+    assert.equal(inside.status, 400, inside.text());
+    assert.equal(inside.json<{ errors: Array<{ code: string }> }>().errors[0]!.code, 'NAME_INVALID');
+    assert.doesNotMatch(inside.text(), /consecutiveFailures/);
+  });
+
+  it('rate limits: the last ratelimit-remaining / ratelimit-limit an upstream sent (a relay adding Docker Hub\'s headers)', async () => {
+    await f.pullFromGateway('hub/mirror/tool:1.0', f.app.reader.creds);
+    const overview = await getJson<{ upstreams: Array<{ upstream: string; rateLimit: { limit: { value: number; windowSeconds: number }; remaining: { value: number; windowSeconds: number } } | null; state: string }> }>('/api/v1/overview');
+    const hub = overview.upstreams.find((u) => u.upstream === f.hub.host)!;
+    assert.equal(hub.state, 'healthy');
+    assert.ok(f.hub.remaining() < 100, 'the relay counted the manifest GETs');
+    assert.deepEqual(hub.rateLimit?.limit, { value: 100, windowSeconds: 21600 });
+    assert.deepEqual(hub.rateLimit?.remaining, { value: f.hub.remaining(), windowSeconds: 21600 }, 'the last value sent');
+    assert.equal(overview.upstreams.find((u) => u.upstream === f.upHost)!.rateLimit, null);
+  });
+
+  it('upstream state: failing, then circuit open with the last error while docker-registry is down; healthy once it is back', async () => {
+    type Row = { upstream: string; state: string; consecutiveFailures: number; lastError: { at: string; message: string } | null };
+    const row = async () => (await getJson<{ upstreams: Row[] }>('/api/v1/overview')).upstreams.find((u) => u.upstream === f.upHost)!;
+    // A cache miss needs the upstream: each one a new name (answers are negatively cached).
+    let n = 0;
+    const miss = () => f.app.call('GET', `/v2/up/mirror/absent-${n++}/manifests/1.0`, { auth: f.app.reader.auth, headers: { accept: 'application/vnd.oci.image.manifest.v1+json' } });
+    const started = Date.now();
+    await f.upstream.down();
+    try {
+      assert.equal((await miss()).status, 503);
+      const failing = await row();
+      assert.equal(failing.state, 'failing', JSON.stringify(failing));
+      assert.equal(failing.consecutiveFailures, 1);
+      assert.match(failing.lastError!.message, /ECONNREFUSED|unreachable|connect/i, failing.lastError!.message);
+      assert.ok(Date.parse(failing.lastError!.at) >= started - 1000);
+      await miss();
+      await miss();
+      const open = await row();
+      assert.equal(open.state, 'circuit open', JSON.stringify(open));
+      assert.equal(open.consecutiveFailures, 3);
+      assert.equal((await miss()).status, 503, 'refused at once while open');
+      const stillOpen = await row();
+      assert.match(stillOpen.lastError!.message, /ECONNREFUSED|unreachable|connect/i, 'the last error is the upstream\'s, not the circuit\'s own refusal');
+    } finally {
+      await f.upstream.up();
+    }
+    // Clients keep retrying; the breaker lets a request (or its probe) through once it allows, and the upstream answers.
+    let state = '';
+    for (const deadline = Date.now() + 45_000; Date.now() < deadline;) {
+      await miss();
+      const now = await row();
+      state = now.state;
+      if (state === 'healthy') {
+        assert.equal(now.consecutiveFailures, 0);
+        assert.ok(now.lastError, 'the last error stays visible once healthy');
+        break;
+      }
+      await sleep(1000);
+    }
+    assert.equal(state, 'healthy', 'healthy again once docker-registry is back');
+    process.stdout.write(`# upstream back to healthy ${Date.now() - started} ms after it was stopped\n`);
   });
 });

@@ -24,6 +24,8 @@ describe('console in chromium: the appliance\'s page, as a read-only user and as
   let f: ConsoleFixture;
   let browser: Browser;
   const problems: string[] = [];
+  /** Every confirmation the page asked for (all accepted). */
+  const dialogs: string[] = [];
 
   /** A page in its own browser context (own credentials), logged in through the Basic challenge. */
   async function login(user: { name: string; pass: string }, viewport = { width: 1280, height: 900 }): Promise<Page> {
@@ -34,7 +36,7 @@ describe('console in chromium: the appliance\'s page, as a read-only user and as
     page.on('pageerror', (err) => problems.push(`${user.name}: page error ${String(err)}`));
     // 401 (before the login) and the read-only user's refused purge (403) are expected.
     page.on('console', (msg) => { if (msg.type() === 'error' && !/status of 40[13]/.test(msg.text())) problems.push(`${user.name}: console ${msg.text()}`); });
-    page.on('dialog', (dialog) => { void dialog.accept(); });
+    page.on('dialog', (dialog) => { dialogs.push(dialog.message()); void dialog.accept(); });
     return page;
   }
 
@@ -69,6 +71,8 @@ describe('console in chromium: the appliance\'s page, as a read-only user and as
   });
 
   it('overview shows what /metrics shows, draws its charts, and lists the cleaner\'s plan (light and dark)', async () => {
+    // One pull through the upstream that sends Docker Hub's rate-limit headers (a relay in front of docker-registry).
+    await f.pullFromGateway('hub/mirror/tool:1.0', f.app.reader.creds);
     const page = await login(f.app.reader);
     await show(page, '#/overview', 'overview');
     const shown = await page.$$eval(`#upstreams tr[data-upstream="${f.upHost}"] td[data-field] span[data-value]`, (spans) => Object.fromEntries(spans.map((s) => [s.parentElement!.dataset.field!, Number(s.getAttribute('data-value'))])));
@@ -81,6 +85,15 @@ describe('console in chromium: the appliance\'s page, as a read-only user and as
       upstreamErrors: m('stevedore_upstream_errors_total'),
     });
     assert.ok(shown.hitRatio! > 0 && shown.hitRatio! < 1);
+    assert.equal(await page.$eval(`#upstreams tr[data-upstream="${f.upHost}"] [data-state]`, (e) => e.textContent), 'healthy');
+    assert.equal(await page.$eval(`#upstreams tr[data-upstream="${f.upHost}"] td[data-field="quota"]`, (e) => e.textContent), '–');
+    const quota = await page.$eval(`#upstreams tr[data-upstream="${f.hub.host}"] td[data-field="quota"] span[data-value]`, (e) => [Number(e.getAttribute('data-value')), e.firstChild!.textContent]);
+    assert.deepEqual(quota, [f.hub.remaining(), `${f.hub.remaining()} of 100 per 6 h`]);
+    const largest = await page.$$eval('#largest tbody tr', (rows) => rows.map((r) => [r.querySelector('a')!.textContent, Number(r.querySelector('[data-bytes]')!.getAttribute('data-bytes'))]));
+    const sizeOf = (i: typeof f.cachedImage) => [i.manifest, i.config, ...i.layers].reduce((sum, b) => sum + b.size, 0);
+    assert.deepEqual(largest, [
+      [`${f.upHost}/mirror/tool:1.0`, sizeOf(f.cachedImage)], [`${f.hub.host}/mirror/tool:1.0`, sizeOf(f.cachedImage)], [`${f.upHost}/mirror/gone:2.0`, sizeOf(f.purgeImage)],
+    ]);
 
     // Four charts, each drawn (uPlot's canvas has non-transparent pixels beyond a blank frame).
     const painted = await page.$$eval('#charts canvas', (canvases) => canvases.map((c) => {
@@ -160,6 +173,66 @@ describe('console in chromium: the appliance\'s page, as a read-only user and as
     await admin.waitForFunction(() => document.querySelector('#tags tbody td.muted')?.textContent === 'Nothing to show.', { timeout: 10_000 });
     assert.equal(await tagsOf(), 0, 'purged');
     await admin.browserContext().close();
+  });
+
+  it('an admin deletes a single hosted tag after confirming; the manifest\'s other tag stays', async () => {
+    const m = f.hostedImage.manifest;
+    const put = await f.app.call('PUT', '/v2/team/app/manifests/v1-copy', { auth: f.app.admin.auth, headers: { 'content-type': m.mediaType }, body: m.data });
+    assert.equal(put.status, 201, put.text());
+    const admin = await login(f.app.admin);
+    await show(admin, '#/repository?source=hosted&name=team%2Fapp', 'repository');
+    const rows = async () => admin.$$eval('#tags tbody tr', (trs) => trs.map((r) => [r.querySelector('a')?.textContent, r.querySelector('[data-testid="tag-digest"]')?.textContent]));
+    assert.deepEqual(await rows(), [['v1', m.digest], ['v1-copy', m.digest]]);
+    await screenshot(admin, 'repository-hosted-light');
+    const asked = dialogs.length;
+    await admin.click('#tags tbody tr:nth-child(2) button.delete-tag');
+    const done = await admin.waitForSelector('#status .msg.ok', { timeout: 10_000 });
+    assert.equal(await done!.evaluate((e) => e.textContent), 'Deleted the tag team/app:v1-copy.');
+    assert.match(dialogs[asked] ?? '', /^Delete the tag team\/app:v1-copy\? The manifest sha256:/, 'asked first');
+    await admin.waitForFunction(() => document.querySelectorAll('#tags tbody tr').length === 1, { timeout: 10_000 });
+    assert.deepEqual(await rows(), [['v1', m.digest]]);
+    assert.equal((await f.app.call('GET', `/v2/team/app/manifests/${m.digest}`, { auth: f.app.reader.auth })).status, 200, 'the manifest stays');
+    await admin.browserContext().close();
+  });
+
+  it('the overview refreshes itself (paused while the tab is hidden) and shows an upstream going down: failing, circuit open, the last error', async () => {
+    const page = await login(f.app.reader);
+    let overviewRequests = 0;
+    page.on('request', (r) => { if (r.url().includes('/api/v1/overview')) overviewRequests++; });
+    await show(page, '#/overview?refresh=2', 'overview');
+    await page.evaluate(() => { window.stillSamePage = true; });
+    assert.match(await page.$eval('#refreshed', (e) => e.textContent ?? ''), /refreshes every 2 s while this tab is visible/);
+    // Hidden: no refresh for three periods.
+    await page.evaluate(() => {
+      Object.defineProperty(document, 'hidden', { value: true, configurable: true });
+      document.dispatchEvent(new Event('visibilitychange'));
+    });
+    const before = overviewRequests;
+    await new Promise((r) => setTimeout(r, 6000));
+    assert.equal(overviewRequests, before, 'no refresh while hidden');
+    await page.evaluate(() => {
+      Object.defineProperty(document, 'hidden', { value: false, configurable: true });
+      document.dispatchEvent(new Event('visibilitychange'));
+    });
+    const cell = `#upstreams tr[data-upstream="${f.upHost}"]`;
+    let n = 0;
+    const miss = () => f.app.call('GET', `/v2/up/mirror/absent-${n++}/manifests/1.0`, { auth: f.app.reader.auth });
+    await f.upstream.down();
+    try {
+      await miss();
+      await page.waitForSelector(`${cell} [data-state="failing"]`, { timeout: 10_000 });
+      await miss();
+      await miss();
+      await page.waitForSelector(`${cell} [data-state="circuit open"]`, { timeout: 10_000 });
+      const error = await page.$eval(`${cell} [data-testid="last-error"]`, (e) => e.textContent ?? '');
+      assert.match(error, /^last error \d+ s ago: .*(ECONNREFUSED|unreachable)/, error);
+      assert.ok(overviewRequests > before, 'refreshed once visible again');
+      assert.equal(await page.evaluate(() => window.stillSamePage), true, 'refreshed in place, not reloaded');
+      await screenshot(page, 'overview-upstream-down');
+    } finally {
+      await f.upstream.up();
+    }
+    await page.browserContext().close();
   });
 
   it('raised no script errors or CSP violations', () => {

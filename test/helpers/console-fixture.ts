@@ -2,7 +2,8 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { layoutOf, mustRun, startAppliance, type Appliance } from './appliance.js';
 import { buildImage, readPulledLayout, type BuiltImage, type PulledLayout } from './oci-image.js';
-import { startDistribution, tempDir, type RunningProcess } from './processes.js';
+import { startRateLimitRelay } from './faults.js';
+import { startRestartableDistribution, tempDir, type RestartableDistribution } from './processes.js';
 
 /**
  * What the console tests look at: the appliance under PM2 with a docker-registry upstream, an
@@ -12,8 +13,11 @@ import { startDistribution, tempDir, type RunningProcess } from './processes.js'
  */
 export interface ConsoleFixture {
   work: string;
-  upstream: RunningProcess & { root: string };
+  /** docker-registry, stopped and restarted by the upstream-state tests. */
+  upstream: RestartableDistribution;
   upHost: string;
+  /** A second upstream: a relay in front of the same docker-registry that adds Docker Hub's rate-limit headers (alias `hub`). */
+  hub: Awaited<ReturnType<typeof startRateLimitRelay>>;
   app: Appliance;
   hostedImage: BuiltImage;
   cachedImage: BuiltImage;
@@ -25,8 +29,9 @@ export interface ConsoleFixture {
 
 export async function startConsoleFixture(seed: string): Promise<ConsoleFixture> {
   const work = await tempDir(`console-${seed}-`);
-  const upstream = await startDistribution();
+  const upstream = await startRestartableDistribution();
   const upHost = `127.0.0.1:${upstream.port}`;
+  const hub = await startRateLimitRelay(upstream.port);
   const hostedImage = buildImage({ layerSizes: [4000, 20_000], seed: `${seed}-hosted` });
   const cachedImage = buildImage({ layerSizes: [3000, 50_000], seed: `${seed}-cached` });
   const purgeImage = buildImage({ layerSizes: [2500], seed: `${seed}-purge` });
@@ -38,10 +43,11 @@ export async function startConsoleFixture(seed: string): Promise<ConsoleFixture>
   let app: Appliance;
   try {
     app = await startAppliance({
-      upstreams: [upHost], aliases: `up=${upHost}`,
+      upstreams: [upHost, hub.host], aliases: `up=${upHost},hub=${hub.host}`,
       env: { CLEANER_MAXSIZE: '1k', CLEANER_THRESHOLD_PERCENTAGE: '10', CLEANER_GRACE_TIME: '0s', CLEANER_RUNEVERY_TIME: '1h' },
     });
   } catch (err) {
+    await hub.stop();
     await upstream.stop();
     throw err;
   }
@@ -59,13 +65,15 @@ export async function startConsoleFixture(seed: string): Promise<ConsoleFixture>
     await pullFromGateway('up/mirror/gone:2.0', app.reader.creds);
   } catch (err) {
     await app.stop();
+    await hub.stop();
     await upstream.stop();
     throw err;
   }
   return {
-    work, upstream, upHost, app, hostedImage, cachedImage, purgeImage, pullFromGateway,
+    work, upstream, upHost, hub, app, hostedImage, cachedImage, purgeImage, pullFromGateway,
     async stop() {
       await app.stop();
+      await hub.stop();
       await upstream.stop();
       await rm(work, { recursive: true, force: true });
     },

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { readdir } from 'node:fs/promises';
-import { Agent as HttpAgent, request as httpRequest, type IncomingHttpHeaders } from 'node:http';
+import { Agent as HttpAgent, createServer as createHttpServer, request as httpRequest, type IncomingHttpHeaders } from 'node:http';
 import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
@@ -204,5 +204,47 @@ export function keepAliveClient(base: string, auth?: string, options: { timeoutM
     },
     connections: () => connections,
     close: () => agent?.destroy(),
+  };
+}
+
+/**
+ * A real HTTP relay to `targetPort` (a docker-registry) that adds Docker Hub's rate-limit headers to
+ * manifest answers, as registry-1.docker.io does: `ratelimit-limit: <limit>;w=<window>` and
+ * `ratelimit-remaining: <left>;w=<window>`, one less after every manifest GET. docker-registry
+ * sends no such headers, and the cache must be tested against a server that does.
+ */
+export async function startRateLimitRelay(targetPort: number, options: { limit?: number; windowSeconds?: number } = {}): Promise<{ host: string; port: number; remaining(): number; stop(): Promise<void> }> {
+  const limit = options.limit ?? 100;
+  const window = options.windowSeconds ?? 21_600;
+  let remaining = limit;
+  const agent = new HttpAgent({ keepAlive: true });
+  const server = createHttpServer((req, res) => {
+    const isManifest = /^\/v2\/.+\/manifests\/[^/]+$/.test((req.url ?? '').split('?')[0]!);
+    const upstream = httpRequest({ host: '127.0.0.1', port: targetPort, method: req.method, path: req.url, headers: { ...req.headers, host: `127.0.0.1:${targetPort}` }, agent }, (answer) => {
+      const headers = { ...answer.headers };
+      if (isManifest) {
+        if (req.method === 'GET' && answer.statusCode === 200) remaining = Math.max(0, remaining - 1);
+        headers['ratelimit-limit'] = `${limit};w=${window}`;
+        headers['ratelimit-remaining'] = `${remaining};w=${window}`;
+        headers['docker-ratelimit-source'] = '127.0.0.1';
+      }
+      res.writeHead(answer.statusCode ?? 502, headers);
+      answer.pipe(res);
+    });
+    upstream.on('error', () => {
+      if (!res.headersSent) res.writeHead(502).end();
+      else res.destroy();
+    });
+    req.pipe(upstream);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as { port: number };
+  return {
+    host: `127.0.0.1:${port}`, port, remaining: () => remaining,
+    stop: async () => {
+      server.closeAllConnections();
+      agent.destroy();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
   };
 }

@@ -131,7 +131,31 @@ function renderCharts(host, history) {
 
 // ---- pages -----------------------------------------------------------------------------------
 
-async function overview() {
+function upstreamStateCell(u) {
+  const state = h('span', { class: `state-${u.state.replace(' ', '-')}`, 'data-state': u.state }, u.state);
+  if (u.kind !== 'proxy' || !u.lastError) return state;
+  // The last error stays visible (muted once the upstream is healthy again): when it happened and what it was.
+  return h('div', {}, state, h('div', { class: `last-error${u.state === 'healthy' ? ' muted' : ''}`, 'data-testid': 'last-error' },
+    'last error ', when(u.lastError.at), ': ', h('span', { class: 'error-text' }, u.lastError.message)));
+}
+
+/** `ratelimit-remaining` of `ratelimit-limit` as the upstream last sent them (Docker Hub: per 6 h window). */
+function quotaCell(u) {
+  const r = u.rateLimit;
+  if (!r || !r.remaining) return '–';
+  const window = r.remaining.windowSeconds ?? r.limit?.windowSeconds;
+  const hours = window ? ` per ${window % 3600 === 0 ? `${window / 3600} h` : `${Math.round(window / 60)} min`}` : '';
+  return h('span', { 'data-value': r.remaining.value, title: `ratelimit-remaining / ratelimit-limit seen ${new Date(r.at).toISOString()}` },
+    r.limit ? `${num(r.remaining.value)} of ${num(r.limit.value)}${hours}` : `${num(r.remaining.value)}${hours}`, h('div', { class: 'muted' }, when(r.at)));
+}
+
+/** The overview refreshes itself every 30 s (`#/overview?refresh=SECONDS`, at least 2, changes it). */
+function refreshMs(params) {
+  const asked = Number(params?.get('refresh'));
+  return Number.isFinite(asked) && asked >= 2 ? asked * 1000 : 30_000;
+}
+
+async function overview(params) {
   const [o, history, evictions, top] = await Promise.all([api('overview'), api(`history?since=${Date.now() - 24 * 3600_000}`), api('evictions?per_page=20'), api('top?limit=10')]);
   const s = o.storage;
   const scale = Math.max(s.triggerBytes, s.cachedBytes) * 1.05 || 1;
@@ -145,6 +169,8 @@ async function overview() {
   const chartsHost = h('div', { class: 'grid', id: 'charts' });
   main.replaceChildren(
     h('h1', {}, 'Overview'),
+    h('p', { class: 'muted', id: 'refreshed' }, 'Updated ', h('time', { datetime: new Date().toISOString() }, new Date().toLocaleTimeString()),
+      ` · refreshes every ${Math.round(refreshMs(params) / 1000)} s while this tab is visible`),
     h('div', { class: 'grid' },
       h('section', { class: 'card', 'aria-labelledby': 'storage-h' }, h('h2', { id: 'storage-h' }, 'Storage'),
         h('div', { class: 'big', 'data-testid': 'cached-bytes', 'data-bytes': s.cachedBytes }, size(s.cachedBytes), h('span', { class: 'muted' }, ` cached of ${size(s.limitBytes)}`)),
@@ -159,21 +185,29 @@ async function overview() {
     h('h2', {}, 'Upstreams'),
     table('Requests since the gateway started (same counters as /metrics)', [
       { label: 'Upstream', cell: (u) => (u.upstream === '-' ? 'hosted registry' : u.upstream) },
-      { label: 'State', cell: (u) => h('span', { class: `state-${u.state.replace(' ', '-')}` }, u.state) },
+      { label: 'State', field: 'state', cell: upstreamStateCell },
       { label: 'Requests', cls: 'num', field: 'requests', cell: (u) => valued(u.requests, num(u.requests)) },
       { label: 'Hit ratio', cls: 'num', field: 'hitRatio', cell: (u) => (u.kind === 'proxy' ? valued(u.hitRatio, pct(u.hitRatio)) : '–') },
       { label: 'Served', cls: 'num', field: 'bytesServed', cell: (u) => valued(u.bytesServed, size(u.bytesServed)) },
       { label: 'From cache (saved)', cls: 'num', field: 'bytesFromCache', cell: (u) => (u.kind === 'proxy' ? valued(u.bytesFromCache, size(u.bytesFromCache)) : '–') },
       { label: 'Fetched upstream', cls: 'num', field: 'bytesFetched', cell: (u) => (u.kind === 'proxy' ? valued(u.bytesFetched, size(u.bytesFetched)) : '–') },
       { label: 'Upstream errors', cls: 'num hide-narrow', field: 'upstreamErrors', cell: (u) => valued(u.upstreamErrors, num(u.upstreamErrors)) },
+      { label: 'Quota left', cls: 'num', field: 'quota', cell: quotaCell },
     ], o.upstreams, { id: 'upstreams', rowAttrs: (u) => ({ 'data-upstream': u.upstream }) }),
-    h('h2', {}, 'Most pulled'),
-    table(['Most pulled images in the recent access log', top.since ? [' (since ', when(top.since), ')'] : ''], [
-      { label: 'Image', cell: (i) => (i.upstream === '-' ? i.repository : `${i.upstream}/${i.repository}`) },
-      { label: 'Pulls', cls: 'num', cell: (i) => valued(i.pulls, num(i.pulls)) },
-      { label: 'Sent', cls: 'num', cell: (i) => size(i.bytes) },
-      { label: 'Last pulled', cell: (i) => when(i.lastPulled) },
-    ], top.mostPulled, { id: 'top' }),
+    h('div', { class: 'grid rankings' },
+      h('section', { 'aria-labelledby': 'top-h' }, h('h2', { id: 'top-h' }, 'Most pulled'),
+        table(['Most pulled images in the recent access log', top.since ? [' (since ', when(top.since), ')'] : ''], [
+          { label: 'Image', cell: (i) => (i.upstream === '-' ? i.repository : `${i.upstream}/${i.repository}`) },
+          { label: 'Pulls', cls: 'num', cell: (i) => valued(i.pulls, num(i.pulls)) },
+          { label: 'Sent', cls: 'num', cell: (i) => size(i.bytes) },
+          { label: 'Last pulled', cls: 'hide-narrow', cell: (i) => when(i.lastPulled) },
+        ], top.mostPulled, { id: 'top' })),
+      h('section', { 'aria-labelledby': 'largest-h' }, h('h2', { id: 'largest-h' }, 'Largest cached'),
+        table('Largest cached images (manifest, config and layers)', [
+          { label: 'Image', cell: (i) => h('a', { href: `#/repository?${new URLSearchParams({ source: i.upstream, name: i.repository })}` }, `${i.upstream}/${i.repository}:${i.tags.join(', ')}`) },
+          { label: 'Size', cls: 'num', cell: (i) => h('span', { 'data-bytes': i.size }, size(i.size)) },
+          { label: 'Last served', cls: 'hide-narrow', cell: (i) => when(i.lastServed) },
+        ], top.largestCached, { id: 'largest' }))),
     h('h2', {}, 'History'),
     chartsHost,
     h('h2', {}, 'Next to be evicted'),
@@ -246,12 +280,15 @@ async function repository(params) {
   const first = data.items[0]?.tag ?? 'latest';
   const pull = `podman pull ${host}/${data.pull}:${first}`;
   const cache = source !== 'hosted';
-  const remove = async (t) => {
-    const what = cache ? `Purge ${name}@${t.digest} from the cache? The next pull fetches it again.` : `Delete the manifest ${t.digest} (and every tag on it) from ${name}? This cannot be undone.`;
+  // byTag: only this tag goes (the hosted registry's DELETE of a tag); otherwise the manifest, with every tag on it.
+  const remove = async (t, byTag = false) => {
+    const what = cache ? `Purge ${name}@${t.digest} from the cache? The next pull fetches it again.`
+      : byTag ? `Delete the tag ${name}:${t.tag}? The manifest ${t.digest} stays (and any other tag on it).`
+        : `Delete the manifest ${t.digest} (and every tag on it) from ${name}? This cannot be undone.`;
     if (!confirm(what)) return;
     try {
-      await api(`manifests?${new URLSearchParams({ source, repository: name, reference: t.digest })}`, { method: 'DELETE', headers: CSRF });
-      say(cache ? `Purged ${name}:${t.tag} from the cache.` : `Deleted ${name}:${t.tag}.`);
+      await api(`manifests?${new URLSearchParams({ source, repository: name, reference: byTag ? t.tag : t.digest })}`, { method: 'DELETE', headers: CSRF });
+      say(cache ? `Purged ${name}:${t.tag} from the cache.` : byTag ? `Deleted the tag ${name}:${t.tag}.` : `Deleted ${name}@${t.digest}.`);
       route();
     } catch (err) {
       say(err.message, 'error');
@@ -273,7 +310,8 @@ async function repository(params) {
       { label: 'Platforms', cls: 'hide-narrow', cell: (t) => (t.platforms ?? []).join(', ') || '–' },
       { label: 'Created', cls: 'hide-narrow', cell: (t) => when(t.created) },
       { label: 'Last served', cell: (t) => when(t.lastServed) },
-      { label: 'Action', cell: (t) => adminButton(cache ? 'Purge' : 'Delete', () => remove(t), 'danger') },
+      { label: 'Action', cell: (t) => (cache ? adminButton('Purge', () => remove(t), 'danger')
+        : h('div', { class: 'actions' }, adminButton('Delete tag', () => remove(t, true), 'danger delete-tag'), adminButton('Delete manifest', () => remove(t), 'danger delete-manifest'))) },
     ], data.items, { id: 'tags' }),
     pager(data, (p) => { location.hash = `#/repository?${new URLSearchParams({ source, name, page: String(p) })}`; }),
     ...mirror,
@@ -334,7 +372,24 @@ async function pulls(params) {
 const PAGES = { overview, repositories, repository, image, pulls };
 const NAV = { overview: 'overview', repositories: 'repositories', repository: 'repositories', image: 'repositories', pulls: 'pulls' };
 
-async function route() {
+let refreshTimer;
+let lastRender = 0;
+
+/** Re-renders the overview in place when it is due, unless the tab is hidden (then: when it shows again). */
+function scheduleRefresh(page, params) {
+  clearTimeout(refreshTimer);
+  if (page !== 'overview') return;
+  const every = refreshMs(params);
+  refreshTimer = setTimeout(() => { if (!document.hidden) route({ keepScroll: true }); }, Math.max(0, lastRender + every - Date.now()));
+}
+
+document.addEventListener('visibilitychange', () => {
+  if (document.hidden) clearTimeout(refreshTimer);
+  else if (document.body.dataset.page === 'overview') scheduleRefresh('overview', new URLSearchParams(location.hash.split('?')[1] ?? ''));
+});
+
+async function route({ keepScroll = false } = {}) {
+  const scrollY = window.scrollY;
   const [path, query] = (location.hash.slice(2) || 'overview').split('?');
   const page = PAGES[path] ? path : 'overview';
   for (const a of document.querySelectorAll('[data-nav]')) {
@@ -351,6 +406,9 @@ async function route() {
     main.replaceChildren(h('h1', {}, 'Error'), h('p', { class: 'muted' }, err.message));
   }
   document.title = `${main.querySelector('h1')?.textContent ?? 'Console'} · Stevedore`;
+  if (keepScroll) window.scrollTo(0, scrollY);
+  lastRender = Date.now();
+  scheduleRefresh(page, new URLSearchParams(query ?? ''));
   // Tests and screen readers: the page's content is complete.
   document.body.setAttribute('data-ready', page);
 }
@@ -362,7 +420,7 @@ async function start() {
   } catch (err) {
     say(err.message, 'error');
   }
-  window.addEventListener('hashchange', route);
+  window.addEventListener('hashchange', () => route());
   await route();
 }
 
