@@ -93,6 +93,7 @@ async function main(): Promise<void> {
     `/api/v1/tags?source=${UPSTREAM}&repository=${first!.repo}`,
     `/api/v1/image?source=${UPSTREAM}&repository=${first!.repo}&digest=${first!.digest}`,
     '/api/v1/pulls?limit=100',
+    '/api/v1/top',
     '/api/v1/history',
   ];
   const results: Array<{ path: string; coldMs: number; warmMs: number; bytes: number }> = [];

@@ -71,8 +71,6 @@ describe('console in chromium: the appliance\'s page, as a read-only user and as
   });
 
   it('overview shows what /metrics shows, draws its charts, and lists the cleaner\'s plan (light and dark)', async () => {
-    // One pull through the upstream that sends Docker Hub's rate-limit headers (a relay in front of docker-registry).
-    await f.pullFromGateway('hub/mirror/tool:1.0', f.app.reader.creds);
     const page = await login(f.app.reader);
     await show(page, '#/overview', 'overview');
     const shown = await page.$$eval(`#upstreams tr[data-upstream="${f.upHost}"] td[data-field] span[data-value]`, (spans) => Object.fromEntries(spans.map((s) => [s.parentElement!.dataset.field!, Number(s.getAttribute('data-value'))])));
@@ -87,13 +85,9 @@ describe('console in chromium: the appliance\'s page, as a read-only user and as
     assert.ok(shown.hitRatio! > 0 && shown.hitRatio! < 1);
     assert.equal(await page.$eval(`#upstreams tr[data-upstream="${f.upHost}"] [data-state]`, (e) => e.textContent), 'healthy');
     assert.equal(await page.$eval(`#upstreams tr[data-upstream="${f.upHost}"] td[data-field="quota"]`, (e) => e.textContent), '–');
-    const quota = await page.$eval(`#upstreams tr[data-upstream="${f.hub.host}"] td[data-field="quota"] span[data-value]`, (e) => [Number(e.getAttribute('data-value')), e.firstChild!.textContent]);
-    assert.deepEqual(quota, [f.hub.remaining(), `${f.hub.remaining()} of 100 per 6 h`]);
     const largest = await page.$$eval('#largest tbody tr', (rows) => rows.map((r) => [r.querySelector('a')!.textContent, Number(r.querySelector('[data-bytes]')!.getAttribute('data-bytes'))]));
     const sizeOf = (i: typeof f.cachedImage) => [i.manifest, i.config, ...i.layers].reduce((sum, b) => sum + b.size, 0);
-    assert.deepEqual(largest, [
-      [`${f.upHost}/mirror/tool:1.0`, sizeOf(f.cachedImage)], [`${f.hub.host}/mirror/tool:1.0`, sizeOf(f.cachedImage)], [`${f.upHost}/mirror/gone:2.0`, sizeOf(f.purgeImage)],
-    ]);
+    assert.deepEqual(largest, [[`${f.upHost}/mirror/tool:1.0`, sizeOf(f.cachedImage)], [`${f.upHost}/mirror/gone:2.0`, sizeOf(f.purgeImage)]]);
 
     // Four charts, each drawn (uPlot's canvas has non-transparent pixels beyond a blank frame).
     const painted = await page.$$eval('#charts canvas', (canvases) => canvases.map((c) => {
@@ -111,6 +105,14 @@ describe('console in chromium: the appliance\'s page, as a read-only user and as
     const listed = await page.$$eval('#evictions tbody code', (cells) => cells.map((c) => c.textContent));
     assert.deepEqual(listed, planned);
 
+    // One pull through the upstream that sends Docker Hub's rate-limit headers (a relay in front of
+    // docker-registry): the overview shows what it last sent.
+    await f.pullFromGateway('hub/mirror/tool:1.0', f.app.reader.creds);
+    await page.reload({ waitUntil: 'load' });
+    await page.waitForSelector('body[data-ready="overview"]');
+    const quota = await page.$eval(`#upstreams tr[data-upstream="${f.hub.host}"] td[data-field="quota"] span[data-value]`, (e) => [Number(e.getAttribute('data-value')), e.firstChild!.textContent]);
+    assert.ok(f.hub.remaining() < 100);
+    assert.deepEqual(quota, [f.hub.remaining(), `${f.hub.remaining()} of 100 per 6 h`]);
     // Charts follow the data directory's history; give uPlot's layout a frame before the picture.
     await screenshot(page, 'overview-light');
     await page.emulateMediaFeatures([{ name: 'prefers-color-scheme', value: 'dark' }]);

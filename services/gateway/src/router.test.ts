@@ -134,3 +134,10 @@ test('routeRequest: a malformed worker path is forwarded (the worker answers it)
   assert.equal(upper.resource, 'other');
   assert.equal(upper.url, '/v2/Team/app/manifests/1');
 });
+
+test('routeRequest: a worker\'s internal status path (/_stevedore/status) is never forwarded, however written', () => {
+  throwsCode('/_stevedore/status', 'NAME_UNKNOWN', 404);
+  for (const url of ['/v2/../_stevedore/status', '/v2/%2e%2e/_stevedore/status', '/v2/hub/../../_stevedore/status', '/v2//_stevedore/status', '/v2/%2F_stevedore/status']) throwsCode(url, 'NAME_INVALID', 400);
+  // Anything else under /v2/ reaches a worker as a /v2/ path: its registry API, never the status route.
+  for (const url of ['/v2/_stevedore/status', '/v2/hub/_stevedore/status', '/v2/_catalog?x=/_stevedore/status']) assert.ok(worker(url).url.startsWith('/v2/'), url);
+});

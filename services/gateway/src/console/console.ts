@@ -1,19 +1,15 @@
-import { createHash } from 'node:crypto';
-import { readdirSync, readFileSync } from 'node:fs';
-import { request as httpRequest, type Agent, type IncomingMessage, type ServerResponse } from 'node:http';
-import { createRequire } from 'node:module';
-import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { gzipSync } from 'node:zlib';
+import type { Agent, IncomingMessage, ServerResponse } from 'node:http';
 import type { AppliancePlan, WorkerPlan } from '../../../../lib/appliance.js';
 import type { Logger } from '../../../../lib/log.js';
 import { tryParseDigest } from '../../../../lib/oci/digest.js';
 import { isValidName, isValidTag } from '../../../../lib/oci/reference.js';
-import { readCleanerRuns, recordCleanerRun } from '../../../../lib/storage/cleaner-runs.js';
-import { applyEviction, planEviction, type EvictionPlan } from '../../../../lib/storage/eviction.js';
+import { readCleanerRuns } from '../../../../lib/storage/cleaner-runs.js';
+import { planEviction, type EvictionPlan } from '../../../../lib/storage/eviction.js';
 import type { AuthenticatedUser, UserDirectory } from '../auth.js';
 import type { GatewayMetrics } from '../metrics.js';
+import { deleteOnWorker, runEviction } from './actions.js';
 import { ConsoleHistory } from './history.js';
+import { checkCsrf, ConsoleError, intParam, loadAssets, paginate, sendJson, servePage, type Asset } from './http.js';
 import { readCounters, storeChangeStamp, totalsOf } from './metrics-view.js';
 import { largestCachedImages, type LargeImage } from './largest-images.js';
 import { mostPulled, recentPulls } from './recent-pulls.js';
@@ -62,78 +58,6 @@ const WALK_COST_FACTOR = 20;
 /** How long the top-images rankings are reused. */
 const RANKING_MAX_AGE_MS = 30_000;
 
-/** Header every state-changing API request must carry: a cross-site form or image can't set it (see checkCsrf). */
-export const CSRF_HEADER = 'x-stevedore-console';
-
-class ConsoleError extends Error {
-  constructor(readonly status: number, readonly code: string, message: string, readonly headers: Record<string, string> = {}) {
-    super(message);
-  }
-}
-
-const SECURITY_HEADERS: Record<string, string> = {
-  'content-security-policy': "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
-  'x-content-type-options': 'nosniff',
-  'x-frame-options': 'DENY',
-  'referrer-policy': 'no-referrer',
-  'cross-origin-opener-policy': 'same-origin',
-  'cross-origin-resource-policy': 'same-origin',
-  'permissions-policy': 'camera=(), microphone=(), geolocation=()',
-};
-
-interface Asset {
-  body: Buffer;
-  /** The body gzipped once at start-up (the page is about 80 KB, 32 KB gzipped). */
-  gzipped: Buffer;
-  type: string;
-  etag: string;
-}
-
-const CONTENT_TYPES: Record<string, string> = {
-  '.html': 'text/html; charset=utf-8', '.js': 'text/javascript; charset=utf-8', '.css': 'text/css; charset=utf-8',
-  '.svg': 'image/svg+xml', '.png': 'image/png', '.ico': 'image/x-icon',
-};
-
-/**
- * The page's files: services/gateway/console-ui/ (shipped beside dist/ in the package and image)
- * and uPlot from node_modules; read once at start-up (about 100 KB), never from a CDN.
- */
-function loadAssets(log: Logger): Map<string, Asset> {
-  const assets = new Map<string, Asset>();
-  const add = (urlPath: string, file: string) => {
-    const body = readFileSync(file);
-    const ext = file.slice(file.lastIndexOf('.'));
-    assets.set(urlPath, { body, gzipped: gzipSync(body, { level: 9 }), type: CONTENT_TYPES[ext] ?? 'application/octet-stream', etag: `"${createHash('sha256').update(body).digest('base64url').slice(0, 22)}"` });
-  };
-  // dist/services/gateway/src/console/ → the checkout or /app root.
-  const uiDir = fileURLToPath(new URL('../../../../../services/gateway/console-ui/', import.meta.url));
-  try {
-    for (const name of readdirSync(uiDir)) if (/^[\w.-]+\.(html|js|css|svg|png|ico)$/.test(name)) add(`/ui/${name}`, join(uiDir, name));
-    const require = createRequire(import.meta.url);
-    const uplotDir = join(require.resolve('uplot/package.json'), '..', 'dist');
-    add('/ui/vendor/uPlot.iife.min.js', join(uplotDir, 'uPlot.iife.min.js'));
-    add('/ui/vendor/uPlot.min.css', join(uplotDir, 'uPlot.min.css'));
-  } catch (err) {
-    // The registry must not go down for a missing page: the API still answers.
-    log.error({ err, uiDir }, 'console: the page\'s files are missing (an incomplete install?): only /api/v1/ is served');
-  }
-  return assets;
-}
-
-function intParam(query: URLSearchParams, name: string, fallback: number, min: number, max: number): number {
-  const raw = query.get(name);
-  if (raw === null || raw === '') return fallback;
-  const value = Number(raw);
-  if (!Number.isInteger(value) || value < min || value > max) throw new ConsoleError(400, 'BAD_REQUEST', `${name} must be an integer from ${min} to ${max}`);
-  return value;
-}
-
-/** `page` (1-based) and `per_page` (default 50, at most 500) of a list. */
-function paginate<T>(items: T[], query: URLSearchParams): { items: T[]; page: number; perPage: number; total: number } {
-  const perPage = intParam(query, 'per_page', 50, 1, 500);
-  const page = intParam(query, 'page', 1, 1, 1_000_000);
-  return { items: items.slice((page - 1) * perPage, page * perPage), page, perPage, total: items.length };
-}
 
 /**
  * The web console: the page (`/`, `/ui/…`) and its JSON API (`/api/v1/…`), behind the registry's
@@ -208,11 +132,11 @@ export class WebConsole {
         await this.api(req, res, path, user);
         return;
       }
-      this.page(req, res, path);
+      servePage(this.assets, req, res, path);
     } catch (err) {
-      if (err instanceof ConsoleError) return this.json(res, err.status, { error: { code: err.code, message: err.message } }, err.headers);
+      if (err instanceof ConsoleError) return sendJson(res, err.status, { error: { code: err.code, message: err.message } }, err.headers);
       this.options.log.error({ err, path }, 'console request failed');
-      this.json(res, 500, { error: { code: 'INTERNAL', message: 'internal server error' } });
+      sendJson(res, 500, { error: { code: 'INTERNAL', message: 'internal server error' } });
     }
   }
 
@@ -225,46 +149,7 @@ export class WebConsole {
     return user;
   }
 
-  private page(req: IncomingMessage, res: ServerResponse, path: string): void {
-    if (req.method !== 'GET' && req.method !== 'HEAD') throw new ConsoleError(405, 'METHOD_NOT_ALLOWED', 'the console pages are read with GET');
-    const asset = this.assets.get(path === '/' || path === '/ui' || path === '/ui/' ? '/ui/index.html' : path);
-    if (!asset) throw new ConsoleError(404, 'NOT_FOUND', `no console page ${path}`);
-    const gzip = /\bgzip\b/.test(String(req.headers['accept-encoding'] ?? ''));
-    const etag = gzip ? `${asset.etag.slice(0, -1)}-gz"` : asset.etag;
-    const headers: Record<string, string> = { ...SECURITY_HEADERS, 'content-type': asset.type, etag, 'cache-control': 'no-cache', vary: 'authorization, accept-encoding' };
-    if (req.headers['if-none-match'] === etag) {
-      res.writeHead(304, headers);
-      res.end();
-      return;
-    }
-    const body = gzip ? asset.gzipped : asset.body;
-    res.writeHead(200, { ...headers, ...(gzip ? { 'content-encoding': 'gzip' } : {}), 'content-length': String(body.length) });
-    res.end(req.method === 'HEAD' ? undefined : body);
-  }
 
-  private json(res: ServerResponse, status: number, value: unknown, headers: Record<string, string> = {}): void {
-    if (res.headersSent) {
-      res.destroy();
-      return;
-    }
-    const body = JSON.stringify(value);
-    res.writeHead(status, { ...SECURITY_HEADERS, ...headers, 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(body)), 'cache-control': 'no-store' });
-    res.end(body);
-  }
-
-  /**
-   * Browsers send Basic credentials with any request to this origin, a cross-site one included,
-   * so a write must prove it comes from the console's own script: a custom header (which a
-   * cross-origin page can only send after a CORS preflight, which is never granted) and, when the
-   * browser says where the request comes from, this very origin.
-   */
-  private checkCsrf(req: IncomingMessage): void {
-    if (req.headers[CSRF_HEADER] !== '1') throw new ConsoleError(403, 'CSRF', `admin actions need the ${CSRF_HEADER}: 1 header (sent by the console page)`);
-    const site = req.headers['sec-fetch-site'];
-    if (site !== undefined && site !== 'same-origin' && site !== 'none') throw new ConsoleError(403, 'CSRF', 'cross-site request refused');
-    const origin = req.headers.origin;
-    if (origin !== undefined && origin !== `${this.options.tls ? 'https' : 'http'}://${req.headers.host ?? ''}`) throw new ConsoleError(403, 'CSRF', `cross-origin request refused (Origin ${origin})`);
-  }
 
   private requireAdmin(user: AuthenticatedUser, action: string): void {
     if (!user.admin) throw new ConsoleError(403, 'DENIED', `user ${user.name} is read-only: ${action} needs an admin`);
@@ -275,13 +160,13 @@ export class WebConsole {
     const route = `${req.method} ${path}`;
     switch (route) {
       case 'GET /api/v1/me':
-        return this.json(res, 200, { user: user.name, admin: user.admin, auth: Boolean(this.options.users) });
+        return sendJson(res, 200, { user: user.name, admin: user.admin, auth: Boolean(this.options.users) });
       case 'GET /api/v1/overview':
-        return this.json(res, 200, await this.overview(user));
+        return sendJson(res, 200, await this.overview(user));
       case 'GET /api/v1/history': {
         const since = intParam(query, 'since', 0, 0, Number.MAX_SAFE_INTEGER);
         const [points, cleaner] = await Promise.all([this.history.series(since), readCleanerRuns(this.options.root)]);
-        return this.json(res, 200, {
+        return sendJson(res, 200, {
           columns: ['time', 'hits', 'misses', 'bytesFromCache', 'bytesFetched', 'upstreamErrors', 'cachedBytes', 'hostedBytes'],
           points, limitBytes: this.options.cleaner.maxSize, triggerBytes: this.trigger(),
           cleanerRuns: cleaner.runs.filter((r) => r.at >= since),
@@ -291,7 +176,7 @@ export class WebConsole {
         const q = (query.get('q') ?? '').toLowerCase();
         const source = query.get('source');
         const rows = (await this.store.repositories()).filter((r) => (!source || r.source === source) && (!q || `${r.source}/${r.name}`.toLowerCase().includes(q)));
-        return this.json(res, 200, { ...paginate(rows, query), sources: this.store.sourceNames() });
+        return sendJson(res, 200, { ...paginate(rows, query), sources: this.store.sourceNames() });
       }
       case 'GET /api/v1/tags': {
         const { source, repository } = this.repositoryParams(query);
@@ -299,13 +184,13 @@ export class WebConsole {
         if (!names) throw new ConsoleError(404, 'NOT_FOUND', `no repository ${repository} in ${source}`);
         const page = paginate(names, query);
         const rows = await Promise.all(page.items.map((tag) => this.store.tag(source, repository, tag)));
-        return this.json(res, 200, { ...page, source, repository, pull: this.pullReference(source, repository), items: rows.filter(Boolean) });
+        return sendJson(res, 200, { ...page, source, repository, pull: this.pullReference(source, repository), items: rows.filter(Boolean) });
       }
       case 'GET /api/v1/image': {
         const { source, repository } = this.repositoryParams(query);
         const image = await this.store.image(source, repository, query.get('digest') ?? '');
         if (!image) throw new ConsoleError(404, 'NOT_FOUND', `no manifest ${query.get('digest')} in ${source}/${repository}`);
-        return this.json(res, 200, image);
+        return sendJson(res, 200, image);
       }
       case 'GET /api/v1/evictions': {
         // fresh=1: planned now, as `stevedore clean --dry-run` would print it (a walk of the store);
@@ -313,7 +198,7 @@ export class WebConsole {
         const fresh = query.get('fresh') === '1';
         const plan = await (fresh ? this.evictionPlan(0) : this.evictionPlan(STORAGE_MAX_AGE_MS, storeChangeStamp(await readCounters(this.options.metrics))));
         const page = paginate(plan.evict, query);
-        return this.json(res, 200, {
+        return sendJson(res, 200, {
           ...page, items: page.items.map((b) => ({ digest: b.digest.value, size: b.size, lastServed: new Date(b.atimeMs).toISOString(), reason: b.reason })),
           usageBytes: plan.usage, limitBytes: plan.limit, triggerBytes: plan.trigger, pinnedBytes: plan.pinned, hostedBytes: plan.hosted,
           evictBytes: plan.evict.reduce((sum, b) => sum + b.size, 0), plannedAt: new Date(this.measured?.at ?? Date.now()).toISOString(),
@@ -325,7 +210,7 @@ export class WebConsole {
           ...(query.get('q') ? { q: query.get('q')! } : {}), ...(query.get('user') ? { user: query.get('user')! } : {}),
           ...(query.get('upstream') ? { upstream: query.get('upstream')! } : {}), ...(query.get('status') ? { status: query.get('status')! } : {}),
         });
-        return this.json(res, 200, { items: entries.map(({ time, user: who, method, upstream, repository, reference, kind, status, bytes, durationMs }) => ({ time, user: who, method, upstream, repository, reference, kind, status, bytes, durationMs })) });
+        return sendJson(res, 200, { items: entries.map(({ time, user: who, method, upstream, repository, reference, kind, status, bytes, durationMs }) => ({ time, user: who, method, upstream, repository, reference, kind, status, bytes, durationMs })) });
       }
       case 'GET /api/v1/top': {
         const limit = intParam(query, 'limit', 10, 1, 100);
@@ -337,16 +222,16 @@ export class WebConsole {
           entry.value.catch(() => { if (this.largest === entry) this.largest = undefined; });
         }
         const [pulled, largest] = await Promise.all([this.ranking.value, this.largest.value]);
-        return this.json(res, 200, { since: pulled.since ?? null, mostPulled: pulled.items.slice(0, limit), largestCached: largest.slice(0, limit) });
+        return sendJson(res, 200, { since: pulled.since ?? null, mostPulled: pulled.items.slice(0, limit), largestCached: largest.slice(0, limit) });
       }
       case 'DELETE /api/v1/manifests':
-        this.checkCsrf(req);
+        checkCsrf(req, this.options.tls);
         this.requireAdmin(user, 'deleting a tag or manifest');
-        return this.json(res, 200, await this.deleteManifest(user, query));
+        return sendJson(res, 200, await this.deleteManifest(user, query));
       case 'POST /api/v1/cleaner/run':
-        this.checkCsrf(req);
+        checkCsrf(req, this.options.tls);
         this.requireAdmin(user, 'running the cleaner');
-        return this.json(res, 200, await this.runCleaner(user));
+        return sendJson(res, 200, await this.runCleaner(user));
       default:
         throw new ConsoleError(404, 'NOT_FOUND', `no API endpoint ${route}`);
     }
@@ -416,27 +301,13 @@ export class WebConsole {
     const reference = query.get('reference') ?? '';
     if (!tryParseDigest(reference) && !isValidTag(reference)) throw new ConsoleError(400, 'BAD_REQUEST', 'reference must be a tag or a digest');
     const worker = this.store.workerOf(source)!;
-    const answer = await new Promise<{ status: number; body: string }>((resolve, reject) => {
-      const sent = httpRequest({ socketPath: worker.socketPath, path: `/v2/${repository}/manifests/${reference}`, method: 'DELETE', agent: this.options.agent }, (res) => {
-        let body = '';
-        res.setEncoding('utf8');
-        res.on('data', (c: string) => { body += c; });
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
-        res.on('error', reject);
-      });
-      sent.on('error', () => reject(new ConsoleError(503, 'UNAVAILABLE', `the registry worker ${worker.name} is not running (it may be restarting); retry shortly`)));
-      sent.end();
-    });
-    this.options.invalidate(worker, repository);
-    this.store.forget();
-    this.largest = undefined;
-    if (answer.status >= 300) {
-      let message = `the registry answered ${answer.status}`;
-      try {
-        const first = (JSON.parse(answer.body) as { errors?: Array<{ code: string; message: string }> }).errors?.[0];
-        if (first) message = `${first.code}: ${first.message}`;
-      } catch { /* not OCI JSON */ }
-      throw new ConsoleError(answer.status === 404 ? 404 : answer.status >= 500 ? 502 : answer.status, 'REGISTRY', message);
+    try {
+      await deleteOnWorker(worker, this.options.agent, repository, reference);
+    } finally {
+      // Whatever the worker answered, it may have changed the store.
+      this.options.invalidate(worker, repository);
+      this.store.forget();
+      this.largest = undefined;
     }
     this.options.log.info({ user: user.name, source, repository, reference }, source === 'hosted' ? 'console: deleted from the hosted registry' : 'console: purged from the cache');
     return { deleted: { source, repository, reference } };
@@ -445,15 +316,7 @@ export class WebConsole {
   /** One eviction run now, with the cleaner's own code; one at a time. */
   private async runCleaner(user: AuthenticatedUser): Promise<unknown> {
     if (this.cleaning) throw new ConsoleError(409, 'BUSY', 'a cleaner run started from the console is still going');
-    const run = (async () => {
-      const { cleaner, root, log } = this.options;
-      const plan = await planEviction(root, { maxSize: cleaner.maxSize, thresholdPercentage: cleaner.thresholdPercentage, graceMs: cleaner.grace });
-      const freed = plan.evict.length ? await applyEviction(root, plan, log) : 0;
-      const record = { at: Date.now(), usageBefore: plan.usage, evictedBlobs: plan.evict.length, freedBytes: freed };
-      await recordCleanerRun(root, record);
-      log.info({ user: user.name, ...record }, 'console: cleaner run');
-      return record;
-    })();
+    const run = runEviction(this.options.root, this.options.cleaner, this.options.log, user.name);
     this.cleaning = run;
     try {
       return { run: await run };

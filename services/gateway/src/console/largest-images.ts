@@ -41,5 +41,5 @@ export async function largestCachedImages(store: StoreView, limit: number): Prom
   await Promise.all(Array.from({ length: Math.min(CONCURRENCY, work.length) }, worker));
   const rows = [...byManifest.values()];
   for (const row of rows) row.tags.sort();
-  return rows.sort((a, b) => b.size - a.size || a.repository.localeCompare(b.repository)).slice(0, limit);
+  return rows.sort((a, b) => b.size - a.size || `${a.upstream}/${a.repository}`.localeCompare(`${b.upstream}/${b.repository}`) || a.digest.localeCompare(b.digest)).slice(0, limit);
 }

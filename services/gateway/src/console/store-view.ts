@@ -53,16 +53,33 @@ const CONFIG_READ_MAX = 1024 * 1024;
  * owner): a blob's atime is its last-served clock for the cleaner, and the console looking at it
  * is not a pull.
  */
-async function readKeepingAtime(path: string): Promise<string> {
+async function readKeepingAtime(path: string): Promise<string>;
+async function readKeepingAtime(path: string, raw: 'buffer'): Promise<Buffer>;
+async function readKeepingAtime(path: string, raw?: 'buffer'): Promise<string | Buffer> {
   const noAtime = (constants as Record<string, number>).O_NOATIME ?? 0;
   const handle = await open(path, constants.O_RDONLY | noAtime).catch((err: NodeJS.ErrnoException) => {
     if (err.code === 'EPERM' && noAtime) return open(path, constants.O_RDONLY);
     throw err;
   });
   try {
-    return await handle.readFile('utf8');
+    return raw ? await handle.readFile() : await handle.readFile('utf8');
   } finally {
     await handle.close();
+  }
+}
+
+/**
+ * The workers' manifest reader, but reading manifest bodies without moving their atime: the
+ * console listing tags (or ranking the largest images) must not change what the cleaner evicts next.
+ */
+class AtimeKeepingReader extends ManifestReader {
+  override async body(digest: Digest): Promise<Buffer | undefined> {
+    try {
+      return await readKeepingAtime(this.layout.blobPath(digest), 'buffer');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw err;
+    }
   }
 }
 
@@ -83,10 +100,10 @@ export class StoreView {
 
   constructor(root: string, plan: AppliancePlan) {
     this.blobs = new StorageLayout(root);
-    this.sources.set('hosted', { layout: this.blobs, reader: new ManifestReader(this.blobs), worker: plan.hosted });
+    this.sources.set('hosted', { layout: this.blobs, reader: new AtimeKeepingReader(this.blobs), worker: plan.hosted });
     for (const worker of plan.proxies) {
       const layout = new StorageLayout(root, { namespace: worker.upstream! });
-      this.sources.set(worker.upstream!, { layout, reader: new ManifestReader(layout), worker });
+      this.sources.set(worker.upstream!, { layout, reader: new AtimeKeepingReader(layout), worker });
     }
   }
 
