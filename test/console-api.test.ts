@@ -261,6 +261,25 @@ describe('console API: /api/v1 on the appliance', () => {
     assert.equal(overview.upstreams.find((u) => u.upstream === f.upHost)!.rateLimit, null);
   });
 
+  it('a worker that does not answer its status within 1.5 s is "worker down"; the overview still answers', async () => {
+    const name = `registry-${f.hub.host.replace(':', '_')}`;
+    const worker = f.app.processes().find((p) => p.name === name);
+    assert.ok(worker, `${name} in ${JSON.stringify(f.app.processes().map((p) => p.name))}`);
+    type Row = { upstream: string; state: string };
+    const hubRow = async () => (await getJson<{ upstreams: Row[] }>('/api/v1/overview')).upstreams.find((u) => u.upstream === f.hub.host)!;
+    // Stopped, not killed: its socket accepts but nothing answers (a stuck worker).
+    process.kill(worker.pid, 'SIGSTOP');
+    try {
+      const started = Date.now();
+      assert.equal((await hubRow()).state, 'worker down');
+      const ms = Date.now() - started;
+      assert.ok(ms < 4000, `the overview waited ${ms} ms`);
+    } finally {
+      process.kill(worker.pid, 'SIGCONT');
+    }
+    assert.equal((await hubRow()).state, 'healthy');
+  });
+
   it('upstream state: failing, then circuit open with the last error while docker-registry is down; healthy once it is back', async () => {
     type Row = { upstream: string; state: string; consecutiveFailures: number; lastError: { at: string; message: string } | null };
     const row = async () => (await getJson<{ upstreams: Row[] }>('/api/v1/overview')).upstreams.find((u) => u.upstream === f.upHost)!;
