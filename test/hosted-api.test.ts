@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { buildImage, buildIndex } from './helpers/oci-image.js';
 import { startStevedoreRegistry, tempDir, type RunningProcess } from './helpers/processes.js';
-import { assertOciError, fetchText, pushBlob, pushImage, pushManifest, raw, sha256, sha512, type Target } from './helpers/hosted.js';
+import { assertOciError, fetchText, pushBlob, pushImage, pushManifest, raw, rawSocket, sha256, sha512, type Target } from './helpers/hosted.js';
 
 /**
  * The hosted worker's OCI distribution-spec v1.1 API, driven over loopback HTTP against a real
@@ -795,11 +795,26 @@ describe('bad input is a 4xx with the right code, never a 500', () => {
     ['GET', `/v2/a/blobs/md5:${'a'.repeat(32)}`, 400, 'DIGEST_INVALID'],
     ['GET', '/v2/a/blobs/latest', 400, 'DIGEST_INVALID'],
     ['DELETE', '/v2/a/blobs/sha256:%2e%2e', 400, 'DIGEST_INVALID'],
-    ['GET', '/v2/a/manifests/sha256:abc', 400, 'DIGEST_INVALID'],
-    ['DELETE', '/v2/a/manifests/sha256:zz', 400, 'DIGEST_INVALID'],
-    ['GET', '/v2/a/manifests/-bad', 400, 'MANIFEST_INVALID'],
-    ['GET', `/v2/a/manifests/${'t'.repeat(129)}`, 400, 'MANIFEST_INVALID'],
-    ['GET', '/v2/a/manifests/%2e%2e', 400, 'MANIFEST_INVALID'],
+    // A reference that is neither a tag nor a digest names no manifest: 404 for reads and deletes (OCI
+    // conformance: `.INVALID_MANIFEST_NAME`); a push of it is 400.
+    ['GET', '/v2/a/manifests/sha256:abc', 404, 'MANIFEST_UNKNOWN'],
+    ['DELETE', '/v2/a/manifests/sha256:zz', 404, 'MANIFEST_UNKNOWN'],
+    ['GET', '/v2/a/manifests/-bad', 404, 'MANIFEST_UNKNOWN'],
+    ['GET', `/v2/a/manifests/${'t'.repeat(129)}`, 404, 'MANIFEST_UNKNOWN'],
+    ['GET', '/v2/a/manifests/%2e%2e', 404, 'MANIFEST_UNKNOWN'],
+    ['GET', '/v2/a/manifests/.INVALID_MANIFEST_NAME', 404, 'MANIFEST_UNKNOWN'],
+    ['DELETE', '/v2/a/manifests/.INVALID_MANIFEST_NAME', 404, 'MANIFEST_UNKNOWN'],
+    ['PUT', '/v2/a/manifests/.INVALID_MANIFEST_NAME', 400, 'MANIFEST_INVALID'],
+    ['PUT', '/v2/a/manifests/sha256:abc', 400, 'DIGEST_INVALID'],
+    // A path fastify's router cannot decode still reaches the registry's own parser.
+    ['GET', '/v2/%C0%AE/manifests/x', 400, 'NAME_INVALID'],
+    ['GET', '/v2/a/manifests/%C0%AE', 404, 'MANIFEST_UNKNOWN'],
+    ['GET', '/v2/a/blobs/%C0%AE', 400, 'DIGEST_INVALID'],
+    ['GET', '/nope/%C0%AE', 404, 'NAME_UNKNOWN'],
+    // Methods no endpoint has are 405 like the others.
+    ['TRACE', '/v2/', 405, 'UNSUPPORTED'],
+    ['OPTIONS', '/v2/a/manifests/latest', 405, 'UNSUPPORTED'],
+    ['PROPFIND', '/v2/a/tags/list', 405, 'UNSUPPORTED'],
     ['GET', '/v2/a/referrers/notadigest', 400, 'DIGEST_INVALID'],
     ['GET', `/v2/a/referrers/sha256:${'A'.repeat(64)}`, 400, 'DIGEST_INVALID'],
     ['POST', '/v2/a/blobs/uploads/?digest=sha256:bad', 400, 'DIGEST_INVALID'],
@@ -836,12 +851,44 @@ describe('bad input is a 4xx with the right code, never a 500', () => {
     const head = await raw(target, 'HEAD', '/v2/a/blobs/sha256:xyz');
     assert.equal(head.status, 400);
     assert.equal(head.body.length, 0);
+    const invalidName = await raw(target, 'HEAD', '/v2/a/manifests/.INVALID_MANIFEST_NAME');
+    assert.equal(invalidName.status, 404);
+    assert.equal(invalidName.body.length, 0);
   });
 
   it('405 answers name the allowed methods', async () => {
     assert.equal((await raw(target, 'PATCH', '/v2/a/manifests/latest')).headers.allow, 'GET, HEAD, PUT, DELETE');
     assert.equal((await raw(target, 'PUT', `/v2/a/blobs/${d}`)).headers.allow, 'GET, HEAD, DELETE');
     assert.equal((await raw(target, 'POST', '/v2/a/referrers/' + d)).headers.allow, 'GET, HEAD');
+    assert.equal((await raw(target, 'TRACE', '/v2/')).headers.allow, 'GET, HEAD');
+  });
+
+  it('an absolute-form request target (RFC 9112 §3.2.2) is served as its origin-form path', async () => {
+    const ping = await rawSocket(reg.port, `GET http://127.0.0.1:${reg.port}/v2/ HTTP/1.1\r\nHost: 127.0.0.1:${reg.port}\r\nConnection: close\r\n\r\n`);
+    assert.equal(ping.status, 200);
+    assert.equal(ping.text, '{}');
+    assert.equal(ping.headers['docker-distribution-api-version'], 'registry/2.0');
+    const ns = await rawSocket(reg.port, `GET HTTP://stevedore.lan/v2/?ns=quay.io HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`);
+    assert.equal(ns.status, 200);
+    assert.equal(ns.headers['oci-namespace'], 'quay.io');
+    const tags = await rawSocket(reg.port, `GET http://127.0.0.1:${reg.port}/v2/Bad/tags/list HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`);
+    assertOciError(tags, 400, 'NAME_INVALID', 'absolute-form, bad name');
+  });
+
+  it('requests the HTTP parser or fastify refuse are OCI error JSON too', async () => {
+    const end = 'Host: x\r\nConnection: close\r\n\r\n';
+    const cases: Array<[string, string, number]> = [
+      ['bad Content-Length', `PUT /v2/a/manifests/x HTTP/1.1\r\nContent-Length: abc\r\n${end}`, 400],
+      ['two Content-Lengths', `PUT /v2/a/manifests/x HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n${end}`, 400],
+      ['unknown method token', `FOO /v2/ HTTP/1.1\r\n${end}`, 400],
+      ['malformed request line', `GET /v2/ HTTP/9\r\n${end}`, 400],
+      ['headers too large', `GET /v2/ HTTP/1.1\r\nX-Big: ${'a'.repeat(20_000)}\r\n${end}`, 431],
+      ['unparsable Content-Type', `POST /v2/a/blobs/uploads/ HTTP/1.1\r\nContent-Type: a b c\r\nContent-Length: 3\r\n${end}abc`, 415],
+    ];
+    for (const [what, request, status] of cases) {
+      assertOciError(await rawSocket(reg.port, request), status, 'UNSUPPORTED', what);
+    }
+    assert.equal((await fetch(`${base}/v2/`)).status, 200, 'the worker keeps serving');
   });
 
   it('nothing above created a repository or a file outside the store', async () => {
