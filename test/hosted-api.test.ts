@@ -193,6 +193,44 @@ describe('manifests', () => {
     assertOciError(await fetchText(`${base}/v2/api/invalid/manifests/x`), 404, 'MANIFEST_UNKNOWN');
   });
 
+  it('annotations that are not string → string (10,000-level nesting included) are 400 MANIFEST_INVALID naming the field', async () => {
+    const other = buildImage({ layerSizes: [150, 160, 170], seed: 'api-annotations' });
+    await pushImage(base, 'api/annotations', 'base', other);
+    const json = JSON.parse(other.manifest.data.toString()) as { config: object; layers: object[] };
+    const put = (text: string) => fetchText(`${base}/v2/api/annotations/manifests/bad`, { method: 'PUT', body: text, headers: { 'content-type': OCI_MANIFEST } });
+    // Built as text: a 10,000-level object is beyond JSON.stringify's recursion.
+    const deep = `${'{"a":'.repeat(10_000)}"x"${'}'.repeat(10_000)}`;
+    const withDeep = `{"schemaVersion":2,"mediaType":"${OCI_MANIFEST}","config":${JSON.stringify(json.config)},"layers":${JSON.stringify(json.layers)},"annotations":{"org.example":${deep}}}`;
+    const error = assertOciError(await put(withDeep), 400, 'MANIFEST_INVALID');
+    assert.match(error.message, /annotations\["org\.example"\] is an object: annotation values must be strings/);
+    // The same in a layer descriptor and under a subject.
+    const layers = json.layers.map((l, i) => (i === 2 ? { ...l, annotations: { n: 5 } } : l));
+    assert.match(assertOciError(await put(JSON.stringify({ ...json, schemaVersion: 2, mediaType: OCI_MANIFEST, layers })), 400, 'MANIFEST_INVALID').message, /layers\[2\]\.annotations\["n"\] is a number/);
+    const subject = { mediaType: OCI_MANIFEST, digest: sha256('s'), size: 1, annotations: { s: {} } };
+    assert.match(assertOciError(await put(JSON.stringify({ ...json, schemaVersion: 2, mediaType: OCI_MANIFEST, subject })), 400, 'MANIFEST_INVALID').message, /subject\.annotations\["s"\]/);
+    assertOciError(await fetchText(`${base}/v2/api/annotations/manifests/bad`), 404, 'MANIFEST_UNKNOWN');
+  });
+
+  it('a descriptor whose size differs from the stored blob or manifest is 400 MANIFEST_INVALID naming the field', async () => {
+    const other = buildImage({ layerSizes: [150, 160, 170], seed: 'api-sizes' });
+    const pushed = await pushImage(base, 'api/sizes', 'base', other);
+    const json = JSON.parse(other.manifest.data.toString()) as { config: { size: number }; layers: Array<{ size: number }> };
+    const put = (ref: string, body: string, contentType = OCI_MANIFEST) => fetchText(`${base}/v2/api/sizes/manifests/${ref}`, { method: 'PUT', body, headers: { 'content-type': contentType } });
+    const layers = json.layers.map((l, i) => (i === 2 ? { ...l, size: 123 } : l));
+    const error = assertOciError(await put('bad', JSON.stringify({ ...json, layers })), 400, 'MANIFEST_INVALID');
+    assert.match(error.message, new RegExp(`layers\\[2\\]\\.size 123 does not match the stored blob's size ${other.layers[2]!.size}`));
+    const config = { ...json.config, size: json.config.size + 1 };
+    assert.match(assertOciError(await put('bad', JSON.stringify({ ...json, config })), 400, 'MANIFEST_INVALID').message,
+      new RegExp(`config\\.size ${json.config.size + 1} does not match the stored blob's size ${json.config.size}`));
+    const index = { schemaVersion: 2, mediaType: OCI_INDEX, manifests: [{ mediaType: OCI_MANIFEST, digest: pushed, size: other.manifest.size - 1 }] };
+    assert.match(assertOciError(await put('idx', JSON.stringify(index), OCI_INDEX), 400, 'MANIFEST_INVALID').message,
+      new RegExp(`manifests\\[0\\]\\.size ${other.manifest.size - 1} does not match the stored manifest's size ${other.manifest.size}`));
+    assertOciError(await fetchText(`${base}/v2/api/sizes/manifests/bad`), 404, 'MANIFEST_UNKNOWN');
+    // The right sizes are accepted.
+    const ok = await put('idx', JSON.stringify({ ...index, manifests: [{ ...index.manifests[0]!, size: other.manifest.size }] }), OCI_INDEX);
+    assert.equal(ok.status, 201, ok.text);
+  });
+
   it('a 4.9 MB manifest is 413 SIZE_INVALID (declared length or streamed); exactly 4 MiB is accepted', async () => {
     const other = buildImage({ layerSizes: [100], seed: 'api-size' });
     for (const blob of [other.config, ...other.layers]) await pushBlob(base, 'api/size', blob.data, blob.digest);
