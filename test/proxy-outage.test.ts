@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { rm } from 'node:fs/promises';
+import { readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { buildImage } from './helpers/oci-image.js';
@@ -28,6 +28,12 @@ async function timedManifest(registry: string, ref: string): Promise<{ res: Resp
   const started = Date.now();
   const res = await fetch(`${registry}/v2/${repo}/manifests/${tag}`, { headers: { accept: MANIFEST_ACCEPT } });
   return { res, ms: Date.now() - started };
+}
+
+/** A process's state letter from /proc/PID/stat (R running, S sleeping, T stopped, Z zombie). */
+async function processState(pid: number): Promise<string> {
+  const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
+  return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
 }
 
 const logCount = (cache: RunningProcess, msg: string): number => cache.logLines().filter((l) => l.msg === msg).length;
@@ -175,12 +181,18 @@ describe('pull-through cache: upstream hangs (process stopped with SIGSTOP)', ()
     cache = await startCache(upstream.url, ['--upstream-timeout', '1s']);
     upstream.proc.kill('SIGSTOP');
     cleanup.push(async () => upstream.proc.kill('SIGCONT'));
+    // Every thread of the Go process stops when next scheduled: wait until the kernel says it has.
+    for (let i = 0; i < 100 && (await processState(upstream.proc.pid!)) !== 'T'; i++) await sleep(10);
   });
   after(cleanUp);
 
   it('a request that needs the upstream answers 503 after --upstream-timeout, not a hang', async () => {
+    // If this ever answers 200 again, these say whether the upstream was really stopped around the
+    // request (kernel state T) and which process answered (the cache logs each upstream failure).
+    assert.equal(await processState(upstream.proc.pid!), 'T', 'the upstream is stopped before the request');
     const { res, ms } = await timedManifest(cache.url, 'team/hung:v1');
-    assert.equal(res.status, 503);
+    assert.equal(await processState(upstream.proc.pid!), 'T', 'the upstream is still stopped after the request');
+    assert.equal(res.status, 503, `answered ${res.status} in ${ms} ms; cache log: ${cache.output().slice(-1500)}`);
     const error = await ociError(res);
     assert.equal(error.code, 'UNAVAILABLE');
     assert.match(error.message, /is unreachable: .*timeout/i);
