@@ -170,7 +170,9 @@ function sendClientError(err: NodeJS.ErrnoException, socket: Duplex): void {
     message = 'request headers too large';
   }
   const body = JSON.stringify(new RegistryError('UNSUPPORTED', undefined, { status, message }).toBody());
-  if (socket.writable) {
+  // As node does by default: an answer already under way on this socket must not be followed by a second one.
+  const answering = (socket as Duplex & { _httpMessage?: { headersSent?: boolean } })._httpMessage?.headersSent === true;
+  if (socket.writable && !answering) {
     socket.write(`HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\ncontent-type: application/json\r\n`
       + `docker-distribution-api-version: registry/2.0\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
   }
