@@ -173,11 +173,15 @@ describe('pull-through cache: upstream killed, then restarted on the same port (
 describe('pull-through cache: upstream hangs (process stopped with SIGSTOP)', () => {
   let upstream: RunningProcess & { root: string };
   let cache: RunningProcess;
+  const hung = `team/hung-${process.pid}-${Date.now()}`;
 
   before(async () => {
     upstream = await startDistribution();
     cleanup.push(() => upstream.stop());
-    await seed(upstream.url, 'team/hung:v1', [buildImage({ layerSizes: [500], seed: 'outage-hung' })]);
+    // A name of this run only: a registry of another run (of this file, on this machine) that ever
+    // answered in its place could then not pass for this one (seen once: 200 in 148 ms, with three
+    // copies of this file running at once).
+    await seed(upstream.url, `${hung}:v1`, [buildImage({ layerSizes: [500], seed: 'outage-hung' })]);
     cache = await startCache(upstream.url, ['--upstream-timeout', '1s']);
     upstream.proc.kill('SIGSTOP');
     cleanup.push(async () => upstream.proc.kill('SIGCONT'));
@@ -190,7 +194,7 @@ describe('pull-through cache: upstream hangs (process stopped with SIGSTOP)', ()
     // If this ever answers 200 again, these say whether the upstream was really stopped around the
     // request (kernel state T) and which process answered (the cache logs each upstream failure).
     assert.equal(await processState(upstream.proc.pid!), 'T', 'the upstream is stopped before the request');
-    const { res, ms } = await timedManifest(cache.url, 'team/hung:v1');
+    const { res, ms } = await timedManifest(cache.url, `${hung}:v1`);
     assert.equal(await processState(upstream.proc.pid!), 'T', 'the upstream is still stopped after the request');
     assert.equal(res.status, 503, `answered ${res.status} in ${ms} ms; cache log: ${cache.output().slice(-1500)}`);
     const error = await ociError(res);
