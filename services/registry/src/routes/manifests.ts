@@ -1,5 +1,4 @@
 import type { FastifyReply, FastifyRequest } from 'fastify';
-import { RegistryError } from '../../../../lib/oci/errors.js';
 import { manifestResponse } from '../../../../lib/oci/manifest-response.js';
 import { lookupReference, parseReference, parseTag } from '../../../../lib/oci/reference.js';
 import type { RegistryContext } from '../context.js';
