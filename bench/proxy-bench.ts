@@ -32,7 +32,6 @@
  * bench/cold-fill.ts (npm run bench:fill).
  */
 import { spawn } from 'node:child_process';
-import { once } from 'node:events';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { mkdir, readdir, rm, stat } from 'node:fs/promises';

@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { optionsHelp, REGISTRY_OPTIONS } from '../lib/config.js';
+import { checkArguments, isHelpFlag, USAGES } from './usage.js';
 
 /**
  * Each command loads only its own modules: a registry worker process does not carry the gateway,
@@ -36,6 +37,7 @@ commands:
   seed       import an OCI layout, docker-archive, registry dir or export archive into a store (--help)
   export     write a store's repositories and blobs to one .tar[.gz] to carry across (--help)
   version    print the version
+  help       this list; \`stevedore help COMMAND\` or \`stevedore COMMAND --help\`: a command's usage
 
 stevedore registry options (each also read from the environment variable in brackets):
 ${optionsHelp(REGISTRY_OPTIONS)}
@@ -44,11 +46,23 @@ ${optionsHelp(REGISTRY_OPTIONS)}
 /** Entry point of the `stevedore` command; resolves with the process exit code. */
 export async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
+  // `COMMAND --help` / `-h` anywhere among its arguments: its usage on stdout, and nothing else is
+  // done (mirror, seed and export print their own).
+  const usage = command === undefined ? undefined : USAGES[command];
+  if (usage && rest.some(isHelpFlag)) {
+    process.stdout.write(usage());
+    return 0;
+  }
   const load = command === undefined ? undefined : COMMANDS[command];
   if (load) return (await load())(rest);
   switch (command) {
     case 'version':
     case '--version': {
+      const refused = checkArguments('version', rest, [], 0);
+      if (refused) {
+        process.stderr.write(`${refused}\n`);
+        return 2;
+      }
       const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
       process.stdout.write(`${pkg.version}\n`);
       return 0;
@@ -56,9 +70,25 @@ export async function main(argv: string[]): Promise<number> {
     case undefined:
     case 'help':
     case '--help':
-    case '-h':
+    case '-h': {
+      const refused = checkArguments('help', rest, [], [0, 1]);
+      if (refused) {
+        process.stderr.write(`${refused}\n`);
+        return 2;
+      }
+      const topic = rest[0];
+      if (topic !== undefined) {
+        if (USAGES[topic]) {
+          process.stdout.write(USAGES[topic]!());
+          return 0;
+        }
+        if (COMMANDS[topic]) return (await COMMANDS[topic]!())(['--help']);
+        process.stderr.write(`stevedore help: unknown command "${topic}"\n\n${USAGE}`);
+        return 2;
+      }
       process.stdout.write(USAGE);
       return command === undefined ? 2 : 0;
+    }
     default:
       process.stderr.write(`stevedore: unknown command "${command}"\n\n${USAGE}`);
       return 2;

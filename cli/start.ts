@@ -11,7 +11,8 @@ const ECOSYSTEM = fileURLToPath(new URL('../../ecosystem.config.js', import.meta
  */
 export async function runStart(argv: readonly string[]): Promise<number> {
   if (argv.length > 0) {
-    process.stderr.write('stevedore start takes no arguments: configure it with environment variables (see README)\n');
+    const what = argv[0]!.startsWith('-') ? `unknown option ${argv[0]}` : `unexpected argument "${argv[0]}"`;
+    process.stderr.write(`stevedore start: ${what}: it takes no arguments, configure it with environment variables (see stevedore start --help)\n`);
     return 2;
   }
   try {

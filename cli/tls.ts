@@ -5,6 +5,7 @@ import { isIP } from 'node:net';
 import { generate } from 'selfsigned';
 import { loadApplianceConfig } from '../lib/config.js';
 import { writeFileAtomic } from '../lib/storage/atomic.js';
+import { checkArguments, TLS_USAGE } from './usage.js';
 
 const CERT_BLOCK = /-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----\n?/g;
 const KEY_BLOCK = /-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]+?-----END [A-Z ]*PRIVATE KEY-----\n?/g;
@@ -61,6 +62,17 @@ function tlsFiles(): TlsFiles {
  */
 export async function runTls(argv: readonly string[]): Promise<number> {
   const [verb, ...rest] = argv;
+  if (verb === undefined || !['print', 'cert', 'key', 'generate'].includes(verb)) {
+    const what = verb === undefined ? 'a subcommand is required' : verb.startsWith('-') ? `unknown option ${verb}` : `unknown subcommand "${verb}"`;
+    process.stderr.write(`stevedore tls: ${what}\n\n${TLS_USAGE}`);
+    return 2;
+  }
+  // Addresses never start with "-": anything that does is an option, and tls has none.
+  const refused = checkArguments(`tls ${verb}`, rest, [], verb === 'generate' ? [1, Number.MAX_SAFE_INTEGER] : 0);
+  if (refused) {
+    process.stderr.write(`${refused}\n\n${TLS_USAGE}`);
+    return 2;
+  }
   const files = tlsFiles();
   switch (verb) {
     case 'print': {
@@ -89,10 +101,6 @@ export async function runTls(argv: readonly string[]): Promise<number> {
       return 0;
     }
     case 'generate': {
-      if (rest.length === 0) {
-        process.stderr.write('usage: stevedore tls generate ADDRESS [ADDRESS...]   (IP addresses or DNS names)\n');
-        return 2;
-      }
       const altNames = rest.map((address) => (isIP(address) ? { type: 7 as const, ip: address } : { type: 2 as const, value: address }));
       const notAfterDate = new Date(Date.now() + 3650 * 86_400_000);
       const pems = await generate([{ name: 'commonName', value: rest[0]! }], {
@@ -109,8 +117,6 @@ export async function runTls(argv: readonly string[]): Promise<number> {
       return 0;
     }
     default:
-      process.stderr.write('usage: stevedore tls print | cert < cert.pem | key < key.pem | generate ADDRESS...\n'
-        + '  files: TLS_CERTS_PATH (default /certs/certs.pem, certificate and key in one PEM), or TLS_CERT_PATH + TLS_KEY_PATH\n');
       return 2;
   }
 }

@@ -5,6 +5,7 @@ import bcrypt from 'bcryptjs';
 import { adminsPathOf, loadApplianceConfig } from '../lib/config.js';
 import { writeFileAtomic } from '../lib/storage/atomic.js';
 import { parseHtpasswd } from '../services/gateway/src/auth.js';
+import { checkArguments, USER_USAGE } from './usage.js';
 
 /** bcrypt cost: as `htpasswd -B -C 12`; the gateway remembers verified logins, so this costs once. */
 const BCRYPT_COST = 12;
@@ -47,14 +48,20 @@ async function readPassword(user: string): Promise<string> {
 
 /** `stevedore user ls|add|toggle|rm`: htpasswd users and the admins list (see README "Users"). */
 export async function runUser(argv: readonly string[]): Promise<number> {
-  const [rawVerb, name, ...flags] = argv;
+  const [rawVerb, ...args] = argv;
   const verb = rawVerb ? VERBS[rawVerb.toLowerCase()] : undefined;
   if (!verb) {
-    process.stderr.write('usage: stevedore user ls | add NAME [--admin] | toggle NAME | rm NAME\n'
-      + '  files: REGISTRY_AUTH_HTPASSWD_PATH (default /auth/htpasswd), REGISTRY_AUTH_ADMINS_PATH (default: "admins" beside it)\n'
-      + '  add reads the password from stdin when it is not a terminal\n');
+    const what = rawVerb === undefined ? 'a subcommand is required' : rawVerb.startsWith('-') ? `unknown option ${rawVerb}` : `unknown subcommand "${rawVerb}"`;
+    process.stderr.write(`stevedore user: ${what}\n\n${USER_USAGE}`);
     return 2;
   }
+  const refused = checkArguments(`user ${verb}`, args, verb === 'add' ? ['--admin'] : [], verb === 'ls' ? 0 : 1);
+  if (refused) {
+    process.stderr.write(`${refused}\n\n${USER_USAGE}`);
+    return 2;
+  }
+  const name = args.find((a) => !a.startsWith('-'));
+  const flags = args.filter((a) => a.startsWith('-'));
   const config = loadApplianceConfig([]);
   const htpasswdPath = config.htpasswdPath;
   const adminsPath = adminsPathOf(config);

@@ -12,6 +12,7 @@ import { GatewayMetrics } from '../services/gateway/src/metrics.js';
 import { createGateway } from '../services/gateway/src/server.js';
 import { REPLAYABLE_BODY_MAX } from '../services/gateway/src/worker-forward.js';
 import { call, sleep } from './helpers/appliance.js';
+import { rawSocket } from './helpers/hosted.js';
 import { tempDir } from './helpers/processes.js';
 
 /**
@@ -93,25 +94,11 @@ describe('gateway forwarding (as http-proxy did)', () => {
   });
 
   it('accepts an absolute-form request target (RFC 9112 §3.2.2) as its origin-form path', async () => {
-    const raw = await new Promise<string>((resolve, reject) => {
-      const socket = connect(port, '127.0.0.1', () => socket.write('GET http://stevedore.lan:8443/v2/team/app/tags/list?n=1 HTTP/1.1\r\nHost: stevedore.lan:8443\r\nConnection: close\r\n\r\n'));
-      let text = '';
-      socket.setEncoding('latin1');
-      socket.on('data', (d: string) => { text += d; });
-      socket.on('end', () => resolve(text));
-      socket.on('error', reject);
-    });
-    assert.match(raw, /^HTTP\/1\.1 202 /);
+    const tags = await rawSocket(port, 'GET http://stevedore.lan:8443/v2/team/app/tags/list?n=1 HTTP/1.1\r\nHost: stevedore.lan:8443\r\nConnection: close\r\n\r\n');
+    assert.equal(tags.status, 202);
     assert.equal(seen.at(-1)!.url, '/v2/team/app/tags/list?n=1');
-    const ping = await new Promise<string>((resolve, reject) => {
-      const socket = connect(port, '127.0.0.1', () => socket.write('GET http://stevedore.lan:8443/v2/ HTTP/1.1\r\nHost: stevedore.lan:8443\r\nConnection: close\r\n\r\n'));
-      let text = '';
-      socket.setEncoding('latin1');
-      socket.on('data', (d: string) => { text += d; });
-      socket.on('end', () => resolve(text));
-      socket.on('error', reject);
-    });
-    assert.match(ping, /^HTTP\/1\.1 200 /);
+    const ping = await rawSocket(port, 'GET http://stevedore.lan:8443/v2/ HTTP/1.1\r\nHost: stevedore.lan:8443\r\nConnection: close\r\n\r\n');
+    assert.equal(ping.status, 200);
   });
 
   it('a client that goes away mid-upload of a small body never reaches the worker (the body is read first)', async () => {

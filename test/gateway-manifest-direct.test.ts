@@ -79,8 +79,10 @@ describe('gateway: stored manifests answered from disk, as the worker would answ
       { path: `/v2/team/app/manifests/${digestOf('absent').value}`, status: 404, code: 'MANIFEST_UNKNOWN' },
       { path: '/v2/team/app/manifests/v1', headers: { accept: DOCKER_MANIFEST }, status: 404, code: 'MANIFEST_UNKNOWN' },
       { path: '/v2/team/other/manifests/v1', status: 404, code: 'MANIFEST_UNKNOWN' },
-      { path: '/v2/team/app/manifests/sha256:abc', status: 400, code: 'DIGEST_INVALID' },
-      { path: `/v2/team/app/manifests/${'x'.repeat(129)}`, status: 400, code: 'MANIFEST_INVALID' },
+      // Neither a tag nor a digest: names no manifest (404, OCI conformance's .INVALID_MANIFEST_NAME).
+      { path: '/v2/team/app/manifests/sha256:abc', status: 404, code: 'MANIFEST_UNKNOWN' },
+      { path: `/v2/team/app/manifests/${'x'.repeat(129)}`, status: 404, code: 'MANIFEST_UNKNOWN' },
+      { path: '/v2/team/app/manifests/.INVALID_MANIFEST_NAME', status: 404, code: 'MANIFEST_UNKNOWN' },
     ];
     for (const c of cases) {
       const viaGateway = await call(env.url, 'GET', c.path, { headers: c.headers ?? {} });

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { buildImage, buildIndex } from './helpers/oci-image.js';
 import { startStevedoreRegistry, tempDir, type RunningProcess } from './helpers/processes.js';
-import { assertOciError, fetchText, pushBlob, pushImage, pushManifest, raw, sha256, sha512, type Target } from './helpers/hosted.js';
+import { assertOciError, fetchText, pushBlob, pushImage, pushManifest, raw, rawSocket, sha256, sha512, type Target } from './helpers/hosted.js';
 
 /**
  * The hosted worker's OCI distribution-spec v1.1 API, driven over loopback HTTP against a real
@@ -191,6 +191,44 @@ describe('manifests', () => {
     assertOciError(await put('-x', other.manifest.data), 400, 'MANIFEST_INVALID');
     assertOciError(await put(`x?tag=${encodeURIComponent('bad tag')}`, other.manifest.data), 400, 'MANIFEST_INVALID');
     assertOciError(await fetchText(`${base}/v2/api/invalid/manifests/x`), 404, 'MANIFEST_UNKNOWN');
+  });
+
+  it('annotations that are not string → string (10,000-level nesting included) are 400 MANIFEST_INVALID naming the field', async () => {
+    const other = buildImage({ layerSizes: [150, 160, 170], seed: 'api-annotations' });
+    await pushImage(base, 'api/annotations', 'base', other);
+    const json = JSON.parse(other.manifest.data.toString()) as { config: object; layers: object[] };
+    const put = (text: string) => fetchText(`${base}/v2/api/annotations/manifests/bad`, { method: 'PUT', body: text, headers: { 'content-type': OCI_MANIFEST } });
+    // Built as text: a 10,000-level object is beyond JSON.stringify's recursion.
+    const deep = `${'{"a":'.repeat(10_000)}"x"${'}'.repeat(10_000)}`;
+    const withDeep = `{"schemaVersion":2,"mediaType":"${OCI_MANIFEST}","config":${JSON.stringify(json.config)},"layers":${JSON.stringify(json.layers)},"annotations":{"org.example":${deep}}}`;
+    const error = assertOciError(await put(withDeep), 400, 'MANIFEST_INVALID');
+    assert.match(error.message, /annotations\["org\.example"\] is an object: annotation values must be strings/);
+    // The same in a layer descriptor and under a subject.
+    const layers = json.layers.map((l, i) => (i === 2 ? { ...l, annotations: { n: 5 } } : l));
+    assert.match(assertOciError(await put(JSON.stringify({ ...json, schemaVersion: 2, mediaType: OCI_MANIFEST, layers })), 400, 'MANIFEST_INVALID').message, /layers\[2\]\.annotations\["n"\] is a number/);
+    const subject = { mediaType: OCI_MANIFEST, digest: sha256('s'), size: 1, annotations: { s: {} } };
+    assert.match(assertOciError(await put(JSON.stringify({ ...json, schemaVersion: 2, mediaType: OCI_MANIFEST, subject })), 400, 'MANIFEST_INVALID').message, /subject\.annotations\["s"\]/);
+    assertOciError(await fetchText(`${base}/v2/api/annotations/manifests/bad`), 404, 'MANIFEST_UNKNOWN');
+  });
+
+  it('a descriptor whose size differs from the stored blob or manifest is 400 MANIFEST_INVALID naming the field', async () => {
+    const other = buildImage({ layerSizes: [150, 160, 170], seed: 'api-sizes' });
+    const pushed = await pushImage(base, 'api/sizes', 'base', other);
+    const json = JSON.parse(other.manifest.data.toString()) as { config: { size: number }; layers: Array<{ size: number }> };
+    const put = (ref: string, body: string, contentType = OCI_MANIFEST) => fetchText(`${base}/v2/api/sizes/manifests/${ref}`, { method: 'PUT', body, headers: { 'content-type': contentType } });
+    const layers = json.layers.map((l, i) => (i === 2 ? { ...l, size: 123 } : l));
+    const error = assertOciError(await put('bad', JSON.stringify({ ...json, layers })), 400, 'MANIFEST_INVALID');
+    assert.match(error.message, new RegExp(`layers\\[2\\]\\.size 123 does not match the stored blob's size ${other.layers[2]!.size}`));
+    const config = { ...json.config, size: json.config.size + 1 };
+    assert.match(assertOciError(await put('bad', JSON.stringify({ ...json, config })), 400, 'MANIFEST_INVALID').message,
+      new RegExp(`config\\.size ${json.config.size + 1} does not match the stored blob's size ${json.config.size}`));
+    const index = { schemaVersion: 2, mediaType: OCI_INDEX, manifests: [{ mediaType: OCI_MANIFEST, digest: pushed, size: other.manifest.size - 1 }] };
+    assert.match(assertOciError(await put('idx', JSON.stringify(index), OCI_INDEX), 400, 'MANIFEST_INVALID').message,
+      new RegExp(`manifests\\[0\\]\\.size ${other.manifest.size - 1} does not match the stored manifest's size ${other.manifest.size}`));
+    assertOciError(await fetchText(`${base}/v2/api/sizes/manifests/bad`), 404, 'MANIFEST_UNKNOWN');
+    // The right sizes are accepted.
+    const ok = await put('idx', JSON.stringify({ ...index, manifests: [{ ...index.manifests[0]!, size: other.manifest.size }] }), OCI_INDEX);
+    assert.equal(ok.status, 201, ok.text);
   });
 
   it('a 4.9 MB manifest is 413 SIZE_INVALID (declared length or streamed); exactly 4 MiB is accepted', async () => {
@@ -795,11 +833,26 @@ describe('bad input is a 4xx with the right code, never a 500', () => {
     ['GET', `/v2/a/blobs/md5:${'a'.repeat(32)}`, 400, 'DIGEST_INVALID'],
     ['GET', '/v2/a/blobs/latest', 400, 'DIGEST_INVALID'],
     ['DELETE', '/v2/a/blobs/sha256:%2e%2e', 400, 'DIGEST_INVALID'],
-    ['GET', '/v2/a/manifests/sha256:abc', 400, 'DIGEST_INVALID'],
-    ['DELETE', '/v2/a/manifests/sha256:zz', 400, 'DIGEST_INVALID'],
-    ['GET', '/v2/a/manifests/-bad', 400, 'MANIFEST_INVALID'],
-    ['GET', `/v2/a/manifests/${'t'.repeat(129)}`, 400, 'MANIFEST_INVALID'],
-    ['GET', '/v2/a/manifests/%2e%2e', 400, 'MANIFEST_INVALID'],
+    // A reference that is neither a tag nor a digest names no manifest: 404 for reads and deletes (OCI
+    // conformance: `.INVALID_MANIFEST_NAME`); a push of it is 400.
+    ['GET', '/v2/a/manifests/sha256:abc', 404, 'MANIFEST_UNKNOWN'],
+    ['DELETE', '/v2/a/manifests/sha256:zz', 404, 'MANIFEST_UNKNOWN'],
+    ['GET', '/v2/a/manifests/-bad', 404, 'MANIFEST_UNKNOWN'],
+    ['GET', `/v2/a/manifests/${'t'.repeat(129)}`, 404, 'MANIFEST_UNKNOWN'],
+    ['GET', '/v2/a/manifests/%2e%2e', 404, 'MANIFEST_UNKNOWN'],
+    ['GET', '/v2/a/manifests/.INVALID_MANIFEST_NAME', 404, 'MANIFEST_UNKNOWN'],
+    ['DELETE', '/v2/a/manifests/.INVALID_MANIFEST_NAME', 404, 'MANIFEST_UNKNOWN'],
+    ['PUT', '/v2/a/manifests/.INVALID_MANIFEST_NAME', 400, 'MANIFEST_INVALID'],
+    ['PUT', '/v2/a/manifests/sha256:abc', 400, 'DIGEST_INVALID'],
+    // A path fastify's router cannot decode still reaches the registry's own parser.
+    ['GET', '/v2/%C0%AE/manifests/x', 400, 'NAME_INVALID'],
+    ['GET', '/v2/a/manifests/%C0%AE', 404, 'MANIFEST_UNKNOWN'],
+    ['GET', '/v2/a/blobs/%C0%AE', 400, 'DIGEST_INVALID'],
+    ['GET', '/nope/%C0%AE', 404, 'NAME_UNKNOWN'],
+    // Methods no endpoint has are 405 like the others.
+    ['TRACE', '/v2/', 405, 'UNSUPPORTED'],
+    ['OPTIONS', '/v2/a/manifests/latest', 405, 'UNSUPPORTED'],
+    ['PROPFIND', '/v2/a/tags/list', 405, 'UNSUPPORTED'],
     ['GET', '/v2/a/referrers/notadigest', 400, 'DIGEST_INVALID'],
     ['GET', `/v2/a/referrers/sha256:${'A'.repeat(64)}`, 400, 'DIGEST_INVALID'],
     ['POST', '/v2/a/blobs/uploads/?digest=sha256:bad', 400, 'DIGEST_INVALID'],
@@ -836,12 +889,44 @@ describe('bad input is a 4xx with the right code, never a 500', () => {
     const head = await raw(target, 'HEAD', '/v2/a/blobs/sha256:xyz');
     assert.equal(head.status, 400);
     assert.equal(head.body.length, 0);
+    const invalidName = await raw(target, 'HEAD', '/v2/a/manifests/.INVALID_MANIFEST_NAME');
+    assert.equal(invalidName.status, 404);
+    assert.equal(invalidName.body.length, 0);
   });
 
   it('405 answers name the allowed methods', async () => {
     assert.equal((await raw(target, 'PATCH', '/v2/a/manifests/latest')).headers.allow, 'GET, HEAD, PUT, DELETE');
     assert.equal((await raw(target, 'PUT', `/v2/a/blobs/${d}`)).headers.allow, 'GET, HEAD, DELETE');
     assert.equal((await raw(target, 'POST', '/v2/a/referrers/' + d)).headers.allow, 'GET, HEAD');
+    assert.equal((await raw(target, 'TRACE', '/v2/')).headers.allow, 'GET, HEAD');
+  });
+
+  it('an absolute-form request target (RFC 9112 §3.2.2) is served as its origin-form path', async () => {
+    const ping = await rawSocket(reg.port, `GET http://127.0.0.1:${reg.port}/v2/ HTTP/1.1\r\nHost: 127.0.0.1:${reg.port}\r\nConnection: close\r\n\r\n`);
+    assert.equal(ping.status, 200);
+    assert.equal(ping.text, '{}');
+    assert.equal(ping.headers['docker-distribution-api-version'], 'registry/2.0');
+    const ns = await rawSocket(reg.port, `GET HTTP://stevedore.lan/v2/?ns=quay.io HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`);
+    assert.equal(ns.status, 200);
+    assert.equal(ns.headers['oci-namespace'], 'quay.io');
+    const tags = await rawSocket(reg.port, `GET http://127.0.0.1:${reg.port}/v2/Bad/tags/list HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`);
+    assertOciError(tags, 400, 'NAME_INVALID', 'absolute-form, bad name');
+  });
+
+  it('requests the HTTP parser or fastify refuse are OCI error JSON too', async () => {
+    const end = 'Host: x\r\nConnection: close\r\n\r\n';
+    const cases: Array<[string, string, number]> = [
+      ['bad Content-Length', `PUT /v2/a/manifests/x HTTP/1.1\r\nContent-Length: abc\r\n${end}`, 400],
+      ['two Content-Lengths', `PUT /v2/a/manifests/x HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n${end}`, 400],
+      ['unknown method token', `FOO /v2/ HTTP/1.1\r\n${end}`, 400],
+      ['malformed request line', `GET /v2/ HTTP/9\r\n${end}`, 400],
+      ['headers too large', `GET /v2/ HTTP/1.1\r\nX-Big: ${'a'.repeat(20_000)}\r\n${end}`, 431],
+      ['unparsable Content-Type', `POST /v2/a/blobs/uploads/ HTTP/1.1\r\nContent-Type: a b c\r\nContent-Length: 3\r\n${end}abc`, 415],
+    ];
+    for (const [what, request, status] of cases) {
+      assertOciError(await rawSocket(reg.port, request), status, 'UNSUPPORTED', what);
+    }
+    assert.equal((await fetch(`${base}/v2/`)).status, 200, 'the worker keeps serving');
   });
 
   it('nothing above created a repository or a file outside the store', async () => {

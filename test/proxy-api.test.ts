@@ -1,7 +1,12 @@
 import assert from 'node:assert/strict';
 import { readdir, rm, stat } from 'node:fs/promises';
+import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import type { FastifyInstance } from 'fastify';
+import { buildRegistry } from '../services/registry/src/app.js';
+import { createLogger } from '../lib/log.js';
+import { parseUpstream } from '../lib/upstreams.js';
 import { buildImage, writeOciLayout } from './helpers/oci-image.js';
 import { startDistribution, startStevedoreRegistry, tempDir, type RunningProcess } from './helpers/processes.js';
 import {
@@ -111,6 +116,18 @@ describe('pull-through cache: pushes refused, DELETE purges the cache only', () 
     assert.equal(blobGets(upstream.output(), 'team/app').get(layer.digest), 1, 'verified bytes by digest need no second download');
   });
 
+  it('a reference that is neither a tag nor a digest is 404 MANIFEST_UNKNOWN for GET, HEAD and DELETE, without asking the upstream', async () => {
+    const mark = upstream.output().length;
+    for (const method of ['GET', 'HEAD', 'DELETE']) {
+      for (const ref of ['.INVALID_MANIFEST_NAME', 'sha256:abc']) {
+        const res = await fetch(`${cache.url}/v2/team/app/manifests/${ref}`, { method });
+        assert.equal(res.status, 404, `${method} ${ref}`);
+        if (method !== 'HEAD') assert.equal((await ociError(res)).code, 'MANIFEST_UNKNOWN');
+      }
+    }
+    assert.deepEqual(cacheRequests(upstream.output().slice(mark)), []);
+  });
+
   it('DELETE of something the cache does not hold: 404', async () => {
     const tag = await fetch(`${cache.url}/v2/team/app/manifests/never-cached`, { method: 'DELETE' });
     assert.equal(tag.status, 404);
@@ -213,23 +230,41 @@ describe('pull-through cache: tags list and referrers pass through', () => {
   });
   after(cleanUp);
 
-  it('tags list: the upstream\'s tags (cached or not), with its query passed through', async () => {
+  it('tags list: the upstream\'s tags at the time of the request, sorted, paginated by the cache (n, last, Link)', async () => {
     const direct = await (await fetch(`${upstream.url}/v2/team/lists/tags/list`)).json() as { name: string; tags: string[] };
+    assert.deepEqual([...direct.tags].sort(), ['a-first', 'v1', 'v2']);
     const res = await fetch(`${cache.url}/v2/team/lists/tags/list`);
     assert.equal(res.status, 200);
-    assert.deepEqual(await res.json(), direct);
-    // (distribution 2.8 does not sort an unpaginated list; the cache passes it on as it is)
-    assert.deepEqual({ ...direct, tags: [...direct.tags].sort() }, { name: 'team/lists', tags: ['a-first', 'v1', 'v2'] });
+    assert.equal(res.headers.get('link'), null);
+    // Sorted lexically whatever order the upstream (distribution 2.8 does not sort) answers in.
+    assert.deepEqual(await res.json(), { name: 'team/lists', tags: ['a-first', 'v1', 'v2'] });
 
-    // n and last are passed on; distribution 2.8 ignores them (tags pagination came with distribution 3),
-    // so the cache's page is whatever the upstream answers to the same query.
-    for (const query of ['?n=1', '?n=1&last=a-first']) {
-      const directPage = await fetch(`${upstream.url}/v2/team/lists/tags/list${query}`);
-      const page = await fetch(`${cache.url}/v2/team/lists/tags/list${query}`);
+    // distribution 2.8 ignores n and last; the cache paginates itself, with the spec's Link header.
+    const pages: string[][] = [];
+    let next: string | null = '/v2/team/lists/tags/list?n=1';
+    while (next) {
+      const page = await fetch(`${cache.url}${next}`);
       assert.equal(page.status, 200);
-      assert.deepEqual(await page.json(), await directPage.json());
-      assert.equal(page.headers.get('link'), directPage.headers.get('link'));
+      pages.push(((await page.json()) as { tags: string[] }).tags);
+      const link = page.headers.get('link');
+      if (link) assert.match(link, /^<\/v2\/team\/lists\/tags\/list\?n=1&last=[^>]+>; rel="next"$/);
+      next = link ? /^<([^>]+)>/.exec(link)![1]! : null;
+      assert.ok(pages.length <= 3);
     }
+    assert.deepEqual(pages, [['a-first'], ['v1'], ['v2']]);
+    const afterLast = await fetch(`${cache.url}/v2/team/lists/tags/list?last=v1`);
+    assert.deepEqual(((await afterLast.json()) as { tags: string[] }).tags, ['v2']);
+    const none = await fetch(`${cache.url}/v2/team/lists/tags/list?n=0`);
+    assert.deepEqual(((await none.json()) as { tags: string[] }).tags, []);
+    assert.equal(none.headers.get('link'), null);
+    const bad = await fetch(`${cache.url}/v2/team/lists/tags/list?n=-1`);
+    assert.equal(bad.status, 400);
+    assert.equal((await ociError(bad)).code, 'UNSUPPORTED');
+
+    // A tag pushed upstream is in the very next list (nothing is reused while the upstream answers).
+    await pushManifest(upstream.url, 'team/lists', 'b-new', image.manifest.data, image.manifest.mediaType);
+    const fresh = await fetch(`${cache.url}/v2/team/lists/tags/list`);
+    assert.deepEqual(((await fresh.json()) as { tags: string[] }).tags, ['a-first', 'b-new', 'v1', 'v2']);
 
     const unknown = await fetch(`${cache.url}/v2/team/nothing/tags/list`);
     assert.equal(unknown.status, 404);
@@ -376,5 +411,54 @@ describe('pull-through cache: each upstream is its own namespace on a shared roo
     const downloads = (digest: string) => (blobGets(upstreamA.output(), 'team/shared').get(digest) ?? 0) + (blobGets(upstreamB.output(), 'team/shared').get(digest) ?? 0);
     for (const b of [image.config, ...image.layers]) assert.equal(downloads(b.digest), 1, b.digest);
     assert.equal(total(requestCounts(upstreamB.output(), 'GET', '/v2/team/shared/manifests/')), 2, 'cache B fetched its own manifests');
+  });
+});
+
+describe('pull-through cache: tags list of an upstream that paginates (a hosted Stevedore), and of one that is down', () => {
+  let upstream: RunningProcess;
+  let cache: FastifyInstance;
+  let cacheUrl: string;
+  const image = buildImage({ layerSizes: [300], seed: 'api-tag-pages' });
+  const tags = ['v10', 'beta', 'v2', 'alpha', 'v1', 'rc-1', 'latest'];
+
+  before(async () => {
+    const upstreamRoot = await tempDir('proxy-api-tag-pages-');
+    cleanup.push(() => rm(upstreamRoot, { recursive: true, force: true }));
+    upstream = await startStevedoreRegistry(['--root', upstreamRoot]);
+    cleanup.push(() => upstream.stop());
+    await seed(upstream.url, `team/paged:${tags[0]}`, [image]);
+    const query = tags.slice(1).map((t) => `tag=${t}`).join('&');
+    await pushManifest(upstream.url, 'team/paged', `${image.manifest.digest}?${query}`, image.manifest.data, image.manifest.mediaType);
+    // In process, to set the upstream page size: the cache asks for 2 tags a page and must follow Link.
+    const cacheRoot = await tempDir('proxy-api-tag-pages-cache-');
+    cleanup.push(() => rm(cacheRoot, { recursive: true, force: true }));
+    cache = buildRegistry({
+      config: { root: cacheRoot, readOnly: false, manifestMaxSize: 4 * 1024 * 1024, upstream: parseUpstream(upstream.url), upstreamTimeout: 2_000 },
+      log: createLogger('registry', 'silent'),
+      proxyOptions: { upstreamTagsPageSize: 2 },
+    }).app;
+    await cache.listen({ host: '127.0.0.1', port: 0 });
+    cacheUrl = `http://127.0.0.1:${(cache.server.address() as AddressInfo).port}`;
+    cleanup.push(() => cache.close());
+  });
+  after(cleanUp);
+
+  it('follows the upstream\'s Link headers to the last page, then sorts and paginates itself', async () => {
+    const firstUpstreamPage = await fetch(`${upstream.url}/v2/team/paged/tags/list?n=2`);
+    assert.ok(firstUpstreamPage.headers.get('link'), 'the upstream paginates');
+    const all = await fetch(`${cacheUrl}/v2/team/paged/tags/list`);
+    assert.equal(all.status, 200);
+    assert.deepEqual(await all.json(), { name: 'team/paged', tags: [...tags].sort() });
+    const page = await fetch(`${cacheUrl}/v2/team/paged/tags/list?n=3&last=beta`);
+    assert.deepEqual(((await page.json()) as { tags: string[] }).tags, ['latest', 'rc-1', 'v1']);
+    assert.equal(page.headers.get('link'), '</v2/team/paged/tags/list?n=3&last=v1>; rel="next"');
+  });
+
+  it('serves the last list it fetched when the upstream cannot answer', async () => {
+    await upstream.stop();
+    const res = await fetch(`${cacheUrl}/v2/team/paged/tags/list?n=4`);
+    assert.equal(res.status, 200);
+    assert.deepEqual(((await res.json()) as { tags: string[] }).tags, ['alpha', 'beta', 'latest', 'rc-1']);
+    assert.equal(res.headers.get('link'), '</v2/team/paged/tags/list?n=4&last=rc-1>; rel="next"');
   });
 });

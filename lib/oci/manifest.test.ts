@@ -96,3 +96,63 @@ test('malformed manifests are MANIFEST_INVALID (400), never a crash', () => {
     assert.throws(() => parseManifest(input, contentType), invalid(pattern), `${input.toString('utf8').slice(0, 120)} (${contentType})`);
   }
 });
+
+/** A JSON text nested `depth` levels deep (built as text: JSON.stringify of it would overflow the stack). */
+const nested = (depth: number): string => `${'{"a":'.repeat(depth)}"x"${'}'.repeat(depth)}`;
+
+test('annotations are string → string everywhere: a push with anything else is MANIFEST_INVALID naming the field', () => {
+  const image = (extra: Record<string, unknown>, layers: unknown[] = [layer]) => ({ schemaVersion: 2, mediaType: MediaType.OciManifest, config, layers, ...extra });
+  const cases: Array<[unknown, RegExp]> = [
+    [image({ annotations: { a: { b: 'c' } } }), /annotations\["a"\] is an object: annotation values must be strings/],
+    [image({ annotations: { a: 'ok', n: 1 } }), /annotations\["n"\] is a number/],
+    [image({ annotations: { a: ['x'] } }), /annotations\["a"\] is an array/],
+    [image({ annotations: { a: null } }), /annotations\["a"\] is null/],
+    [image({ annotations: 'a=b' }), /annotations must be an object of string values/],
+    [image({ config: { ...config, annotations: { x: 1 } } }), /config\.annotations\["x"\]/],
+    [image({}, [layer, { ...layer, digest: d(3), annotations: { deep: { deeper: {} } } }]), /layers\[1\]\.annotations\["deep"\]/],
+    [image({ subject: { mediaType: MediaType.OciManifest, digest: d(9), size: 5, annotations: { s: true } } }), /subject\.annotations\["s"\] is a boolean/],
+    [{ schemaVersion: 2, mediaType: MediaType.OciIndex, manifests: [{ mediaType: MediaType.OciManifest, digest: d(4), size: 3, annotations: { p: {} } }] }, /manifests\[0\]\.annotations\["p"\]/],
+  ];
+  for (const [manifest, pattern] of cases) {
+    assert.throws(() => parseManifest(body(manifest), undefined, { strict: true }), invalid(pattern), JSON.stringify(manifest));
+    // Content already stored or fetched from an upstream is parsed without refusing it; its bad annotations are left out.
+    const lenient = parseManifest(body(manifest), undefined);
+    assert.equal(lenient.annotations, undefined);
+  }
+});
+
+test('a 10,000-level (and a 100,000-level) nested annotation is refused without recursion, and its error renders', () => {
+  for (const depth of [10_000, 100_000]) {
+    const text = `{"schemaVersion":2,"mediaType":"${MediaType.OciManifest}","config":${JSON.stringify(config)},"layers":[],"annotations":{"evil":${nested(depth)}}}`;
+    let error: unknown;
+    try {
+      parseManifest(Buffer.from(text), undefined, { strict: true });
+    } catch (err) {
+      error = err;
+    }
+    assert.ok(invalid(/annotations\["evil"\] is an object/)(error), String(error));
+    // The error's JSON (what the client receives) can be rendered: no deep value reached its detail.
+    assert.ok(JSON.stringify((error as RegistryError).toBody()).length < 1000);
+    // A deep value in a field that goes into an error detail is summarized, not copied.
+    const badDigest = `{"schemaVersion":2,"mediaType":"${MediaType.OciManifest}","config":{"mediaType":"x","size":1,"digest":${nested(depth)}},"layers":[]}`;
+    assert.throws(() => parseManifest(Buffer.from(badDigest), undefined, { strict: true }), (err: unknown) => {
+      assert.ok(invalid(/config\.digest/)(err));
+      assert.ok(JSON.stringify((err as RegistryError).toBody()).length < 1000);
+      return true;
+    });
+    const badVersion = `{"schemaVersion":${nested(depth)}}`;
+    assert.throws(() => parseManifest(Buffer.from(badVersion), undefined), (err: unknown) => {
+      assert.ok(invalid(/schemaVersion must be 2/)(err));
+      assert.ok(JSON.stringify((err as RegistryError).toBody()).length < 1000);
+      return true;
+    });
+  }
+});
+
+test('each required blob and listed manifest keeps the field it came from', () => {
+  const foreign = { ...layer, digest: d(5), urls: ['https://example.com/x'] };
+  const parsed = parseManifest(body({ schemaVersion: 2, mediaType: MediaType.OciManifest, config, layers: [foreign, layer, { ...layer, digest: d(6) }] }), undefined);
+  assert.deepEqual(parsed.blobFields, ['config', 'layers[1]', 'layers[2]']);
+  const index = parseManifest(body({ schemaVersion: 2, mediaType: MediaType.OciIndex, manifests: [{ ...layer, mediaType: MediaType.OciManifest }] }), undefined);
+  assert.deepEqual(index.manifestFields, ['manifests[0]']);
+});

@@ -56,3 +56,19 @@ export function parseReference(value: string): Reference {
   }
   return { kind: 'tag', tag: value };
 }
+
+/**
+ * Parses `<reference>` of a manifest read or delete. Something that is neither a valid tag nor a
+ * valid digest cannot name a stored manifest, so it is 404 MANIFEST_UNKNOWN (as the OCI conformance
+ * suite requires for `.INVALID_MANIFEST_NAME`), not the 400 a push of it gets.
+ */
+export function lookupReference(name: string, value: string): Reference {
+  try {
+    return parseReference(value);
+  } catch (err) {
+    if (!(err instanceof RegistryError)) throw err;
+    throw new RegistryError('MANIFEST_UNKNOWN', { name, reference: value.slice(0, 200) }, {
+      message: 'manifest unknown: the reference is neither a valid tag nor a valid digest',
+    });
+  }
+}

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { mkdir, open, readdir, rename, rm, stat, unlink } from 'node:fs/promises';
+import { mkdir, open, readdir, rename, rm, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 
 /** A temp file path in `tmpDir`, which must be on the same filesystem as the destination. */
@@ -21,14 +21,19 @@ export async function commitFile(temp: string, destination: string): Promise<voi
   }
 }
 
-/** Writes small content (manifests, links, state) atomically: temp file, fsync, rename. */
-export async function writeFileAtomic(tmpDir: string, destination: string, data: string | Buffer): Promise<void> {
-  const temp = tempPath(tmpDir);
-  const handle = await open(temp, 'w', 0o644).catch(async (err: NodeJS.ErrnoException) => {
+/** Opens a new temp file for writing, creating `tmpDir` when it is missing. */
+export async function openTempFile(temp: string): Promise<FileHandle> {
+  return open(temp, 'w', 0o644).catch(async (err: NodeJS.ErrnoException) => {
     if (err.code !== 'ENOENT') throw err;
-    await mkdir(tmpDir, { recursive: true });
+    await mkdir(dirname(temp), { recursive: true });
     return open(temp, 'w', 0o644);
   });
+}
+
+/** Writes `data` to a new fsynced temp file in `tmpDir` and returns its path (removed again on failure). */
+export async function writeTempFile(tmpDir: string, data: string | Buffer): Promise<string> {
+  const temp = tempPath(tmpDir);
+  const handle = await openTempFile(temp);
   try {
     await handle.writeFile(data);
     await handle.sync();
@@ -38,6 +43,12 @@ export async function writeFileAtomic(tmpDir: string, destination: string, data:
     throw err;
   }
   await handle.close();
+  return temp;
+}
+
+/** Writes small content (manifests, links, state) atomically: temp file, fsync, rename. */
+export async function writeFileAtomic(tmpDir: string, destination: string, data: string | Buffer): Promise<void> {
+  const temp = await writeTempFile(tmpDir, data);
   try {
     await commitFile(temp, destination);
   } catch (err) {

@@ -3,6 +3,7 @@ import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { request, type Agent, type ClientRequest, type IncomingHttpHeaders, type IncomingMessage } from 'node:http';
 import { stat } from 'node:fs/promises';
+import { connect } from 'node:net';
 import type { BuiltImage } from './oci-image.js';
 import { STEVEDORE_BIN } from './processes.js';
 
@@ -186,4 +187,32 @@ export function slowPatch(port: number, path: string, first: Buffer, agent?: Age
   req.on('error', fail);
   req.write(first);
   return { req, response, failed };
+}
+
+/**
+ * Sends `request` as written on a fresh TCP connection (for what HTTP clients never send: an
+ * absolute-form target, a bad Content-Length, an unknown method token) and parses the answer.
+ */
+export function rawSocket(port: number, request: string): Promise<RawResponse> {
+  return new Promise((resolve, reject) => {
+    const socket = connect(port, '127.0.0.1', () => socket.write(request));
+    const chunks: Buffer[] = [];
+    socket.on('data', (chunk: Buffer) => chunks.push(chunk));
+    socket.on('error', reject);
+    socket.on('close', () => {
+      const all = Buffer.concat(chunks);
+      const split = all.indexOf('\r\n\r\n');
+      if (split === -1) return reject(new Error(`no HTTP answer: ${JSON.stringify(all.toString('latin1').slice(0, 300))}`));
+      const [statusLine, ...lines] = all.subarray(0, split).toString('latin1').split('\r\n');
+      const headers: IncomingHttpHeaders = {};
+      for (const line of lines) {
+        const colon = line.indexOf(':');
+        headers[line.slice(0, colon).trim().toLowerCase()] = line.slice(colon + 1).trim();
+      }
+      const body = all.subarray(split + 4);
+      resolve({ status: Number(statusLine!.split(' ')[1]), headers, body, text: body.toString('utf8') });
+    });
+    // Every request here asks the server to close; this only bounds a server that would not.
+    socket.setTimeout(10_000, () => socket.destroy(new Error('no answer within 10 s')));
+  });
 }

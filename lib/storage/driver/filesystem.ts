@@ -4,7 +4,7 @@ import { link, mkdir, open, readdir, readFile, rm, rmdir, stat, unlink, type Fil
 import { dirname, join, relative, sep } from 'node:path';
 import { Readable } from 'node:stream';
 import type { Digest, DigestAlgorithm } from '../../oci/digest.js';
-import { commitFile, writeFileAtomic } from '../atomic.js';
+import { commitFile, openTempFile, writeFileAtomic, writeTempFile } from '../atomic.js';
 import {
   checkKey, checkPrefix, StorageNotFoundError,
   type BlobWriter, type IncompleteWrite, type KeyInfo, type ListOptions, type ListPage, type StorageDriver,
@@ -77,7 +77,7 @@ export class FilesystemDriver implements StorageDriver {
 
   async putIfAbsent(key: string, data: Buffer | string): Promise<boolean> {
     const destination = this.path(key);
-    const temp = await this.writeTemp(data);
+    const temp = await writeTempFile(this.tmpDir, data);
     try {
       // link(2) fails with EEXIST if the destination exists: an atomic create-if-absent of complete content.
       await link(temp, destination).catch(async (err: NodeJS.ErrnoException) => {
@@ -238,11 +238,7 @@ export class FilesystemDriver implements StorageDriver {
   // --- helpers shared with the upload sessions ---
 
   async openTemp(path: string): Promise<FileHandle> {
-    return open(path, 'w', 0o644).catch(async (err: NodeJS.ErrnoException) => {
-      if (err.code !== 'ENOENT') throw err;
-      await mkdir(dirname(path), { recursive: true });
-      return open(path, 'w', 0o644);
-    });
+    return openTempFile(path);
   }
 
   /**
@@ -275,21 +271,6 @@ export class FilesystemDriver implements StorageDriver {
     } finally {
       await unlink(path).catch(() => {});
     }
-  }
-
-  private async writeTemp(data: Buffer | string): Promise<string> {
-    const temp = join(this.tmpDir, `put-${Date.now()}-${randomUUID()}`);
-    const handle = await this.openTemp(temp);
-    try {
-      await handle.writeFile(data);
-      await handle.sync();
-    } catch (err) {
-      await handle.close();
-      await unlink(temp).catch(() => {});
-      throw err;
-    }
-    await handle.close();
-    return temp;
   }
 
   private isHidden(key: string): boolean {

@@ -213,7 +213,7 @@ describe('logger: access log → atime of served blobs and manifests', () => {
 
   it('without explicit calls: file events and the flush timer do the work', async () => {
     config = { ...config, flushEvery: 100 };
-    const f = await follow();
+    await follow();
     const t = new Date('2025-07-01T00:00:00Z');
     await writeFile(logPath, `${blobLine(blobs[120]!, t)}\n`);
     const until = Date.now() + 5_000;

@@ -1,3 +1,5 @@
+import { STATUS_CODES } from 'node:http';
+import type { Duplex } from 'node:stream';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { WORKER_STATUS_PATH } from '../../../lib/appliance.js';
 import type { Logger } from '../../../lib/log.js';
@@ -10,9 +12,9 @@ import { BlobStore } from './store/blob-store.js';
 import { ManifestStore } from './store/manifest-store.js';
 import { UploadStore } from './store/upload-store.js';
 import { deleteBlob, getBlob } from './routes/blobs.js';
-import { ProxyCache } from './proxy/proxy-cache.js';
+import { ProxyCache, type ProxyOptions } from './proxy/proxy-cache.js';
 import { UpstreamClient } from './proxy/upstream-client.js';
-import { parseReference } from '../../../lib/oci/reference.js';
+import { lookupReference } from '../../../lib/oci/reference.js';
 import type { UpstreamCredentials } from '../../../lib/upstreams.js';
 import { listCatalog, listReferrers, listTags } from './routes/listings.js';
 import { deleteManifest, getManifest, putManifest } from './routes/manifests.js';
@@ -24,6 +26,8 @@ export interface RegistryOptions {
   log: Logger;
   /** Credentials for the upstream of a pull-through cache (from the auths file). */
   upstreamCredentials?: UpstreamCredentials;
+  /** Cache settings that have no option of their own (tests: the upstream tag-list page size). */
+  proxyOptions?: Partial<ProxyOptions>;
 }
 
 const METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE'] as const;
@@ -99,7 +103,7 @@ async function dispatchProxy(ctx: RegistryContext, proxy: ProxyCache, route: Exc
     case 'referrers':
       return proxy.listReferrers(route.name, route.digest, reply, query, () => listReferrers(ctx, route.name, route.digest, reply, query));
     case 'manifest': {
-      const reference = parseReference(route.reference);
+      const reference = lookupReference(route.name, route.reference);
       if (method === 'DELETE') {
         await proxy.purgeManifest(route.name, reference);
         return void reply.code(202).send();
@@ -115,17 +119,26 @@ async function dispatchProxy(ctx: RegistryContext, proxy: ProxyCache, route: Exc
   }
 }
 
+/** The OCI error a fastify or HTTP-parser error stands for (malformed requests are the client's fault). */
+function frameworkError(err: unknown): RegistryError | undefined {
+  const status = (err as { statusCode?: number }).statusCode;
+  if (status === 413) return new RegistryError('SIZE_INVALID', undefined, { status: 413, message: 'request body too large' });
+  if (typeof status === 'number' && status >= 400 && status < 500) {
+    const reason = (err as Error).message;
+    return new RegistryError('UNSUPPORTED', undefined, { status, message: reason ? `request refused: ${reason.slice(0, 200)}` : 'malformed request' });
+  }
+  return undefined;
+}
+
 /** Renders any error as OCI error JSON; internals of unexpected errors never reach the client. */
 function sendError(log: Logger, err: unknown, req: FastifyRequest, reply: FastifyReply): void {
   let error: RegistryError;
   if (isRegistryError(err)) {
     error = err;
   } else {
-    const status = (err as { statusCode?: number }).statusCode;
-    if (status === 413) error = new RegistryError('SIZE_INVALID', undefined, { status: 413, message: 'request body too large' });
-    else if (typeof status === 'number' && status >= 400 && status < 500) {
-      error = new RegistryError('UNSUPPORTED', undefined, { status, message: 'malformed request' });
-    } else {
+    const mapped = frameworkError(err);
+    if (mapped) error = mapped;
+    else {
       log.error({ err, method: req.method, url: req.raw.url }, 'request failed');
       error = new RegistryError('UNKNOWN', undefined, { message: 'internal server error' });
     }
@@ -142,13 +155,50 @@ function sendError(log: Logger, err: unknown, req: FastifyRequest, reply: Fastif
     .send(JSON.stringify(error.toBody()));
 }
 
+/**
+ * A request the HTTP parser refused (bad Content-Length, unknown method token, malformed request
+ * line, oversized headers, timeout): answered on the socket, as OCI error JSON like every other error.
+ */
+function sendClientError(err: NodeJS.ErrnoException, socket: Duplex): void {
+  if (err.code === 'ECONNRESET' || socket.destroyed) return;
+  let status = 400;
+  let message = `malformed HTTP request${err.code?.startsWith('HPE_') ? ` (${err.code})` : ''}`;
+  if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT') {
+    status = 408;
+    message = 'request timeout';
+  } else if (err.code === 'HPE_HEADER_OVERFLOW') {
+    status = 431;
+    message = 'request headers too large';
+  }
+  const body = JSON.stringify(new RegistryError('UNSUPPORTED', undefined, { status, message }).toBody());
+  // As node does by default: an answer already under way on this socket must not be followed by a second one.
+  const answering = (socket as Duplex & { _httpMessage?: { headersSent?: boolean } })._httpMessage?.headersSent === true;
+  if (socket.writable && !answering) {
+    socket.write(`HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\ncontent-type: application/json\r\n`
+      + `docker-distribution-api-version: registry/2.0\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
+  }
+  socket.destroy();
+}
+
+/**
+ * An absolute-form request target (`GET http://host:port/v2/ HTTP/1.1`, which RFC 9112 §3.2.2 says
+ * servers MUST accept) is served as its origin-form path; anything else is left as it came.
+ */
+export function originForm(url: string): string {
+  if (url.startsWith('/')) return url;
+  const match = /^[a-z][a-z0-9+.-]*:\/\/[^/?#]*/i.exec(url);
+  if (!match) return url;
+  const rest = url.slice(match[0].length);
+  return rest.startsWith('/') ? rest : `/${rest}`;
+}
+
 export interface RegistryApp {
   app: FastifyInstance;
   context: RegistryContext;
 }
 
 /** Builds one registry worker (not listening): the stores over `config.root` and the /v2/ API. */
-export function buildRegistry({ config, log, upstreamCredentials }: RegistryOptions): RegistryApp {
+export function buildRegistry({ config, log, upstreamCredentials, proxyOptions }: RegistryOptions): RegistryApp {
   const layout = new StorageLayout(config.root, { namespace: config.upstream?.host });
   const blobs = new BlobStore(layout);
   const context: RegistryContext = {
@@ -165,8 +215,15 @@ export function buildRegistry({ config, log, upstreamCredentials }: RegistryOpti
       tagTtlMs: config.tagTtl ?? 5 * 60_000,
       negativeTtlMs: config.negativeTtl ?? 15_000,
       fillTimeoutMs: config.fillTimeout ?? 5 * 60_000,
+      ...proxyOptions,
     });
   }
+  // Handlers answer with reply.send (streams included); returning the reply tells fastify not to
+  // send the promise's value as a second, empty response.
+  const handler = async (req: FastifyRequest, reply: FastifyReply) => {
+    await dispatch(context, req, reply);
+    return reply;
+  };
   const app = Fastify({
     loggerInstance: log as FastifyBaseLogger,
     // Per-request lines belong to the gateway's access log; a worker logs writes and failures.
@@ -179,24 +236,23 @@ export function buildRegistry({ config, log, upstreamCredentials }: RegistryOpti
     requestTimeout: 0,
     bodyLimit: config.manifestMaxSize,
     routerOptions: { maxParamLength: 4096 },
+    rewriteUrl: (req) => originForm(req.url ?? '/'),
+    clientErrorHandler: sendClientError,
+    // A path fastify's router cannot decode (`%C0%AE`) or that is too long for it still goes to the
+    // registry's own raw-path parser, which answers it as the spec says.
+    frameworkErrors: (_err, req, reply) => void handler(req, reply).catch((err: unknown) => sendError(log, err, req, reply)),
   });
   // Bodies are streamed by the handlers (blobs) or read with a cap (manifests), never parsed here.
   app.removeAllContentTypeParsers();
   app.addContentTypeParser('*', (_req, _payload, done) => done(null, undefined));
   app.setErrorHandler((err, req, reply) => sendError(log, err, req, reply));
-  app.setNotFoundHandler((req, reply) => {
-    sendError(log, new RegistryError('NAME_UNKNOWN', { path: (req.raw.url ?? '').slice(0, 300) }, { message: 'no registry endpoint at this path' }), req, reply);
-  });
+  // Not found by fastify: a path outside /v2 or a method no endpoint has (TRACE, OPTIONS, PROPFIND):
+  // the registry's own parser answers 404 NAME_UNKNOWN or 405 UNSUPPORTED with Allow.
+  app.setNotFoundHandler(handler);
   if (context.proxy) {
     const client = context.proxy.client;
     app.addHook('onClose', async () => client.close());
   }
-  // Handlers answer with reply.send (streams included); returning the reply tells fastify not to
-  // send the promise's value as a second, empty response.
-  const handler = async (req: FastifyRequest, reply: FastifyReply) => {
-    await dispatch(context, req, reply);
-    return reply;
-  };
   // Internal, outside /v2/: only the gateway reaches a worker's socket, and it forwards /v2/ paths only.
   app.get(WORKER_STATUS_PATH, async (_req, reply) => reply.header('cache-control', 'no-store').send(context.proxy ? { kind: 'proxy', ...context.proxy.client.statusView() } : { kind: 'hosted' }));
   app.route({ method: [...METHODS], url: '/v2', handler });

@@ -2,12 +2,14 @@ import type { FastifyReply, FastifyRequest } from 'fastify';
 import { digestOf, parseDigest, tryParseDigest, type Digest } from '../../../../lib/oci/digest.js';
 import { RegistryError } from '../../../../lib/oci/errors.js';
 import { MANIFEST_MEDIA_TYPES, MediaType } from '../../../../lib/oci/media-types.js';
-import type { Reference } from '../../../../lib/oci/reference.js';
+import { isValidTag, type Reference } from '../../../../lib/oci/reference.js';
 import { parseRange } from '../../../../lib/http/range.js';
 import { upstreamRepository } from '../../../../lib/upstreams.js';
 import { CACHE_RESULT_HEADER } from '../../../../lib/appliance.js';
 import type { RegistryContext } from '../context.js';
 import { getBlob, rangeNotSatisfiable, sendBlobHeaders } from '../routes/blobs.js';
+import { paginate, parsePagination } from '../routes/http.js';
+import { TAGS_PAGE_CAP } from '../routes/listings.js';
 import { sendManifest } from '../routes/manifests.js';
 import { BoundedMap } from '../../../../lib/storage/bounded-map.js';
 import type { StoredManifest } from '../store/manifest-store.js';
@@ -18,13 +20,18 @@ export interface ProxyOptions {
   tagTtlMs: number;
   negativeTtlMs: number;
   fillTimeoutMs: number;
+  /** `n` asked of the upstream for each page of a tag list; undefined: the upstream's own page size. */
+  upstreamTagsPageSize?: number;
 }
 
 const MANIFEST_ACCEPT = [...MANIFEST_MEDIA_TYPES].join(', ');
 /** Upstream manifests and listings larger than this are refused rather than buffered. */
 const MAX_UPSTREAM_DOCUMENT = 16 * 1024 * 1024;
-/** Tag lists and referrers from upstream are reused for this long. */
+/** Referrers from upstream are reused for this long. */
 const LIST_TTL_MS = 30_000;
+/** An upstream tag list is followed through at most this many pages (Link: rel="next") and tags. */
+const MAX_TAG_PAGES = 100;
+const MAX_TAGS = 100_000;
 
 /** A manifest as served: `fromUpstream` when this request had to fetch it (a cache miss). */
 type ServedManifest = StoredManifest & { fromUpstream?: boolean };
@@ -32,6 +39,22 @@ type ServedManifest = StoredManifest & { fromUpstream?: boolean };
 /** Upstream failures after which a cached (possibly stale) copy is better than an error. */
 function canServeStale(err: unknown): boolean {
   return err instanceof RegistryError && !['MANIFEST_UNKNOWN', 'BLOB_UNKNOWN', 'NAME_UNKNOWN', 'DIGEST_INVALID', 'MANIFEST_INVALID'].includes(err.code);
+}
+
+/** The valid tags of an upstream tag-list page (`{"name":…,"tags":[…]}`; `tags` may be null). */
+function parseTagList(body: Buffer, host: string): string[] {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(body.toString('utf8'));
+  } catch {
+    parsed = undefined;
+  }
+  const tags = typeof parsed === 'object' && parsed !== null ? (parsed as { tags?: unknown }).tags : undefined;
+  if (tags === null) return [];
+  if (!Array.isArray(tags)) {
+    throw new RegistryError('UNAVAILABLE', { upstream: host }, { status: 502, message: `upstream ${host} sent a tag list that is not {"tags":[...]}` });
+  }
+  return tags.filter((tag): tag is string => typeof tag === 'string' && isValidTag(tag));
 }
 
 /** An upstream manifest or listing, at most MAX_UPSTREAM_DOCUMENT bytes. */
@@ -56,6 +79,9 @@ export class ProxyCache {
   private readonly negative = new BoundedMap<string, number>(10_000);
   private readonly manifestFetches = new Map<string, Promise<ServedManifest>>();
   private readonly lists = new BoundedMap<string, CachedList>(1_000);
+  /** The last complete tag list fetched per repository: served only when the upstream can't answer. */
+  private readonly tagLists = new BoundedMap<string, string[]>(1_000);
+  private readonly tagFetches = new Map<string, Promise<string[] | undefined>>();
 
   constructor(private readonly ctx: RegistryContext, readonly client: UpstreamClient, private readonly options: ProxyOptions) {
     this.fills = new BlobFills(options.fillTimeoutMs);
@@ -228,6 +254,7 @@ export class ProxyCache {
   async purgeManifest(name: string, reference: Reference): Promise<void> {
     this.negative.clear();
     this.lists.clear();
+    this.tagLists.clear();
     await this.ctx.manifests.delete(name, reference);
     this.ctx.log.info({ name, reference: reference.kind === 'tag' ? reference.tag : reference.digest.value }, 'purged from cache');
   }
@@ -254,7 +281,6 @@ export class ProxyCache {
       }
       const size = Number(responseHeader(res.headers, 'content-length'));
       sendBlobHeaders(reply, digest);
-    reply.header(CACHE_RESULT_HEADER, 'miss');
       reply.header(CACHE_RESULT_HEADER, 'miss');
       reply.code(200);
       if (Number.isSafeInteger(size)) reply.header('content-length', size);
@@ -333,22 +359,71 @@ export class ProxyCache {
     return entry;
   }
 
+  /**
+   * The tags list as the upstream has it now (every page of it), sorted and paginated here with the
+   * client's `n`/`last` and a Link to the next page, whatever the upstream's own order and paging;
+   * the last list fetched (else the cache's own tags) only when the upstream can't answer.
+   */
   async listTags(name: string, reply: FastifyReply, query: URLSearchParams, fallback: () => Promise<void>): Promise<void> {
-    const forwarded = new URLSearchParams();
-    for (const param of ['n', 'last']) {
-      const value = query.get(param);
-      if (value !== null) forwarded.set(param, value);
+    const { n, last } = parsePagination(query, TAGS_PAGE_CAP);
+    let pending = this.tagFetches.get(name);
+    if (!pending) {
+      pending = this.fetchTags(name).finally(() => this.tagFetches.delete(name));
+      this.tagFetches.set(name, pending);
     }
-    const list = await this.upstreamList(name, 'tags/list', forwarded, 'name');
-    if (!list) return fallback();
-    let body = list.body;
-    const upstreamName = upstreamRepository(this.client.endpoint, name);
-    if (upstreamName !== name) {
-      const parsed = JSON.parse(body.toString('utf8')) as { name?: string };
-      parsed.name = name;
-      body = Buffer.from(JSON.stringify(parsed));
+    const tags = await pending;
+    if (!tags) return fallback();
+    const { page, link } = paginate(tags, n, last, `/v2/${name}/tags/list`);
+    if (link) reply.header('link', link);
+    reply.code(200).header('content-type', 'application/json').send(JSON.stringify({ name, tags: page }));
+  }
+
+  /** Every tag of `name` upstream, following its Link headers (bounded); undefined when it can't answer. */
+  private async fetchTags(name: string): Promise<string[] | undefined> {
+    const previous = this.tagLists.get(name);
+    const pageSize = this.options.upstreamTagsPageSize;
+    let next: string | undefined = `${this.path(name, 'tags/list')}${pageSize ? `?n=${pageSize}` : ''}`;
+    const seen = new Set<string>();
+    const tags = new Set<string>();
+    while (next !== undefined) {
+      if (seen.size === MAX_TAG_PAGES || tags.size >= MAX_TAGS) {
+        this.ctx.log.warn({ name, upstream: this.host, pages: seen.size, tags: tags.size }, 'upstream tag list truncated: too many pages or tags');
+        break;
+      }
+      seen.add(next);
+      let res: UpstreamResponse;
+      try {
+        res = await this.client.request('GET', next, this.scope(name), 'application/json');
+      } catch (err) {
+        if (canServeStale(err)) return previous;
+        throw err;
+      }
+      if (res.status !== 200) {
+        await res.body.dump();
+        if (res.status >= 500 || res.status === 429) return previous;
+        throw this.mapStatus(res, 'name', { name });
+      }
+      for (const tag of parseTagList(await readCapped(res), this.host)) tags.add(tag);
+      next = this.nextPage(responseHeader(res.headers, 'link'), next);
+      if (next !== undefined && seen.has(next)) next = undefined;
     }
-    reply.code(200).headers({ ...list.headers, 'content-type': 'application/json' }).send(body);
+    const sorted = [...tags].sort();
+    this.tagLists.set(name, sorted);
+    return sorted;
+  }
+
+  /** The upstream path of the page a Link header's rel="next" names, if it is on the upstream's /v2/. */
+  private nextPage(link: string | undefined, current: string): string | undefined {
+    const target = link && /<([^>]*)>\s*;[^,]*\brel="?next"?/i.exec(link)?.[1];
+    if (!target) return undefined;
+    let url: URL;
+    try {
+      url = new URL(target, new URL(current, this.client.endpoint.url));
+    } catch {
+      return undefined;
+    }
+    if (url.origin !== this.client.endpoint.url.origin || !url.pathname.startsWith('/v2/')) return undefined;
+    return `${url.pathname}${url.search}`;
   }
 
   async listReferrers(name: string, rawDigest: string, reply: FastifyReply, query: URLSearchParams, fallback: () => Promise<void>): Promise<void> {

@@ -39,6 +39,18 @@ interface CachedToken {
 const MAX_REDIRECTS = 5;
 /** Tokens are renewed this long before they expire, so none expires mid-request. */
 const TOKEN_MARGIN_MS = 10_000;
+/** A breaker probe waits at most this long for an answer (or the upstream timeout, if shorter). */
+const PROBE_TIMEOUT_MS = 2_000;
+
+/**
+ * The upstream answered, but not as hoped (a token endpoint's error status, a redirect loop): it is
+ * reachable, so only a 5xx counts against the circuit breaker.
+ */
+class UpstreamAnswerError extends Error {
+  constructor(message: string, readonly status: number) {
+    super(message);
+  }
+}
 
 function header(headers: UpstreamResponse['headers'], name: string): string | undefined {
   const value = headers[name];
@@ -61,18 +73,43 @@ export class UpstreamClient {
   private scheme: 'none' | 'basic' | 'bearer' = 'none';
   private bearerChallenge: Challenge | undefined;
 
+  private readonly probeTimeoutMs: number;
+
   constructor(
     readonly endpoint: UpstreamEndpoint,
     private readonly credentials: UpstreamCredentials | undefined,
     private readonly log: Logger,
     timeoutMs: number,
+    breakerOptions: { maxFailures?: number; probeIntervalMs?: number } = {},
   ) {
     this.agent = new Agent({ connectTimeout: timeoutMs, headersTimeout: timeoutMs, bodyTimeout: timeoutMs, keepAliveTimeout: 30_000 });
-    this.breaker = new CircuitBreaker(endpoint.host);
+    this.probeTimeoutMs = Math.min(timeoutMs, PROBE_TIMEOUT_MS);
+    this.breaker = new CircuitBreaker(endpoint.host, () => this.probe(), {
+      ...breakerOptions,
+      onChange: (state, { failures, openMs }) => {
+        if (state === 'open') log.warn({ upstream: endpoint.host, failures }, 'upstream circuit open: failing fast, probing the upstream in the background');
+        else log.info({ upstream: endpoint.host, downMs: openMs }, 'upstream answered a probe: circuit closed');
+      },
+    });
   }
 
   async close(): Promise<void> {
+    this.breaker.stop();
     await this.agent.close();
+  }
+
+  /**
+   * The circuit breaker's probe: `GET /v2/` without credentials. Any HTTP answer but a 5xx (a 401
+   * challenge included) means the upstream is back; a connection error or timeout means it is not.
+   */
+  private async probe(): Promise<boolean> {
+    const res = await request(new URL('/v2/', this.endpoint.url), {
+      method: 'GET', headers: { 'user-agent': 'stevedore' }, dispatcher: this.agent,
+      headersTimeout: this.probeTimeoutMs, bodyTimeout: this.probeTimeoutMs,
+      signal: AbortSignal.timeout(this.probeTimeoutMs),
+    });
+    await res.body.dump().catch(() => {});
+    return res.statusCode < 500;
   }
 
   /**
@@ -93,8 +130,15 @@ export class UpstreamClient {
         else this.breaker.failure();
         throw err;
       }
-      this.breaker.failure();
       this.log.warn({ upstream: this.endpoint.host, path, err: (err as Error).message }, 'upstream request failed');
+      // Only a connection failure, a timeout or a 5xx counts against the upstream.
+      if (err instanceof UpstreamAnswerError && err.status < 500) {
+        this.breaker.success();
+        throw new RegistryError('UNAVAILABLE', { upstream: this.endpoint.host, upstreamStatus: err.status }, {
+          status: 502, message: `upstream ${this.endpoint.host} answered unexpectedly: ${err.message}`,
+        });
+      }
+      this.breaker.failure();
       throw new RegistryError('UNAVAILABLE', { upstream: this.endpoint.host }, {
         message: `upstream ${this.endpoint.host} is unreachable: ${(err as Error).message}`,
       });
@@ -162,7 +206,7 @@ export class UpstreamClient {
       }
       return { status: res.statusCode, headers: res.headers, body: res.body as unknown as UpstreamResponse['body'] };
     }
-    throw new Error(`more than ${MAX_REDIRECTS} redirects`);
+    throw new UpstreamAnswerError(`more than ${MAX_REDIRECTS} redirects`, 310);
   }
 
   private basic(): string | undefined {
@@ -210,7 +254,7 @@ export class UpstreamClient {
     }
     if (res.statusCode !== 200) {
       await res.body.dump();
-      throw new Error(`token endpoint answered ${res.statusCode}`);
+      throw new UpstreamAnswerError(`token endpoint answered ${res.statusCode}`, res.statusCode);
     }
     const body = (await res.body.json()) as { token?: string; access_token?: string; expires_in?: number };
     const token = body.token ?? body.access_token;

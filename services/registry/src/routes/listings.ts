@@ -6,7 +6,7 @@ import { listRepositories } from '../store/catalog.js';
 import { paginate, parsePagination } from './http.js';
 
 /** Largest page served; larger `n` (or none) is answered with this many and a Link to the rest. */
-const TAGS_PAGE_CAP = 10_000;
+export const TAGS_PAGE_CAP = 10_000;
 const CATALOG_PAGE_CAP = 1_000;
 
 export async function listTags(ctx: RegistryContext, name: string, reply: FastifyReply, query: URLSearchParams): Promise<void> {

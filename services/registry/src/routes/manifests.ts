@@ -1,13 +1,12 @@
 import type { FastifyReply, FastifyRequest } from 'fastify';
-import { RegistryError } from '../../../../lib/oci/errors.js';
 import { manifestResponse } from '../../../../lib/oci/manifest-response.js';
-import { parseReference, parseTag } from '../../../../lib/oci/reference.js';
+import { lookupReference, parseReference, parseTag } from '../../../../lib/oci/reference.js';
 import type { RegistryContext } from '../context.js';
 import type { StoredManifest } from '../store/manifest-store.js';
 import { readLimitedBody } from './http.js';
 
 export async function getManifest(ctx: RegistryContext, name: string, ref: string, req: FastifyRequest, reply: FastifyReply): Promise<void> {
-  const reference = parseReference(ref);
+  const reference = lookupReference(name, ref);
   sendManifest(await ctx.manifests.get(name, reference), name, ref, req, reply);
 }
 
@@ -32,7 +31,7 @@ export async function putManifest(ctx: RegistryContext, name: string, ref: strin
 }
 
 export async function deleteManifest(ctx: RegistryContext, name: string, ref: string, reply: FastifyReply): Promise<void> {
-  const reference = parseReference(ref);
+  const reference = lookupReference(name, ref);
   await ctx.manifests.delete(name, reference);
   ctx.log.info({ name, reference: ref }, reference.kind === 'tag' ? 'tag deleted' : 'manifest deleted');
   reply.code(202).send();

@@ -22,7 +22,7 @@ export class ManifestStore extends ManifestReader {
    * pushed by (if any) matches, and everything it references is present in the repository.
    */
   async put(name: string, reference: Reference, body: Buffer, contentType: string | undefined, extraTags: string[]): Promise<{ digest: Digest; manifest: ParsedManifest }> {
-    const manifest = parseManifest(body, contentType);
+    const manifest = parseManifest(body, contentType, { strict: true });
     const digest = digestOf(body, reference.kind === 'digest' ? reference.digest.algorithm : 'sha256');
     if (reference.kind === 'digest' && reference.digest.value !== digest.value) {
       throw new RegistryError('DIGEST_INVALID', { expected: reference.digest.value, actual: digest.value }, {
@@ -71,20 +71,30 @@ export class ManifestStore extends ManifestReader {
     this.tags.set(`${name}\0${tag}`, this.stamp({ digest, validatedAt: now.getTime() }));
   }
 
+  /**
+   * Everything a pushed manifest references must be in the repository, with the size its descriptor
+   * says: a wrong size would make every client's pull of it fail.
+   */
   private async checkReferences(name: string, manifest: ParsedManifest): Promise<void> {
     const missing: string[] = [];
+    const mismatches: string[] = [];
+    const check = async (d: Descriptor, field: string, present: boolean, what: string) => {
+      if (!present) return void missing.push(d.digest);
+      const stored = await this.blobs.stat(descriptorDigest(d));
+      if (stored && stored.size !== d.size) mismatches.push(`${field}.size ${d.size} does not match the stored ${what}'s size ${stored.size}`);
+    };
     await Promise.all([
-      ...manifest.blobs.map(async (d) => {
-        if (!(await this.blobs.isLinked(name, descriptorDigest(d)))) missing.push(d.digest);
-      }),
-      ...manifest.manifests.map(async (d) => {
-        if (!(await this.revisionMediaType(name, descriptorDigest(d)))) missing.push(d.digest);
-      }),
+      ...manifest.blobs.map(async (d, i) => check(d, manifest.blobFields[i]!, await this.blobs.isLinked(name, descriptorDigest(d)), 'blob')),
+      ...manifest.manifests.map(async (d, i) => check(d, manifest.manifestFields[i]!, Boolean(await this.revisionMediaType(name, descriptorDigest(d))), 'manifest')),
     ]);
     if (missing.length > 0) {
       throw new RegistryError('MANIFEST_BLOB_UNKNOWN', { missing: missing.slice(0, 20) }, {
         message: `manifest references ${missing.length} blob(s) or manifest(s) not in repository ${name}`,
       });
+    }
+    if (mismatches.length > 0) {
+      mismatches.sort();
+      throw new RegistryError('MANIFEST_INVALID', { mismatches: mismatches.slice(0, 20) }, { message: `manifest invalid: ${mismatches[0]}` });
     }
   }
 
