@@ -14,6 +14,7 @@ import { readCounters, storeChangeStamp, totalsOf } from './metrics-view.js';
 import { largestCachedImages, type LargeImage } from './largest-images.js';
 import { mostPulled, recentPulls } from './recent-pulls.js';
 import { StoreView } from './store-view.js';
+import { ReusedValue } from './reused-value.js';
 import { readWorkerStatus, upstreamState } from './worker-status.js';
 
 /** The cleaner settings the console shows and plans with (CLEANER_* as the cleaner reads them). */
@@ -69,8 +70,8 @@ export class WebConsole {
   private readonly store: StoreView;
   private readonly history: ConsoleHistory;
   private measured: { at: number; stamp: number; plan: Promise<EvictionPlan> } | undefined;
-  private ranking: { at: number; value: ReturnType<typeof mostPulled> } | undefined;
-  private largest: { at: number; value: Promise<LargeImage[]> } | undefined;
+  private readonly ranking: ReusedValue<Awaited<ReturnType<typeof mostPulled>>>;
+  private readonly largest: ReusedValue<LargeImage[]>;
   /** How long the last walk took. */
   private walkMs = 0;
   private cleaning: Promise<unknown> | undefined;
@@ -82,6 +83,8 @@ export class WebConsole {
   constructor(private readonly options: ConsoleOptions) {
     this.assets = loadAssets(options.log);
     this.store = new StoreView(options.root, options.plan);
+    this.ranking = new ReusedValue(() => mostPulled(options.accessLogPath, 100), RANKING_MAX_AGE_MS);
+    this.largest = new ReusedValue(() => largestCachedImages(this.store, 100), RANKING_MAX_AGE_MS);
     this.challenge = `Basic realm="${options.realm}"`;
     this.history = new ConsoleHistory(options.root, async () => totalsOf(await readCounters(options.metrics)), async () => {
       const plan = await this.evictionPlan(STORAGE_MAX_AGE_MS, storeChangeStamp(await readCounters(options.metrics)));
@@ -214,14 +217,8 @@ export class WebConsole {
       }
       case 'GET /api/v1/top': {
         const limit = intParam(query, 'limit', 10, 1, 100);
-        // The rankings read megabytes of log and every cached tag: each reused for 30 s.
-        if (!this.ranking || Date.now() - this.ranking.at > RANKING_MAX_AGE_MS) this.ranking = { at: Date.now(), value: mostPulled(this.options.accessLogPath, 100) };
-        if (!this.largest || Date.now() - this.largest.at > RANKING_MAX_AGE_MS) {
-          const entry = { at: Date.now(), value: largestCachedImages(this.store, 100) };
-          this.largest = entry;
-          entry.value.catch(() => { if (this.largest === entry) this.largest = undefined; });
-        }
-        const [pulled, largest] = await Promise.all([this.ranking.value, this.largest.value]);
+        // The rankings read megabytes of log and every cached tag: reused, renewed in the background.
+        const [pulled, largest] = await Promise.all([this.ranking.get(), this.largest.get()]);
         return sendJson(res, 200, { since: pulled.since ?? null, mostPulled: pulled.items.slice(0, limit), largestCached: largest.slice(0, limit) });
       }
       case 'DELETE /api/v1/manifests':
@@ -307,7 +304,7 @@ export class WebConsole {
       // Whatever the worker answered, it may have changed the store.
       this.options.invalidate(worker, repository);
       this.store.forget();
-      this.largest = undefined;
+      this.largest.forget();
     }
     this.options.log.info({ user: user.name, source, repository, reference }, source === 'hosted' ? 'console: deleted from the hosted registry' : 'console: purged from the cache');
     return { deleted: { source, repository, reference } };
@@ -324,7 +321,7 @@ export class WebConsole {
       this.cleaning = undefined;
       this.measured = undefined;
       this.store.forget();
-      this.largest = undefined;
+      this.largest.forget();
     }
   }
 }
