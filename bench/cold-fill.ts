@@ -46,6 +46,8 @@ export interface ColdFillResult {
   runs: Partial<Record<TargetKey, number[]>>;
   /** CPU ms the serving Stevedore processes (worker; appliance: gateway + cache worker) spent per fill. */
   cpuMs: Partial<Record<TargetKey, number[]>>;
+  /** Of the appliance's CPU ms per fill, what its gateway spent (the hop to the worker and the client's TCP/TLS). */
+  gatewayCpuMs: number[];
   /** Upstream GETs of the blob per cold fetch (worst run), per cache. */
   upstreamGets: Partial<Record<TargetKey, number>>;
   loadStart: string;
@@ -117,10 +119,13 @@ export async function measureColdFill(options: { sizeMiB: number; runs: number; 
   const pidsOf = (target: TargetKey): number[] => (target === 'worker' ? [worker!.pid]
     : target === 'appliance' ? appliance!.processes().filter((p) => p.name === 'gateway' || (p.name !== 'registry-hosted' && p.name?.startsWith('registry-'))).map((p) => p.pid) : []);
   const upstreamGets: ColdFillResult['upstreamGets'] = {};
+  const gatewayCpu: number[] = [];
+  const gatewayPid = (): number | undefined => appliance?.processes().find((p) => p.name === 'gateway')?.pid;
   const fetchOnce = async (target: TargetKey): Promise<number> => {
     const mark = upstream.output().length;
     const pids = pidsOf(target);
     const cpuBefore = pids.reduce((sum, pid) => sum + cpuMs(pid), 0);
+    const gatewayBefore = target === 'appliance' ? cpuMs(gatewayPid()) : 0;
     let mbs: number;
     if (target === 'direct') {
       mbs = await curlGet(`${upstream.url}/v2/${REPO}/blobs/${blob.digest}`, blob.size);
@@ -146,6 +151,7 @@ export async function measureColdFill(options: { sizeMiB: number; runs: number; 
       }
     }
     if (pids.length > 0) (cpu[target] ??= []).push(pids.reduce((sum, pid) => sum + cpuMs(pid), 0) - cpuBefore);
+    if (target === 'appliance') gatewayCpu.push(cpuMs(gatewayPid()) - gatewayBefore);
     if (target !== 'direct') {
       await sleep(300);
       upstreamGets[target] = Math.max(upstreamGets[target] ?? 0, gets(mark));
@@ -170,7 +176,7 @@ export async function measureColdFill(options: { sizeMiB: number; runs: number; 
   }
   await upstream.stop();
   children.delete(upstream.proc);
-  return { sizeMiB: options.sizeMiB, runs, cpuMs: cpu, upstreamGets, loadStart, loadEnd: load() };
+  return { sizeMiB: options.sizeMiB, runs, cpuMs: cpu, gatewayCpuMs: gatewayCpu, upstreamGets, loadStart, loadEnd: load() };
 }
 
 const median = (xs: number[]) => {
@@ -192,7 +198,8 @@ export function coldFillReport(result: ColdFillResult): string {
     if (!runs[t]) continue;
     lines.push(`${t.padEnd(20)} ${fmt(best(t)).padStart(10)} ${fmt(med(t)).padStart(8)} ${`${ratio(best(t), best('distribution'))} / ${ratio(med(t), med('distribution'))}`.padStart(28)} `
       + `${ratio(best(t), best('direct')).padStart(10)} ${String(result.upstreamGets[t] ?? '-').padStart(19)}  ${runs[t]!.map((v) => fmt(v)).join(' ')}`
-      + `${result.cpuMs[t] ? `; CPU ms/fill ${result.cpuMs[t]!.map((v) => fmt(v)).join(' ')}` : ''}`);
+      + `${result.cpuMs[t] ? `; CPU ms/fill ${result.cpuMs[t]!.map((v) => fmt(v)).join(' ')}` : ''}`
+      + `${t === 'appliance' && result.gatewayCpuMs.length > 0 ? ` (gateway ${result.gatewayCpuMs.map((v) => fmt(v)).join(' ')})` : ''}`);
   }
   const w = best('worker');
   const d = best('distribution');

@@ -17,6 +17,12 @@ export interface PM2App {
   listen_timeout: number;
   exp_backoff_restart_delay: number;
   autorestart: boolean;
+  /**
+   * Off: PM2's injected metrics agent (pm2-io-bpm: heap/event-loop probes, IPC pushes) made the
+   * gateway collect garbage ~3x as often while streaming a cold fill (major GCs per 200 MiB fill
+   * ~17 -> ~6); the appliance's own metrics are at /metrics.
+   */
+  pmx: boolean;
 }
 
 const STEVEDORE_BIN = fileURLToPath(new URL('../../bin/stevedore.js', import.meta.url));
@@ -24,7 +30,7 @@ const STEVEDORE_BIN = fileURLToPath(new URL('../../bin/stevedore.js', import.met
 function app(name: string, args: string[], env: Record<string, string>): PM2App {
   return {
     name, script: STEVEDORE_BIN, args, interpreter: process.execPath, exec_mode: 'fork', env,
-    kill_timeout: 60_000, wait_ready: true, listen_timeout: 15_000, exp_backoff_restart_delay: 100, autorestart: true,
+    kill_timeout: 60_000, wait_ready: true, listen_timeout: 15_000, exp_backoff_restart_delay: 100, autorestart: true, pmx: false,
   };
 }
 

@@ -1,5 +1,6 @@
 import { Agent, request as httpRequest, createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
+import type { Duplex } from 'node:stream';
 import { CACHE_RESULT_HEADER, type AppliancePlan, type WorkerPlan } from '../../../lib/appliance.js';
 import type { Logger } from '../../../lib/log.js';
 import { RegistryError, isRegistryError } from '../../../lib/oci/errors.js';
@@ -46,6 +47,12 @@ const API_METHODS = new Set(['GET', 'HEAD', 'PUT', 'POST', 'PATCH', 'DELETE']);
  */
 const KEEP_ALIVE_MS = 120_000;
 const KEEP_ALIVE_HEADER = `timeout=${KEEP_ALIVE_MS / 1000}`;
+/**
+ * Client sockets buffer up to 1 MiB each way: big proxied answers are written a whole event-loop
+ * turn of worker reads at a time (write-coalescing.ts), which Node's 16 KiB default would turn
+ * into a backpressure pause per chunk; uploads are read ahead further before the client is paused.
+ */
+const CLIENT_SOCKET_HIGH_WATER_MARK = 1024 * 1024;
 
 /**
  * The appliance's only way in: authenticates users, routes `/v2/` requests to the registry workers
@@ -225,7 +232,11 @@ export function createGateway(options: GatewayOptions): Server {
       res.destroy();
     });
   };
-  const server = options.tls ? createHttpsServer({ cert: options.tls.cert, key: options.tls.key, minVersion: 'TLSv1.2' }, listener) : createHttpServer(listener);
+  const server = options.tls
+    ? createHttpsServer({ cert: options.tls.cert, key: options.tls.key, minVersion: 'TLSv1.2' }, listener)
+    : createHttpServer({ highWaterMark: CLIENT_SOCKET_HIGH_WATER_MARK }, listener);
+  // Node 20's https server ignores the highWaterMark option: set it on each TLS socket, before its first request.
+  if (options.tls) server.on('secureConnection', (socket: Duplex) => raiseHighWaterMark(socket, CLIENT_SOCKET_HIGH_WATER_MARK));
   server.requestTimeout = 0;
   server.keepAliveTimeout = KEEP_ALIVE_MS;
   server.on('close', () => {
@@ -257,6 +268,13 @@ function originForm(target: string): string {
   if (!match) return target;
   const rest = match[1] ?? '';
   return rest.startsWith('/') ? rest : `/${rest}`;
+}
+
+/** Raises a stream's buffer limits both ways (the states' fields are what Node's own constructors set). */
+function raiseHighWaterMark(stream: Duplex, bytes: number): void {
+  const states = stream as unknown as { _readableState?: { highWaterMark: number }; _writableState?: { highWaterMark: number } };
+  if (states._readableState && states._readableState.highWaterMark < bytes) states._readableState.highWaterMark = bytes;
+  if (states._writableState && states._writableState.highWaterMark < bytes) states._writableState.highWaterMark = bytes;
 }
 
 /** Whether a worker answers GET /v2/ on its socket within 2 seconds. */

@@ -1,4 +1,4 @@
-import { Agent, type ClientRequest, type IncomingMessage, type ServerResponse } from 'node:http';
+import { Agent, type AgentOptions, type ClientRequest, type IncomingMessage, type ServerResponse } from 'node:http';
 import { Readable } from 'node:stream';
 import './http-proxy-compat.js';
 import httpProxy from 'http-proxy';
@@ -7,6 +7,7 @@ import type { Logger } from '../../../lib/log.js';
 import { RegistryError } from '../../../lib/oci/errors.js';
 import { sendError } from './send-error.js';
 import { WorkerAvailability } from './worker-availability.js';
+import { coalesceWrites } from './write-coalescing.js';
 
 /**
  * Request bodies up to this size are read before they are forwarded, so that a request whose
@@ -25,6 +26,12 @@ const DRAIN_MAX = 64 * 1024 * 1024;
  * worker's own keep-alive timeout (72 s), so the gateway never reuses one the worker is closing.
  */
 const POOL_IDLE_MS = 30_000;
+/**
+ * Buffer sizes of the gateway's worker connections: an answer is read ahead up to 1 MiB before the
+ * worker's socket stops being read (Node's default, 16 KiB, is less than one 64 KiB socket read), and
+ * a forwarded request body is written without pausing the client's upload every chunk.
+ */
+const WORKER_SOCKET_HIGH_WATER_MARK = 1024 * 1024;
 /** Errors of a connection to a worker that is not listening (stopped, restarting, not started yet). */
 const NOT_LISTENING = new Set(['ECONNREFUSED', 'ENOENT']);
 /** Errors of a connection that failed under a request: a reused connection the worker had closed. */
@@ -86,9 +93,9 @@ interface Attempt {
  */
 export class WorkerForwarder {
   readonly availability: WorkerAvailability;
-  private readonly agent = new Agent({ keepAlive: true, maxSockets: 512, timeout: POOL_IDLE_MS });
+  private readonly agent = new Agent({ keepAlive: true, maxSockets: 512, timeout: POOL_IDLE_MS, highWaterMark: WORKER_SOCKET_HIGH_WATER_MARK } as AgentOptions);
   /** Retries go on a new connection, never on another pooled one that may be as stale. */
-  private readonly freshAgent = new Agent({ keepAlive: false });
+  private readonly freshAgent = new Agent({ keepAlive: false, highWaterMark: WORKER_SOCKET_HIGH_WATER_MARK } as AgentOptions);
   private readonly proxy = httpProxy.createProxyServer({ xfwd: false, proxyTimeout: 0 });
   private readonly attempts = new WeakMap<IncomingMessage, Attempt>();
 
@@ -158,6 +165,7 @@ export class WorkerForwarder {
     // The client's connection follows the client's wish, not the worker's.
     proxyRes.headers.connection = clientWantsClose(req) ? 'close' : 'keep-alive';
     this.options.onResponse(proxyRes, req);
+    coalesceWrites(proxyRes, res.socket);
     // The answer broke off midway: the client must see a broken transfer, not a short body.
     proxyRes.once('aborted', () => res.destroy());
     proxyRes.once('error', () => res.destroy());
