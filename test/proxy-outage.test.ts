@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -34,6 +35,23 @@ async function timedManifest(registry: string, ref: string): Promise<{ res: Resp
 async function processState(pid: number): Promise<string> {
   const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
   return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+}
+
+/**
+ * Best effort, for a failure message: the sockets on these loopback ports (`ss`) and the command
+ * line of each process that holds one, i.e. which processes really listened and answered.
+ */
+async function socketOwners(ports: number[]): Promise<string> {
+  try {
+    const lines = execFileSync('ss', ['-tanp'], { encoding: 'utf8' }).split('\n')
+      .filter((l) => ports.some((port) => l.includes(`127.0.0.1:${port} `)));
+    const pids = [...new Set(lines.flatMap((l) => [...l.matchAll(/pid=(\d+)/g)].map((m) => m[1]!)))];
+    const owners = await Promise.all(pids.map(async (pid) =>
+      `${pid}: ${(await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => 'gone')).replace(/\0/g, ' ').slice(0, 200)}`));
+    return `${lines.join('\n')}\n${owners.join('\n')}`;
+  } catch (err) {
+    return `(ss failed: ${(err as Error).message})`;
+  }
 }
 
 const logCount = (cache: RunningProcess, msg: string): number => cache.logLines().filter((l) => l.msg === msg).length;
@@ -196,7 +214,10 @@ describe('pull-through cache: upstream hangs (process stopped with SIGSTOP)', ()
     assert.equal(await processState(upstream.proc.pid!), 'T', 'the upstream is stopped before the request');
     const { res, ms } = await timedManifest(cache.url, `${hung}:v1`);
     assert.equal(await processState(upstream.proc.pid!), 'T', 'the upstream is still stopped after the request');
-    assert.equal(res.status, 503, `answered ${res.status} in ${ms} ms; cache log: ${cache.output().slice(-1500)}`);
+    if (res.status !== 503) {
+      assert.fail(`answered ${res.status} in ${ms} ms (upstream pid ${upstream.proc.pid} on ${upstream.port}, cache pid ${cache.proc.pid} on ${cache.port}); ` +
+        `headers: ${JSON.stringify([...res.headers])}\nsockets:\n${await socketOwners([upstream.port, cache.port])}\ncache log: ${cache.output().slice(-1500)}`);
+    }
     const error = await ociError(res);
     assert.equal(error.code, 'UNAVAILABLE');
     assert.match(error.message, /is unreachable: .*timeout/i);
