@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -23,6 +23,30 @@ export async function freePort(): Promise<number> {
       server.close(() => resolve(port));
     });
   });
+}
+
+/** The state letter of each thread of a process (R running, S sleeping, D disk, T stopped...): /proc/PID/task/TID/stat. */
+export async function threadStates(pid: number): Promise<string[]> {
+  const tids = await readdir(`/proc/${pid}/task`);
+  const stats = await Promise.all(tids.map((tid) => readFile(`/proc/${pid}/task/${tid}/stat`, 'utf8').catch(() => undefined)));
+  return stats.filter((s): s is string => s !== undefined).map((s) => s.charAt(s.lastIndexOf(')') + 2));
+}
+
+/**
+ * SIGSTOPs a process and resolves once EVERY thread of it is stopped. kill() returns once the signal
+ * is queued; the kernel wakes one thread to take it, and only when that thread runs does it stop the
+ * others: on a busy machine the rest (Go's network poller, Node's main thread) keep answering requests
+ * meanwhile (measured: a docker-registry answered a request sent right after kill(SIGSTOP) 3 times in 100).
+ */
+export async function stopProcess(proc: ChildProcess, timeoutMs = 5000): Promise<void> {
+  proc.kill('SIGSTOP');
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const states = await threadStates(proc.pid!);
+    if (states.length > 0 && states.every((s) => s === 'T')) return;
+    if (Date.now() > deadline) throw new Error(`pid ${proc.pid} not stopped after ${timeoutMs} ms: thread states ${states.join('')}`);
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
 }
 
 export interface RunningProcess {
