@@ -8,7 +8,7 @@ import { call, ociError, sleep } from './helpers/appliance.js';
 import { callSocket, contentHeaders, startGatewayWithHostedWorker, type InProcessGateway } from './helpers/gateway.js';
 import { pushBlob, pushImage } from './helpers/hosted.js';
 import { buildImage, buildIndex, type BuiltImage } from './helpers/oci-image.js';
-import { tempDir } from './helpers/processes.js';
+import { stopProcess, tempDir } from './helpers/processes.js';
 
 /**
  * The gateway answers manifest GET/HEAD of stored manifests itself (services/gateway/src/manifest-direct.ts):
@@ -21,7 +21,8 @@ const DOCKER_MANIFEST = 'application/vnd.docker.distribution.manifest.v2+json';
 
 /** Stops the hosted worker (SIGSTOP) for the duration of `body`: whatever answers then is the gateway. */
 async function withWorkerStopped<T>(env: InProcessGateway, body: () => Promise<T>): Promise<T> {
-  env.worker.kill('SIGSTOP');
+  // Every thread stopped, not just the signal sent: until then the worker may still answer itself.
+  await stopProcess(env.worker);
   try {
     return await body();
   } finally {

@@ -1,9 +1,10 @@
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { buildImage } from './helpers/oci-image.js';
-import { startDistribution, startStevedoreRegistry, tempDir, type RunningProcess } from './helpers/processes.js';
+import { startDistribution, startStevedoreRegistry, stopProcess, tempDir, threadStates, type RunningProcess } from './helpers/processes.js';
 import {
   cacheRequests, manifestDigest, MANIFEST_ACCEPT, ociError, pull, pushManifest, seed, sleep, tryPull,
 } from './helpers/proxy-fixtures.js';
@@ -30,10 +31,27 @@ async function timedManifest(registry: string, ref: string): Promise<{ res: Resp
   return { res, ms: Date.now() - started };
 }
 
-/** A process's state letter from /proc/PID/stat (R running, S sleeping, T stopped, Z zombie). */
-async function processState(pid: number): Promise<string> {
-  const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
-  return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+/** 'T' if every thread of the process is stopped, else its threads' states (e.g. 'TTSR'). */
+const stopped = async (pid: number): Promise<string> => {
+  const states = await threadStates(pid);
+  return states.every((s) => s === 'T') ? 'T' : states.join('');
+};
+
+/**
+ * Best effort, for a failure message: the sockets on these loopback ports (`ss`) and the command
+ * line of each process that holds one, i.e. which processes really listened and answered.
+ */
+async function socketOwners(ports: number[]): Promise<string> {
+  try {
+    const lines = execFileSync('ss', ['-tanp'], { encoding: 'utf8' }).split('\n')
+      .filter((l) => ports.some((port) => l.includes(`127.0.0.1:${port} `)));
+    const pids = [...new Set(lines.flatMap((l) => [...l.matchAll(/pid=(\d+)/g)].map((m) => m[1]!)))];
+    const owners = await Promise.all(pids.map(async (pid) =>
+      `${pid}: ${(await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => 'gone')).replace(/\0/g, ' ').slice(0, 200)}`));
+    return `${lines.join('\n')}\n${owners.join('\n')}`;
+  } catch (err) {
+    return `(ss failed: ${(err as Error).message})`;
+  }
 }
 
 const logCount = (cache: RunningProcess, msg: string): number => cache.logLines().filter((l) => l.msg === msg).length;
@@ -183,20 +201,22 @@ describe('pull-through cache: upstream hangs (process stopped with SIGSTOP)', ()
     // copies of this file running at once).
     await seed(upstream.url, `${hung}:v1`, [buildImage({ layerSizes: [500], seed: 'outage-hung' })]);
     cache = await startCache(upstream.url, ['--upstream-timeout', '1s']);
-    upstream.proc.kill('SIGSTOP');
     cleanup.push(async () => upstream.proc.kill('SIGCONT'));
-    // Every thread of the Go process stops when next scheduled: wait until the kernel says it has.
-    for (let i = 0; i < 100 && (await processState(upstream.proc.pid!)) !== 'T'; i++) await sleep(10);
+    // Not just kill(): until every thread has stopped, the upstream still answers (and the cache serves 200).
+    await stopProcess(upstream.proc);
   });
   after(cleanUp);
 
   it('a request that needs the upstream answers 503 after --upstream-timeout, not a hang', async () => {
     // If this ever answers 200 again, these say whether the upstream was really stopped around the
     // request (kernel state T) and which process answered (the cache logs each upstream failure).
-    assert.equal(await processState(upstream.proc.pid!), 'T', 'the upstream is stopped before the request');
+    assert.equal(await stopped(upstream.proc.pid!), 'T', 'every thread of the upstream is stopped before the request');
     const { res, ms } = await timedManifest(cache.url, `${hung}:v1`);
-    assert.equal(await processState(upstream.proc.pid!), 'T', 'the upstream is still stopped after the request');
-    assert.equal(res.status, 503, `answered ${res.status} in ${ms} ms; cache log: ${cache.output().slice(-1500)}`);
+    assert.equal(await stopped(upstream.proc.pid!), 'T', 'and still after it');
+    if (res.status !== 503) {
+      assert.fail(`answered ${res.status} in ${ms} ms (upstream pid ${upstream.proc.pid} on ${upstream.port}, cache pid ${cache.proc.pid} on ${cache.port}); ` +
+        `headers: ${JSON.stringify([...res.headers])}\nsockets:\n${await socketOwners([upstream.port, cache.port])}\ncache log: ${cache.output().slice(-1500)}`);
+    }
     const error = await ociError(res);
     assert.equal(error.code, 'UNAVAILABLE');
     assert.match(error.message, /is unreachable: .*timeout/i);

@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -23,6 +23,30 @@ export async function freePort(): Promise<number> {
       server.close(() => resolve(port));
     });
   });
+}
+
+/** The state letter of each thread of a process (R running, S sleeping, D disk, T stopped...): /proc/PID/task/TID/stat. */
+export async function threadStates(pid: number): Promise<string[]> {
+  const tids = await readdir(`/proc/${pid}/task`);
+  const stats = await Promise.all(tids.map((tid) => readFile(`/proc/${pid}/task/${tid}/stat`, 'utf8').catch(() => undefined)));
+  return stats.filter((s): s is string => s !== undefined).map((s) => s.charAt(s.lastIndexOf(')') + 2));
+}
+
+/**
+ * SIGSTOPs a process and resolves once EVERY thread of it is stopped. kill() returns once the signal
+ * is queued; the kernel wakes one thread to take it, and only when that thread runs does it stop the
+ * others: on a busy machine the rest (Go's network poller, Node's main thread) keep answering requests
+ * meanwhile (measured: a docker-registry answered a request sent right after kill(SIGSTOP) 3 times in 100).
+ */
+export async function stopProcess(proc: ChildProcess, timeoutMs = 5000): Promise<void> {
+  proc.kill('SIGSTOP');
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const states = await threadStates(proc.pid!);
+    if (states.length > 0 && states.every((s) => s === 'T')) return;
+    if (Date.now() > deadline) throw new Error(`pid ${proc.pid} not stopped after ${timeoutMs} ms: thread states ${states.join('')}`);
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
 }
 
 export interface RunningProcess {
@@ -76,15 +100,20 @@ function stopper(proc: ChildProcess) {
   });
 }
 
-/** Starts `stevedore registry` on a free loopback port; resolves once it logs that it listens. */
+/**
+ * Starts `stevedore registry` on loopback port 0, so the kernel picks the port at bind time and no
+ * other process can take it between choosing and binding (freePort's race); resolves once the worker
+ * logs that it listens, with the port it logged.
+ */
 export async function startStevedoreRegistry(args: string[], env: NodeJS.ProcessEnv = {}): Promise<RunningProcess> {
-  const port = await freePort();
-  const proc = spawn(process.execPath, [STEVEDORE_BIN, 'registry', '--listen', `127.0.0.1:${port}`, '--log-level', 'info', ...args], {
+  const proc = spawn(process.execPath, [STEVEDORE_BIN, 'registry', '--listen', '127.0.0.1:0', '--log-level', 'info', ...args], {
     env: { ...process.env, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const { output, waitFor } = track(proc);
-  await waitFor((text) => text.includes('"registry listening"'), 15_000);
+  const listening = /"address":"127\.0\.0\.1:(\d+)"[^\n]*"msg":"registry listening"/;
+  await waitFor((text) => listening.test(text), 15_000);
+  const port = Number(listening.exec(output())![1]);
   return {
     proc, port, url: `http://127.0.0.1:${port}`, output,
     logLines: () => output().split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>),
@@ -145,8 +174,8 @@ export function distributionConfig(options: DistributionOptions & { root: string
 export async function startDistribution(options: DistributionOptions = {}): Promise<RunningProcess & { root: string }> {
   const dir = await tempDir('distribution-');
   const root = options.root ?? join(dir, 'data');
-  const port = options.port ?? await freePort();
-  const config = distributionConfig({ ...options, root, port });
+  // Port 0 unless a port is asked for (a restart where it was): the kernel picks it at bind time.
+  const config = distributionConfig({ ...options, root, port: options.port ?? 0 });
   const configPath = join(dir, 'config.yml');
   await writeFile(configPath, config);
   const proc = spawn(DISTRIBUTION_BIN, ['serve', configPath], { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -158,12 +187,15 @@ export async function startDistribution(options: DistributionOptions = {}): Prom
     await rm(dir, { recursive: true, force: true });
     return code;
   };
+  // distribution logs the address it bound: `listening on 127.0.0.1:PORT`.
+  const listening = /listening on 127\.0\.0\.1:(\d+)/;
   try {
-    await waitFor((text) => text.includes('listening on'), 15_000);
+    await waitFor((text) => listening.test(text), 15_000);
   } catch (err) {
     await stopAndClean('SIGKILL');
     throw err;
   }
+  const port = Number(listening.exec(output())![1]);
   return {
     proc, port, root, url: `http://127.0.0.1:${port}`, output,
     logLines: () => output().split('\n').filter((l) => l.includes('"GET ') || l.includes('"HEAD ')).map((line) => ({ line })),
