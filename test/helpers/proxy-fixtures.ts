@@ -2,10 +2,10 @@ import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { rm, writeFile } from 'node:fs/promises';
 import { request as httpRequest } from 'node:http';
-import { connect, createServer, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import bcrypt from 'bcryptjs';
+import { startThrottledRelay } from './faults.js';
 import { buildIndex, MANIFEST_ACCEPT, readPulledLayout, writeOciLayout, type BuiltImage, type PulledLayout } from './oci-image.js';
 
 export { MANIFEST_ACCEPT, readPulledLayout, type PulledLayout };
@@ -208,60 +208,7 @@ export async function manifestDigest(registry: string, repo: string, ref: string
  * A TCP relay to a real upstream that forwards the upstream's answers at `bytesPerSecond` (requests
  * pass at full speed): a slow link, so a cache fill stays in flight long enough to join it.
  */
-export async function startSlowRelay(targetPort: number, bytesPerSecond: number): Promise<{ url: string; port: number; stop(): Promise<void> }> {
-  const sockets = new Set<Socket>();
-  const server: Server = createServer((client) => {
-    const upstream = connect(targetPort, '127.0.0.1');
-    sockets.add(client);
-    sockets.add(upstream);
-    client.pipe(upstream);
-    const tickMs = 50;
-    const perTick = Math.max(1, Math.floor((bytesPerSecond * tickMs) / 1000));
-    const queue: Buffer[] = [];
-    let ended = false;
-    const timer = setInterval(() => {
-      let budget = perTick;
-      while (budget > 0 && queue.length > 0) {
-        const head = queue[0]!;
-        if (head.length <= budget) {
-          client.write(head);
-          budget -= head.length;
-          queue.shift();
-        } else {
-          client.write(head.subarray(0, budget));
-          queue[0] = head.subarray(budget);
-          budget = 0;
-        }
-      }
-      if (queue.length === 0 && ended) {
-        clearInterval(timer);
-        client.end();
-      }
-    }, tickMs);
-    upstream.on('data', (chunk: Buffer) => queue.push(chunk));
-    upstream.on('end', () => { ended = true; });
-    const close = () => {
-      clearInterval(timer);
-      client.destroy();
-      upstream.destroy();
-      sockets.delete(client);
-      sockets.delete(upstream);
-    };
-    upstream.on('error', close);
-    client.on('error', close);
-    client.on('close', close);
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as { port: number };
-  return {
-    url: `http://127.0.0.1:${port}`,
-    port,
-    stop: async () => {
-      for (const s of sockets) s.destroy();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
-    },
-  };
-}
+export const startSlowRelay = startThrottledRelay;
 
 /**
  * GETs `url`, and once the response headers are in, closes the connection: a client that goes away
