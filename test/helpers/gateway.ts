@@ -84,6 +84,8 @@ export async function startGatewayWithHostedWorker(dir: string, options: { tagTt
   const metrics = new GatewayMetrics(join(root, 'blobs'));
   const gateway = createGateway({
     plan, log: createLogger('gateway', 'silent'), users: undefined, realm: 'Test Realm', accessLog, metrics, root,
+    // The plan's cache worker never runs: requests that need it give up waiting after 1 s, not 10 s.
+    workerWaitMs: 1_000,
     ...(options.tagTtlMs !== undefined ? { tagTtlMs: options.tagTtlMs } : {}),
   });
   await new Promise<void>((resolve) => gateway.listen(0, '127.0.0.1', resolve));
