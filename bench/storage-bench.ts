@@ -20,6 +20,7 @@
  * The store is built directly in the on-disk layout under a temp dir, with atimes spread over the
  * last 30 days (utimes), so the cleaner has a real LRU order to sort.
  */
+import { defaultStorageConfig } from '../lib/config.js';
 import { randomBytes } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { mkdir, open, rm, stat, utimes, writeFile } from 'node:fs/promises';
@@ -200,7 +201,7 @@ async function benchLogger(built: Built): Promise<Record<string, number>> {
   const size = (await stat(logPath)).size;
 
   const started = performance.now();
-  const follower = await followAccessLog({ root: built.root, accessLogPath: logPath, statePath, flushEvery: 1_000, logLevel: 'silent' }, log);
+  const follower = await followAccessLog({ ...defaultStorageConfig(), root: built.root, accessLogPath: logPath, statePath, flushEvery: 1_000, logLevel: 'silent' }, log);
   while (follower.tailer.current.offset < size) await new Promise((r) => setTimeout(r, 5));
   await follower.flush();
   const ms = performance.now() - started;

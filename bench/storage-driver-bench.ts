@@ -115,7 +115,7 @@ try {
   const rows = [
     await curlBaseline(rgw, dir),
     await run('filesystem', new FilesystemDriver(dir)),
-    await run(`s3 (Ceph RGW memstore, ${partMib} MiB parts ×${parts})`, new S3Driver({ client: createS3Client(), bucket: rgw.bucket, prefix: 'bench', partSize: partMib * MiB, partConcurrency: parts })),
+    await run(`s3 (Ceph RGW memstore, ${partMib} MiB parts ×${parts})`, new S3Driver({ client: createS3Client({ endpoint: rgw.endpoint }), bucket: rgw.bucket, prefix: 'bench', partSize: partMib * MiB, partConcurrency: parts })),
   ];
   console.table(rows);
 } finally {

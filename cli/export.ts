@@ -1,3 +1,4 @@
+import { storeDirectory } from './store.js';
 import { stat } from 'node:fs/promises';
 import { loadExportConfig, type ExportConfig, optionsHelp, EXPORT_OPTIONS } from '../lib/config.js';
 import { formatBytes, formatDuration } from '../lib/airgap/progress.js';
@@ -15,19 +16,21 @@ export async function runExport(argv: readonly string[]): Promise<number> {
   }
   const say = (line: string) => process.stderr.write(`${line}\n`);
   let config: ExportConfig;
+  let storeDir: string;
   try {
     config = loadExportConfig(argv);
+    storeDir = storeDirectory(config.store);
   } catch (err) {
     say(`stevedore export: ${(err as Error).message}`);
     return 2;
   }
-  if (!(await stat(config.store).then((s) => s.isDirectory(), () => false))) {
-    say(`stevedore export: --store ${config.store} is not a directory`);
+  if (!(await stat(storeDir).then((s) => s.isDirectory(), () => false))) {
+    say(`stevedore export: --store ${storeDir} is not a directory`);
     return 2;
   }
   const started = Date.now();
   try {
-    const summary = await exportStore(config.store, config.out);
+    const summary = await exportStore(storeDir, config.out);
     for (const digest of summary.missing) say(`warning: ${digest} is referenced but not in the store; left out`);
     const size = (await stat(config.out)).size;
     say(`exported ${summary.repositories} repositor${summary.repositories === 1 ? 'y' : 'ies'}, ${summary.tags} tag(s), ${summary.blobs} blob(s) (${formatBytes(summary.bytes)}) to ${config.out} (${formatBytes(size)}) in ${formatDuration(Date.now() - started)}`);

@@ -10,7 +10,7 @@ import { readImageList, storedRepository, type ImageListEntry, type ImageReferen
 import { formatPlatform, selectIndexEntries } from '../lib/airgap/platform.js';
 import { formatBytes, formatDuration, ImageProgress } from '../lib/airgap/progress.js';
 import { AirgapError, StoreWriter, type ManifestToStore } from '../lib/airgap/store-writer.js';
-import { openStoreWriter } from './store.js';
+import { openStoreWriter, storeDirectory } from './store.js';
 import { readBodyCapped, responseHeader, UpstreamClient, type UpstreamResponse } from '../services/registry/src/proxy/upstream-client.js';
 
 /**
@@ -201,10 +201,12 @@ export async function runMirror(argv: readonly string[]): Promise<number> {
   }
   const err = (message: string) => process.stderr.write(`stevedore mirror: ${message}\n`);
   let config: MirrorConfig;
+  let storeDir: string;
   let entries: ImageListEntry[];
   let auths: AuthsEntry[] = [];
   try {
     config = loadMirrorConfig(argv);
+    storeDir = storeDirectory(config.store);
     entries = await readImageList(config.list);
     if (config.authFile) {
       try {
@@ -224,9 +226,9 @@ export async function runMirror(argv: readonly string[]): Promise<number> {
 
   let writer: StoreWriter;
   try {
-    writer = await openStoreWriter(config.store);
+    writer = await openStoreWriter(storeDir);
   } catch (e) {
-    err(`cannot use --store ${config.store}: ${(e as Error).message}`);
+    err(`cannot use --store ${storeDir}: ${(e as Error).message}`);
     return 2;
   }
 
@@ -248,7 +250,7 @@ export async function runMirror(argv: readonly string[]): Promise<number> {
   };
 
   const platforms = config.allPlatforms ? 'all platforms' : config.platforms.map(formatPlatform).join(', ');
-  process.stderr.write(`mirroring ${entries.length} image(s) into ${config.store} (${platforms})\n`);
+  process.stderr.write(`mirroring ${entries.length} image(s) into ${storeDir} (${platforms})\n`);
   const started = Date.now();
   const failures: Array<{ entry: ImageListEntry; reason: string }> = [];
   const storedBy = new Map<string, string>();
@@ -281,7 +283,7 @@ export async function runMirror(argv: readonly string[]): Promise<number> {
   await Promise.all([...clients.values()].map((c) => c.close().catch(() => {})));
 
   const ok = entries.length - failures.length;
-  process.stderr.write(`mirrored ${ok} of ${entries.length} image(s) into ${config.store}: ${formatBytes(totalBytes)} fetched, ${totalPresent} blob(s) already present, in ${formatDuration(Date.now() - started)}\n`);
+  process.stderr.write(`mirrored ${ok} of ${entries.length} image(s) into ${storeDir}: ${formatBytes(totalBytes)} fetched, ${totalPresent} blob(s) already present, in ${formatDuration(Date.now() - started)}\n`);
   if (failures.length > 0) {
     process.stderr.write(`${failures.length} image(s) failed:\n`);
     for (const { entry, reason } of failures) process.stderr.write(`  ${entry.reference.text} (${config.list}:${entry.line}): ${reason}\n`);

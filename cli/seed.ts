@@ -9,7 +9,7 @@ import { formatBytes, formatDuration } from '../lib/airgap/progress.js';
 import { openRegistryDir } from '../lib/airgap/registry-dir.js';
 import { openStoreExport } from '../lib/airgap/store-export.js';
 import { AirgapError, StoreWriter } from '../lib/airgap/store-writer.js';
-import { openStoreWriter } from './store.js';
+import { openStoreWriter, storeDirectory } from './store.js';
 
 /**
  * `stevedore seed`: imports images into a store from an OCI image layout, a docker-archive (docker
@@ -52,17 +52,19 @@ export async function runSeed(argv: readonly string[]): Promise<number> {
   }
   const say = (line: string) => process.stderr.write(`${line}\n`);
   let config: SeedConfig;
+  let storeDir: string;
   try {
     config = loadSeedConfig(argv);
+    storeDir = storeDirectory(config.store);
   } catch (err) {
     say(`stevedore seed: ${(err as Error).message}`);
     return 2;
   }
   let writer: StoreWriter;
   try {
-    writer = await openStoreWriter(config.store, [seedTempDir(config.store)]);
+    writer = await openStoreWriter(storeDir, [seedTempDir(storeDir)]);
   } catch (err) {
-    say(`stevedore seed: cannot use --store ${config.store}: ${(err as Error).message}`);
+    say(`stevedore seed: cannot use --store ${storeDir}: ${(err as Error).message}`);
     return 2;
   }
 
@@ -77,9 +79,9 @@ export async function runSeed(argv: readonly string[]): Promise<number> {
   process.once('SIGTERM', onSignal);
   try {
     say(`reading ${config.from}`);
-    input = await openSeedInput(config.from, seedTempDir(config.store));
+    input = await openSeedInput(config.from, seedTempDir(storeDir));
     const source = await openSource(input, config);
-    say(`seeding ${source.images.filter((i) => i.tags.length > 0).length} tagged image(s) from ${source.kind} ${config.from} into ${config.store}`);
+    say(`seeding ${source.images.filter((i) => i.tags.length > 0).length} tagged image(s) from ${source.kind} ${config.from} into ${storeDir}`);
     const failures: Array<{ label: string; reason: string }> = [...source.problems];
     let imported = 0;
     let bytes = 0;
@@ -105,7 +107,7 @@ export async function runSeed(argv: readonly string[]): Promise<number> {
       }
     }
     const total = source.images.length + source.problems.length;
-    say(`seeded ${total - failures.length} of ${total} manifest(s)${untagged ? ` (${untagged} untagged)` : ''} into ${config.store}: ${imported} blob(s) imported (${formatBytes(bytes)}), ${present} already present, in ${formatDuration(Date.now() - started)}`);
+    say(`seeded ${total - failures.length} of ${total} manifest(s)${untagged ? ` (${untagged} untagged)` : ''} into ${storeDir}: ${imported} blob(s) imported (${formatBytes(bytes)}), ${present} already present, in ${formatDuration(Date.now() - started)}`);
     if (failures.length > 0) {
       say(`${failures.length} refused:`);
       for (const f of failures) say(`  ${f.label}: ${f.reason}`);

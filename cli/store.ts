@@ -2,8 +2,19 @@ import { mkdir } from 'node:fs/promises';
 import { StoreWriter } from '../lib/airgap/store-writer.js';
 import { removeStale } from '../lib/storage/atomic.js';
 import { StorageLayout } from '../lib/storage/layout.js';
+import { ConfigError } from '../lib/config.js';
+import { formatStorageLocation, type StorageLocation } from '../lib/storage/driver/location.js';
 import { BlobStore } from '../services/registry/src/store/blob-store.js';
 import { ManifestStore } from '../services/registry/src/store/manifest-store.js';
+
+/**
+ * The directory of a filesystem store. Transitional: the air-gap commands still write through file
+ * paths, so an s3:// store is refused here with a clear message until they move onto the driver.
+ */
+export function storeDirectory(location: StorageLocation, flag = '--store'): string {
+  if (location.kind === 'filesystem') return location.root;
+  throw new ConfigError(`${flag} ${formatStorageLocation(location)}: this command does not support S3 stores yet`);
+}
 
 /** Temp files older than this in a store's temp dirs are left-overs of interrupted runs. */
 const STALE_TEMP_MS = 24 * 3_600_000;

@@ -5,6 +5,7 @@ import { parseSize } from './size.js';
 import { parseUpstream, type UpstreamEndpoint } from './upstreams.js';
 import { parsePlatforms, type Platform } from './airgap/platform.js';
 import { isValidName } from './oci/reference.js';
+import { parseStorageLocation, type StorageLocation } from './storage/driver/location.js';
 
 /**
  * The one place that reads configuration: command-line options and environment variables, with
@@ -80,6 +81,67 @@ function parsePositiveSize(raw: string): number {
   return bytes;
 }
 
+function parseHttpUrl(raw: string): string {
+  const value = raw.trim();
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    throw new Error(`expected an http(s):// URL, got "${raw}"`);
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new Error(`expected an http(s):// URL, got "${raw}"`);
+  return value.replace(/\/+$/, '');
+}
+
+const MIN_S3_PART_SIZE = 5 * 1024 * 1024;
+
+/**
+ * Where the store lives, on every command that has one. `--root` stays the local directory of
+ * state (logs, offsets, temp files) and, without `--storage`, the filesystem store itself.
+ * The S3 settings use the AWS SDK's own variable names; credentials come from the SDK's chain.
+ */
+export const STORAGE_OPTIONS = {
+  storage: option<StorageLocation | undefined>({
+    flag: 'storage', env: 'STEVEDORE_STORAGE', default: undefined,
+    description: 'the store: a directory or s3://BUCKET[/PREFIX] (default: the --root directory)', parse: (raw) => parseStorageLocation(raw),
+  }),
+  s3Endpoint: option<string | undefined>({
+    flag: 's3-endpoint', env: 'AWS_ENDPOINT_URL', default: undefined,
+    description: 'S3 endpoint URL of a non-AWS store (Ceph RGW, MinIO, R2); default: AWS', parse: parseHttpUrl,
+  }),
+  s3Region: option<string | undefined>({
+    flag: 's3-region', env: 'AWS_REGION', default: undefined, description: 'S3 region (default us-east-1)',
+    parse: (raw) => {
+      if (!/^[a-z0-9-]{1,64}$/i.test(raw.trim())) throw new Error(`expected a region name like eu-west-1, got "${raw}"`);
+      return raw.trim();
+    },
+  }),
+  s3ForcePathStyle: option<boolean | undefined>({
+    flag: 's3-force-path-style', env: 'STEVEDORE_S3_FORCE_PATH_STYLE', default: undefined,
+    description: 'path-style S3 URLs (default: true when an endpoint is given)', parse: parseBoolean,
+  }),
+  s3PartSize: option<number>({
+    flag: 's3-part-size', env: 'STEVEDORE_S3_PART_SIZE', default: 8 * 1024 * 1024,
+    description: 'multipart upload part size (at least 5MiB)', parse: (raw) => {
+      const bytes = parseSize(raw);
+      if (bytes < MIN_S3_PART_SIZE) throw new Error('must be at least 5MiB (S3\'s smallest part)');
+      return bytes;
+    },
+  }),
+} as const;
+
+export type StorageConfig = OptionValues<typeof STORAGE_OPTIONS>;
+
+/** The storage settings when nothing is set: the store is --root on disk (for configs built in code). */
+export function defaultStorageConfig(): StorageConfig {
+  return resolveOptions(STORAGE_OPTIONS, [], {});
+}
+
+/** The store of a command: `--storage`, else the filesystem directory `fallbackRoot` (its --root/--store). */
+export function storageLocationOf(config: Pick<StorageConfig, 'storage'>, fallbackRoot: string): StorageLocation {
+  return config.storage ?? { kind: 'filesystem', root: fallbackRoot };
+}
+
 export const REGISTRY_OPTIONS = {
   listen: option<ListenAddress>({
     flag: 'listen', env: 'STEVEDORE_LISTEN', default: { kind: 'tcp', host: '127.0.0.1', port: 5000 },
@@ -87,7 +149,7 @@ export const REGISTRY_OPTIONS = {
   }),
   root: option<string>({
     flag: 'root', env: 'STEVEDORE_ROOT', default: '/var/lib/registry',
-    description: 'storage directory', parse: (raw) => {
+    description: 'local directory: the store (without --storage), logs and state', parse: (raw) => {
       if (raw.trim() === '' || raw.includes('\0')) throw new Error('must be a directory path');
       return resolve(raw);
     },
@@ -131,6 +193,7 @@ export const REGISTRY_OPTIONS = {
     flag: 'fill-timeout', env: 'STEVEDORE_FILL_TIMEOUT', default: 5 * 60_000,
     description: 'proxy: how long a blob download goes on after its last client left', parse: parsePositiveDuration,
   }),
+  ...STORAGE_OPTIONS,
 } as const;
 
 type OptionValues<S extends Record<string, OptionSpec<unknown>>> = { [K in keyof S]: S[K] extends OptionSpec<infer T> ? T : never };
@@ -269,6 +332,7 @@ export const APPLIANCE_OPTIONS = {
     description: 'how long a request waits for a registry worker that is starting or restarting before 503', parse: parseDuration,
   }),
   logLevel: REGISTRY_OPTIONS.logLevel,
+  ...STORAGE_OPTIONS,
 } as const;
 
 export type ApplianceConfig = OptionValues<typeof APPLIANCE_OPTIONS>;
@@ -320,6 +384,7 @@ export const CLEANER_OPTIONS = {
     description: 'only print what would be removed', parse: parseBoolean,
   }),
   logLevel: REGISTRY_OPTIONS.logLevel,
+  ...STORAGE_OPTIONS,
 } as const;
 
 export type CleanerConfig = OptionValues<typeof CLEANER_OPTIONS>;
@@ -341,6 +406,7 @@ export const LOGGER_OPTIONS = {
     description: 'how often batched atime updates are written', parse: parsePositiveDuration,
   }),
   logLevel: REGISTRY_OPTIONS.logLevel,
+  ...STORAGE_OPTIONS,
 } as const;
 
 export type LoggerConfig = OptionValues<typeof LOGGER_OPTIONS>;
@@ -354,10 +420,16 @@ export function loadRegistryConfig(argv: readonly string[], env: NodeJS.ProcessE
 }
 
 /** The store an air-gap command writes or reads (the registry's --root; STEVEDORE_ROOT like the appliance). */
-const STORE_OPTION = option<string | undefined>({
+const STORE_OPTION = option<StorageLocation | undefined>({
   flag: 'store', env: 'STEVEDORE_ROOT', default: undefined,
-  description: 'store directory (the --root of the registry that serves it); required', parse: REGISTRY_OPTIONS.root.parse,
+  description: 'the store: a directory (the --root of the registry that serves it) or s3://BUCKET[/PREFIX]; required',
+  parse: (raw) => parseStorageLocation(raw),
 });
+
+/** `--store` and `--storage` name the same thing on the air-gap commands; --storage (STEVEDORE_STORAGE) wins. */
+function requireStore(config: { store: StorageLocation | undefined; storage: StorageLocation | undefined }, what: string): StorageLocation {
+  return config.storage ?? requireOption(config.store, STORE_OPTION, what);
+}
 
 const KEEP_REGISTRY_OPTION = option<boolean>({
   flag: 'keep-registry', env: 'STEVEDORE_KEEP_REGISTRY', default: false, boolean: true,
@@ -411,16 +483,17 @@ export const MIRROR_OPTIONS = {
     description: 'connect, response-header and idle-body timeout of registry requests (default 60s)', parse: parsePositiveDuration,
   }),
   logLevel: option<LogLevel>({ ...REGISTRY_OPTIONS.logLevel, default: 'error' }),
+  ...STORAGE_OPTIONS,
 } as const;
 
-export type MirrorConfig = Omit<OptionValues<typeof MIRROR_OPTIONS>, 'list' | 'store'> & { list: string; store: string };
+export type MirrorConfig = Omit<OptionValues<typeof MIRROR_OPTIONS>, 'list' | 'store'> & { list: string; store: StorageLocation };
 
 export function loadMirrorConfig(argv: readonly string[], env: NodeJS.ProcessEnv = process.env): MirrorConfig {
   const config = resolveOptions(MIRROR_OPTIONS, argv, env);
   return {
     ...config,
     list: requireOption(config.list, MIRROR_OPTIONS.list, 'the file listing the images to mirror'),
-    store: requireOption(config.store, MIRROR_OPTIONS.store, 'the store directory to fill'),
+    store: requireStore(config, 'the store to fill'),
   };
 }
 
@@ -442,16 +515,17 @@ export const SEED_OPTIONS = {
     },
   }),
   keepRegistry: KEEP_REGISTRY_OPTION,
+  ...STORAGE_OPTIONS,
 } as const;
 
-export type SeedConfig = Omit<OptionValues<typeof SEED_OPTIONS>, 'from' | 'store'> & { from: string; store: string };
+export type SeedConfig = Omit<OptionValues<typeof SEED_OPTIONS>, 'from' | 'store'> & { from: string; store: StorageLocation };
 
 export function loadSeedConfig(argv: readonly string[], env: NodeJS.ProcessEnv = process.env): SeedConfig {
   const config = resolveOptions(SEED_OPTIONS, argv, env);
   return {
     ...config,
     from: requireOption(config.from, SEED_OPTIONS.from, 'what to import'),
-    store: requireOption(config.store, SEED_OPTIONS.store, 'the store directory to fill'),
+    store: requireStore(config, 'the store to fill'),
   };
 }
 
@@ -462,14 +536,16 @@ export const EXPORT_OPTIONS = {
     flag: 'out', env: 'STEVEDORE_EXPORT_OUT', default: undefined,
     description: 'archive to write: FILE.tar, or FILE.tar.gz / FILE.tgz for gzip; required', parse: parsePath,
   }),
+  ...STORAGE_OPTIONS,
 } as const;
 
-export type ExportConfig = { store: string; out: string };
+export type ExportConfig = Omit<OptionValues<typeof EXPORT_OPTIONS>, 'out' | 'store'> & { store: StorageLocation; out: string };
 
 export function loadExportConfig(argv: readonly string[], env: NodeJS.ProcessEnv = process.env): ExportConfig {
   const config = resolveOptions(EXPORT_OPTIONS, argv, env);
   return {
-    store: requireOption(config.store, EXPORT_OPTIONS.store, 'the store to export'),
+    ...config,
+    store: requireStore(config, 'the store to export'),
     out: requireOption(config.out, EXPORT_OPTIONS.out, 'the archive to write'),
   };
 }

@@ -1,3 +1,4 @@
+import { defaultStorageConfig } from '../lib/config.js';
 import assert from 'node:assert/strict';
 import { readdir, readFile, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -101,7 +102,7 @@ describe('cleaner end to end: LRU eviction of content filled by real pulls', () 
       ...pullLogLines(images[2]!, { upstream: namespace, repository: repoOf(2), tag: 'v1', time: servedAt }).map((l) => l.replace('"status":200', '"status":404')),
     ];
     await writeLines(logPath, lines);
-    const follower = await followAccessLog({ root, accessLogPath: undefined, statePath: undefined, flushEvery: 60_000, logLevel: 'silent' }, createLogger('logger', 'silent'));
+    const follower = await followAccessLog({ ...defaultStorageConfig(), root, accessLogPath: undefined, statePath: undefined, flushEvery: 60_000, logLevel: 'silent' }, createLogger('logger', 'silent'));
     await follower.stop();
     assert.equal(follower.malformed(), 1);
     assert.equal(follower.toucher.touched, 6);

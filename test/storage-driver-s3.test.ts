@@ -31,7 +31,7 @@ after(async () => {
 });
 
 function driverAt(prefix: string): S3Driver {
-  return new S3Driver({ client: createS3Client(), bucket: rgw.bucket, prefix, partSize: PART_SIZE });
+  return new S3Driver({ client: createS3Client({ endpoint: rgw.endpoint }), bucket: rgw.bucket, prefix, partSize: PART_SIZE });
 }
 
 driverConformance('s3 (Ceph RGW)', {

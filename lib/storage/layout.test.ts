@@ -65,3 +65,21 @@ test('upload ids are lower-case UUIDs only', () => {
     assert.equal(UPLOAD_ID_PATTERN.test(id), false, JSON.stringify(id));
   }
 });
+
+test('storage keys: the same layout as the paths, relative to the root', () => {
+  for (const layout of [new StorageLayout('/data'), new StorageLayout('/data', { namespace: 'quay.io' })]) {
+    const rel = (path: string) => path.slice('/data/'.length);
+    assert.equal(layout.blobKey(digest), rel(layout.blobPath(digest)));
+    assert.equal(layout.repositoryPrefix('team/app'), `${rel(layout.repositoryDir('team/app'))}/`);
+    assert.equal(layout.layerLinkKey('team/app', digest), rel(layout.layerLinkPath('team/app', digest)));
+    assert.equal(layout.layerLinksPrefix('a', 'sha512'), `${rel(layout.layerLinksDir('a', 'sha512'))}/`);
+    assert.equal(layout.manifestRevisionKey('a', digest), rel(layout.manifestRevisionPath('a', digest)));
+    assert.equal(layout.manifestRevisionsPrefix('a', 'sha256'), `${rel(layout.manifestRevisionsDir('a', 'sha256'))}/`);
+    assert.equal(layout.tagsPrefix('a'), `${rel(layout.tagsDir('a'))}/`);
+    assert.equal(layout.tagKey('a', 'v1.0'), rel(layout.tagPath('a', 'v1.0')));
+    assert.equal(layout.referrersPrefix('a', subject), `${rel(layout.referrersDir('a', subject))}/`);
+    assert.equal(layout.referrerKey('a', subject, digest), rel(layout.referrerPath('a', subject, digest)));
+  }
+  assert.equal(new StorageLayout('/data', { namespace: 'quay.io' }).repositoriesPrefix, 'cache/quay.io/');
+  assert.equal(new StorageLayout('/data').repositoriesPrefix, 'repositories/');
+});

@@ -2,7 +2,8 @@ import { join } from 'node:path';
 import type { Digest, DigestAlgorithm } from '../oci/digest.js';
 
 /**
- * The on-disk layout of a registry store: the only module that joins storage paths. Every input is
+ * The layout of a registry store: the only module that names storage keys (and, during the move to
+ * the storage driver, the matching file paths under a filesystem root). Every input is
  * a validated repository name, tag, digest or upload id (see lib/oci), so no request text reaches a
  * path unchecked. The cleaner, logger and garbage collector walk this same layout.
  *
@@ -88,6 +89,54 @@ export class StorageLayout {
     return join(this.referrersDir(name, subject), `${referrer.algorithm}-${referrer.hex}.json`);
   }
 
+  // --- Storage keys (StorageDriver): relative, '/'-separated; on the filesystem `<root>/<key>`. ---
+
+  /** `repositories/` (hosted) or `cache/<namespace>/`: every repository of this store is under it. */
+  get repositoriesPrefix(): string {
+    return this.namespace === undefined ? 'repositories/' : `cache/${this.namespace}/`;
+  }
+
+  blobKey(digest: Digest): string {
+    return `blobs/${digest.algorithm}/${digest.hex.slice(0, 2)}/${digest.hex}`;
+  }
+
+  /** Every key of repository `name` is under this prefix (ends with `/`). */
+  repositoryPrefix(name: string): string {
+    return `${this.repositoriesPrefix}${name}/`;
+  }
+
+  layerLinkKey(name: string, digest: Digest): string {
+    return `${this.repositoriesPrefix}${name}/_layers/${digest.algorithm}/${digest.hex}`;
+  }
+
+  layerLinksPrefix(name: string, algorithm: DigestAlgorithm): string {
+    return `${this.repositoriesPrefix}${name}/_layers/${algorithm}/`;
+  }
+
+  manifestRevisionKey(name: string, digest: Digest): string {
+    return `${this.repositoriesPrefix}${name}/_manifests/revisions/${digest.algorithm}/${digest.hex}`;
+  }
+
+  manifestRevisionsPrefix(name: string, algorithm: DigestAlgorithm): string {
+    return `${this.repositoriesPrefix}${name}/_manifests/revisions/${algorithm}/`;
+  }
+
+  tagsPrefix(name: string): string {
+    return `${this.repositoriesPrefix}${name}/_manifests/tags/`;
+  }
+
+  tagKey(name: string, tag: string): string {
+    return `${this.repositoriesPrefix}${name}/_manifests/tags/${tag}`;
+  }
+
+  referrersPrefix(name: string, subject: Digest): string {
+    return `${this.repositoriesPrefix}${name}/_referrers/${subject.algorithm}/${subject.hex}/`;
+  }
+
+  referrerKey(name: string, subject: Digest, referrer: Digest): string {
+    return `${this.referrersPrefix(name, subject)}${referrer.algorithm}-${referrer.hex}.json`;
+  }
+
   uploadDir(uploadId: string): string {
     return join(this.uploadsDir, uploadId);
   }
@@ -100,6 +149,12 @@ export class StorageLayout {
     return join(this.uploadsDir, uploadId, 'state.json');
   }
 }
+
+/** Every blob's key is under this prefix. */
+export const BLOBS_PREFIX = 'blobs/';
+/** The hosted repositories' keys, and the pull-through caches' (`cache/<namespace>/<name>/...`). */
+export const HOSTED_PREFIX = 'repositories/';
+export const CACHE_PREFIX = 'cache/';
 
 /** A registry host with an optional port: safe as one directory name (no `/`, no `..`). */
 export const NAMESPACE_PATTERN = /^(?=.*[a-z0-9])[a-z0-9]+(?:[.-][a-z0-9]+)*(?::\d{1,5})?$/;

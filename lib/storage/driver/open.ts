@@ -21,3 +21,23 @@ export function openStorageDriver(location: StorageLocation, options: OpenStorag
     ...(partConcurrency !== undefined ? { partConcurrency } : {}),
   });
 }
+
+/** The S3 settings of lib/config.ts's STORAGE_OPTIONS (a command's config has them all). */
+export interface StorageSettings {
+  s3Endpoint: string | undefined;
+  s3Region: string | undefined;
+  s3ForcePathStyle: boolean | undefined;
+  s3PartSize: number;
+}
+
+/** The driver of a command's store, from its configuration (see storageLocationOf in lib/config.ts). */
+export function openConfiguredStorage(location: StorageLocation, settings: StorageSettings): StorageDriver {
+  return openStorageDriver(location, {
+    s3: {
+      ...(settings.s3Endpoint !== undefined ? { endpoint: settings.s3Endpoint } : {}),
+      ...(settings.s3Region !== undefined ? { region: settings.s3Region } : {}),
+      ...(settings.s3ForcePathStyle !== undefined ? { forcePathStyle: settings.s3ForcePathStyle } : {}),
+      partSize: settings.s3PartSize,
+    },
+  });
+}

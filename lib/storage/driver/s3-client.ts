@@ -3,9 +3,9 @@ import { RegistryError } from '../../oci/errors.js';
 import { StorageNotFoundError } from './driver.js';
 
 export interface S3ClientOptions {
-  /** `http(s)://host:port` of an S3-compatible store; default: the SDK's (AWS_ENDPOINT_URL, or AWS). */
+  /** `http(s)://host:port` of an S3-compatible store (lib/config.ts: AWS_ENDPOINT_URL); default: AWS. */
   endpoint?: string;
-  /** Default: AWS_REGION from the SDK's chain, else us-east-1 (what Ceph RGW and MinIO accept). */
+  /** Default us-east-1 (what Ceph RGW and MinIO accept); lib/config.ts reads AWS_REGION. */
   region?: string;
   /** Path-style URLs (`endpoint/bucket/key`): default true when an endpoint is given. */
   forcePathStyle?: boolean;
@@ -23,10 +23,10 @@ export interface S3ClientOptions {
  * Credentials come from the SDK's own chain (env, profile, web identity).
  */
 export function createS3Client(options: S3ClientOptions = {}): S3Client {
-  const endpoint = options.endpoint ?? process.env.AWS_ENDPOINT_URL_S3 ?? process.env.AWS_ENDPOINT_URL;
+  const endpoint = options.endpoint;
   return new S3Client({
     ...(endpoint ? { endpoint } : {}),
-    region: options.region ?? process.env.AWS_REGION ?? process.env.AWS_DEFAULT_REGION ?? 'us-east-1',
+    region: options.region ?? 'us-east-1',
     forcePathStyle: options.forcePathStyle ?? endpoint !== undefined,
     requestChecksumCalculation: 'WHEN_REQUIRED',
     responseChecksumValidation: 'WHEN_REQUIRED',

@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { after, before, beforeEach, describe, it } from 'node:test';
 import { ACCESS_LOG_MESSAGE, type AccessLogEntry } from '../../../lib/access-log.js';
-import type { LoggerConfig } from '../../../lib/config.js';
+import { defaultStorageConfig, type LoggerConfig } from '../../../lib/config.js';
 import { createLogger } from '../../../lib/log.js';
 import { digestOf, type Digest } from '../../../lib/oci/digest.js';
 import { StorageLayout } from '../../../lib/storage/layout.js';
@@ -70,7 +70,7 @@ describe('logger: access log → atime of served blobs and manifests', () => {
     const dir = join(root, `case-${randomBytes(4).toString('hex')}`);
     logPath = join(dir, 'access.log');
     statePath = join(dir, 'state.json');
-    config = { root, accessLogPath: logPath, statePath, flushEvery: 600_000, logLevel: 'silent' };
+    config = { ...defaultStorageConfig(), root, accessLogPath: logPath, statePath, flushEvery: 600_000, logLevel: 'silent' };
     await mkdir(dir, { recursive: true });
     for (const d of blobs) await utimes(layout.blobPath(d), new Date(OLD), new Date(OLD));
   });
