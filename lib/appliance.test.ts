@@ -106,6 +106,7 @@ test('buildEcosystem: the run dir is made private (0700) even when it exists; a 
   assert.deepEqual(worker.env, {
     STEVEDORE_LISTEN: join(fresh, '127.0.0.1_5000.sock'), STEVEDORE_ROOT: join(dir, 'root'), STEVEDORE_UPSTREAM: 'http://127.0.0.1:5000/',
     STEVEDORE_AUTH_FILE: join(dir, 'ps.json'), STEVEDORE_TAG_TTL: '300000ms', STEVEDORE_READ_ONLY: 'false',
+    STEVEDORE_S3_PART_SIZE: String(8 * 1024 * 1024),
   });
   assert.equal(apps.find((a) => a.name === 'registry-hosted')?.env.STEVEDORE_LISTEN, join(fresh, 'hosted.sock'));
   assert.equal(apps.find((a) => a.name === 'gateway')?.args[0], 'gateway');
@@ -122,4 +123,25 @@ test('buildEcosystem: the run dir is made private (0700) even when it exists; a 
   await chmod(shared, 0o1777);
   assert.throws(() => buildEcosystem(env(shared)), /shared \(sticky\) directory/);
   assert.equal((await stat(shared)).mode & 0o7777, 0o1777, 'left as it was');
+});
+
+test('buildEcosystem: every service gets the same validated store settings, never the credentials', async () => {
+  await writeFile(join(dir, 'ps.json'), JSON.stringify({ auths: { 'http://127.0.0.1:5000': {} } }));
+  const { apps } = buildEcosystem({
+    STEVEDORE_RUN_DIR: join(dir, 'run-s3'), STEVEDORE_ROOT: join(dir, 'root'), PULLSECRETPATH: join(dir, 'ps.json'),
+    STEVEDORE_STORAGE: 's3://stevedore-cache/site-a/', AWS_ENDPOINT_URL: 'http://127.0.0.1:7480/', AWS_REGION: 'eu-west-1',
+    AWS_ACCESS_KEY_ID: 'AKIA', AWS_SECRET_ACCESS_KEY: 'secret', STEVEDORE_S3_PART_SIZE: '16MiB',
+  });
+  assert.deepEqual(apps.map((a) => a.name).sort(), ['cleaner', 'gateway', 'logger', 'registry-127.0.0.1_5000', 'registry-hosted']);
+  for (const app of apps) {
+    assert.equal(app.env.STEVEDORE_STORAGE, 's3://stevedore-cache/site-a', app.name);
+    assert.equal(app.env.AWS_ENDPOINT_URL, 'http://127.0.0.1:7480', app.name);
+    assert.equal(app.env.AWS_REGION, 'eu-west-1', app.name);
+    assert.equal(app.env.STEVEDORE_S3_PART_SIZE, String(16 * 1024 * 1024), app.name);
+    assert.equal(app.env.STEVEDORE_ROOT, join(dir, 'root'), app.name);
+    assert.equal(app.env.AWS_ACCESS_KEY_ID, undefined, app.name);
+    assert.equal(app.env.AWS_SECRET_ACCESS_KEY, undefined, app.name);
+  }
+  assert.throws(() => buildEcosystem({ STEVEDORE_RUN_DIR: join(dir, 'run-s3'), PULLSECRETPATH: join(dir, 'ps.json'), STEVEDORE_STORAGE: 's3://Bad_Bucket' }),
+    /STEVEDORE_STORAGE.*invalid S3 bucket name/);
 });

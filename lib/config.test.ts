@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { resolve } from 'node:path';
-import { ConfigError, loadRegistryConfig, parseBoolean, parseListen } from './config.js';
+import { ConfigError, loadApplianceConfig, loadCleanerConfig, loadExportConfig, loadLoggerConfig, loadRegistryConfig, loadSeedConfig, parseBoolean, parseListen, storageLocationOf } from './config.js';
 
 /** Asserts a ConfigError whose message names both the flag and the variable (and matches `also`). */
 function configError(flag: string, env: string, also?: RegExp) {
@@ -112,4 +112,38 @@ test('parseListen: unix socket paths', () => {
   // `unix:` alone would be the working directory.
   assert.throws(() => parseListen('unix:'), /socket path/);
   assert.throws(() => parseListen('unix:  '), /socket path/);
+});
+
+test('storage: --storage/STEVEDORE_STORAGE picks the store; without it the store is --root on disk', () => {
+  const plain = loadRegistryConfig(['--root', '/srv/data'], {});
+  assert.deepEqual(storageLocationOf(plain, plain.root), { kind: 'filesystem', root: '/srv/data' });
+  const s3 = loadRegistryConfig(['--root', '/srv/state'], {
+    STEVEDORE_STORAGE: 's3://team-cache/prod/stevedore', AWS_ENDPOINT_URL: 'https://rgw.lan:7480/', AWS_REGION: 'eu-west-1',
+    STEVEDORE_S3_FORCE_PATH_STYLE: 'false', STEVEDORE_S3_PART_SIZE: '16MiB',
+  });
+  assert.deepEqual(storageLocationOf(s3, s3.root), { kind: 's3', bucket: 'team-cache', prefix: 'prod/stevedore' });
+  assert.equal(s3.s3Endpoint, 'https://rgw.lan:7480');
+  assert.equal(s3.s3Region, 'eu-west-1');
+  assert.equal(s3.s3ForcePathStyle, false);
+  assert.equal(s3.s3PartSize, 16 * 1024 * 1024);
+  assert.equal(s3.root, '/srv/state', '--root stays the local state directory');
+  for (const load of [loadApplianceConfig, loadCleanerConfig, loadLoggerConfig]) {
+    assert.deepEqual(load(['--storage', 's3://b-1'], {}).storage, { kind: 's3', bucket: 'b-1', prefix: '' });
+  }
+});
+
+test('storage: bad values name the option and its variable', () => {
+  assert.throws(() => loadRegistryConfig([], { STEVEDORE_STORAGE: 's3://UPPER' }), configError('storage', 'STEVEDORE_STORAGE', /bucket/));
+  assert.throws(() => loadRegistryConfig([], { STEVEDORE_STORAGE: 'gs://bucket' }), configError('storage', 'STEVEDORE_STORAGE', /unsupported/));
+  assert.throws(() => loadRegistryConfig(['--storage', 's3://bucket/a/../b'], {}), configError('storage', 'STEVEDORE_STORAGE', /prefix/));
+  assert.throws(() => loadRegistryConfig([], { AWS_ENDPOINT_URL: 'rgw.lan:7480' }), configError('s3-endpoint', 'AWS_ENDPOINT_URL', /http/));
+  assert.throws(() => loadRegistryConfig([], { STEVEDORE_S3_PART_SIZE: '1MiB' }), configError('s3-part-size', 'STEVEDORE_S3_PART_SIZE', /5MiB/));
+  assert.throws(() => loadRegistryConfig([], { STEVEDORE_S3_FORCE_PATH_STYLE: 'maybe' }), configError('s3-force-path-style', 'STEVEDORE_S3_FORCE_PATH_STYLE'));
+});
+
+test('storage: the air-gap commands take --store DIR or s3://, and --storage wins', () => {
+  assert.deepEqual(loadExportConfig(['--store', '/srv/store', '--out', '/tmp/x.tar'], {}).store, { kind: 'filesystem', root: '/srv/store' });
+  assert.deepEqual(loadExportConfig(['--store', 's3://b-2/p', '--out', '/tmp/x.tar'], {}).store, { kind: 's3', bucket: 'b-2', prefix: 'p' });
+  assert.deepEqual(loadSeedConfig(['--from', '/tmp/in', '--store', '/srv/store'], { STEVEDORE_STORAGE: 's3://b-3' }).store, { kind: 's3', bucket: 'b-3', prefix: '' });
+  assert.throws(() => loadExportConfig(['--out', '/tmp/x.tar'], {}), configError('store', 'STEVEDORE_ROOT'));
 });

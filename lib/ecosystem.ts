@@ -1,6 +1,7 @@
 import { chmodSync, mkdirSync, statSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { loadApplianceConfig, type ApplianceConfig } from './config.js';
+import { loadApplianceConfig, type ApplianceConfig, type StorageConfig } from './config.js';
+import { formatStorageLocation } from './storage/driver/location.js';
 import { planAppliance, readPullSecret, type WorkerPlan } from './appliance.js';
 
 /** The subset of PM2's app options the appliance uses (see PM2's StartOptions). */
@@ -34,8 +35,23 @@ function app(name: string, args: string[], env: Record<string, string>): PM2App 
   };
 }
 
+/**
+ * The store's settings, validated once here and passed to every service, so all of them use the same
+ * store. Credentials (AWS_ACCESS_KEY_ID, a profile, web identity) are not copied: each service inherits
+ * the environment and finds them through the AWS SDK's own chain, and they stay out of PM2's dump file.
+ */
+export function storageEnv(config: Pick<ApplianceConfig, 'root'> & StorageConfig): Record<string, string> {
+  const env: Record<string, string> = { STEVEDORE_ROOT: config.root };
+  if (config.storage) env.STEVEDORE_STORAGE = formatStorageLocation(config.storage);
+  if (config.s3Endpoint !== undefined) env.AWS_ENDPOINT_URL = config.s3Endpoint;
+  if (config.s3Region !== undefined) env.AWS_REGION = config.s3Region;
+  if (config.s3ForcePathStyle !== undefined) env.STEVEDORE_S3_FORCE_PATH_STYLE = String(config.s3ForcePathStyle);
+  env.STEVEDORE_S3_PART_SIZE = String(config.s3PartSize);
+  return env;
+}
+
 function workerEnv(worker: WorkerPlan, config: ApplianceConfig, readOnly: boolean): Record<string, string> {
-  const env: Record<string, string> = { STEVEDORE_LISTEN: worker.socketPath, STEVEDORE_ROOT: config.root };
+  const env: Record<string, string> = { ...storageEnv(config), STEVEDORE_LISTEN: worker.socketPath };
   if (worker.kind === 'proxy') {
     env.STEVEDORE_UPSTREAM = worker.upstreamUrl!;
     env.STEVEDORE_AUTH_FILE = config.pullSecretPath;
@@ -64,10 +80,10 @@ export function buildEcosystem(env: NodeJS.ProcessEnv = process.env): { apps: PM
   if (runDirMode & 0o1000) throw new Error(`STEVEDORE_RUN_DIR ${config.runDir} is a shared (sticky) directory: use a directory of its own, e.g. ${config.runDir.replace(/\/$/, '')}/stevedore`);
   if ((runDirMode & 0o777) !== 0o700) chmodSync(config.runDir, 0o700);
   mkdirSync(config.root, { recursive: true });
-  const apps: PM2App[] = [app('gateway', ['gateway'], {})];
+  const apps: PM2App[] = [app('gateway', ['gateway'], storageEnv(config))];
   apps.push(app(plan.hosted.name, ['registry'], workerEnv(plan.hosted, config, config.hostedReadOnly)));
   for (const proxy of plan.proxies) apps.push(app(proxy.name, ['registry'], workerEnv(proxy, config, false)));
-  apps.push(app('logger', ['logger'], { STEVEDORE_ROOT: config.root }));
-  apps.push(app('cleaner', ['cleaner'], { STEVEDORE_ROOT: config.root }));
+  apps.push(app('logger', ['logger'], storageEnv(config)));
+  apps.push(app('cleaner', ['cleaner'], storageEnv(config)));
   return { apps };
 }
