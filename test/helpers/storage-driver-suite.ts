@@ -86,6 +86,29 @@ export function driverConformance(name: string, under: DriverUnderTest): void {
       await assert.rejects(driver.putContent('a//b', 'x'), /invalid storage key/);
     });
 
+    test('redirectURL: a plain GET (with Range) fetches the key from the store; an expired URL is refused', async () => {
+      const driver = await under.open();
+      const data = randomBytes(64 * 1024 + 3);
+      await driver.putContent('blobs/sha256/ab/redirected', data);
+      const url = await driver.redirectURL('blobs/sha256/ab/redirected', 60);
+      if (driver.kind === 'filesystem') {
+        assert.equal(url, undefined, 'a directory has no URL');
+        return;
+      }
+      assert.ok(url && /^https?:\/\//.test(url), String(url));
+      const whole = await fetch(url);
+      assert.equal(whole.status, 200);
+      assert.ok(Buffer.from(await whole.arrayBuffer()).equals(data));
+      const part = await fetch(url, { headers: { Range: 'bytes=10-19' } });
+      assert.equal(part.status, 206);
+      assert.ok(Buffer.from(await part.arrayBuffer()).equals(data.subarray(10, 20)));
+      const short = await driver.redirectURL('blobs/sha256/ab/redirected', 1);
+      await new Promise((resolve) => setTimeout(resolve, 2100));
+      const expired = await fetch(short!);
+      await expired.arrayBuffer();
+      assert.equal(expired.status, 403, 'an expired presigned URL is refused');
+    });
+
     test('ranged reads, including offsets at and near the end', async () => {
       const driver = await under.open();
       const data = randomBytes(3 * MiB + 17);

@@ -61,6 +61,13 @@ export interface StorageDriver {
   listIncompleteWrites(): AsyncIterable<IncompleteWrite>;
   abortIncompleteWrite(write: IncompleteWrite): Promise<void>;
 
+  /**
+   * A short-lived URL from which a client can GET `key` straight from the store (S3: a presigned
+   * GetObject URL, valid `expiresInSeconds`), or undefined when the store has none (the filesystem).
+   * Signing is local: it does not check that the key exists.
+   */
+  redirectURL(key: string, expiresInSeconds: number): Promise<string | undefined>;
+
   /** Resumable upload sessions, stored in the store so they survive a restart (see UploadSessions). */
   readonly uploads: UploadSessions;
 }

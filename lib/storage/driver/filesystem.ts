@@ -57,6 +57,11 @@ export class FilesystemDriver implements StorageDriver {
     return join(this.root, checkKey(key));
   }
 
+  /** A directory has no URL of its own: blobs are always served by the registry. */
+  async redirectURL(): Promise<undefined> {
+    return undefined;
+  }
+
   async getContent(key: string): Promise<Buffer> {
     try {
       return await readFile(this.path(key));

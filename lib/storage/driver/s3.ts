@@ -5,6 +5,7 @@ import {
   DeleteObjectsCommand, GetObjectCommand, HeadObjectCommand, ListMultipartUploadsCommand, ListObjectsV2Command,
   PutObjectCommand, UploadPartCopyCommand, type S3Client,
 } from '@aws-sdk/client-s3';
+import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
 import type { DigestAlgorithm } from '../../oci/digest.js';
 import {
   checkKey, checkPrefix, StorageNotFoundError,
@@ -70,6 +71,12 @@ export class S3Driver implements StorageDriver {
     } catch (err) {
       throw translateS3Error(err, key);
     }
+  }
+
+  async redirectURL(key: string, expiresInSeconds: number): Promise<string> {
+    // S3 caps presigned URLs at 7 days; a registry wants minutes.
+    const expiresIn = Math.min(Math.max(Math.round(expiresInSeconds), 1), 7 * 24 * 3600);
+    return getSignedUrl(this.client, new GetObjectCommand({ Bucket: this.bucket, Key: this.objectKey(key) }), { expiresIn });
   }
 
   async getContent(key: string): Promise<Buffer> {
