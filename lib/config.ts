@@ -132,6 +132,32 @@ export const STORAGE_OPTIONS = {
 
 export type StorageConfig = OptionValues<typeof STORAGE_OPTIONS>;
 
+/** How a process that serves blobs from a remote store (S3) serves them; ignored on the filesystem. */
+export const BLOB_SERVING_OPTIONS = {
+  s3Redirect: option<boolean>({
+    flag: 's3-redirect', env: 'STEVEDORE_S3_REDIRECT', default: false, boolean: true,
+    description: 'answer blob GETs with a 307 to a presigned S3 URL (clients must reach the store)', parse: parseBoolean,
+  }),
+  s3RedirectTtl: option<number>({
+    flag: 's3-redirect-ttl', env: 'STEVEDORE_S3_REDIRECT_TTL', default: 10 * 60_000,
+    description: 'how long a presigned blob URL is valid (at most 7d)', parse: (raw) => {
+      const ms = parsePositiveDuration(raw);
+      if (ms < 1000 || ms > 7 * 24 * 3_600_000) throw new Error('must be from 1s to 7d');
+      return ms;
+    },
+  }),
+  localCacheDir: option<string | undefined>({
+    flag: 'local-cache-dir', env: 'STEVEDORE_LOCAL_CACHE_DIR', default: undefined,
+    description: 'keep hot blobs of a remote store on this local directory (off when unset)', parse: parsePath,
+  }),
+  localCacheMaxSize: option<number>({
+    flag: 'local-cache-max-size', env: 'STEVEDORE_LOCAL_CACHE_MAXSIZE', default: 10 * 1024 ** 3,
+    description: 'bound of the local blob cache (10G = 10 GiB)', parse: parsePositiveSize,
+  }),
+} as const;
+
+export type BlobServingConfig = OptionValues<typeof BLOB_SERVING_OPTIONS>;
+
 /** The storage settings when nothing is set: the store is --root on disk (for configs built in code). */
 export function defaultStorageConfig(): StorageConfig {
   return resolveOptions(STORAGE_OPTIONS, [], {});
@@ -194,6 +220,7 @@ export const REGISTRY_OPTIONS = {
     description: 'proxy: how long a blob download goes on after its last client left', parse: parsePositiveDuration,
   }),
   ...STORAGE_OPTIONS,
+  ...BLOB_SERVING_OPTIONS,
 } as const;
 
 type OptionValues<S extends Record<string, OptionSpec<unknown>>> = { [K in keyof S]: S[K] extends OptionSpec<infer T> ? T : never };
@@ -333,6 +360,7 @@ export const APPLIANCE_OPTIONS = {
   }),
   logLevel: REGISTRY_OPTIONS.logLevel,
   ...STORAGE_OPTIONS,
+  ...BLOB_SERVING_OPTIONS,
 } as const;
 
 export type ApplianceConfig = OptionValues<typeof APPLIANCE_OPTIONS>;

@@ -1,6 +1,6 @@
 import { chmodSync, mkdirSync, statSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { loadApplianceConfig, type ApplianceConfig, type StorageConfig } from './config.js';
+import { loadApplianceConfig, type ApplianceConfig, type BlobServingConfig, type StorageConfig } from './config.js';
 import { formatStorageLocation } from './storage/driver/location.js';
 import { planAppliance, readPullSecret, type WorkerPlan } from './appliance.js';
 
@@ -50,8 +50,19 @@ export function storageEnv(config: Pick<ApplianceConfig, 'root'> & StorageConfig
   return env;
 }
 
+/** How the processes that serve blobs (gateway, workers) serve them from a remote store. */
+function servingEnv(config: BlobServingConfig): Record<string, string> {
+  const env: Record<string, string> = {
+    STEVEDORE_S3_REDIRECT: String(config.s3Redirect),
+    STEVEDORE_S3_REDIRECT_TTL: `${config.s3RedirectTtl}ms`,
+    STEVEDORE_LOCAL_CACHE_MAXSIZE: String(config.localCacheMaxSize),
+  };
+  if (config.localCacheDir !== undefined) env.STEVEDORE_LOCAL_CACHE_DIR = config.localCacheDir;
+  return env;
+}
+
 function workerEnv(worker: WorkerPlan, config: ApplianceConfig, readOnly: boolean): Record<string, string> {
-  const env: Record<string, string> = { ...storageEnv(config), STEVEDORE_LISTEN: worker.socketPath };
+  const env: Record<string, string> = { ...storageEnv(config), ...servingEnv(config), STEVEDORE_LISTEN: worker.socketPath };
   if (worker.kind === 'proxy') {
     env.STEVEDORE_UPSTREAM = worker.upstreamUrl!;
     env.STEVEDORE_AUTH_FILE = config.pullSecretPath;
@@ -80,7 +91,7 @@ export function buildEcosystem(env: NodeJS.ProcessEnv = process.env): { apps: PM
   if (runDirMode & 0o1000) throw new Error(`STEVEDORE_RUN_DIR ${config.runDir} is a shared (sticky) directory: use a directory of its own, e.g. ${config.runDir.replace(/\/$/, '')}/stevedore`);
   if ((runDirMode & 0o777) !== 0o700) chmodSync(config.runDir, 0o700);
   mkdirSync(config.root, { recursive: true });
-  const apps: PM2App[] = [app('gateway', ['gateway'], storageEnv(config))];
+  const apps: PM2App[] = [app('gateway', ['gateway'], { ...storageEnv(config), ...servingEnv(config) })];
   apps.push(app(plan.hosted.name, ['registry'], workerEnv(plan.hosted, config, config.hostedReadOnly)));
   for (const proxy of plan.proxies) apps.push(app(proxy.name, ['registry'], workerEnv(proxy, config, false)));
   apps.push(app('logger', ['logger'], storageEnv(config)));
