@@ -281,7 +281,7 @@ describe('console API: /api/v1 on the appliance', () => {
   });
 
   it('upstream state: failing, then circuit open with the last error while docker-registry is down; healthy once it is back', async () => {
-    type Row = { upstream: string; state: string; consecutiveFailures: number; lastError: { at: string; message: string } | null };
+    type Row = { upstream: string; state: string; consecutiveFailures: number; lastError: { at: string; message: string } | null; lastSuccessAt: string | null };
     const row = async () => (await getJson<{ upstreams: Row[] }>('/api/v1/overview')).upstreams.find((u) => u.upstream === f.upHost)!;
     // A cache miss needs the upstream: each one a new name (answers are negatively cached).
     let n = 0;
@@ -295,6 +295,7 @@ describe('console API: /api/v1 on the appliance', () => {
       assert.equal(failing.consecutiveFailures, 1);
       assert.match(failing.lastError!.message, /ECONNREFUSED|unreachable|connect/i, failing.lastError!.message);
       assert.ok(Date.parse(failing.lastError!.at) >= started - 1000);
+      assert.ok(Date.parse(failing.lastSuccessAt!) < started, 'the last success is from before the upstream went down');
       await miss();
       await miss();
       const open = await row();
@@ -315,6 +316,8 @@ describe('console API: /api/v1 on the appliance', () => {
       if (state === 'healthy') {
         assert.equal(now.consecutiveFailures, 0);
         assert.ok(now.lastError, 'the last error stays visible once healthy');
+        // No request reached the upstream since it went down: only the breaker's probe answered.
+        assert.ok(Date.parse(now.lastSuccessAt!) > Date.parse(now.lastError!.at), `the probe's answer is the last success: ${JSON.stringify(now)}`);
         break;
       }
       await sleep(250);
