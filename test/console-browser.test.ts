@@ -84,10 +84,15 @@ describe('console in chromium: the appliance\'s page, as a read-only user and as
     });
     assert.ok(shown.hitRatio! > 0 && shown.hitRatio! < 1);
     assert.equal(await page.$eval(`#upstreams tr[data-upstream="${f.upHost}"] [data-state]`, (e) => e.textContent), 'healthy');
+    // Labelled by its alias (the prefix users type), the host beside it.
+    assert.equal(await page.$eval(`#upstreams tr[data-upstream="${f.upHost}"] td:first-child`, (e) => e.textContent), `up (${f.upHost})`);
+    assert.equal(await page.$eval('#upstreams tr[data-upstream="-"] td:first-child', (e) => e.textContent), 'hosted registry');
     assert.equal(await page.$eval(`#upstreams tr[data-upstream="${f.upHost}"] td[data-field="quota"]`, (e) => e.textContent), '–');
     const largest = await page.$$eval('#largest tbody tr', (rows) => rows.map((r) => [r.querySelector('a')!.textContent, Number(r.querySelector('[data-bytes]')!.getAttribute('data-bytes'))]));
     const sizeOf = (i: typeof f.cachedImage) => [i.manifest, i.config, ...i.layers].reduce((sum, b) => sum + b.size, 0);
-    assert.deepEqual(largest, [[`${f.upHost}/mirror/tool:1.0`, sizeOf(f.cachedImage)], [`${f.upHost}/mirror/gone:2.0`, sizeOf(f.purgeImage)]]);
+    assert.deepEqual(largest, [['up/mirror/tool:1.0', sizeOf(f.cachedImage)], ['up/mirror/gone:2.0', sizeOf(f.purgeImage)]], 'named as pulled: through the alias');
+    const pulled = await page.$$eval('#top tbody tr a', (links) => links.map((a) => a.textContent));
+    assert.deepEqual(pulled, ['up/mirror/tool', 'up/mirror/gone']);
 
     // Four charts, each drawn (uPlot's canvas has non-transparent pixels beyond a blank frame).
     const painted = await page.$$eval('#charts canvas', (canvases) => canvases.map((c) => {
@@ -121,15 +126,41 @@ describe('console in chromium: the appliance\'s page, as a read-only user and as
     const background = await page.evaluate(() => getComputedStyle(document.body).backgroundColor);
     assert.equal(background, 'rgb(13, 17, 23)', 'dark mode follows the system');
     await screenshot(page, 'overview-dark');
+    await page.browserContext().close();
+  });
 
-    // On a phone: nothing wider than the screen.
-    await page.emulateMediaFeatures([{ name: 'prefers-color-scheme', value: 'light' }]);
-    await page.setViewport({ width: 390, height: 844, isMobile: true, hasTouch: true });
-    await page.reload({ waitUntil: 'load' });
-    await page.waitForSelector('body[data-ready="overview"]');
-    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
-    assert.ok(overflow <= 0, `page is ${overflow}px wider than a phone`);
-    await screenshot(page, 'overview-phone');
+  it('on a phone (390×844) no page is wider than the screen: wide tables scroll inside their box, by keyboard too', async () => {
+    const phone = { width: 390, height: 844, isMobile: true, hasTouch: true };
+    const page = await login(f.app.reader, phone);
+    const image = f.cachedImage;
+    let scrolled = 0;
+    for (const [hash, ready, shot] of [
+      ['#/overview', 'overview', 'overview-phone'], ['#/repositories', 'repositories', undefined],
+      [`#/repository?source=${encodeURIComponent(f.upHost)}&name=mirror%2Ftool`, 'repository', 'repository-phone'],
+      [`#/image?source=${encodeURIComponent(f.upHost)}&repository=mirror%2Ftool&digest=${image.manifest.digest}&tag=1.0`, 'image', undefined],
+      ['#/repository?source=hosted&name=team%2Fapp', 'repository', undefined],
+      ['#/pulls', 'pulls', 'pulls-phone'],
+    ] as const) {
+      await show(page, hash, ready);
+      // The layout viewport, not innerWidth: a mobile browser widens that to fit a too-wide page.
+      const width = await page.evaluate(() => document.scrollingElement.scrollWidth);
+      assert.ok(width <= phone.width, `${hash} is ${width}px wide on a ${phone.width}px phone`);
+      if (shot) await screenshot(page, shot);
+      if (ready === 'pulls') assert.ok((await page.$$eval('#main tbody tr', (rows) => rows.map((r) => r.children[2]!.textContent))).includes('up/mirror/tool'), 'pulls named through the alias');
+      // A table wider than its box scrolls sideways inside it: the box takes the keyboard's focus
+      // (a named region), and the arrow keys scroll it.
+      const boxes = await page.$$eval('.table-wrap', (wraps) => wraps.map((w, i) => ({ i, wide: w.scrollWidth > w.clientWidth, tabindex: w.getAttribute('tabindex'), role: w.getAttribute('role'), name: w.getAttribute('aria-labelledby') && document.getElementById(w.getAttribute('aria-labelledby'))?.textContent })));
+      for (const box of boxes.filter((b) => b.wide)) {
+        assert.deepEqual([box.tabindex, box.role, Boolean(box.name)], ['0', 'region', true], `${hash}: table box ${box.i} is focusable and named`);
+        await page.$$eval('.table-wrap', (wraps, i) => wraps[i].focus(), box.i);
+        await page.keyboard.press('ArrowRight');
+        await page.keyboard.press('ArrowRight');
+        const left = await page.waitForFunction((i) => document.querySelectorAll('.table-wrap')[i].scrollLeft > 0, { timeout: 2000 }, box.i).then(() => true, () => false);
+        assert.ok(left, `${hash}: table box ${box.i} scrolls with the arrow keys`);
+        scrolled++;
+      }
+    }
+    assert.ok(scrolled > 0, 'at least one table is wider than a phone (the check above ran)');
     await page.browserContext().close();
   });
 
@@ -142,7 +173,8 @@ describe('console in chromium: the appliance\'s page, as a read-only user and as
     const tags = await page.$$eval('#tags tbody tr', (rows) => rows.map((r) => [r.querySelector('a')!.textContent, r.querySelector('[data-testid="tag-digest"]')!.textContent, Number(r.querySelector('[data-bytes]')!.getAttribute('data-bytes'))]));
     assert.deepEqual(tags, [['1.0', image.manifest.digest, [image.manifest, image.config, ...image.layers].reduce((s, b) => s + b.size, 0)]]);
     const pull = await page.$eval('#main p code', (c) => c.textContent);
-    assert.equal(pull, `podman pull ${f.app.host}/up/mirror/tool:1.0`);
+    assert.equal(pull, `podman pull ${f.app.host}/up/mirror/tool:1.0`, 'through the alias: the host has a port');
+    assert.equal(await page.$eval('#main h1', (e) => e.textContent), `cache of up (${f.upHost}) / mirror/tool`);
     await screenshot(page, 'repository-light');
     await page.click('#tags tbody a');
     await page.waitForSelector('body[data-ready="image"]');
@@ -234,6 +266,10 @@ describe('console in chromium: the appliance\'s page, as a read-only user and as
     } finally {
       await f.upstream.up();
     }
+    // Back: the breaker's probe is the only request that reaches it, and counts as its last answer.
+    await page.waitForSelector(`${cell} [data-state="healthy"]`, { timeout: 15_000 });
+    const times = await page.$eval(cell, (row) => ['last-error', 'last-success'].map((id) => row.querySelector(`[data-testid="${id}"] time`)?.getAttribute('datetime')));
+    assert.ok(times[0] && times[1] && Date.parse(times[1]) > Date.parse(times[0]), `last answered after the last error: ${JSON.stringify(times)}`);
     await page.browserContext().close();
   });
 
