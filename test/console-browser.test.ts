@@ -14,7 +14,7 @@ import { REPO_ROOT } from './helpers/processes.js';
  */
 
 // Functions passed to page.evaluate run in the page; the project compiles without the DOM library.
-declare const document: any, location: any, window: any, getComputedStyle: any; // eslint-disable-line @typescript-eslint/no-explicit-any
+declare const document: any, location: any, window: any, getComputedStyle: any, navigator: any; // eslint-disable-line @typescript-eslint/no-explicit-any
 type HTMLCanvasElement = any; // eslint-disable-line @typescript-eslint/no-explicit-any
 
 const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
@@ -175,14 +175,22 @@ describe('console in chromium: the appliance\'s page, as a read-only user and as
     const pull = await page.$eval('#main p code', (c) => c.textContent);
     assert.equal(pull, `podman pull ${f.app.host}/up/mirror/tool:1.0`, 'through the alias: the host has a port');
     assert.equal(await page.$eval('#main h1', (e) => e.textContent), `cache of up (${f.upHost}) / mirror/tool`);
-    await screenshot(page, 'repository-light');
+    // The copy button puts exactly that command on the clipboard.
+    await page.browserContext().overridePermissions(f.app.url, ['clipboard-read', 'clipboard-write', 'clipboard-sanitized-write']);
+    await page.click('#main p.pull button');
+    await page.waitForSelector('#status .msg.ok', { timeout: 5000 });
+    assert.equal(await page.evaluate(() => navigator.clipboard.readText()), pull);
+    // Nodes mirror the upstream by its host (containerd asks the gateway with ?ns=<host>).
+    const snippets = await page.$$eval('#main pre', (pres) => pres.map((p) => p.textContent));
+    assert.deepEqual(snippets, [
+      `# /etc/rancher/k3s/registries.yaml\nmirrors:\n  ${f.upHost}:\n    endpoint: ["https://${f.app.host}"]`,
+      `# /etc/containerd/certs.d/${f.upHost}/hosts.toml\n[host."https://${f.app.host}"]\n  capabilities = ["pull", "resolve"]`,
+    ]);
     await page.click('#tags tbody a');
     await page.waitForSelector('body[data-ready="image"]');
     const layers = await page.$$eval('#layers tbody tr', (rows) => rows.map((r) => [r.querySelector('[data-testid="layer-digest"]')!.textContent, Number(r.querySelector('[data-testid="layer-size"]')!.getAttribute('data-bytes'))]));
     assert.deepEqual(layers, image.layers.map((l) => [l.digest, l.size]));
     assert.equal(await page.$eval('[data-testid="config-digest"]', (c) => c.textContent), image.config.digest);
-    await page.emulateMediaFeatures([{ name: 'prefers-color-scheme', value: 'dark' }]);
-    await screenshot(page, 'image-dark');
     await page.browserContext().close();
   });
 
@@ -271,6 +279,67 @@ describe('console in chromium: the appliance\'s page, as a read-only user and as
     const times = await page.$eval(cell, (row) => ['last-error', 'last-success'].map((id) => row.querySelector(`[data-testid="${id}"] time`)?.getAttribute('datetime')));
     assert.ok(times[0] && times[1] && Date.parse(times[1]) > Date.parse(times[0]), `last answered after the last error: ${JSON.stringify(times)}`);
     await page.browserContext().close();
+  });
+
+  it('every page in light and dark (screenshots); the charts\' span is chosen on the page; recent pulls filter', async () => {
+    const page = await login(f.app.reader);
+    const since: number[] = [];
+    page.on('request', (r) => { if (r.url().includes('/api/v1/history?')) since.push(Number(new URL(r.url()).searchParams.get('since'))); });
+    await show(page, '#/overview', 'overview');
+    assert.ok(Math.abs(Date.now() - 24 * 3600_000 - since.at(-1)!) < 60_000, 'the last 24 hours by default');
+    await page.evaluate(() => { document.body.removeAttribute('data-ready'); });
+    await page.select('#history-hours', '1');
+    await page.waitForSelector('body[data-ready="overview"]');
+    assert.ok(Math.abs(Date.now() - 3600_000 - since.at(-1)!) < 60_000, 'the last hour once chosen');
+    assert.match(await page.evaluate(() => location.hash), /[?&]hours=1\b/);
+    assert.equal(await page.$eval('#history-hours', (e) => e.value), '1');
+
+    await show(page, '#/pulls', 'pulls');
+    const images = () => page.$$eval('#main tbody tr', (rows) => rows.map((r) => [r.children[2]?.textContent, Number(r.children[4]?.textContent)]));
+    await page.type('#pull-q', 'gone');
+    await page.evaluate(() => { document.body.removeAttribute('data-ready'); });
+    await page.click('#main form button[type="submit"]');
+    await page.waitForSelector('body[data-ready="pulls"]');
+    const gone = await images();
+    assert.ok(gone.length > 0 && gone.every(([image]) => image === 'up/mirror/gone'), JSON.stringify(gone));
+    await show(page, '#/pulls?status=4xx', 'pulls');
+    const refused = await images();
+    assert.ok(refused.length > 0 && refused.every(([, status]) => status >= 400 && status < 500), JSON.stringify(refused));
+
+    const repository = `#/repository?source=${encodeURIComponent(f.upHost)}&name=mirror%2Ftool`;
+    const image = `#/image?source=${encodeURIComponent(f.upHost)}&repository=mirror%2Ftool&digest=${f.cachedImage.manifest.digest}&tag=1.0`;
+    for (const scheme of ['light', 'dark'] as const) {
+      await page.emulateMediaFeatures([{ name: 'prefers-color-scheme', value: scheme }]);
+      for (const [hash, ready] of [['#/repositories', 'repositories'], [repository, 'repository'], [image, 'image'], ['#/pulls', 'pulls']] as const) {
+        await show(page, hash, ready);
+        await screenshot(page, `${ready}-${scheme}`);
+      }
+    }
+    await page.browserContext().close();
+  });
+
+  it('run cleaner now: refused for a read-only user; an admin confirms, and the run shows as the last one', async () => {
+    const button = '#main button::-p-text(Run cleaner now)';
+    const reader = await login(f.app.reader);
+    await show(reader, '#/overview', 'overview');
+    await reader.click(button);
+    const refusal = await reader.waitForSelector('#status .msg.error', { timeout: 10_000 });
+    assert.equal(await refusal!.evaluate((e) => e.textContent), 'user reader is read-only: running the cleaner needs an admin');
+    await reader.browserContext().close();
+
+    const admin = await login(f.app.admin);
+    await show(admin, '#/overview', 'overview');
+    const evictable = await admin.$$eval('#evictions tbody code', (cells) => cells.length);
+    assert.ok(evictable > 0, 'the plan has something to evict');
+    const asked = dialogs.length;
+    await admin.click(button);
+    const done = await admin.waitForSelector('#status .msg.ok', { timeout: 20_000 });
+    const message = await done!.evaluate((e) => e.textContent ?? '');
+    assert.match(dialogs[asked] ?? '', /^Run the cleaner now\?/, 'asked first');
+    const run = /^Cleaner run done: (\d+) blobs? evicted, (.+) freed\.$/.exec(message);
+    assert.ok(run && Number(run[1]) > 0, message);
+    await admin.waitForFunction((freed) => document.querySelector('#cleaner-h')?.parentElement?.textContent.includes(`freed ${freed}`), { timeout: 10_000 }, run[2]);
+    await admin.browserContext().close();
   });
 
   it('raised no script errors or CSP violations', () => {

@@ -185,8 +185,16 @@ function refreshMs(params) {
   return Number.isFinite(asked) && asked >= 2 ? asked * 1000 : 30_000;
 }
 
+/** The charts' span (`#/overview?hours=N`): the history keeps 48 hours. */
+const HISTORY_HOURS = [1, 6, 24, 48];
+function historyHours(params) {
+  const asked = Number(params?.get('hours'));
+  return HISTORY_HOURS.includes(asked) ? asked : 24;
+}
+
 async function overview(params) {
-  const [o, history, evictions, top] = await Promise.all([api('overview'), api(`history?since=${Date.now() - 24 * 3600_000}`), api('evictions?per_page=20'), api('top?limit=10')]);
+  const hours = historyHours(params);
+  const [o, history, evictions, top] = await Promise.all([api('overview'), api(`history?since=${Date.now() - hours * 3600_000}`), api('evictions?per_page=20'), api('top?limit=10')]);
   const s = o.storage;
   const scale = Math.max(s.triggerBytes, s.cachedBytes) * 1.05 || 1;
   const at = (v) => `${Math.min(100, (v / scale) * 100).toFixed(2)}%`;
@@ -238,7 +246,12 @@ async function overview(params) {
           { label: 'Size', cls: 'num', cell: (i) => h('span', { 'data-bytes': i.size }, size(i.size)) },
           { label: 'Last served', cls: 'hide-narrow', cell: (i) => when(i.lastServed) },
         ], top.largestCached, { id: 'largest' }))),
-    h('h2', {}, 'History'),
+    h('div', { class: 'section-head' }, h('h2', {}, 'History'),
+      h('label', { for: 'history-hours' }, 'Last ', h('select', { id: 'history-hours', onchange: (e) => {
+        const next = new URLSearchParams(params);
+        next.set('hours', e.target.value);
+        location.hash = `#/overview?${next}`;
+      } }, HISTORY_HOURS.map((n) => h('option', { value: n, selected: n === hours }, n === 1 ? '1 hour' : `${n} hours`))))),
     chartsHost,
     h('h2', {}, 'Next to be evicted'),
     table([`What the next cleaner run would remove, in order (${plural(evictions.total, 'blob')}, ${size(evictions.evictBytes)}); the same plan as stevedore clean --dry-run, made `, when(evictions.plannedAt)], [
