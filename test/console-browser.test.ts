@@ -191,6 +191,7 @@ describe('console in chromium: the appliance\'s page, as a read-only user and as
     const layers = await page.$$eval('#layers tbody tr', (rows) => rows.map((r) => [r.querySelector('[data-testid="layer-digest"]')!.textContent, Number(r.querySelector('[data-testid="layer-size"]')!.getAttribute('data-bytes'))]));
     assert.deepEqual(layers, image.layers.map((l) => [l.digest, l.size]));
     assert.equal(await page.$eval('[data-testid="config-digest"]', (c) => c.textContent), image.config.digest);
+    assert.equal(await page.$eval('#main p.pull code', (c) => c.textContent), `podman pull ${f.app.host}/up/mirror/tool@${image.manifest.digest}`);
     await page.browserContext().close();
   });
 
@@ -305,6 +306,14 @@ describe('console in chromium: the appliance\'s page, as a read-only user and as
     await show(page, '#/pulls?status=4xx', 'pulls');
     const refused = await images();
     assert.ok(refused.length > 0 && refused.every(([, status]) => status >= 400 && status < 500), JSON.stringify(refused));
+    await show(page, '#/pulls', 'pulls');
+    await page.select('#pull-upstream', f.hub.host);
+    await page.evaluate(() => { document.body.removeAttribute('data-ready'); });
+    await page.click('#main form button[type="submit"]');
+    await page.waitForSelector('body[data-ready="pulls"]');
+    const hub = await images();
+    assert.ok(hub.length > 0 && hub.every(([image]) => image === 'hub/mirror/tool'), JSON.stringify(hub));
+    assert.deepEqual(await page.$$eval('#pull-upstream option', (options) => options.map((o) => o.textContent)), ['any', 'hosted registry', `up (${f.upHost})`, `hub (${f.hub.host})`]);
 
     const repository = `#/repository?source=${encodeURIComponent(f.upHost)}&name=mirror%2Ftool`;
     const image = `#/image?source=${encodeURIComponent(f.upHost)}&repository=mirror%2Ftool&digest=${f.cachedImage.manifest.digest}&tag=1.0`;

@@ -369,6 +369,9 @@ async function image(params) {
   const source = params.get('source');
   const repository = params.get('repository');
   const img = await api(`image?${new URLSearchParams({ source, repository, digest: params.get('digest') })}`);
+  // By digest, through the prefix that routes to the source (none for a host:port without alias).
+  const prefix = sources.get(source)?.pullPrefix;
+  const pull = prefix === null || prefix === undefined ? null : `podman pull ${location.host}/${prefix ? `${prefix}/` : ''}${repository}@${img.digest}`;
   const back = [h('span', { class: 'muted' }, source === 'hosted' ? 'hosted / ' : ['cache of ', sourceLabel(source), ' / ']),
     h('a', { href: `#/repository?${new URLSearchParams({ source, name: repository })}` }, repository)];
   const parts = img.manifests.length ? [
@@ -391,6 +394,7 @@ async function image(params) {
   main.replaceChildren(
     h('h1', {}, back, params.get('tag') ? `:${params.get('tag')}` : ''),
     h('p', {}, h('code', { class: 'digest' }, img.digest), h('span', { class: 'muted' }, ` ${img.mediaType} · ${size(img.size)}`)),
+    pull ? h('p', { class: 'pull' }, h('code', {}, pull), ' ', copyButton(pull)) : '',
     ...parts,
   );
 }
@@ -398,13 +402,17 @@ async function image(params) {
 async function pulls(params) {
   const q = params.get('q') ?? '';
   const status = params.get('status') ?? '';
-  const data = await api(`pulls?${new URLSearchParams({ q, status, limit: '200' })}`);
+  // The access log names the hosted registry "-" and an upstream by its host.
+  const upstream = params.get('upstream') ?? '';
+  const data = await api(`pulls?${new URLSearchParams({ q, status, upstream, limit: '200' })}`);
   const search = h('input', { type: 'search', id: 'pull-q', value: q, placeholder: 'image, user…' });
   const select = h('select', { id: 'pull-status' }, ['', '2xx', '3xx', '4xx', '5xx'].map((s) => h('option', { value: s, selected: s === status }, s || 'any')));
+  const from = h('select', { id: 'pull-upstream' }, h('option', { value: '' }, 'any'),
+    [...sources.keys()].map((s) => (s === 'hosted' ? '-' : s)).map((s) => h('option', { value: s, selected: s === upstream }, sourceLabel(s).textContent)));
   main.replaceChildren(
     h('h1', {}, 'Recent pulls'),
-    h('form', { class: 'toolbar', role: 'search', onsubmit: (e) => { e.preventDefault(); location.hash = `#/pulls?${new URLSearchParams({ q: search.value, status: select.value })}`; } },
-      h('label', { for: 'pull-q' }, 'Filter', search), h('label', { for: 'pull-status' }, 'Status', select), h('button', { type: 'submit' }, 'Filter')),
+    h('form', { class: 'toolbar', role: 'search', onsubmit: (e) => { e.preventDefault(); location.hash = `#/pulls?${new URLSearchParams({ q: search.value, status: select.value, upstream: from.value })}`; } },
+      h('label', { for: 'pull-q' }, 'Filter', search), h('label', { for: 'pull-upstream' }, 'Source', from), h('label', { for: 'pull-status' }, 'Status', select), h('button', { type: 'submit' }, 'Filter')),
     table(`Last ${data.items.length} manifest and blob requests, newest first`, [
       { label: 'Time', cell: (e) => when(e.time) },
       { label: 'User', cell: (e) => e.user },
