@@ -4,7 +4,9 @@ import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import puppeteer, { type Browser, type Page } from 'puppeteer-core';
+import { layoutOf, mustRun } from './helpers/appliance.js';
 import { metricValue, startConsoleFixture, type ConsoleFixture } from './helpers/console-fixture.js';
+import { buildImage } from './helpers/oci-image.js';
 import { REPO_ROOT } from './helpers/processes.js';
 
 /**
@@ -218,7 +220,7 @@ describe('console in chromium: the appliance\'s page, as a read-only user and as
     await admin.browserContext().close();
   });
 
-  it('an admin deletes a single hosted tag after confirming; the manifest\'s other tag stays', async () => {
+  it('an admin deletes a single hosted tag after confirming (the manifest\'s other tag stays), then the manifest with its tags', async () => {
     const m = f.hostedImage.manifest;
     const put = await f.app.call('PUT', '/v2/team/app/manifests/v1-copy', { auth: f.app.admin.auth, headers: { 'content-type': m.mediaType }, body: m.data });
     assert.equal(put.status, 201, put.text());
@@ -235,7 +237,36 @@ describe('console in chromium: the appliance\'s page, as a read-only user and as
     await admin.waitForFunction(() => document.querySelectorAll('#tags tbody tr').length === 1, { timeout: 10_000 });
     assert.deepEqual(await rows(), [['v1', m.digest]]);
     assert.equal((await f.app.call('GET', `/v2/team/app/manifests/${m.digest}`, { auth: f.app.reader.auth })).status, 200, 'the manifest stays');
+    // The manifest itself, with every tag on it.
+    await admin.click('#tags tbody tr:nth-child(1) button.delete-manifest');
+    const gone = await admin.waitForFunction(() => document.querySelector('#status .msg.ok')?.textContent.startsWith('Deleted team/app@') && document.querySelector('#status .msg.ok').textContent, { timeout: 10_000 });
+    assert.equal(await gone.jsonValue(), `Deleted team/app@${m.digest}.`);
+    assert.match(dialogs.at(-1) ?? '', /^Delete the manifest sha256:\w+ \(and every tag on it\) from team\/app\? This cannot be undone\.$/);
+    await admin.waitForFunction(() => document.querySelector('#tags tbody td.muted')?.textContent === 'Nothing to show.', { timeout: 10_000 });
+    assert.equal((await f.app.call('GET', `/v2/team/app/manifests/${m.digest}`, { auth: f.app.reader.auth })).status, 404, 'the manifest is gone');
     await admin.browserContext().close();
+  });
+
+  it('a multi-platform index: its platforms on the repository page, each platform\'s manifest and layers on the image pages', async () => {
+    const images = [buildImage({ layerSizes: [1500], seed: 'multi-amd64' }), buildImage({ layerSizes: [1600], architecture: 'arm64', seed: 'multi-arm64' })];
+    const layout = await layoutOf(f.work, images, true);
+    await mustRun('skopeo', ['--insecure-policy', 'copy', '--quiet', '--all', '--preserve-digests', '--dest-cert-dir', f.app.certDir, '--dest-creds', f.app.admin.creds,
+      `oci:${layout.dir}:latest`, `docker://${f.app.host}/team/multi:v2`], { timeoutMs: 60_000 });
+    const page = await login(f.app.reader);
+    await show(page, '#/repository?source=hosted&name=team%2Fmulti', 'repository');
+    const tags = await page.$$eval('#tags tbody tr', (rows) => rows.map((r) => [r.querySelector('a')!.textContent, r.querySelector('[data-testid="tag-digest"]')!.textContent, r.children[3]!.textContent]));
+    assert.deepEqual(tags, [['v2', layout.digest, 'linux/amd64, linux/arm64']]);
+    await page.click('#tags tbody a');
+    await page.waitForSelector('body[data-ready="image"]');
+    const platforms = await page.$$eval('#main table tbody tr', (rows) => rows.map((r) => [r.children[0]!.textContent, r.querySelector('code')!.textContent]));
+    assert.deepEqual(platforms, images.map((i) => [`linux/${i.platform.architecture}`, i.manifest.digest]));
+    await page.evaluate(() => { document.body.removeAttribute('data-ready'); });
+    await page.click('#main table tbody tr:nth-child(2) a');
+    await page.waitForSelector('body[data-ready="image"]');
+    const layers = await page.$$eval('#layers tbody tr', (rows) => rows.map((r) => [r.querySelector('[data-testid="layer-digest"]')!.textContent, Number(r.querySelector('[data-testid="layer-size"]')!.getAttribute('data-bytes'))]));
+    assert.deepEqual(layers, images[1]!.layers.map((l) => [l.digest, l.size]));
+    assert.equal(await page.$eval('#main p.pull code', (c) => c.textContent), `podman pull ${f.app.host}/team/multi@${images[1]!.manifest.digest}`);
+    await page.browserContext().close();
   });
 
   it('the overview refreshes itself (paused while the tab is hidden) and shows an upstream going down: failing, circuit open, the last error', async () => {
