@@ -75,13 +75,10 @@ async function api(path, options = {}) {
 
 let tableCount = 0;
 
-/**
- * A table in a box that scrolls sideways when the table is wider (a phone): the box is a named
- * region that takes the keyboard's focus, so the arrow keys scroll it too.
- */
+/** A table in a box that scrolls sideways when the table is wider (a phone; see markScrollable). */
 function table(caption, columns, rows, { empty = 'Nothing to show.', id, rowAttrs = () => ({}) } = {}) {
   const captionId = `caption-${++tableCount}`;
-  return h('div', { class: 'table-wrap', role: 'region', tabindex: 0, 'aria-labelledby': captionId }, h('table', { id },
+  return h('div', { class: 'table-wrap', 'data-caption': captionId }, h('table', { id },
     h('caption', { id: captionId }, caption),
     h('thead', {}, h('tr', {}, columns.map((c) => h('th', { scope: 'col', class: c.cls }, c.label)))),
     h('tbody', {}, rows.length ? rows.map((r) => h('tr', rowAttrs(r), columns.map((c) => h('td', { class: c.cls, 'data-field': c.field }, c.cell(r)))))
@@ -113,8 +110,23 @@ function chart(container, title, data, series, opts = {}) {
   return plot;
 }
 
+/**
+ * A table box that scrolls (its table is wider) becomes a named region that takes the keyboard's
+ * focus, so the arrow keys scroll it; the others stay out of the tab order.
+ */
+function markScrollable() {
+  for (const wrap of document.querySelectorAll('.table-wrap')) {
+    const scrolls = wrap.scrollWidth > wrap.clientWidth;
+    for (const [name, value] of [['tabindex', '0'], ['role', 'region'], ['aria-labelledby', wrap.dataset.caption]]) {
+      if (scrolls) wrap.setAttribute(name, value);
+      else wrap.removeAttribute(name);
+    }
+  }
+}
+
 window.addEventListener('resize', () => {
   for (const { plot, container } of charts) plot.setSize({ width: Math.max(260, container.clientWidth - 8), height: 200 });
+  markScrollable();
 });
 
 function renderCharts(host, history) {
@@ -462,6 +474,7 @@ async function route({ keepScroll = false } = {}) {
     main.replaceChildren(h('h1', {}, 'Error'), h('p', { class: 'muted' }, err.message));
   }
   document.title = `${main.querySelector('h1')?.textContent ?? 'Console'} · Stevedore`;
+  markScrollable();
   if (keepScroll) window.scrollTo(0, scrollY);
   lastRender = Date.now();
   scheduleRefresh(page, new URLSearchParams(query ?? ''));
