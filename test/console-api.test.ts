@@ -30,7 +30,7 @@ describe('console API: /api/v1 on the appliance', () => {
   });
 
   it('refuses requests without valid credentials with a Basic challenge, pages and API alike', async () => {
-    for (const path of ['/', '/ui/app.js', '/api/v1/overview']) {
+    for (const path of ['/', '/ui/app.js', '/api/v1/overview', '/api/v1/sources']) {
       const res = await f.app.call('GET', path);
       assert.equal(res.status, 401, path);
       assert.match(String(res.headers['www-authenticate']), /^Basic realm=/);
@@ -39,6 +39,18 @@ describe('console API: /api/v1 on the appliance', () => {
     assert.equal(wrong.status, 401);
     assert.deepEqual(await getJson('/api/v1/me'), { user: 'reader', admin: false, auth: true });
     assert.deepEqual(await getJson('/api/v1/me', f.app.admin.auth), { user: 'admin', admin: true, auth: true });
+  });
+
+  it('sources: each upstream with its alias, the prefix a pull through the gateway starts with', async () => {
+    const { items } = await getJson<{ items: Array<{ source: string; kind: string; alias: string | null; pullPrefix: string | null; prefixes: string[] }> }>('/api/v1/sources');
+    assert.deepEqual(items.map((s) => [s.source, s.kind, s.alias, s.pullPrefix, s.prefixes]), [
+      ['hosted', 'hosted', null, '', []],
+      [f.upHost, 'proxy', 'up', 'up', [f.upHost, 'up']],
+      [f.hub.host, 'proxy', 'hub', 'hub', [f.hub.host, 'hub']],
+    ]);
+    // The prefix routes: a pull through it is served by that upstream's cache.
+    const manifest = await get(`/v2/${items[1]!.pullPrefix}/mirror/tool/manifests/1.0`);
+    assert.equal(manifest.status, 200, manifest.text());
   });
 
   it('serves the page and its assets from the package with CSP and security headers', async () => {
@@ -281,7 +293,7 @@ describe('console API: /api/v1 on the appliance', () => {
   });
 
   it('upstream state: failing, then circuit open with the last error while docker-registry is down; healthy once it is back', async () => {
-    type Row = { upstream: string; state: string; consecutiveFailures: number; lastError: { at: string; message: string } | null };
+    type Row = { upstream: string; state: string; consecutiveFailures: number; lastError: { at: string; message: string } | null; lastSuccessAt: string | null };
     const row = async () => (await getJson<{ upstreams: Row[] }>('/api/v1/overview')).upstreams.find((u) => u.upstream === f.upHost)!;
     // A cache miss needs the upstream: each one a new name (answers are negatively cached).
     let n = 0;
@@ -295,6 +307,7 @@ describe('console API: /api/v1 on the appliance', () => {
       assert.equal(failing.consecutiveFailures, 1);
       assert.match(failing.lastError!.message, /ECONNREFUSED|unreachable|connect/i, failing.lastError!.message);
       assert.ok(Date.parse(failing.lastError!.at) >= started - 1000);
+      assert.ok(Date.parse(failing.lastSuccessAt!) < started, 'the last success is from before the upstream went down');
       await miss();
       await miss();
       const open = await row();
@@ -315,6 +328,8 @@ describe('console API: /api/v1 on the appliance', () => {
       if (state === 'healthy') {
         assert.equal(now.consecutiveFailures, 0);
         assert.ok(now.lastError, 'the last error stays visible once healthy');
+        // No request reached the upstream since it went down: only the breaker's probe answered.
+        assert.ok(Date.parse(now.lastSuccessAt!) > Date.parse(now.lastError!.at), `the probe's answer is the last success: ${JSON.stringify(now)}`);
         break;
       }
       await sleep(250);

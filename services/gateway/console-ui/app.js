@@ -4,6 +4,8 @@ const CSRF = { 'x-stevedore-console': '1' };
 const main = document.getElementById('main');
 const statusBox = document.getElementById('status');
 let me = { user: '-', admin: true, auth: false };
+/** source (`hosted` or an upstream host) → its alias and pull prefix (GET /api/v1/sources). */
+let sources = new Map();
 let charts = [];
 
 function h(tag, attrs = {}, ...children) {
@@ -38,6 +40,25 @@ function when(iso) {
 }
 /** A number shown formatted, with its exact value kept for tools (and the tests). */
 const valued = (value, text) => h('span', { 'data-value': value ?? '' }, text);
+
+/** What users type for an upstream (its alias, else its host); `-` and `hosted` are the hosted registry. */
+function prefixOf(source) {
+  if (source === '-' || source === 'hosted') return '';
+  const known = sources.get(source);
+  return known ? known.pullPrefix ?? source : source;
+}
+/** An upstream as users know it: the alias (the prefix they type) with the host beside it. */
+function sourceLabel(source) {
+  if (source === '-' || source === 'hosted') return h('span', { class: 'source', 'data-source': 'hosted' }, 'hosted registry');
+  const alias = sources.get(source)?.alias;
+  return alias ? h('span', { class: 'source', 'data-source': source }, h('span', { class: 'alias' }, alias), ' ', h('span', { class: 'muted host' }, `(${source})`))
+    : h('span', { class: 'source', 'data-source': source }, source);
+}
+/** `repository` as pulled through this gateway (prefixed by its upstream's alias), the host in its tooltip. */
+function imageName(source, repository, suffix = '') {
+  const prefix = prefixOf(source);
+  return h('span', { title: prefix && prefix !== source ? `${source}/${repository}` : undefined }, `${prefix ? `${prefix}/` : ''}${repository ?? ''}${suffix}`);
+}
 const short = (digest) => h('span', { class: 'digest', title: digest }, digest ? `${digest.slice(0, 19)}…` : '–');
 
 function say(text, kind = 'ok') {
@@ -52,9 +73,13 @@ async function api(path, options = {}) {
   return body;
 }
 
+let tableCount = 0;
+
+/** A table in a box that scrolls sideways when the table is wider (a phone; see markScrollable). */
 function table(caption, columns, rows, { empty = 'Nothing to show.', id, rowAttrs = () => ({}) } = {}) {
-  return h('div', { class: 'table-wrap' }, h('table', { id },
-    h('caption', {}, caption),
+  const captionId = `caption-${++tableCount}`;
+  return h('div', { class: 'table-wrap', 'data-caption': captionId }, h('table', { id },
+    h('caption', { id: captionId }, caption),
     h('thead', {}, h('tr', {}, columns.map((c) => h('th', { scope: 'col', class: c.cls }, c.label)))),
     h('tbody', {}, rows.length ? rows.map((r) => h('tr', rowAttrs(r), columns.map((c) => h('td', { class: c.cls, 'data-field': c.field }, c.cell(r)))))
       : h('tr', {}, h('td', { colspan: columns.length, class: 'muted' }, empty)))));
@@ -85,8 +110,23 @@ function chart(container, title, data, series, opts = {}) {
   return plot;
 }
 
+/**
+ * A table box that scrolls (its table is wider) becomes a named region that takes the keyboard's
+ * focus, so the arrow keys scroll it; the others stay out of the tab order.
+ */
+function markScrollable() {
+  for (const wrap of document.querySelectorAll('.table-wrap')) {
+    const scrolls = wrap.scrollWidth > wrap.clientWidth;
+    for (const [name, value] of [['tabindex', '0'], ['role', 'region'], ['aria-labelledby', wrap.dataset.caption]]) {
+      if (scrolls) wrap.setAttribute(name, value);
+      else wrap.removeAttribute(name);
+    }
+  }
+}
+
 window.addEventListener('resize', () => {
   for (const { plot, container } of charts) plot.setSize({ width: Math.max(260, container.clientWidth - 8), height: 200 });
+  markScrollable();
 });
 
 function renderCharts(host, history) {
@@ -135,8 +175,10 @@ function upstreamStateCell(u) {
   const state = h('span', { class: `state-${u.state.replace(' ', '-')}`, 'data-state': u.state }, u.state);
   if (u.kind !== 'proxy' || !u.lastError) return state;
   // The last error stays visible (muted once the upstream is healthy again): when it happened and what it was.
+  // Beside it, when the upstream last answered (a request, or the circuit breaker's probe).
   return h('div', {}, state, h('div', { class: `last-error${u.state === 'healthy' ? ' muted' : ''}`, 'data-testid': 'last-error' },
-    'last error ', when(u.lastError.at), ': ', h('span', { class: 'error-text' }, u.lastError.message)));
+    'last error ', when(u.lastError.at), ': ', h('span', { class: 'error-text' }, u.lastError.message)),
+  h('div', { class: 'muted last-success', 'data-testid': 'last-success' }, u.lastSuccessAt ? ['last answered ', when(u.lastSuccessAt)] : 'no answer since its worker started'));
 }
 
 /** `ratelimit-remaining` of `ratelimit-limit` as the upstream last sent them (Docker Hub: per 6 h window). */
@@ -155,8 +197,16 @@ function refreshMs(params) {
   return Number.isFinite(asked) && asked >= 2 ? asked * 1000 : 30_000;
 }
 
+/** The charts' span (`#/overview?hours=N`): the history keeps 48 hours. */
+const HISTORY_HOURS = [1, 6, 24, 48];
+function historyHours(params) {
+  const asked = Number(params?.get('hours'));
+  return HISTORY_HOURS.includes(asked) ? asked : 24;
+}
+
 async function overview(params) {
-  const [o, history, evictions, top] = await Promise.all([api('overview'), api(`history?since=${Date.now() - 24 * 3600_000}`), api('evictions?per_page=20'), api('top?limit=10')]);
+  const hours = historyHours(params);
+  const [o, history, evictions, top] = await Promise.all([api('overview'), api(`history?since=${Date.now() - hours * 3600_000}`), api('evictions?per_page=20'), api('top?limit=10')]);
   const s = o.storage;
   const scale = Math.max(s.triggerBytes, s.cachedBytes) * 1.05 || 1;
   const at = (v) => `${Math.min(100, (v / scale) * 100).toFixed(2)}%`;
@@ -184,7 +234,7 @@ async function overview(params) {
         h('p', {}, adminButton('Run cleaner now', runCleaner)))),
     h('h2', {}, 'Upstreams'),
     table('Requests since the gateway started (same counters as /metrics)', [
-      { label: 'Upstream', cell: (u) => (u.upstream === '-' ? 'hosted registry' : u.upstream) },
+      { label: 'Upstream', cell: (u) => sourceLabel(u.upstream) },
       { label: 'State', field: 'state', cell: upstreamStateCell },
       { label: 'Requests', cls: 'num', field: 'requests', cell: (u) => valued(u.requests, num(u.requests)) },
       { label: 'Hit ratio', cls: 'num', field: 'hitRatio', cell: (u) => (u.kind === 'proxy' ? valued(u.hitRatio, pct(u.hitRatio)) : '–') },
@@ -197,18 +247,23 @@ async function overview(params) {
     h('div', { class: 'grid rankings' },
       h('section', { 'aria-labelledby': 'top-h' }, h('h2', { id: 'top-h' }, 'Most pulled'),
         table(['Most pulled images in the recent access log', top.since ? [' (since ', when(top.since), ')'] : ''], [
-          { label: 'Image', cell: (i) => (i.upstream === '-' ? i.repository : `${i.upstream}/${i.repository}`) },
+          { label: 'Image', cell: (i) => h('a', { href: `#/repository?${new URLSearchParams({ source: i.upstream === '-' ? 'hosted' : i.upstream, name: i.repository })}` }, imageName(i.upstream, i.repository)) },
           { label: 'Pulls', cls: 'num', cell: (i) => valued(i.pulls, num(i.pulls)) },
           { label: 'Sent', cls: 'num', cell: (i) => size(i.bytes) },
           { label: 'Last pulled', cls: 'hide-narrow', cell: (i) => when(i.lastPulled) },
         ], top.mostPulled, { id: 'top' })),
       h('section', { 'aria-labelledby': 'largest-h' }, h('h2', { id: 'largest-h' }, 'Largest cached'),
         table('Largest cached images (manifest, config and layers)', [
-          { label: 'Image', cell: (i) => h('a', { href: `#/repository?${new URLSearchParams({ source: i.upstream, name: i.repository })}` }, `${i.upstream}/${i.repository}:${i.tags.join(', ')}`) },
+          { label: 'Image', cell: (i) => h('a', { href: `#/repository?${new URLSearchParams({ source: i.upstream, name: i.repository })}` }, imageName(i.upstream, i.repository, `:${i.tags.join(', ')}`)) },
           { label: 'Size', cls: 'num', cell: (i) => h('span', { 'data-bytes': i.size }, size(i.size)) },
           { label: 'Last served', cls: 'hide-narrow', cell: (i) => when(i.lastServed) },
         ], top.largestCached, { id: 'largest' }))),
-    h('h2', {}, 'History'),
+    h('div', { class: 'section-head' }, h('h2', {}, 'History'),
+      h('label', { for: 'history-hours' }, 'Last ', h('select', { id: 'history-hours', onchange: (e) => {
+        const next = new URLSearchParams(params);
+        next.set('hours', e.target.value);
+        location.hash = `#/overview?${next}`;
+      } }, HISTORY_HOURS.map((n) => h('option', { value: n, selected: n === hours }, n === 1 ? '1 hour' : `${n} hours`))))),
     chartsHost,
     h('h2', {}, 'Next to be evicted'),
     table([`What the next cleaner run would remove, in order (${plural(evictions.total, 'blob')}, ${size(evictions.evictBytes)}); the same plan as stevedore clean --dry-run, made `, when(evictions.plannedAt)], [
@@ -237,7 +292,7 @@ async function repositories(params) {
   const page = Number(params.get('page') ?? 1);
   const data = await api(`repositories?${new URLSearchParams({ q, source, page: String(page), per_page: '50' })}`);
   const search = h('input', { type: 'search', id: 'repo-q', name: 'q', value: q, placeholder: 'name contains…' });
-  const select = h('select', { id: 'repo-source', name: 'source' }, h('option', { value: '' }, 'all'), data.sources.map((s) => h('option', { value: s, selected: s === source }, s)));
+  const select = h('select', { id: 'repo-source', name: 'source' }, h('option', { value: '' }, 'all'), data.sources.map((s) => h('option', { value: s, selected: s === source }, s === 'hosted' ? 'hosted' : sourceLabel(s).textContent)));
   const go = (p = 1) => { location.hash = `#/repositories?${new URLSearchParams({ q: search.value, source: select.value, page: String(p) })}`; };
   main.replaceChildren(
     h('h1', {}, 'Repositories'),
@@ -245,7 +300,7 @@ async function repositories(params) {
       h('label', { for: 'repo-q' }, 'Search', search), h('label', { for: 'repo-source' }, 'Source', select), h('button', { type: 'submit' }, 'Search')),
     table(plural(data.total, 'repository', 'repositories'), [
       { label: 'Repository', cell: (r) => h('a', { href: `#/repository?${new URLSearchParams({ source: r.source, name: r.name })}` }, r.name) },
-      { label: 'Source', cell: (r) => (r.source === 'hosted' ? 'hosted' : `cache of ${r.source}`) },
+      { label: 'Source', cell: (r) => (r.source === 'hosted' ? 'hosted' : ['cache of ', sourceLabel(r.source)]) },
       { label: 'Tags', cls: 'num', cell: (r) => num(r.tags) },
     ], data.items),
     pager(data, go),
@@ -278,7 +333,8 @@ async function repository(params) {
   const data = await api(`tags?${new URLSearchParams({ source, repository: name, page: String(page) })}`);
   const host = location.host;
   const first = data.items[0]?.tag ?? 'latest';
-  const pull = `podman pull ${host}/${data.pull}:${first}`;
+  // data.pull starts with the prefix that routes to this source (its alias, if it has one).
+  const pull = data.pull === null ? null : `podman pull ${host}/${data.pull}:${first}`;
   const cache = source !== 'hosted';
   // byTag: only this tag goes (the hosted registry's DELETE of a tag); otherwise the manifest, with every tag on it.
   const remove = async (t, byTag = false) => {
@@ -297,12 +353,15 @@ async function repository(params) {
   const mirror = cache ? [
     h('h2', {}, 'K3s / containerd'),
     h('p', { class: 'muted' }, `Nodes pull ${source} images through this gateway with:`),
-    h('pre', {}, `# /etc/rancher/k3s/registries.yaml\nmirrors:\n  ${source}:\n    endpoint: ["https://${host}"]`),
-    h('pre', {}, `# /etc/containerd/certs.d/${source}/hosts.toml\n[host."https://${host}"]\n  capabilities = ["pull", "resolve"]`),
+    // Scrolls sideways on a phone: focusable, so the keyboard scrolls it too.
+    h('pre', { tabindex: 0, 'aria-label': 'registries.yaml for K3s' }, `# /etc/rancher/k3s/registries.yaml\nmirrors:\n  ${source}:\n    endpoint: ["https://${host}"]`),
+    h('pre', { tabindex: 0, 'aria-label': 'hosts.toml for containerd' }, `# /etc/containerd/certs.d/${source}/hosts.toml\n[host."https://${host}"]\n  capabilities = ["pull", "resolve"]`),
   ] : [];
   main.replaceChildren(
-    h('h1', {}, h('span', { class: 'muted' }, cache ? `cache of ${source} / ` : 'hosted / '), name),
-    h('p', {}, h('code', {}, pull), ' ', copyButton(pull)),
+    h('h1', {}, h('span', { class: 'muted' }, cache ? ['cache of ', sourceLabel(source), ' / '] : 'hosted / '), name),
+    pull ? h('p', { class: 'pull' }, h('code', {}, pull), ' ', copyButton(pull))
+      : h('p', { class: 'muted', 'data-testid': 'no-pull-prefix' }, `No image name reaches ${source} through this gateway: a host with a port can't be part of an image name. `,
+        `Give it an alias (STEVEDORE_UPSTREAM_ALIASES="name=${source}") to pull ${host}/name/${name}, or pull through the K3s/containerd mirror below.`),
     table(plural(data.total, 'tag'), [
       { label: 'Tag', cell: (t) => h('a', { href: `#/image?${new URLSearchParams({ source, repository: name, digest: t.digest, tag: t.tag })}` }, t.tag) },
       { label: 'Digest', cell: (t) => h('code', { class: 'digest', 'data-testid': 'tag-digest' }, t.digest) },
@@ -322,7 +381,11 @@ async function image(params) {
   const source = params.get('source');
   const repository = params.get('repository');
   const img = await api(`image?${new URLSearchParams({ source, repository, digest: params.get('digest') })}`);
-  const back = h('a', { href: `#/repository?${new URLSearchParams({ source, name: repository })}` }, repository);
+  // By digest, through the prefix that routes to the source (none for a host:port without alias).
+  const prefix = sources.get(source)?.pullPrefix;
+  const pull = prefix === null || prefix === undefined ? null : `podman pull ${location.host}/${prefix ? `${prefix}/` : ''}${repository}@${img.digest}`;
+  const back = [h('span', { class: 'muted' }, source === 'hosted' ? 'hosted / ' : ['cache of ', sourceLabel(source), ' / ']),
+    h('a', { href: `#/repository?${new URLSearchParams({ source, name: repository })}` }, repository)];
   const parts = img.manifests.length ? [
     table('Platforms of this index', [
       { label: 'Platform', cell: (m) => m.platform ?? '–' },
@@ -343,6 +406,7 @@ async function image(params) {
   main.replaceChildren(
     h('h1', {}, back, params.get('tag') ? `:${params.get('tag')}` : ''),
     h('p', {}, h('code', { class: 'digest' }, img.digest), h('span', { class: 'muted' }, ` ${img.mediaType} · ${size(img.size)}`)),
+    pull ? h('p', { class: 'pull' }, h('code', {}, pull), ' ', copyButton(pull)) : '',
     ...parts,
   );
 }
@@ -350,17 +414,21 @@ async function image(params) {
 async function pulls(params) {
   const q = params.get('q') ?? '';
   const status = params.get('status') ?? '';
-  const data = await api(`pulls?${new URLSearchParams({ q, status, limit: '200' })}`);
+  // The access log names the hosted registry "-" and an upstream by its host.
+  const upstream = params.get('upstream') ?? '';
+  const data = await api(`pulls?${new URLSearchParams({ q, status, upstream, limit: '200' })}`);
   const search = h('input', { type: 'search', id: 'pull-q', value: q, placeholder: 'image, user…' });
   const select = h('select', { id: 'pull-status' }, ['', '2xx', '3xx', '4xx', '5xx'].map((s) => h('option', { value: s, selected: s === status }, s || 'any')));
+  const from = h('select', { id: 'pull-upstream' }, h('option', { value: '' }, 'any'),
+    [...sources.keys()].map((s) => (s === 'hosted' ? '-' : s)).map((s) => h('option', { value: s, selected: s === upstream }, sourceLabel(s).textContent)));
   main.replaceChildren(
     h('h1', {}, 'Recent pulls'),
-    h('form', { class: 'toolbar', role: 'search', onsubmit: (e) => { e.preventDefault(); location.hash = `#/pulls?${new URLSearchParams({ q: search.value, status: select.value })}`; } },
-      h('label', { for: 'pull-q' }, 'Filter', search), h('label', { for: 'pull-status' }, 'Status', select), h('button', { type: 'submit' }, 'Filter')),
+    h('form', { class: 'toolbar', role: 'search', onsubmit: (e) => { e.preventDefault(); location.hash = `#/pulls?${new URLSearchParams({ q: search.value, status: select.value, upstream: from.value })}`; } },
+      h('label', { for: 'pull-q' }, 'Filter', search), h('label', { for: 'pull-upstream' }, 'Source', from), h('label', { for: 'pull-status' }, 'Status', select), h('button', { type: 'submit' }, 'Filter')),
     table(`Last ${data.items.length} manifest and blob requests, newest first`, [
       { label: 'Time', cell: (e) => when(e.time) },
       { label: 'User', cell: (e) => e.user },
-      { label: 'Image', cell: (e) => `${e.upstream === '-' ? '' : `${e.upstream}/`}${e.repository ?? ''}` },
+      { label: 'Image', cell: (e) => imageName(e.upstream, e.repository) },
       { label: 'Reference', cls: 'hide-narrow', cell: (e) => short(e.reference) },
       { label: 'Status', cls: 'num', cell: (e) => e.status },
       { label: 'Bytes', cls: 'num', cell: (e) => size(e.bytes) },
@@ -406,6 +474,7 @@ async function route({ keepScroll = false } = {}) {
     main.replaceChildren(h('h1', {}, 'Error'), h('p', { class: 'muted' }, err.message));
   }
   document.title = `${main.querySelector('h1')?.textContent ?? 'Console'} · Stevedore`;
+  markScrollable();
   if (keepScroll) window.scrollTo(0, scrollY);
   lastRender = Date.now();
   scheduleRefresh(page, new URLSearchParams(query ?? ''));
@@ -415,7 +484,9 @@ async function route({ keepScroll = false } = {}) {
 
 async function start() {
   try {
-    me = await api('me');
+    const [who, known] = await Promise.all([api('me'), api('sources')]);
+    me = who;
+    sources = new Map(known.items.map((s) => [s.source, s]));
     document.getElementById('whoami').textContent = me.auth ? `${me.user} · ${me.admin ? 'admin' : 'read-only'}` : 'no authentication';
   } catch (err) {
     say(err.message, 'error');

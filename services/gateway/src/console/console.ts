@@ -15,6 +15,7 @@ import { largestCachedImages, type LargeImage } from './largest-images.js';
 import { mostPulled, recentPulls } from './recent-pulls.js';
 import { StoreView } from './store-view.js';
 import { ReusedValue } from './reused-value.js';
+import { pullReference, sourceLabels } from './sources.js';
 import { readWorkerStatus, upstreamState } from './worker-status.js';
 
 /** The cleaner settings the console shows and plans with (CLEANER_* as the cleaner reads them). */
@@ -164,6 +165,8 @@ export class WebConsole {
     switch (route) {
       case 'GET /api/v1/me':
         return sendJson(res, 200, { user: user.name, admin: user.admin, auth: Boolean(this.options.users) });
+      case 'GET /api/v1/sources':
+        return sendJson(res, 200, { items: sourceLabels(this.options.plan) });
       case 'GET /api/v1/overview':
         return sendJson(res, 200, await this.overview(user));
       case 'GET /api/v1/history': {
@@ -187,7 +190,7 @@ export class WebConsole {
         if (!names) throw new ConsoleError(404, 'NOT_FOUND', `no repository ${repository} in ${source}`);
         const page = paginate(names, query);
         const rows = await Promise.all(page.items.map((tag) => this.store.tag(source, repository, tag)));
-        return sendJson(res, 200, { ...page, source, repository, pull: this.pullReference(source, repository), items: rows.filter(Boolean) });
+        return sendJson(res, 200, { ...page, source, repository, pull: pullReference(this.store.workerOf(source)!, repository), items: rows.filter(Boolean) });
       }
       case 'GET /api/v1/image': {
         const { source, repository } = this.repositoryParams(query);
@@ -244,14 +247,6 @@ export class WebConsole {
     if (!this.store.workerOf(source)) throw new ConsoleError(400, 'BAD_REQUEST', `source must be one of ${this.store.sourceNames().join(', ')}`);
     if (!isValidName(repository)) throw new ConsoleError(400, 'BAD_REQUEST', 'repository is not a valid repository name');
     return { source, repository };
-  }
-
-  /** The image reference a client pulls through this gateway (host added by the page). */
-  private pullReference(source: string, repository: string): string {
-    if (source === 'hosted') return repository;
-    // A host with a port can't be an image path segment: its alias then.
-    const prefix = this.store.workerOf(source)?.prefixes.find((p) => !p.includes(':')) ?? source;
-    return `${prefix}/${repository}`;
   }
 
   private async overview(user: AuthenticatedUser): Promise<unknown> {

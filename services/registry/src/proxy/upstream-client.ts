@@ -101,6 +101,7 @@ export class UpstreamClient {
   /**
    * The circuit breaker's probe: `GET /v2/` without credentials. Any HTTP answer but a 5xx (a 401
    * challenge included) means the upstream is back; a connection error or timeout means it is not.
+   * An answer counts for the console's status as any request's does (its last success).
    */
   private async probe(): Promise<boolean> {
     const res = await request(new URL('/v2/', this.endpoint.url), {
@@ -109,6 +110,7 @@ export class UpstreamClient {
       signal: AbortSignal.timeout(this.probeTimeoutMs),
     });
     await res.body.dump().catch(() => {});
+    this.status.answered(res.statusCode, res.headers);
     return res.statusCode < 500;
   }
 
