@@ -3,6 +3,7 @@ import { stat } from 'node:fs/promises';
 import { loadExportConfig, type ExportConfig, optionsHelp, EXPORT_OPTIONS } from '../lib/config.js';
 import { formatBytes, formatDuration } from '../lib/airgap/progress.js';
 import { exportStore } from '../lib/airgap/store-export.js';
+import { isRegistryError } from '../lib/oci/errors.js';
 
 /**
  * `stevedore export`: writes the hosted store's repositories (tags, manifests, blob links) and the
@@ -35,7 +36,8 @@ export async function runExport(argv: readonly string[]): Promise<number> {
     say(`exported ${summary.repositories} repositor${summary.repositories === 1 ? 'y' : 'ies'}, ${summary.tags} tag(s), ${summary.blobs} blob(s) (${formatBytes(summary.bytes)}) to ${config.out} (${formatBytes(size)}) in ${formatDuration(Date.now() - started)}`);
     return 0;
   } catch (err) {
-    say(`stevedore export: ${(err as Error).message}`);
+    // A store error names no store (the same error serves the registry's clients): say which one.
+    say(`stevedore export: ${isRegistryError(err) ? `cannot read ${target.location}: ` : ''}${(err as Error).message}`);
     return 1;
   }
 }

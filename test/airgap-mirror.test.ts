@@ -3,11 +3,11 @@ import { rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { buildImage } from './helpers/oci-image.js';
-import { startDistribution, startStevedoreRegistry, tempDir, type RunningProcess } from './helpers/processes.js';
+import { freePort, startDistribution, startStevedoreRegistry, tempDir, type RunningProcess } from './helpers/processes.js';
 import {
   blobGets, hostOf, inspectRaw, MANIFEST_ACCEPT, pull, seed, sha256, sleep, startSlowRelay, writeAuths, writeHtpasswd,
 } from './helpers/proxy-fixtures.js';
-import { blobKey, hasKey, keysUnder, pullArch, servableRoot, startStevedore, stevedore, storeArgs, storeEnv } from './helpers/airgap.js';
+import { blobKey, hasKey, keysUnder, pullArch, servableRoot, startStevedore, stevedore, storeArgs, storedDigest, storeEnv } from './helpers/airgap.js';
 import { STORAGE_KINDS, testStorage, type TestStorage } from './helpers/storage-targets.js';
 
 /**
@@ -25,6 +25,7 @@ for (const kind of STORAGE_KINDS) {
     const stores: TestStorage[] = [];
     const running: RunningProcess[] = [];
     const onFilesystem = kind === 'filesystem' ? it : it.skip;
+    const onS3 = kind === 's3' ? it : it.skip;
     const single = buildImage({ layerSizes: [3000, 5000], seed: 'mirror-single' });
     const amd64 = buildImage({ layerSizes: [2000, 2500], architecture: 'amd64', seed: 'mirror-amd64' });
     const arm64 = buildImage({ layerSizes: [2000, 2500], architecture: 'arm64', seed: 'mirror-arm64' });
@@ -155,10 +156,27 @@ for (const kind of STORAGE_KINDS) {
         assert.equal(afterRun.get(blob.digest), 1);
       }
       assert.equal((afterRun.get(big.layers[2]!.digest) ?? 0) - (before.get(big.layers[2]!.digest) ?? 0), 1);
-      // The killed run's partial download stayed a temp file: every blob in the store is whole.
+      // The killed run's partial download never became visible: every blob in the store is whole.
+      if (kind === 's3') {
+        for (const blob of [big.manifest, big.config, ...big.layers]) assert.equal(await storedDigest(store, blob.digest), blob.digest);
+        assert.equal((await store.driver.getContent('repositories/team/big/_manifests/tags/v1')).toString(), big.manifest.digest);
+        return;
+      }
       const registry = await serve(store);
       const pulled = await pull(registry.url, 'team/big:v1');
       assert.deepEqual(pulled.manifests, [{ digest: big.manifest.digest, config: big.config.digest, layers: big.layers.map((l) => l.digest) }]);
+    });
+
+    onS3('says so quickly when the store cannot be reached, and writes nothing', async () => {
+      const store = await newStore();
+      const down = ['--s3-endpoint', `http://127.0.0.1:${await freePort()}`];
+      const mirrored = await stevedore(['mirror', '--list', await list([`${host}/team/single:v1`]), ...storeArgs(store), ...down], 30_000, storeEnv(store));
+      assert.equal(mirrored.code, 2, mirrored.stderr);
+      assert.match(mirrored.stderr, new RegExp(`cannot use --store ${store.storage}/?: storage unavailable`));
+      const exported = await stevedore(['export', ...storeArgs(store), ...down, '--out', join(await dir('airgap-export-'), 'out.tar')], 30_000, storeEnv(store));
+      assert.equal(exported.code, 1, exported.stderr);
+      assert.match(exported.stderr, /cannot read s3:\/\/.*: storage unavailable/);
+      assert.ok(mirrored.ms + exported.ms < 15_000, `took ${mirrored.ms} + ${exported.ms} ms`);
     });
 
     onFilesystem('takes credentials from --auth-file, and says so when they are missing', async () => {

@@ -153,7 +153,8 @@ for (const kind of STORAGE_KINDS) {
       await writeFile(join(thing, 'latest'), `${dirImage.manifest.digest}\n`);
       for (const blob of [dirImage.config, ...dirImage.layers]) await writeFile(join(reg, 'blobs', 'sha256', blob.digest.slice(7)), blob.data);
 
-      const result = await into('seed', ['--from', reg], store);
+      // --storage (STEVEDORE_STORAGE) names the store as well as --store does.
+      const result = await stevedore(['seed', '--from', reg, '--storage', store.storage], 60_000, { ...storeEnv(store), TMPDIR: extractTmp });
       assert.equal(result.code, 0, result.stderr);
       assert.match(result.stderr, /ok team\/dir:v1 /);
       assert.match(result.stderr, /ok team\/dir:copy /);

@@ -1,5 +1,5 @@
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import { chmod, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { STEVEDORE_BIN, tempDir } from './processes.js';
@@ -48,6 +48,13 @@ export async function keysUnder(store: TestStorage, prefix: string): Promise<str
   const keys: string[] = [];
   for await (const info of store.driver.walk(prefix)) keys.push(info.key);
   return keys.sort();
+}
+
+/** The sha256 digest of the stored blob `digest`'s content, read back through the driver. */
+export async function storedDigest(store: TestStorage, digest: string): Promise<string> {
+  const hash = createHash('sha256');
+  for await (const chunk of await store.driver.reader(blobKey(digest))) hash.update(chunk as Buffer);
+  return `sha256:${hash.digest('hex')}`;
 }
 
 /** Blob writes that were started and never committed (temp files, multipart uploads). */
