@@ -1,4 +1,4 @@
-import { StoreTarget } from '../lib/airgap/store-target.js';
+import { DriverStoreTarget, type StoreTarget } from '../lib/airgap/store-target.js';
 import { StoreWriter } from '../lib/airgap/store-writer.js';
 import { removeStale } from '../lib/storage/atomic.js';
 import { openConfiguredStorage, type StorageSettings } from '../lib/storage/driver/open.js';
@@ -9,7 +9,7 @@ const STALE_TEMP_MS = 24 * 3_600_000;
 
 /** The store of an air-gap command (`--store` / `--storage`: a directory or s3://…), on its driver. */
 export function openStoreTarget(location: StorageLocation, settings: StorageSettings): StoreTarget {
-  return new StoreTarget(openConfiguredStorage(location, settings));
+  return new DriverStoreTarget(openConfiguredStorage(location, settings));
 }
 
 /**

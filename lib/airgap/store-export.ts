@@ -42,8 +42,8 @@ interface TarEntry {
   path: string;
   size: number;
   modifiedAt: Date;
-  /** The entry's bytes: exactly `size` of them. */
-  body(): Promise<Readable | Buffer>;
+  /** The entry's bytes: exactly `size` of them (a small key's content, or a blob streamed from the store). */
+  body(): Promise<Iterable<Buffer> | AsyncIterable<Buffer>>;
 }
 
 const BLOCK = 512;
@@ -76,9 +76,8 @@ function tarHeader(entry: TarEntry): Buffer {
 async function* tarStream(entries: TarEntry[]): AsyncIterable<Buffer> {
   for (const entry of entries) {
     yield tarHeader(entry);
-    const body = await entry.body();
     let written = 0;
-    for await (const chunk of (Buffer.isBuffer(body) ? [body] : body) as AsyncIterable<Buffer>) {
+    for await (const chunk of await entry.body()) {
       written += chunk.length;
       if (written > entry.size) break;
       yield chunk;
@@ -112,7 +111,7 @@ export async function exportStore(target: StoreTarget, out: string): Promise<Exp
   const contents = await mapLimited(keys, SMALL_READS, ({ key }) => target.getContent(key));
   keys.forEach(({ key, modifiedAt }, i) => {
     const content = contents[i]!;
-    entries.push({ path: key, size: content.length, modifiedAt, body: async () => content });
+    entries.push({ path: key, size: content.length, modifiedAt, body: async () => [content] });
   });
 
   const missing: string[] = [];
@@ -126,7 +125,7 @@ export async function exportStore(target: StoreTarget, out: string): Promise<Exp
     }
     bytes += info.size;
     blobCount++;
-    entries.push({ path: target.layout.blobKey(digest), size: info.size, modifiedAt: info.modifiedAt, body: () => target.openBlob(digest) });
+    entries.push({ path: target.layout.blobKey(digest), size: info.size, modifiedAt: info.modifiedAt, body: () => target.openBlob(digest) as Promise<AsyncIterable<Buffer>> });
   }
 
   const gzip = /\.(?:gz|tgz)$/i.test(out);
