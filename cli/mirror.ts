@@ -10,7 +10,7 @@ import { readImageList, storedRepository, type ImageListEntry, type ImageReferen
 import { formatPlatform, selectIndexEntries } from '../lib/airgap/platform.js';
 import { formatBytes, formatDuration, ImageProgress } from '../lib/airgap/progress.js';
 import { AirgapError, StoreWriter, type ManifestToStore } from '../lib/airgap/store-writer.js';
-import { openStoreWriter, storeDirectory } from './store.js';
+import { openStoreTarget, openStoreWriter } from './store.js';
 import { readBodyCapped, responseHeader, UpstreamClient, type UpstreamResponse } from '../services/registry/src/proxy/upstream-client.js';
 
 /**
@@ -196,17 +196,15 @@ async function mirrorImage(ctx: MirrorContext, entry: ImageListEntry): Promise<I
 
 export async function runMirror(argv: readonly string[]): Promise<number> {
   if (argv.includes('--help') || argv.includes('-h')) {
-    process.stdout.write(`usage: stevedore mirror --list images.txt --store DIR [--platform OS/ARCH ...|--all-platforms] [--auth-file pull-secret.json] [--keep-registry]\n\noptions (each also read from the environment variable in brackets):\n${optionsHelp(MIRROR_OPTIONS)}\n`);
+    process.stdout.write(`usage: stevedore mirror --list images.txt --store DIR|s3://BUCKET[/PREFIX] [--platform OS/ARCH ...|--all-platforms] [--auth-file pull-secret.json] [--keep-registry]\n\noptions (each also read from the environment variable in brackets):\n${optionsHelp(MIRROR_OPTIONS)}\n`);
     return 0;
   }
   const err = (message: string) => process.stderr.write(`stevedore mirror: ${message}\n`);
   let config: MirrorConfig;
-  let storeDir: string;
   let entries: ImageListEntry[];
   let auths: AuthsEntry[] = [];
   try {
     config = loadMirrorConfig(argv);
-    storeDir = storeDirectory(config.store);
     entries = await readImageList(config.list);
     if (config.authFile) {
       try {
@@ -224,11 +222,13 @@ export async function runMirror(argv: readonly string[]): Promise<number> {
     return 2;
   }
 
+  const target = openStoreTarget(config.store, config);
+  const storeDir = target.location;
   let writer: StoreWriter;
   try {
-    writer = await openStoreWriter(storeDir);
+    writer = await openStoreWriter(target);
   } catch (e) {
-    err(`cannot use --store ${storeDir}: ${(e as Error).message}`);
+    err(`cannot use --store ${storeDir}: ${describeError(e)}`);
     return 2;
   }
 

@@ -1,3 +1,4 @@
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadSeedConfig, type SeedConfig, optionsHelp, SEED_OPTIONS } from '../lib/config.js';
 import { isRegistryError } from '../lib/oci/errors.js';
@@ -9,7 +10,8 @@ import { formatBytes, formatDuration } from '../lib/airgap/progress.js';
 import { openRegistryDir } from '../lib/airgap/registry-dir.js';
 import { openStoreExport } from '../lib/airgap/store-export.js';
 import { AirgapError, StoreWriter } from '../lib/airgap/store-writer.js';
-import { openStoreWriter, storeDirectory } from './store.js';
+import type { StoreTarget } from '../lib/airgap/store-target.js';
+import { openStoreTarget, openStoreWriter } from './store.js';
 
 /**
  * `stevedore seed`: imports images into a store from an OCI image layout, a docker-archive (docker
@@ -19,11 +21,12 @@ import { openStoreWriter, storeDirectory } from './store.js';
  */
 
 /**
- * Where archives are extracted: in the store (same filesystem, so verified blobs are renamed into
- * place), but apart from the registry worker's temp dir, which a restarting worker sweeps after an hour.
+ * Where archives are extracted: in a directory store, inside it (same filesystem, so verified blobs
+ * are renamed into place), apart from the temp dirs a restarting worker sweeps; for an S3 store, in
+ * the OS temp dir (TMPDIR), from where verified blobs are streamed into the store.
  */
-export function seedTempDir(store: string): string {
-  return join(store, '_tmp', '_seed');
+export function seedTempDir(target: StoreTarget): string {
+  return target.extractionDir ?? join(tmpdir(), 'stevedore-seed');
 }
 
 async function openSource(input: SeedInput, config: SeedConfig): Promise<SeedSource> {
@@ -47,24 +50,24 @@ function describeError(err: unknown): string {
 
 export async function runSeed(argv: readonly string[]): Promise<number> {
   if (argv.includes('--help') || argv.includes('-h')) {
-    process.stdout.write(`usage: stevedore seed --from PATH --store DIR [--name REPO] [--keep-registry]\n\noptions (each also read from the environment variable in brackets):\n${optionsHelp(SEED_OPTIONS)}\n`);
+    process.stdout.write(`usage: stevedore seed --from PATH --store DIR|s3://BUCKET[/PREFIX] [--name REPO] [--keep-registry]\n\noptions (each also read from the environment variable in brackets):\n${optionsHelp(SEED_OPTIONS)}\n`);
     return 0;
   }
   const say = (line: string) => process.stderr.write(`${line}\n`);
   let config: SeedConfig;
-  let storeDir: string;
   try {
     config = loadSeedConfig(argv);
-    storeDir = storeDirectory(config.store);
   } catch (err) {
     say(`stevedore seed: ${(err as Error).message}`);
     return 2;
   }
+  const target = openStoreTarget(config.store, config);
+  const storeDir = target.location;
   let writer: StoreWriter;
   try {
-    writer = await openStoreWriter(storeDir, [seedTempDir(storeDir)]);
+    writer = await openStoreWriter(target, [seedTempDir(target)]);
   } catch (err) {
-    say(`stevedore seed: cannot use --store ${storeDir}: ${(err as Error).message}`);
+    say(`stevedore seed: cannot use --store ${storeDir}: ${describeError(err)}`);
     return 2;
   }
 
@@ -79,7 +82,7 @@ export async function runSeed(argv: readonly string[]): Promise<number> {
   process.once('SIGTERM', onSignal);
   try {
     say(`reading ${config.from}`);
-    input = await openSeedInput(config.from, seedTempDir(storeDir));
+    input = await openSeedInput(config.from, seedTempDir(target));
     const source = await openSource(input, config);
     say(`seeding ${source.images.filter((i) => i.tags.length > 0).length} tagged image(s) from ${source.kind} ${config.from} into ${storeDir}`);
     const failures: Array<{ label: string; reason: string }> = [...source.problems];

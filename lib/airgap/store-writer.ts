@@ -1,33 +1,17 @@
 import { createReadStream } from 'node:fs';
-import { chmod, mkdir, open, stat } from 'node:fs/promises';
+import { open, stat } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createDigester, digestOf, type Digest } from '../oci/digest.js';
 import { isRegistryError } from '../oci/errors.js';
-import type { ParsedManifest } from '../oci/manifest.js';
-import type { StorageLayout } from '../storage/layout.js';
+import type { StoreTarget } from './store-target.js';
 
 /**
- * Writes a hosted store the way the registry does, through its BlobStore and ManifestStore (passed
- * in, so lib/ does not depend on services/): blobs are verified against their digest before they are
- * renamed into place; an image becomes visible (blob links, manifests, then tags, last) only once
- * every blob it needs is stored. A refused image leaves at most verified, unreferenced blobs behind,
- * which garbage collection removes.
+ * Writes a hosted store the way the registry does, through the store's driver (StoreTarget): blobs
+ * are verified against their digest before they become visible; an image becomes visible (blob
+ * links, manifests, then tags, last) only once every blob it needs is stored. A refused image
+ * leaves at most verified, unreferenced blobs behind, which garbage collection removes.
  */
-
-/** What StoreWriter needs of services/registry/src/store/blob-store.ts (BlobStore satisfies it). */
-export interface BlobStoreLike {
-  stat(digest: Digest): Promise<{ size: number } | undefined>;
-  writeVerified(source: Readable, expected: Digest, expectedSize?: number): Promise<number>;
-  commitVerified(verifiedPath: string, digest: Digest): Promise<void>;
-  link(name: string, digest: Digest): Promise<void>;
-}
-
-/** What StoreWriter needs of services/registry/src/store/manifest-store.ts (ManifestStore satisfies it). */
-export interface ManifestStoreLike {
-  putCached(name: string, digest: Digest, body: Buffer, contentType: string | undefined, tag?: string): Promise<ParsedManifest>;
-  resolveTag(name: string, tag: string): Promise<Digest | undefined>;
-}
 
 /** A refusal with a message meant for the operator (names the blob, file or image concerned). */
 export class AirgapError extends Error {}
@@ -39,23 +23,17 @@ export interface ManifestToStore {
 }
 
 export class StoreWriter {
-  constructor(readonly layout: StorageLayout, private readonly blobs: BlobStoreLike, private readonly manifests: ManifestStoreLike) {}
-
-  async ensureDirs(): Promise<void> {
-    await mkdir(this.layout.blobsDir, { recursive: true });
-    await mkdir(this.layout.repositoriesDir, { recursive: true });
-    await mkdir(this.layout.tmpDir, { recursive: true });
-  }
+  constructor(readonly target: StoreTarget) {}
 
   /**
-   * Whether the store has the blob. Stored blobs were verified before they were renamed into place,
-   * so presence is enough; a size that disagrees with the descriptor means the store was damaged.
+   * Whether the store has the blob. Stored blobs were verified before they became visible, so
+   * presence is enough; a size that disagrees with the descriptor means the store was damaged.
    */
   async hasBlob(digest: Digest, size?: number): Promise<boolean> {
-    const info = await this.blobs.stat(digest);
-    if (!info) return false;
-    if (size !== undefined && info.size !== size) {
-      throw new AirgapError(`the store's blob ${digest.value} has ${info.size} bytes where ${size} are expected: the store is damaged (remove ${this.layout.blobPath(digest)} and run again)`);
+    const stored = await this.target.blobSize(digest);
+    if (stored === undefined) return false;
+    if (size !== undefined && stored !== size) {
+      throw new AirgapError(`the store's blob ${digest.value} has ${stored} bytes where ${size} are expected: the store is damaged (remove ${this.target.layout.blobKey(digest)} from ${this.target.location} and run again)`);
     }
     return true;
   }
@@ -63,18 +41,18 @@ export class StoreWriter {
   /** Streams a blob into the store, verified against digest and size; `what` names its origin in errors. */
   async writeStream(digest: Digest, source: Readable, size: number | undefined, what: string): Promise<number> {
     try {
-      return await this.blobs.writeVerified(source, digest, size);
+      return await this.target.writeBlob(digest, source, size);
     } catch (err) {
       throw describeBlobError(err, digest, what);
     }
   }
 
   /**
-   * Imports a blob from a file of the input. `move`: the file is a temp file of this store's
-   * filesystem (an extracted archive) and is renamed into place once verified instead of copied.
+   * Imports a blob from a file of the input. `move`: the file was extracted under the store's
+   * extractionDir (same filesystem) and is renamed into place once verified instead of copied.
    */
   async importFile(digest: Digest, path: string, size: number | undefined, move: boolean, what: string): Promise<void> {
-    if (!move) {
+    if (!move || this.target.extractionDir === undefined) {
       await this.writeStream(digest, createReadStream(path, { highWaterMark: 1024 * 1024 }), size, what);
       return;
     }
@@ -86,14 +64,14 @@ export class StoreWriter {
     if (actual.value !== digest.value) {
       throw new AirgapError(`blob ${digest.value} (${what}) is corrupt: its content hashes to ${actual.value}`);
     }
-    await chmod(path, 0o644);
     const handle = await open(path, 'r');
     try {
+      await handle.chmod(0o644);
       await handle.sync();
     } finally {
       await handle.close();
     }
-    await this.blobs.commitVerified(path, digest);
+    await this.target.commitVerifiedFile(path, digest);
   }
 
   /**
@@ -103,17 +81,17 @@ export class StoreWriter {
    */
   async commitImage(name: string, blobs: Iterable<Digest>, manifests: ManifestToStore[], tags: readonly string[]): Promise<string[]> {
     for (const digest of blobs) {
-      if (!(await this.blobs.stat(digest))) throw new AirgapError(`blob ${digest.value} of ${name} is missing from the store`);
-      await this.blobs.link(name, digest);
+      if ((await this.target.blobSize(digest)) === undefined) throw new AirgapError(`blob ${digest.value} of ${name} is missing from the store`);
+      await this.target.linkBlob(name, digest);
     }
     const top = manifests[manifests.length - 1];
     if (!top) throw new AirgapError(`nothing to store for ${name}`);
-    for (const manifest of manifests) await this.manifests.putCached(name, manifest.digest, manifest.body, manifest.mediaType);
+    for (const manifest of manifests) await this.target.putManifest(name, manifest.digest, manifest.body, manifest.mediaType);
     const moved: string[] = [];
     for (const tag of new Set(tags)) {
-      const previous = await this.manifests.resolveTag(name, tag);
+      const previous = await this.target.readTag(name, tag);
       if (previous && previous.value !== top.digest.value) moved.push(tag);
-      await this.manifests.putCached(name, top.digest, top.body, top.mediaType, tag);
+      await this.target.putTag(name, tag, top.digest);
     }
     return moved;
   }
@@ -136,9 +114,9 @@ export function checkManifestDigest(body: Buffer, digest: Digest, what: string):
 
 function describeBlobError(err: unknown, digest: Digest, what: string): Error {
   if (isRegistryError(err)) {
-    const detail = err.detail as { actual?: string; received?: number; expected?: number } | undefined;
+    const detail = err.detail as { actual?: string | number; received?: number; expected?: string | number } | undefined;
     if (err.code === 'DIGEST_INVALID') return new AirgapError(`blob ${digest.value} (${what}) is corrupt: its content hashes to ${detail?.actual ?? 'something else'}`);
-    if (err.code === 'SIZE_INVALID') return new AirgapError(`blob ${digest.value} (${what}) is corrupt: it has ${detail?.received ?? '?'} bytes, its descriptor says ${detail?.expected ?? '?'}`);
+    if (err.code === 'SIZE_INVALID') return new AirgapError(`blob ${digest.value} (${what}) is corrupt: it has ${detail?.actual ?? detail?.received ?? '?'} bytes, its descriptor says ${detail?.expected ?? '?'}`);
   }
   return err instanceof Error ? err : new Error(String(err));
 }
