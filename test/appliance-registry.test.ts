@@ -8,14 +8,16 @@ import {
 } from './helpers/appliance.js';
 import { buildImage, readPulledLayout } from './helpers/oci-image.js';
 import { distributionRequests, startDistribution, tempDir, type RunningProcess } from './helpers/processes.js';
+import { STORAGE_KINDS, testStorage, type TestStorage } from './helpers/storage-targets.js';
 
 /**
  * The appliance end to end under PM2 (`stevedore start`): a docker-registry upstream on loopback,
  * TLS with a generated certificate, htpasswd users. skopeo pushes and pulls through the gateway.
  */
 
-describe('appliance: hosted registry and pull-through cache behind the gateway (TLS, users)', () => {
+for (const kind of STORAGE_KINDS) describe(`appliance: hosted registry and pull-through cache behind the gateway (TLS, users), store on ${kind}`, () => {
   let work: string;
+  let storage: TestStorage;
   let upstream: RunningProcess & { root: string };
   let upHost: string;
   let app: Appliance;
@@ -52,13 +54,15 @@ describe('appliance: hosted registry and pull-through cache behind the gateway (
       });
       assert.equal(res.status, 201);
     }
-    app = await startAppliance({ upstreams: [upHost], aliases: `up=${upHost}` });
+    storage = await testStorage(kind);
+    app = await startAppliance({ upstreams: [upHost], aliases: `up=${upHost}`, env: storage.env });
   });
 
   after(async () => {
     if (app && !stopped) await app.stop();
     await upstream?.stop();
     if (work) await rm(work, { recursive: true, force: true });
+    await storage?.cleanup();
   });
 
   it('skopeo pushes to the hosted registry over verified TLS (admin) and pulls back the same digests (read-only user)', async () => {
@@ -252,10 +256,10 @@ describe('appliance: hosted registry and pull-through cache behind the gateway (
     assert.ok(cache('miss') >= 1 + toolImage.layers.length, `misses: ${cache('miss')}`);
     assert.ok(cache('hit') >= 1, `hits: ${cache('hit')}`);
     assert.match(text, /^# TYPE stevedore_storage_bytes gauge$/m);
-    const storage = /^stevedore_storage_bytes (\d+)$/m.exec(text);
-    assert.ok(storage, 'stevedore_storage_bytes sample');
+    const stored = /^stevedore_storage_bytes (\d+)$/m.exec(text);
+    assert.ok(stored, 'stevedore_storage_bytes sample');
     // The pushed layers are stored (first measurement after the pushes).
-    assert.ok(Number(storage[1]) >= hostedImage.layers.reduce((n, l) => n + l.size, 0), `storage ${storage[1]}`);
+    assert.ok(Number(stored[1]) >= hostedImage.layers.reduce((n, l) => n + l.size, 0), `storage ${stored[1]}`);
   });
 
   it('workers listen only on unix sockets in STEVEDORE_RUN_DIR (mode 0700); only the gateway has a TCP port', async () => {
