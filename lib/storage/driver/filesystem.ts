@@ -97,7 +97,19 @@ export class FilesystemDriver implements StorageDriver {
   }
 
   async putContent(key: string, data: Buffer | string): Promise<void> {
+    // An empty key (a blob link) has no content to tear: created in place, without a temp file and
+    // its fsync, as links always were.
+    if (data.length === 0) return this.createEmpty(this.path(key));
     await writeFileAtomic(this.tmpDir, this.path(key), data);
+  }
+
+  private async createEmpty(path: string): Promise<void> {
+    const handle = await open(path, 'w', 0o644).catch(async (err: NodeJS.ErrnoException) => {
+      if (err.code !== 'ENOENT') throw err;
+      await mkdir(dirname(path), { recursive: true });
+      return open(path, 'w', 0o644);
+    });
+    await handle.close();
   }
 
   async putIfAbsent(key: string, data: Buffer | string): Promise<boolean> {
