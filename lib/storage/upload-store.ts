@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import type { Digest } from '../oci/digest.js';
 import { RegistryError, isRegistryError } from '../oci/errors.js';
 import { removeStale } from './atomic.js';
-import { WRITE_BUFFER, type BlobStore } from './blob-store.js';
+import type { BlobStore } from './blob-store.js';
 import { isStorageNotFound, UploadOffsetError } from './driver/driver.js';
 import { UPLOAD_ID_PATTERN } from './layout.js';
 
@@ -138,25 +138,13 @@ function outOfOrder(session: UploadSession, start: number): RegistryError {
   });
 }
 
-/**
- * Passes `body` on in pieces of about WRITE_BUFFER bytes (one store write per MiB, not per received
- * 64 KiB), failing at its end (before the driver commits the chunk) if its length is not `expected`.
- */
+/** Passes `body` through, failing at its end (before the driver commits the chunk) if its length is not `expected`. */
 async function* checkedLength(body: AsyncIterable<Buffer>, expected: number | undefined): AsyncIterable<Buffer> {
   let received = 0;
-  let batch: Buffer[] = [];
-  let batched = 0;
   for await (const chunk of body) {
     received += chunk.length;
-    batch.push(chunk);
-    batched += chunk.length;
-    if (batched >= WRITE_BUFFER) {
-      yield batch.length === 1 ? batch[0]! : Buffer.concat(batch, batched);
-      batch = [];
-      batched = 0;
-    }
+    yield chunk;
   }
-  if (batched > 0) yield batch.length === 1 ? batch[0]! : Buffer.concat(batch, batched);
   if (expected !== undefined && received !== expected) {
     throw new RegistryError('SIZE_INVALID', { expected, received }, {
       message: 'chunk length does not match its Content-Range/Content-Length',

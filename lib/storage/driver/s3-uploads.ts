@@ -134,9 +134,10 @@ export class S3Uploads implements UploadSessions {
       const page = await this.driver.list('_uploads/', { delimiter: '/', ...(cursor ? { cursor } : {}) });
       for (const prefix of page.prefixes) {
         const id = prefix.slice('_uploads/'.length, -1);
-        const info = await this.driver.stat(`${prefix}state.json`).catch(() => undefined);
-        // No state (killed before create finished): GC judges it by its oldest object's time.
-        const startedAt = info?.modifiedAt ?? (await this.oldest(prefix));
+        // The start recorded in the state (as on the filesystem). No state (killed before create
+        // finished): GC judges it by its oldest object's time.
+        const state = await this.driver.getContent(`${prefix}state.json`).then((data) => JSON.parse(data.toString('utf8')) as { startedAt?: unknown }, () => undefined);
+        const startedAt = typeof state?.startedAt === 'number' ? new Date(state.startedAt) : await this.oldest(prefix);
         yield { id, startedAt };
       }
       cursor = page.next;
