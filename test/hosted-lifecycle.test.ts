@@ -6,6 +6,7 @@ import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { startStevedoreRegistry, tempDir, type RunningProcess } from './helpers/processes.js';
+import { STORAGE_KINDS, testStorage } from './helpers/storage-targets.js';
 import { assertOciError, fetchText, fileSize, raw, sha256, slowPatch, spawnCli } from './helpers/hosted.js';
 
 /**
@@ -25,8 +26,8 @@ after(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-async function start(root: string, args: string[] = []): Promise<RunningProcess> {
-  const worker = await startStevedoreRegistry(['--root', root, ...args]);
+async function start(root: string, args: string[] = [], env: Record<string, string> = {}): Promise<RunningProcess> {
+  const worker = await startStevedoreRegistry(['--root', root, ...args], env);
   running.push(worker);
   return worker;
 }
@@ -85,38 +86,48 @@ describe('crash safety of uploads', () => {
     await w2.stop();
   });
 
-  it('sessions and temp files older than --upload-ttl are removed at start-up; younger ones survive', async () => {
-    const root = join(dir, 'stale');
-    const w1 = await start(root);
-    const locations: string[] = [];
-    for (let i = 0; i < 2; i++) {
-      const res = await fetch(`${w1.url}/v2/stale/app/blobs/uploads/`, { method: 'POST' });
-      locations.push(res.headers.get('location')!);
-      assert.equal((await fetch(`${w1.url}${locations[i]}`, { method: 'PATCH', body: 'abc' })).status, 202);
-    }
-    assert.equal(await w1.stop(), 0);
-    const [oldSession, freshSession] = locations.map((l) => join(root, '_uploads', l.split('/').pop()!)) as [string, string];
-    const threeHoursAgo = new Date(Date.now() - 3 * 3_600_000);
-    await utimes(oldSession, threeHoursAgo, threeHoursAgo);
-    const tmp = join(root, '_tmp', '_hosted');
-    await mkdir(tmp, { recursive: true });
-    await writeFile(join(tmp, 'stale-temp'), 'x');
-    await utimes(join(tmp, 'stale-temp'), threeHoursAgo, threeHoursAgo);
-    await writeFile(join(tmp, 'fresh-temp'), 'x');
+  for (const kind of STORAGE_KINDS) {
+    it(`sessions and temp files older than --upload-ttl are removed at start-up; younger ones survive (${kind})`, async (t) => {
+      const storage = await testStorage(kind);
+      t.after(() => storage.cleanup());
+      const root = storage.root;
+      const startOn = (args: string[] = []) => start(root, [...storage.args, ...args], storage.env);
+      const w1 = await startOn();
+      const locations: string[] = [];
+      for (let i = 0; i < 2; i++) {
+        const res = await fetch(`${w1.url}/v2/stale/app/blobs/uploads/`, { method: 'POST' });
+        locations.push(res.headers.get('location')!);
+        assert.equal((await fetch(`${w1.url}${locations[i]}`, { method: 'PATCH', body: 'abc' })).status, 202);
+      }
+      assert.equal(await w1.stop(), 0);
+      const [oldSession, freshSession] = locations.map((l) => `_uploads/${l.split('/').pop()!}/`) as [string, string];
+      const threeHoursAgo = new Date(Date.now() - 3 * 3_600_000);
+      // A session's age is its recorded start (the store's objects cannot be back-dated on S3).
+      const oldState = `${oldSession}state.json`;
+      const state = JSON.parse((await storage.driver.getContent(oldState)).toString('utf8')) as Record<string, unknown>;
+      await storage.driver.putContent(oldState, JSON.stringify({ ...state, startedAt: threeHoursAgo.getTime() }));
+      // The worker's local temp dir (cache fills spool there), on the local disk with either store.
+      const tmp = join(root, '_tmp', '_hosted');
+      await mkdir(tmp, { recursive: true });
+      await writeFile(join(tmp, 'stale-temp'), 'x');
+      await utimes(join(tmp, 'stale-temp'), threeHoursAgo, threeHoursAgo);
+      await writeFile(join(tmp, 'fresh-temp'), 'x');
 
-    const w2 = await start(root, ['--upload-ttl', '1h']);
-    const purged = w2.logLines().find((l) => l.msg === 'removed stale upload sessions and temp files');
-    assert.equal(purged?.purged, 2);
-    assert.equal(await exists(oldSession), false);
-    assert.equal(await exists(freshSession), true);
-    assert.equal(await exists(join(tmp, 'stale-temp')), false);
-    assert.equal(await exists(join(tmp, 'fresh-temp')), true);
-    assertOciError(await fetchText(`${w2.url}${locations[0]}`), 404, 'BLOB_UPLOAD_UNKNOWN');
-    const fresh = await fetch(`${w2.url}${locations[1]}`);
-    assert.equal(fresh.status, 204);
-    assert.equal(fresh.headers.get('range'), '0-2');
-    await w2.stop();
-  });
+      const hasKeys = async (prefix: string) => (await storage.driver.list(prefix, { limit: 1 })).keys.length > 0;
+      const w2 = await startOn(['--upload-ttl', '1h']);
+      const purged = w2.logLines().find((l) => l.msg === 'removed stale upload sessions and temp files');
+      assert.equal(purged?.purged, 2);
+      assert.equal(await hasKeys(oldSession), false);
+      assert.equal(await hasKeys(freshSession), true);
+      assert.equal(await exists(join(tmp, 'stale-temp')), false);
+      assert.equal(await exists(join(tmp, 'fresh-temp')), true);
+      assertOciError(await fetchText(`${w2.url}${locations[0]}`), 404, 'BLOB_UPLOAD_UNKNOWN');
+      const fresh = await fetch(`${w2.url}${locations[1]}`);
+      assert.equal(fresh.status, 204);
+      assert.equal(fresh.headers.get('range'), '0-2');
+      await w2.stop();
+    });
+  }
 });
 
 describe('graceful stop', () => {

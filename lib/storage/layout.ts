@@ -81,14 +81,6 @@ export class StorageLayout {
     return join(this.repositoriesDir, name, '_manifests', 'tags', tag);
   }
 
-  referrersDir(name: string, subject: Digest): string {
-    return join(this.repositoriesDir, name, '_referrers', subject.algorithm, subject.hex);
-  }
-
-  referrerPath(name: string, subject: Digest, referrer: Digest): string {
-    return join(this.referrersDir(name, subject), `${referrer.algorithm}-${referrer.hex}.json`);
-  }
-
   // --- Storage keys (StorageDriver): relative, '/'-separated; on the filesystem `<root>/<key>`. ---
 
   /** `repositories/` (hosted) or `cache/<namespace>/`: every repository of this store is under it. */
@@ -135,10 +127,6 @@ export class StorageLayout {
 
   referrerKey(name: string, subject: Digest, referrer: Digest): string {
     return `${this.referrersPrefix(name, subject)}${referrer.algorithm}-${referrer.hex}.json`;
-  }
-
-  uploadDir(uploadId: string): string {
-    return join(this.uploadsDir, uploadId);
   }
 
   uploadDataPath(uploadId: string): string {

@@ -1,6 +1,6 @@
 import { createHash, randomUUID, type Hash } from 'node:crypto';
 import type { Digest } from '../../oci/digest.js';
-import { UploadOffsetError, type UploadSession, type UploadSessions } from './driver.js';
+import { StorageNotFoundError, UploadOffsetError, type UploadSession, type UploadSessions } from './driver.js';
 import { MIN_PART_SIZE, S3BlobWriter } from './s3-blob-writer.js';
 import type { S3Driver } from './s3.js';
 import { checkUploadId, offsetKey, verifyContent } from './verify.js';
@@ -84,6 +84,11 @@ export class S3Uploads implements UploadSessions {
       await this.driver.delete(chunkKey);
       throw new UploadOffsetError((await this.get(id)).size, offset);
     }
+    // Deleted (cancelled) while the chunk streamed: the claim must not outlive the session.
+    if (!(await this.driver.stat(`${this.dir(id)}state.json`).then(() => true, () => false))) {
+      await this.driver.deletePrefix(this.dir(id));
+      throw new StorageNotFoundError(`${this.dir(id)}state.json`);
+    }
     if (hash) this.running.set(id, { size: offset + writer.size, hash });
     return offset + writer.size;
   }
@@ -129,9 +134,10 @@ export class S3Uploads implements UploadSessions {
       const page = await this.driver.list('_uploads/', { delimiter: '/', ...(cursor ? { cursor } : {}) });
       for (const prefix of page.prefixes) {
         const id = prefix.slice('_uploads/'.length, -1);
-        const info = await this.driver.stat(`${prefix}state.json`).catch(() => undefined);
-        // No state (killed before create finished): GC judges it by its oldest object's time.
-        const startedAt = info?.modifiedAt ?? (await this.oldest(prefix));
+        // The start recorded in the state (as on the filesystem). No state (killed before create
+        // finished): GC judges it by its oldest object's time.
+        const state = await this.driver.getContent(`${prefix}state.json`).then((data) => JSON.parse(data.toString('utf8')) as { startedAt?: unknown }, () => undefined);
+        const startedAt = typeof state?.startedAt === 'number' ? new Date(state.startedAt) : await this.oldest(prefix);
         yield { id, startedAt };
       }
       cursor = page.next;
