@@ -12,10 +12,8 @@ import { paginate, parsePagination } from '../routes/http.js';
 import { TAGS_PAGE_CAP } from '../routes/listings.js';
 import { sendManifest } from '../routes/manifests.js';
 import { BoundedMap } from '../../../../lib/storage/bounded-map.js';
-import type { StoredManifest } from '../store/manifest-store.js';
+import type { StoredManifest } from '../../../../lib/storage/manifest-store.js';
 import { BlobFills } from './blob-fill.js';
-import type { StorageDriver } from '../../../../lib/storage/driver/driver.js';
-import { FilesystemDriver } from '../../../../lib/storage/driver/filesystem.js';
 import { readBodyCapped, responseHeader, type UpstreamClient, type UpstreamResponse } from './upstream-client.js';
 
 export interface ProxyOptions {
@@ -78,7 +76,6 @@ interface CachedList {
  */
 export class ProxyCache {
   private readonly fills: BlobFills;
-  private readonly driver: StorageDriver;
   private readonly negative = new BoundedMap<string, number>(10_000);
   private readonly manifestFetches = new Map<string, Promise<ServedManifest>>();
   private readonly lists = new BoundedMap<string, CachedList>(1_000);
@@ -88,7 +85,6 @@ export class ProxyCache {
 
   constructor(private readonly ctx: RegistryContext, readonly client: UpstreamClient, private readonly options: ProxyOptions) {
     this.fills = new BlobFills(options.fillTimeoutMs);
-    this.driver = new FilesystemDriver(ctx.layout.root);
   }
 
   private get host(): string {
@@ -300,7 +296,7 @@ export class ProxyCache {
       }
       const length = Number(responseHeader(res.headers, 'content-length'));
       return { body: res.body, size: Number.isSafeInteger(length) && length >= 0 ? length : undefined };
-    }, { driver: this.driver, key: this.ctx.layout.blobKey(digest), spoolDir: this.ctx.layout.tmpDir },
+    }, { driver: this.ctx.driver, key: this.ctx.layout.blobKey(digest), spoolDir: this.ctx.layout.tmpDir },
     () => this.ctx.blobs.link(name, digest), name, this.ctx.log));
     await fill.ready;
     if (fill.size === undefined) await fill.finished;
