@@ -35,10 +35,11 @@ const writevP = (fd: number, buffers: Buffer[], position: number) => new Promise
  * than the filesystem, to the store's blobWriter (fill-sink.ts), none waiting for the others. On the
  * filesystem the spool is the blob's temp file, digested by a hashing thread as it grows. Upstream
  * reading pauses only when the spool or the store falls WRITE_BEHIND_MAX behind; a client slower
- * than the spool writer reads the bytes it missed back from the spool. The blob is committed
- * (digest verified, then renamed / the multipart upload completed) before any client gets its last
- * byte: a blob that fails verification reaches no client whole (the transfer breaks) and nothing of
- * it becomes visible; a client that got the whole blob can fetch it again from the store.
+ * than the spool writer reads the bytes it missed back from the spool. No client gets the last byte
+ * before the digest matched (on S3: before the multipart upload was completed, so the blob is in the
+ * store when a client has it whole), so a blob that fails verification reaches no client whole (the
+ * transfer breaks) and nothing of it becomes visible. On the filesystem the verified temp file is
+ * then fsynced and renamed into place; a failure of those last steps loses the cache copy only.
  */
 export class BlobFill {
   /** Bytes received from upstream. */
@@ -49,7 +50,7 @@ export class BlobFill {
   stored = 0;
   /** Total size from the upstream's Content-Length; undefined if it sent none. */
   size: number | undefined;
-  /** Every byte received, verified and committed to the store: clients may have the last byte. */
+  /** Every byte received and verified (on S3: committed): clients may have the last byte. */
   verified = false;
   /** Committed and linked (new clients are served from the store). */
   done = false;
@@ -73,8 +74,8 @@ export class BlobFill {
   private writing = false;
   /** run() is over: committed, or failed. */
   private ended = false;
-  private committing = false;
-  /** Bytes the sink was told are spooled (commit covers the rest). */
+  private verifying = false;
+  /** Bytes the sink was told are spooled (verify covers the rest). */
   private hashAnnounced = 0;
   private upstreamEnded = false;
   private upstreamEndedAt = 0;
@@ -111,6 +112,7 @@ export class BlobFill {
     const startedAt = Date.now();
     const sink = fillSink(target, this.digest);
     let opened = false;
+    let persisted = false;
     try {
       const { body, size } = await openUpstream();
       this.size = size;
@@ -118,31 +120,33 @@ export class BlobFill {
       this.fd = await sink.open();
       this.sink = sink;
       opened = true;
-      // Resolved once every byte is spooled and the blob committed; rejected by any failure.
-      const committed = new Promise<void>((resolve, reject) => {
+      // Resolved once every byte is spooled (and stored) and verified; rejected by any failure.
+      const verified = new Promise<void>((resolve, reject) => {
         this.settle = (err) => (err ? reject(err) : resolve());
       });
       this.receive(body);
       this.resolveReady();
       this.armAbandonTimer();
-      await committed;
+      await verified;
+      await sink.persist(this.fd);
+      persisted = true;
       await link();
       this.done = true;
       log.info({
         name, digest: this.digest.value, size: this.received, ms: Date.now() - startedAt, storage: target.driver.kind,
-        // From the upstream's last byte to the commit (spooling, storing and hashing the rest).
+        // From the upstream's last byte to the clients' (spooling, storing and hashing the rest; on S3 the commit).
         verifyWaitMs: this.verifiedAt - this.upstreamEndedAt,
       }, 'blob cached from upstream');
     } catch (err) {
       const error = err instanceof Error ? err : new Error(String(err));
       if (this.verified) {
-        // The blob is in the store and the clients have it; only this repository's link is missing.
-        log.warn({ name, digest: this.digest.value, err: error.message }, 'blob cached but not linked to the repository');
+        // The clients have (or will read) every byte: only the cache copy or this repository's link is lost.
+        log.warn({ name, digest: this.digest.value, err: error.message }, 'blob served but not cached: storing or linking it failed');
       } else {
         this.fail(error);
         if (this.received > 0 || opened) log.warn({ name, digest: this.digest.value, err: error.message }, 'cache fill failed; nothing cached');
       }
-      if (opened && !this.verified) await sink.cancel().catch(() => {});
+      if (opened && !persisted) await sink.cancel().catch(() => {});
     } finally {
       this.ended = true;
       clearTimeout(this.abandonTimer);
@@ -182,7 +186,7 @@ export class BlobFill {
       this.upstreamEnded = true;
       this.upstreamEndedAt = Date.now();
       this.write();
-      this.commitIfComplete();
+      this.verifyIfComplete();
     });
     body.once('error', (err) => this.fail(err));
     body.once('close', () => {
@@ -190,12 +194,12 @@ export class BlobFill {
     });
   }
 
-  /** Everything is received, spooled and stored: the sink verifies and commits, then clients get the last byte. */
-  private commitIfComplete(): void {
-    if (this.committing || this.error || !this.upstreamEnded) return;
+  /** Everything is received, spooled and stored: the sink verifies (S3: and commits), then clients get the last byte. */
+  private verifyIfComplete(): void {
+    if (this.verifying || this.error || !this.upstreamEnded) return;
     if (this.written !== this.received || this.stored !== this.received || this.writing || this.storing) return;
-    this.committing = true;
-    this.sink!.commit(this.fd!, this.received).then(() => {
+    this.verifying = true;
+    this.sink!.verify(this.received).then(() => {
       if (this.error) return;
       this.verified = true;
       this.verifiedAt = Date.now();
@@ -216,7 +220,7 @@ export class BlobFill {
     const store = this.sink?.store;
     if (!store || this.storing || this.error) return;
     const chunk = this.storeQueue.shift();
-    if (!chunk) return this.commitIfComplete();
+    if (!chunk) return this.verifyIfComplete();
     this.storing = true;
     store(chunk).then(() => {
       this.storing = false;
@@ -233,7 +237,7 @@ export class BlobFill {
   /** The background spool writer: everything received and not yet written, in as few writev calls as it takes. */
   private write(): void {
     if (this.writing || this.error || this.fd === undefined) return;
-    if (this.written === this.received) return this.commitIfComplete();
+    if (this.written === this.received) return this.verifyIfComplete();
     if (!this.upstreamEnded && this.received - this.written < WRITE_MIN) return;
     const batch: Buffer[] = [];
     let bytes = 0;
