@@ -296,7 +296,8 @@ export class ProxyCache {
       }
       const length = Number(responseHeader(res.headers, 'content-length'));
       return { body: res.body, size: Number.isSafeInteger(length) && length >= 0 ? length : undefined };
-    }, this.ctx.blobs, name, this.ctx.log));
+    }, { driver: this.ctx.driver, key: this.ctx.layout.blobKey(digest), spoolDir: this.ctx.layout.tmpDir },
+    () => this.ctx.blobs.link(name, digest), name, this.ctx.log));
     await fill.ready;
     if (fill.size === undefined) await fill.finished;
     if (fill.done || fill.size === undefined) {
