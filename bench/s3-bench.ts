@@ -102,6 +102,8 @@ interface S3Server extends Server {
 }
 
 let profileDir: string | undefined;
+/** What each Stevedore worker process was, by pid: for the profiles. */
+const roles = new Map<number, string>();
 
 /** `stevedore registry --storage s3://BUCKET/PREFIX` (AWS_* from startCephRgw) at log level warn. */
 async function startStevedore(prefix: string, upstream?: string): Promise<S3Server> {
@@ -116,6 +118,7 @@ async function startStevedore(prefix: string, upstream?: string): Promise<S3Serv
   const output = capture(proc);
   const url = `http://127.0.0.1:${port}`;
   await waitReady(url, proc, output, 20_000);
+  roles.set(proc.pid!, upstream ? 'cache worker (cold pulls)' : 'hosted worker (push, pull, blob GET, manifest GET)');
   return {
     side: 'stevedore', label: 'stevedore', url, pid: proc.pid!, proc, output, prefix, localRoot: join(dir, 'root'),
     stop: async () => { await stopProcess(proc); children.delete(proc); },
@@ -563,7 +566,7 @@ async function main(): Promise<void> {
   process.stdout.write(`${out.join('\n')}\n`);
 
   if (OPTS.profile) {
-    process.stdout.write(`\n${await summarizeCpuProfiles(profileDir!, 25)}\n`);
+    process.stdout.write(`\n${await summarizeCpuProfiles(profileDir!, 20, roles)}\n`);
   }
   if (OPTS.json) {
     await writeFile(OPTS.json, `${JSON.stringify({ date: new Date().toISOString(), options: OPTS, rows, breakdown, notes, loadStart, loadEnd }, null, 2)}\n`);
