@@ -4,8 +4,9 @@ import { removeStale } from '../lib/storage/atomic.js';
 import { StorageLayout } from '../lib/storage/layout.js';
 import { ConfigError } from '../lib/config.js';
 import { formatStorageLocation, type StorageLocation } from '../lib/storage/driver/location.js';
-import { BlobStore } from '../services/registry/src/store/blob-store.js';
-import { ManifestStore } from '../services/registry/src/store/manifest-store.js';
+import { BlobStore } from '../lib/storage/blob-store.js';
+import { ManifestStore } from '../lib/storage/manifest-store.js';
+import { FilesystemDriver } from '../lib/storage/driver/filesystem.js';
 
 /**
  * The directory of a filesystem store. Transitional: the air-gap commands still write through file
@@ -26,8 +27,8 @@ const STALE_TEMP_MS = 24 * 3_600_000;
  */
 export async function openStoreWriter(dir: string, moreTempDirs: string[] = []): Promise<StoreWriter> {
   const layout = new StorageLayout(dir);
-  const blobStore = new BlobStore(layout);
-  const writer = new StoreWriter(layout, blobStore, new ManifestStore(layout, blobStore));
+  const blobStore = new BlobStore(new FilesystemDriver(dir), layout);
+  const writer = new StoreWriter(layout, blobStore, new ManifestStore(blobStore));
   await mkdir(dir, { recursive: true });
   await writer.ensureDirs();
   for (const temp of [layout.tmpDir, ...moreTempDirs]) await removeStale(temp, STALE_TEMP_MS);

@@ -97,7 +97,9 @@ describe('crash safety of uploads', () => {
     assert.equal(await w1.stop(), 0);
     const [oldSession, freshSession] = locations.map((l) => join(root, '_uploads', l.split('/').pop()!)) as [string, string];
     const threeHoursAgo = new Date(Date.now() - 3 * 3_600_000);
-    await utimes(oldSession, threeHoursAgo, threeHoursAgo);
+    // A session's age is its recorded start (the store's objects cannot be back-dated on S3).
+    const oldState = join(oldSession, 'state.json');
+    await writeFile(oldState, JSON.stringify({ ...JSON.parse(await readFile(oldState, 'utf8')), startedAt: threeHoursAgo.getTime() }));
     const tmp = join(root, '_tmp', '_hosted');
     await mkdir(tmp, { recursive: true });
     await writeFile(join(tmp, 'stale-temp'), 'x');

@@ -1,5 +1,7 @@
 import type { FileHandle } from 'node:fs/promises';
 import type { OutgoingHttpHeaders, ServerResponse } from 'node:http';
+import type { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 
 /**
  * Blobs up to this size are answered from memory once read, by the registry workers and by the
@@ -101,5 +103,30 @@ export async function sendFileResponse(file: FileResponse, res: ServerResponse, 
     return isClientGone(err) ? undefined : (err as Error);
   } finally {
     await file.handle.close().catch(() => {});
+  }
+}
+
+/**
+ * As sendFileResponse for a store that is not a directory (S3): writes the headers and pipes the
+ * stream (the store's ranged read) to the response with backpressure. A stream that fails or ends
+ * short destroys the response: a broken transfer, never a short blob.
+ */
+export async function sendStreamResponse(stream: Readable, status: number, headers: OutgoingHttpHeaders, length: number, res: ServerResponse, sent?: (bytes: number) => void): Promise<Error | undefined> {
+  let received = 0;
+  try {
+    res.writeHead(status, headers);
+    await pipeline(stream, async function* (chunks: AsyncIterable<Buffer>) {
+      for await (const chunk of chunks) {
+        received += chunk.length;
+        sent?.(chunk.length);
+        yield chunk;
+      }
+      if (received !== length) throw new Error(`store stream ended at ${received} of ${length} bytes`);
+    }, res);
+    return undefined;
+  } catch (err) {
+    stream.destroy();
+    res.destroy();
+    return isClientGone(err) || (err as NodeJS.ErrnoException).code === 'ERR_STREAM_PREMATURE_CLOSE' ? undefined : (err as Error);
   }
 }

@@ -1,12 +1,12 @@
-import { open, readFile } from 'node:fs/promises';
 import { tryParseDigest, type Digest } from '../oci/digest.js';
 import { RegistryError } from '../oci/errors.js';
 import type { Reference } from '../oci/reference.js';
 import { BoundedMap } from './bounded-map.js';
+import { isStorageNotFound, type StorageDriver } from './driver/driver.js';
 import type { StorageLayout } from './layout.js';
 
 /**
- * Tags and revision links are re-read from disk at most this often: other processes (garbage
+ * Tags and revision links are re-read from the store at most this often: other processes (garbage
  * collection, the cleaner, seeding, the workers for the gateway) may change them. A process's own
  * writes update its cache at once; invalidate() drops what it knows of a repository another
  * process just wrote.
@@ -23,7 +23,7 @@ export interface StoredManifest {
   body: Buffer;
 }
 
-/** What a tag file says: the digest it points at and when it was written or last confirmed upstream (its mtime). */
+/** What a tag key says: the digest it points at and when it was written or last confirmed upstream (its modified time). */
 export interface TagState {
   digest: Digest;
   validatedAt: number;
@@ -36,16 +36,12 @@ interface Checked<T> {
   seq: number;
 }
 
-export function isNotFound(err: unknown): boolean {
-  const code = (err as NodeJS.ErrnoException).code;
-  return code === 'ENOENT' || code === 'ENOTDIR';
-}
-
-export async function readIfExists(path: string): Promise<string | undefined> {
+/** A small key's content as text, or undefined when it does not exist. */
+export async function readIfExists(driver: StorageDriver, key: string): Promise<string | undefined> {
   try {
-    return await readFile(path, 'utf8');
+    return (await driver.getContent(key)).toString('utf8');
   } catch (err) {
-    if (isNotFound(err)) return undefined;
+    if (isStorageNotFound(err)) return undefined;
     throw err;
   }
 }
@@ -63,7 +59,7 @@ export class ManifestReader {
   private readonly invalidations = new Map<string, { seq: number; at: number }>();
   private seq = 0;
 
-  constructor(protected readonly layout: StorageLayout) {}
+  constructor(readonly driver: StorageDriver, readonly layout: StorageLayout) {}
 
   /** A cache entry for a read starting now. */
   protected stamp<T>(value: T, checkedAt = Date.now()): Checked<T> {
@@ -107,16 +103,13 @@ export class ManifestReader {
     const cached = this.tags.get(key);
     if (this.isFresh(name, cached)) return cached!.value;
     const entry = this.stamp<TagState | undefined>(undefined);
-    let handle;
     try {
-      handle = await open(this.layout.tagPath(name, tag), 'r');
-      const [raw, info] = await Promise.all([handle.readFile('utf8'), handle.stat()]);
-      const digest = tryParseDigest(raw.trim());
-      if (digest) entry.value = { digest, validatedAt: info.mtimeMs };
+      // Content and write time in one request: the write time is when the tag was last validated.
+      const { data, modifiedAt } = await this.driver.getVersioned(this.layout.tagKey(name, tag));
+      const digest = tryParseDigest(data.toString('utf8').trim());
+      if (digest) entry.value = { digest, validatedAt: modifiedAt.getTime() };
     } catch (err) {
-      if (!isNotFound(err)) throw err;
-    } finally {
-      await handle?.close();
+      if (!isStorageNotFound(err)) throw err;
     }
     if (entry.value) this.tags.set(key, entry as Checked<TagState>);
     else this.tags.delete(key);
@@ -133,21 +126,21 @@ export class ManifestReader {
     const cached = this.revisions.get(key);
     if (this.isFresh(name, cached)) return cached!.value;
     const entry = this.stamp('');
-    entry.value = (await readIfExists(this.layout.manifestRevisionPath(name, digest)))?.trim() ?? '';
+    entry.value = (await readIfExists(this.driver, this.layout.manifestRevisionKey(name, digest)))?.trim() ?? '';
     if (entry.value) this.revisions.set(key, entry);
     else this.revisions.delete(key);
     return entry.value || undefined;
   }
 
-  /** A manifest's bytes (stored as a blob), or undefined if the file is gone. */
+  /** A manifest's bytes (stored as a blob), or undefined if the blob is gone. */
   async body(digest: Digest): Promise<Buffer | undefined> {
     const cached = this.bodies.get(digest.value);
     if (cached) return cached;
     let body: Buffer;
     try {
-      body = await readFile(this.layout.blobPath(digest));
+      body = await this.driver.getContent(this.layout.blobKey(digest));
     } catch (err) {
-      if (isNotFound(err)) return undefined;
+      if (isStorageNotFound(err)) return undefined;
       throw err;
     }
     this.rememberBody(digest, body);

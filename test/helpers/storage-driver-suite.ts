@@ -255,6 +255,9 @@ export function driverConformance(name: string, under: DriverUnderTest): void {
       await driver.putContent('tags/t', 'v1');
       const v1 = await driver.getVersioned('tags/t');
       assert.equal(v1.data.toString(), 'v1');
+      // modifiedAt in the same answer is what stat() says (a tag's "validated at" is read this way).
+      assert.equal(v1.modifiedAt.getTime(), (await driver.stat('tags/t')).modifiedAt.getTime());
+      assert.ok(Math.abs(v1.modifiedAt.getTime() - Date.now()) < 60_000, String(v1.modifiedAt));
       const v2 = await driver.replaceIfMatch('tags/t', 'v2', v1.version);
       assert.ok(v2 && v2 !== v1.version);
       assert.equal(await other.replaceIfMatch('tags/t', 'stale', v1.version), undefined);

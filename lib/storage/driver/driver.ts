@@ -22,7 +22,10 @@ export interface StorageDriver {
 
   /** The whole content of a small key (tag, manifest, link, record). */
   getContent(key: string): Promise<Buffer>;
-  /** Content plus a version token for replaceIfMatch (S3: the unquoted ETag; filesystem: content MD5). */
+  /**
+   * Content plus a version token for replaceIfMatch (S3: the unquoted ETag; filesystem: content MD5)
+   * and the time it was last written, in one request (a tag's "validated at" is its write time).
+   */
   getVersioned(key: string): Promise<VersionedContent>;
   /** Writes a small key atomically (readers see the old or the new content, never a mix). */
   putContent(key: string, data: Buffer | string): Promise<void>;
@@ -68,6 +71,8 @@ export interface StorageDriver {
 export interface VersionedContent {
   data: Buffer;
   version: string;
+  /** When the key was last written (S3 LastModified, file mtime): what stat() reports as modifiedAt. */
+  modifiedAt: Date;
 }
 
 export interface KeyInfo {

@@ -69,6 +69,8 @@ export class FilesystemUploads implements UploadSessions {
       } finally {
         await handle.close();
       }
+      // Deleted (cancelled) while the chunk streamed: writing the state would bring the session back.
+      await this.driver.stat(this.stateKey(id));
       await this.writeState(id, { ...state, offset: size });
       if (hash) this.running.set(id, { size, hash });
       return size;

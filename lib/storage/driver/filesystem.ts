@@ -1,6 +1,7 @@
 import { createHash, randomUUID, type Hash } from 'node:crypto';
 import type { Dirent } from 'node:fs';
 import { link, mkdir, open, readdir, readFile, rm, rmdir, stat, unlink, type FileHandle } from 'node:fs/promises';
+import { hostname } from 'node:os';
 import { dirname, join, relative, sep } from 'node:path';
 import { Readable } from 'node:stream';
 import type { Digest, DigestAlgorithm } from '../../oci/digest.js';
@@ -17,6 +18,21 @@ const MISSING = new Set(['ENOENT', 'ENOTDIR', 'EISDIR']);
 
 function isMissing(err: unknown): boolean {
   return MISSING.has((err as NodeJS.ErrnoException).code ?? '');
+}
+
+/** Who holds a lock this process takes: `<host> <pid>`. */
+const LOCK_OWNER = `${hostname()} ${process.pid}`;
+
+/** Whether a lock's owner is a process of this host that no longer runs. */
+function isDeadLocalOwner(owner: string): boolean {
+  const [host, pid] = owner.split(' ');
+  if (host !== hostname() || !pid || !/^\d+$/.test(pid)) return false;
+  try {
+    process.kill(Number(pid), 0);
+    return false;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'ESRCH';
+  }
 }
 
 function md5(data: Buffer): string {
@@ -67,8 +83,17 @@ export class FilesystemDriver implements StorageDriver {
   }
 
   async getVersioned(key: string): Promise<VersionedContent> {
-    const data = await this.getContent(key);
-    return { data, version: md5(data) };
+    let handle: FileHandle | undefined;
+    try {
+      handle = await open(this.path(key), 'r');
+      const [data, info] = await Promise.all([handle.readFile(), handle.stat()]);
+      return { data, version: md5(data), modifiedAt: info.mtime };
+    } catch (err) {
+      if (isMissing(err)) throw new StorageNotFoundError(key);
+      throw err;
+    } finally {
+      await handle?.close();
+    }
   }
 
   async putContent(key: string, data: Buffer | string): Promise<void> {
@@ -242,8 +267,10 @@ export class FilesystemDriver implements StorageDriver {
   }
 
   /**
-   * Runs `fn` holding a lock file (create-exclusive) shared by every process on this store. A lock
-   * older than 30 s is taken over: its holder died (operations under it take milliseconds).
+   * Runs `fn` holding a lock file (create-exclusive) shared by every process on this store. The file
+   * names its holder (`host pid`): a lock of a process of this host that is gone (killed mid-append)
+   * is taken over at once; any other lock once it is older than 30 s (operations under it take
+   * milliseconds, an append as long as its chunk streams).
    */
   async withLock<T>(name: string, fn: () => Promise<T>): Promise<T> {
     const path = join(this.locksDir, name);
@@ -251,7 +278,7 @@ export class FilesystemDriver implements StorageDriver {
     for (;;) {
       try {
         const handle = await open(path, 'wx');
-        await handle.close();
+        await handle.writeFile(LOCK_OWNER).finally(() => handle.close());
         break;
       } catch (err) {
         const code = (err as NodeJS.ErrnoException).code;
@@ -261,7 +288,8 @@ export class FilesystemDriver implements StorageDriver {
         }
         if (code !== 'EEXIST') throw err;
         const info = await stat(path).catch(() => undefined);
-        if (info && Date.now() - info.mtimeMs > 30_000) await unlink(path).catch(() => {});
+        const owner = await readFile(path, 'utf8').catch(() => '');
+        if ((info && Date.now() - info.mtimeMs > 30_000) || isDeadLocalOwner(owner)) await unlink(path).catch(() => {});
         if (Date.now() > deadline) throw new Error(`timed out waiting for storage lock ${name}`);
         await new Promise((resolve) => setTimeout(resolve, 2));
       }

@@ -1,6 +1,6 @@
 import { createHash, randomUUID, type Hash } from 'node:crypto';
 import type { Digest } from '../../oci/digest.js';
-import { UploadOffsetError, type UploadSession, type UploadSessions } from './driver.js';
+import { StorageNotFoundError, UploadOffsetError, type UploadSession, type UploadSessions } from './driver.js';
 import { MIN_PART_SIZE, S3BlobWriter } from './s3-blob-writer.js';
 import type { S3Driver } from './s3.js';
 import { checkUploadId, offsetKey, verifyContent } from './verify.js';
@@ -83,6 +83,11 @@ export class S3Uploads implements UploadSessions {
     if (!(await this.driver.putIfAbsent(`${this.dir(id)}claims/${offsetKey(offset)}`, JSON.stringify(claim)))) {
       await this.driver.delete(chunkKey);
       throw new UploadOffsetError((await this.get(id)).size, offset);
+    }
+    // Deleted (cancelled) while the chunk streamed: the claim must not outlive the session.
+    if (!(await this.driver.stat(`${this.dir(id)}state.json`).then(() => true, () => false))) {
+      await this.driver.deletePrefix(this.dir(id));
+      throw new StorageNotFoundError(`${this.dir(id)}state.json`);
     }
     if (hash) this.running.set(id, { size: offset + writer.size, hash });
     return offset + writer.size;

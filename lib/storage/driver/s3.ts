@@ -80,7 +80,7 @@ export class S3Driver implements StorageDriver {
     return this.call(key, async () => {
       const out = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key: this.objectKey(key) }));
       const data = Buffer.from(await out.Body!.transformToByteArray());
-      return { data, version: unquote(out.ETag) };
+      return { data, version: unquote(out.ETag), modifiedAt: out.LastModified ?? new Date(0) };
     });
   }
 

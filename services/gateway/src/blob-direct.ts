@@ -1,18 +1,21 @@
-import { open, stat, type FileHandle } from 'node:fs/promises';
+import { open, type FileHandle } from 'node:fs/promises';
 import type { IncomingHttpHeaders, OutgoingHttpHeaders, ServerResponse } from 'node:http';
+import type { Readable } from 'node:stream';
 import type { AppliancePlan, WorkerPlan } from '../../../lib/appliance.js';
 import { parseRange } from '../../../lib/http/range.js';
-import { SMALL_BLOB_MAX, sendFileResponse, type FileResponse } from '../../../lib/http/file-response.js';
+import { SMALL_BLOB_MAX, sendFileResponse, sendStreamResponse, type FileResponse } from '../../../lib/http/file-response.js';
 import { tryParseDigest, type Digest } from '../../../lib/oci/digest.js';
 import { RECHECK_MS } from '../../../lib/storage/manifest-reader.js';
 import { echoedNamespace } from '../../../lib/oci/route.js';
 import { StorageLayout } from '../../../lib/storage/layout.js';
 import { BoundedMap } from '../../../lib/storage/bounded-map.js';
+import type { StorageDriver } from '../../../lib/storage/driver/driver.js';
+import { FilesystemDriver } from '../../../lib/storage/driver/filesystem.js';
 
 /** Small blob bodies kept in memory, in all (as the worker's BlobStore keeps them). */
 const SMALL_BODIES_BYTES = 8 * 1024 * 1024;
 /**
- * How long a repository's link to a small blob, and the blob file, are trusted before disk is asked
+ * How long a repository's link to a small blob, and the blob, are trusted before the store is asked
  * again: what another process removes (GC, the cleaner) stops being served within about a second,
  * as for manifests (lib/storage/manifest-reader.ts RECHECK_MS); a delete through the gateway at once.
  */
@@ -27,14 +30,15 @@ const LINKS_PER_REPOSITORY = 10_000;
  * ~0.3-0.4x the worker's own rate, the gateway spending ~2x the worker's CPU per byte to copy it
  * from one socket to the other; a 4 KiB blob at ~0.3x the worker's request rate. Read from disk
  * (large blobs) or memory (small ones, up to SMALL_BLOB_MAX, as the worker keeps them), a blob
- * costs what it costs the worker.
+ * costs what it costs the worker. On a store that is not a directory (S3), large blobs are the
+ * store's ranged read, streamed as the worker streams it.
  *
  * Only the case with a single possible answer is taken: a GET (no If-None-Match) of a blob that
  * the repository links (the worker's own check) and that is stored, with a satisfiable or no Range.
  * The answer is the worker's, header for header (routes/blobs.ts, app.ts): 200 or 206 and the same
  * headers, the cache's `hit` for a pull-through worker. Everything else (not linked, not stored, a
  * fill in progress, HEAD, conditional, 416, a failure before the headers) goes to the worker as
- * before. For large blobs, links and files are checked on disk for every request; for small ones
+ * before. For large blobs, links and blobs are checked in the store for every request; for small ones
  * at most SMALL_RECHECK_MS apart (the worker trusts its own for 5 s), and a write through the
  * gateway (invalidate()) drops what is known of the repository.
  */
@@ -45,10 +49,11 @@ export class DirectBlobs {
   /** `<worker>\0<repository>` -> small blob digest -> when its link and file were last seen on disk. */
   private readonly smallLinks = new BoundedMap<string, Map<string, number>>(10_000);
 
-  constructor(root: string, plan: AppliancePlan) {
-    this.layouts.set(plan.hosted.name, new StorageLayout(root));
+  constructor(private readonly driver: StorageDriver, plan: AppliancePlan) {
+    // The layout's root only names file paths, which are not used here: keys go through the driver.
+    this.layouts.set(plan.hosted.name, new StorageLayout(driver.location));
     // A cache worker's namespace is its upstream's canonical host (buildRegistry: config.upstream.host).
-    for (const worker of plan.proxies) this.layouts.set(worker.name, new StorageLayout(root, { namespace: worker.upstream! }));
+    for (const worker of plan.proxies) this.layouts.set(worker.name, new StorageLayout(driver.location, { namespace: worker.upstream! }));
   }
 
   /** A write to `repository` (a blob delete) went through the gateway to `worker`: forget its links. */
@@ -70,11 +75,14 @@ export class DirectBlobs {
       const checkedAt = this.smallLinks.get(`${worker.name}\0${repository}`)?.get(digest.value);
       if (checkedAt !== undefined && Date.now() - checkedAt < SMALL_RECHECK_MS) return fromMemory(body, digest, headers, url);
     }
-    return this.prepareFromDisk(worker, layout, repository, digest, headers, url);
+    return this.driver instanceof FilesystemDriver
+      ? this.prepareFromDisk(this.driver, worker, layout, repository, digest, headers, url)
+      : this.prepareFromStore(worker, layout, repository, digest, headers, url);
   }
 
   /** Sends a prepared blob; resolves with a failure worth logging (see sendFileResponse). */
   send(blob: DirectBlob, res: ServerResponse, sent: (bytes: number) => void): Promise<Error | undefined> | undefined {
+    if ('stream' in blob) return sendStreamResponse(blob.stream, blob.status, blob.headers, blob.length, res, sent);
     if (!('body' in blob)) return sendFileResponse(blob, res, sent);
     res.writeHead(blob.status, blob.headers);
     res.end(blob.body);
@@ -82,12 +90,13 @@ export class DirectBlobs {
     return undefined;
   }
 
-  private async prepareFromDisk(worker: WorkerPlan, layout: StorageLayout, repository: string, digest: Digest, headers: IncomingHttpHeaders, url: string): Promise<DirectBlob | undefined> {
+  /** The filesystem fast path: the link checked and the blob opened as files. */
+  private async prepareFromDisk(driver: FilesystemDriver, worker: WorkerPlan, layout: StorageLayout, repository: string, digest: Digest, headers: IncomingHttpHeaders, url: string): Promise<DirectBlob | undefined> {
     let handle: FileHandle | undefined;
     try {
       const checkedAt = Date.now();
-      await stat(layout.layerLinkPath(repository, digest));
-      handle = await open(layout.blobPath(digest), 'r');
+      await driver.stat(layout.layerLinkKey(repository, digest));
+      handle = await open(driver.path(layout.blobKey(digest)), 'r');
       const size = (await handle.stat()).size;
       if (size <= SMALL_BLOB_MAX) {
         const known = this.smallBodies.get(digest.value);
@@ -110,6 +119,34 @@ export class DirectBlobs {
     } catch {
       // Not linked, not stored (ENOENT), or unreadable: the worker answers (and logs what it must).
       await handle?.close().catch(() => {});
+      this.smallBodies.delete(digest.value);
+      return undefined;
+    }
+  }
+
+  /** Any other store (S3): link and blob stat'ed, a small blob read whole, a large one streamed from its range. */
+  private async prepareFromStore(worker: WorkerPlan, layout: StorageLayout, repository: string, digest: Digest, headers: IncomingHttpHeaders, url: string): Promise<DirectBlob | undefined> {
+    try {
+      const checkedAt = Date.now();
+      const key = layout.blobKey(digest);
+      const [, info] = await Promise.all([this.driver.stat(layout.layerLinkKey(repository, digest)), this.driver.stat(key)]);
+      const size = info.size;
+      if (size <= SMALL_BLOB_MAX) {
+        const known = this.smallBodies.get(digest.value);
+        const body = known !== undefined && known.length === size ? known : await this.driver.getContent(key);
+        if (body.length !== size) return undefined;
+        this.smallBodies.set(digest.value, body);
+        this.rememberLink(worker, repository, digest, checkedAt);
+        return fromMemory(body, digest, headers, url);
+      }
+      const range = parseRange(headers.range, size);
+      if (range.kind === 'unsatisfiable') return undefined;
+      const start = range.kind === 'partial' ? range.range.start : 0;
+      const end = range.kind === 'partial' ? range.range.end : size - 1;
+      const stream = await this.driver.reader(key, { offset: start, length: end - start + 1 });
+      return { stream, length: end - start + 1, status: range.kind === 'partial' ? 206 : 200, headers: blobHeaders(digest, size, range.kind === 'partial' ? [start, end] : undefined, url) };
+    } catch {
+      // Not linked, not stored, or the store unavailable: the worker answers (and logs what it must).
       this.smallBodies.delete(digest.value);
       return undefined;
     }
@@ -156,5 +193,7 @@ export function namespaceHeader(url: string): string | undefined {
   return q === -1 ? undefined : echoedNamespace(new URLSearchParams(url.slice(q + 1)).get('ns'));
 }
 
-/** A stored blob to send: a large one from its open file, a small one from memory; 200 or 206. */
-export type DirectBlob = (FileResponse & { status: 200 | 206 }) | { status: 200 | 206; headers: OutgoingHttpHeaders; body: Buffer };
+/** A stored blob to send: a large one from its open file or the store's stream, a small one from memory; 200 or 206. */
+export type DirectBlob = (FileResponse & { status: 200 | 206 })
+  | { status: 200 | 206; headers: OutgoingHttpHeaders; body: Buffer }
+  | { status: 200 | 206; headers: OutgoingHttpHeaders; stream: Readable; length: number };

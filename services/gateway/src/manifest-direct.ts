@@ -5,6 +5,7 @@ import { isValidTag } from '../../../lib/oci/reference.js';
 import { tryParseDigest, type Digest } from '../../../lib/oci/digest.js';
 import { StorageLayout } from '../../../lib/storage/layout.js';
 import { ManifestReader } from '../../../lib/storage/manifest-reader.js';
+import type { StorageDriver } from '../../../lib/storage/driver/driver.js';
 import { namespaceHeader } from './blob-direct.js';
 
 export interface DirectManifest {
@@ -41,8 +42,8 @@ const NOT_CACHED = Symbol('not cached');
  *  - by tag, hosted: the tag file's digest; cached for at most a second (as in the worker), and
  *    dropped at once when a write to the repository passes through the gateway (invalidate()),
  *    so a client always reads its own push or delete;
- *  - by tag, cache worker: only while the tag is within the worker's tag TTL (the tag file's
- *    mtime, which the worker sets when it writes or revalidates the tag); past it, the worker
+ *  - by tag, cache worker: only while the tag is within the worker's tag TTL (the tag key's
+ *    modified time: the worker rewrites the tag when it revalidates it); past it, the worker
  *    asks the upstream as before.
  * Anything else (unknown, Accept refusing the stored type, TTL passed, bodies over 256 KiB) goes
  * to the worker. Once read, an answer comes from memory without waiting on anything.
@@ -50,10 +51,11 @@ const NOT_CACHED = Symbol('not cached');
 export class DirectManifests {
   private readonly readers = new Map<string, ManifestReader>();
 
-  constructor(root: string, plan: AppliancePlan, private readonly tagTtlMs: number) {
-    this.readers.set(plan.hosted.name, new ManifestReader(new StorageLayout(root)));
+  constructor(driver: StorageDriver, plan: AppliancePlan, private readonly tagTtlMs: number) {
+    // The layout's root only names file paths, which the reader does not use: keys go through the driver.
+    this.readers.set(plan.hosted.name, new ManifestReader(driver, new StorageLayout(driver.location)));
     // A cache worker's namespace is its upstream's canonical host (buildRegistry: config.upstream.host).
-    for (const worker of plan.proxies) this.readers.set(worker.name, new ManifestReader(new StorageLayout(root, { namespace: worker.upstream! })));
+    for (const worker of plan.proxies) this.readers.set(worker.name, new ManifestReader(driver, new StorageLayout(driver.location, { namespace: worker.upstream! })));
   }
 
   /** A write to `repository` went through the gateway to `worker`: forget what is cached of it. */

@@ -6,6 +6,8 @@ import type { Logger } from '../../../lib/log.js';
 import { RegistryError, isRegistryError } from '../../../lib/oci/errors.js';
 import type { AccessLogWriter } from './access-log.js';
 import { DirectBlobs } from './blob-direct.js';
+import type { StorageDriver } from '../../../lib/storage/driver/driver.js';
+import { FilesystemDriver } from '../../../lib/storage/driver/filesystem.js';
 import { DirectManifests } from './manifest-direct.js';
 import type { AuthenticatedUser, UserDirectory } from './auth.js';
 import type { GatewayMetrics } from './metrics.js';
@@ -29,6 +31,11 @@ export interface GatewayOptions {
    * goes to a worker.
    */
   root?: string;
+  /**
+   * The store when it is not the filesystem directory `root` (--storage): the direct answers read
+   * through it. Default: the filesystem store at `root`.
+   */
+  storage?: StorageDriver;
   /** The cache workers' tag TTL (STEVEDORE_TAG_TTL): how long the gateway may answer a cached tag itself. */
   tagTtlMs?: number;
   /** How long a request waits for a worker that is starting or restarting (STEVEDORE_WORKER_WAIT; default 10 s). */
@@ -63,8 +70,9 @@ export function createGateway(options: GatewayOptions): Server {
   const { plan, log, users, realm, accessLog, metrics } = options;
   const byPrefix = prefixIndex(plan);
   const challenge = `Basic realm="${realm}"`;
-  const directBlobs = options.root ? new DirectBlobs(options.root, plan) : undefined;
-  const directManifests = options.root ? new DirectManifests(options.root, plan, options.tagTtlMs ?? 0) : undefined;
+  const storage = options.storage ?? (options.root ? new FilesystemDriver(options.root) : undefined);
+  const directBlobs = storage ? new DirectBlobs(storage, plan) : undefined;
+  const directManifests = storage ? new DirectManifests(storage, plan, options.tagTtlMs ?? 0) : undefined;
 
   /** A write (manifest push, tag, delete; blob delete) reached a worker: what the gateway cached of the repository is stale. */
   function forgetAfterWrite(req: IncomingMessage, ctx: GatewayContext): void {

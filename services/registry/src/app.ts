@@ -7,10 +7,12 @@ import type { RegistryConfig } from '../../../lib/config.js';
 import { RegistryError, isRegistryError } from '../../../lib/oci/errors.js';
 import { echoedNamespace, parseRegistryPath, splitUrl, type RegistryRoute } from '../../../lib/oci/route.js';
 import { StorageLayout } from '../../../lib/storage/layout.js';
+import type { StorageDriver } from '../../../lib/storage/driver/driver.js';
+import { FilesystemDriver } from '../../../lib/storage/driver/filesystem.js';
 import type { RegistryContext } from './context.js';
-import { BlobStore } from './store/blob-store.js';
-import { ManifestStore } from './store/manifest-store.js';
-import { UploadStore } from './store/upload-store.js';
+import { BlobStore } from '../../../lib/storage/blob-store.js';
+import { ManifestStore } from '../../../lib/storage/manifest-store.js';
+import { UploadStore } from '../../../lib/storage/upload-store.js';
 import { deleteBlob, getBlob } from './routes/blobs.js';
 import { ProxyCache, type ProxyOptions } from './proxy/proxy-cache.js';
 import { UpstreamClient } from './proxy/upstream-client.js';
@@ -24,6 +26,11 @@ export interface RegistryOptions {
   config: Pick<RegistryConfig, 'root' | 'readOnly' | 'manifestMaxSize'>
     & Partial<Pick<RegistryConfig, 'upstream' | 'tagTtl' | 'negativeTtl' | 'upstreamTimeout' | 'fillTimeout'>>;
   log: Logger;
+  /**
+   * The store (see openConfiguredStorage); default: the filesystem store at `config.root`, which stays
+   * the local directory either way (temp files of cache fills).
+   */
+  driver?: StorageDriver;
   /** Credentials for the upstream of a pull-through cache (from the auths file). */
   upstreamCredentials?: UpstreamCredentials;
   /** Cache settings that have no option of their own (tests: the upstream tag-list page size). */
@@ -197,17 +204,18 @@ export interface RegistryApp {
   context: RegistryContext;
 }
 
-/** Builds one registry worker (not listening): the stores over `config.root` and the /v2/ API. */
-export function buildRegistry({ config, log, upstreamCredentials, proxyOptions }: RegistryOptions): RegistryApp {
+/** Builds one registry worker (not listening): the stores over `driver` and the /v2/ API. */
+export function buildRegistry({ config, log, driver = new FilesystemDriver(config.root), upstreamCredentials, proxyOptions }: RegistryOptions): RegistryApp {
   const layout = new StorageLayout(config.root, { namespace: config.upstream?.host });
-  const blobs = new BlobStore(layout);
+  const blobs = new BlobStore(driver, layout);
   const context: RegistryContext = {
     config,
     log,
+    driver,
     layout,
     blobs,
-    manifests: new ManifestStore(layout, blobs),
-    uploads: new UploadStore(layout, blobs),
+    manifests: new ManifestStore(blobs),
+    uploads: new UploadStore(blobs),
   };
   if (config.upstream) {
     const client = new UpstreamClient(config.upstream, upstreamCredentials, log, config.upstreamTimeout ?? 30_000);

@@ -1,8 +1,9 @@
 import { lstat, mkdir, rm } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
-import { ConfigError, loadRegistryConfig, type ListenAddress } from '../../../lib/config.js';
+import { ConfigError, loadRegistryConfig, storageLocationOf, type ListenAddress } from '../../../lib/config.js';
 import { createLogger } from '../../../lib/log.js';
 import { buildRegistry } from './app.js';
+import { openConfiguredStorage } from '../../../lib/storage/driver/open.js';
 import { credentialsFor, readAuthsFile } from '../../../lib/upstreams.js';
 
 const LOOPBACK = new Set(['127.0.0.1', '::1', 'localhost']);
@@ -46,9 +47,15 @@ export async function runRegistry(argv: readonly string[]): Promise<number> {
       return 2;
     }
   }
-  const { app, context } = buildRegistry({ config, log, upstreamCredentials });
-  const purged = await context.uploads.purgeStale(config.uploadTtl);
-  if (purged > 0) log.info({ purged }, 'removed stale upload sessions and temp files');
+  const driver = openConfiguredStorage(storageLocationOf(config, config.root), config);
+  const { app, context } = buildRegistry({ config, log, driver, upstreamCredentials });
+  try {
+    const purged = await context.uploads.purgeStale(config.uploadTtl);
+    if (purged > 0) log.info({ purged }, 'removed stale upload sessions and temp files');
+  } catch (err) {
+    // A store that is down at start-up: serve anyway (requests answer 503 until it is back).
+    log.warn({ err, storage: driver.location }, 'start-up sweep of stale uploads failed');
+  }
 
   try {
     await listen(app, config.listen);
@@ -63,7 +70,7 @@ export async function runRegistry(argv: readonly string[]): Promise<number> {
     log.warn({ address }, 'listening on a non-loopback address: in the appliance, workers are reached only through the gateway');
   }
   log.info({
-    address, root: config.root, readOnly: config.readOnly,
+    address, root: config.root, storage: driver.location, readOnly: config.readOnly,
     upstream: config.upstream?.url.href, upstreamAuth: config.upstream ? (upstreamCredentials ? 'credentials' : 'anonymous') : undefined,
   }, 'registry listening');
   process.send?.('ready');

@@ -8,6 +8,7 @@ import { isValidName, isValidTag } from '../../../../lib/oci/reference.js';
 import { listRepositoryNames } from '../../../../lib/storage/inventory.js';
 import { StorageLayout } from '../../../../lib/storage/layout.js';
 import { ManifestReader } from '../../../../lib/storage/manifest-reader.js';
+import { FilesystemDriver } from '../../../../lib/storage/driver/filesystem.js';
 
 /** "hosted", or the upstream host of a cache worker. */
 export type Source = string;
@@ -100,10 +101,12 @@ export class StoreView {
 
   constructor(root: string, plan: AppliancePlan) {
     this.blobs = new StorageLayout(root);
-    this.sources.set('hosted', { layout: this.blobs, reader: new AtimeKeepingReader(this.blobs), worker: plan.hosted });
+    // Transitional (the console moves onto the driver separately): the filesystem store at `root`.
+    const driver = new FilesystemDriver(root);
+    this.sources.set('hosted', { layout: this.blobs, reader: new AtimeKeepingReader(driver, this.blobs), worker: plan.hosted });
     for (const worker of plan.proxies) {
       const layout = new StorageLayout(root, { namespace: worker.upstream! });
-      this.sources.set(worker.upstream!, { layout, reader: new AtimeKeepingReader(layout), worker });
+      this.sources.set(worker.upstream!, { layout, reader: new AtimeKeepingReader(driver, layout), worker });
     }
   }
 

@@ -5,7 +5,7 @@ import type { Digest } from '../../../../lib/oci/digest.js';
 import { RegistryError } from '../../../../lib/oci/errors.js';
 import { tempPath } from '../../../../lib/storage/atomic.js';
 import type { Logger } from '../../../../lib/log.js';
-import type { BlobStore } from '../store/blob-store.js';
+import type { BlobStore } from '../../../../lib/storage/blob-store.js';
 import { FileHasher, type FileHashJob } from './file-hasher.js';
 
 /** Bytes one file read gives a client that fell behind the memory window. */

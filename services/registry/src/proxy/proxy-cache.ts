@@ -12,7 +12,7 @@ import { paginate, parsePagination } from '../routes/http.js';
 import { TAGS_PAGE_CAP } from '../routes/listings.js';
 import { sendManifest } from '../routes/manifests.js';
 import { BoundedMap } from '../../../../lib/storage/bounded-map.js';
-import type { StoredManifest } from '../store/manifest-store.js';
+import type { StoredManifest } from '../../../../lib/storage/manifest-store.js';
 import { BlobFills } from './blob-fill.js';
 import { readBodyCapped, responseHeader, type UpstreamClient, type UpstreamResponse } from './upstream-client.js';
 

@@ -3,7 +3,7 @@ import type { FastifyReply, FastifyRequest } from 'fastify';
 import { parseDigest, type Digest } from '../../../../lib/oci/digest.js';
 import { RegistryError } from '../../../../lib/oci/errors.js';
 import { parseRange } from '../../../../lib/http/range.js';
-import { sendFileResponse, SMALL_BLOB_MAX } from '../../../../lib/http/file-response.js';
+import { sendFileResponse, sendStreamResponse, SMALL_BLOB_MAX } from '../../../../lib/http/file-response.js';
 import type { RegistryContext } from '../context.js';
 
 /** Headers of every blob response (the digest is the blob's identity, so it is also its ETag). */
@@ -55,13 +55,22 @@ export async function getBlob(ctx: RegistryContext, name: string, rawDigest: str
     reply.send(data);
     return;
   }
-  const handle = await ctx.blobs.openHandle(digest);
-  if (!handle) throw unknown();
-  // The body bypasses fastify's stream piping: headers are written here and the file is copied
-  // to the socket through two reused buffers, so serving a blob of any size holds ~2 MiB and
-  // makes no garbage for the collector to catch up with.
+  if (ctx.blobs.filePath(digest) !== undefined) {
+    const handle = await ctx.blobs.openHandle(digest);
+    if (!handle) throw unknown();
+    // The body bypasses fastify's stream piping: headers are written here and the file is copied
+    // to the socket through two reused buffers, so serving a blob of any size holds ~2 MiB and
+    // makes no garbage for the collector to catch up with.
+    reply.hijack();
+    const failure = await sendFileResponse({ handle, status: reply.statusCode, headers: reply.getHeaders() as OutgoingHttpHeaders, start, end }, reply.raw);
+    if (failure) ctx.log.warn({ err: failure, name, digest: digest.value }, 'blob transfer failed');
+    return;
+  }
+  // Any other store: its ranged read, streamed (a store that is down fails here, before the headers: 503).
+  const stream = await ctx.blobs.open(digest, start, end);
+  if (!stream) throw unknown();
   reply.hijack();
-  const failure = await sendFileResponse({ handle, status: reply.statusCode, headers: reply.getHeaders() as OutgoingHttpHeaders, start, end }, reply.raw);
+  const failure = await sendStreamResponse(stream, reply.statusCode, reply.getHeaders() as OutgoingHttpHeaders, end - start + 1, reply.raw);
   if (failure) ctx.log.warn({ err: failure, name, digest: digest.value }, 'blob transfer failed');
 }
 

@@ -2,7 +2,7 @@ import type { FastifyReply } from 'fastify';
 import { parseDigest } from '../../../../lib/oci/digest.js';
 import { MediaType } from '../../../../lib/oci/media-types.js';
 import type { RegistryContext } from '../context.js';
-import { listRepositories } from '../store/catalog.js';
+import { listRepositories } from '../../../../lib/storage/catalog.js';
 import { paginate, parsePagination } from './http.js';
 
 /** Largest page served; larger `n` (or none) is answered with this many and a Link to the rest. */
@@ -19,7 +19,7 @@ export async function listTags(ctx: RegistryContext, name: string, reply: Fastif
 
 export async function listCatalog(ctx: RegistryContext, reply: FastifyReply, query: URLSearchParams): Promise<void> {
   const { n, last } = parsePagination(query, CATALOG_PAGE_CAP);
-  const { page, link } = paginate(await listRepositories(ctx.layout), n, last, '/v2/_catalog');
+  const { page, link } = paginate(await listRepositories(ctx.driver, ctx.layout), n, last, '/v2/_catalog');
   if (link) reply.header('link', link);
   reply.code(200).header('content-type', 'application/json').send(JSON.stringify({ repositories: page }));
 }

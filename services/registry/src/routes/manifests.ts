@@ -2,7 +2,7 @@ import type { FastifyReply, FastifyRequest } from 'fastify';
 import { manifestResponse } from '../../../../lib/oci/manifest-response.js';
 import { lookupReference, parseReference, parseTag } from '../../../../lib/oci/reference.js';
 import type { RegistryContext } from '../context.js';
-import type { StoredManifest } from '../store/manifest-store.js';
+import type { StoredManifest } from '../../../../lib/storage/manifest-store.js';
 import { readLimitedBody } from './http.js';
 
 export async function getManifest(ctx: RegistryContext, name: string, ref: string, req: FastifyRequest, reply: FastifyReply): Promise<void> {

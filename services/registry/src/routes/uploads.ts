@@ -4,7 +4,7 @@ import { RegistryError } from '../../../../lib/oci/errors.js';
 import { parseRepositoryName } from '../../../../lib/oci/reference.js';
 import { parseUploadContentRange } from '../../../../lib/http/range.js';
 import type { RegistryContext } from '../context.js';
-import { uploadHeaders, type UploadSession } from '../store/upload-store.js';
+import { uploadHeaders, type UploadSession } from '../../../../lib/storage/upload-store.js';
 import { contentLength, hasBody } from './http.js';
 
 function blobCreated(reply: FastifyReply, name: string, digest: string): void {

@@ -1,20 +1,18 @@
-import { readdir, stat, unlink, utimes } from 'node:fs/promises';
-import { digestOf, tryParseDigest, type Digest } from '../../../../lib/oci/digest.js';
-import { RegistryError } from '../../../../lib/oci/errors.js';
-import { MediaType } from '../../../../lib/oci/media-types.js';
-import { descriptorDigest, parseManifest, type Descriptor, type ParsedManifest } from '../../../../lib/oci/manifest.js';
-import type { Reference } from '../../../../lib/oci/reference.js';
-import { writeFileAtomic } from '../../../../lib/storage/atomic.js';
-import type { StorageLayout } from '../../../../lib/storage/layout.js';
+import { digestOf, tryParseDigest, type Digest } from '../oci/digest.js';
+import { RegistryError } from '../oci/errors.js';
+import { MediaType } from '../oci/media-types.js';
+import { descriptorDigest, parseManifest, type Descriptor, type ParsedManifest } from '../oci/manifest.js';
+import type { Reference } from '../oci/reference.js';
 import type { BlobStore } from './blob-store.js';
-import { isNotFound, ManifestReader, readIfExists } from '../../../../lib/storage/manifest-reader.js';
+import { isStorageNotFound } from './driver/driver.js';
+import { ManifestReader, readIfExists } from './manifest-reader.js';
 
-export type { StoredManifest } from '../../../../lib/storage/manifest-reader.js';
+export type { StoredManifest } from './manifest-reader.js';
 
 /** The manifests of one store: ManifestReader's reads plus pushes, cache fills and deletes. */
 export class ManifestStore extends ManifestReader {
-  constructor(layout: StorageLayout, private readonly blobs: BlobStore) {
-    super(layout);
+  constructor(private readonly blobs: BlobStore) {
+    super(blobs.driver, blobs.layout);
   }
 
   /**
@@ -46,8 +44,9 @@ export class ManifestStore extends ManifestReader {
   }
 
   private async store(name: string, digest: Digest, body: Buffer, manifest: ParsedManifest, tags: string[]): Promise<void> {
-    if (!(await this.blobs.stat(digest))) await writeFileAtomic(this.layout.tmpDir, this.layout.blobPath(digest), body);
-    await writeFileAtomic(this.layout.tmpDir, this.layout.manifestRevisionPath(name, digest), manifest.mediaType);
+    // The body's digest was computed from these very bytes: a plain atomic write is a verified one.
+    if (!(await this.blobs.stat(digest))) await this.driver.putContent(this.layout.blobKey(digest), body);
+    await this.driver.putContent(this.layout.manifestRevisionKey(name, digest), manifest.mediaType);
     this.revisions.set(`${name}\0${digest.value}`, this.stamp(manifest.mediaType));
     this.rememberBody(digest, body);
 
@@ -56,19 +55,26 @@ export class ManifestStore extends ManifestReader {
       const descriptor: Descriptor = { mediaType: manifest.mediaType, digest: digest.value, size: body.length };
       if (manifest.artifactType) descriptor.artifactType = manifest.artifactType;
       if (manifest.annotations) descriptor.annotations = manifest.annotations;
-      await writeFileAtomic(this.layout.tmpDir, this.layout.referrerPath(name, subject, digest), JSON.stringify(descriptor));
+      await this.driver.putContent(this.layout.referrerKey(name, subject, digest), JSON.stringify(descriptor));
     }
     for (const tag of new Set(tags)) {
-      await writeFileAtomic(this.layout.tmpDir, this.layout.tagPath(name, tag), digest.value);
+      await this.driver.putContent(this.layout.tagKey(name, tag), digest.value);
       this.tags.set(`${name}\0${tag}`, this.stamp({ digest, validatedAt: Date.now() }));
     }
   }
 
-  /** Records that the upstream confirmed the tag still points at `digest` (the tag file's mtime, which readTag() reports). */
+  /**
+   * Records that the upstream confirmed the tag still points at `digest`: the tag key is rewritten
+   * with the same content, so its modified time (which readTag() reports) is the validation time.
+   * Conditional on the version just read, so a tag another writer moved meanwhile is left as it is.
+   */
   async markTagValidated(name: string, tag: string, digest: Digest): Promise<void> {
-    const now = new Date();
-    await utimes(this.layout.tagPath(name, tag), now, now).catch(() => {});
-    this.tags.set(`${name}\0${tag}`, this.stamp({ digest, validatedAt: now.getTime() }));
+    const key = this.layout.tagKey(name, tag);
+    const current = await this.driver.getVersioned(key).catch((err) => (isStorageNotFound(err) ? undefined : Promise.reject(err)));
+    if (current?.data.toString('utf8').trim() !== digest.value) return;
+    const started = Date.now();
+    if (await this.driver.replaceIfMatch(key, current.data, current.version) === undefined) return;
+    this.tags.set(`${name}\0${tag}`, this.stamp({ digest, validatedAt: started }));
   }
 
   /**
@@ -102,58 +108,60 @@ export class ManifestStore extends ManifestReader {
   async delete(name: string, reference: Reference): Promise<void> {
     if (reference.kind === 'tag') {
       this.tags.delete(`${name}\0${reference.tag}`);
+      const key = this.layout.tagKey(name, reference.tag);
       try {
-        await unlink(this.layout.tagPath(name, reference.tag));
+        await this.driver.stat(key);
       } catch (err) {
-        if (isNotFound(err)) throw new RegistryError('MANIFEST_UNKNOWN', { name, reference: reference.tag });
+        if (isStorageNotFound(err)) throw new RegistryError('MANIFEST_UNKNOWN', { name, reference: reference.tag });
         throw err;
       }
+      await this.driver.delete(key);
       return;
     }
     const stored = await this.get(name, reference);
     const digest = stored.digest;
     try {
       const parsed = parseManifest(stored.body, stored.mediaType);
-      if (parsed.subject) await unlink(this.layout.referrerPath(name, descriptorDigest(parsed.subject), digest)).catch(() => {});
+      if (parsed.subject) await this.driver.delete(this.layout.referrerKey(name, descriptorDigest(parsed.subject), digest));
     } catch {
       // A stored manifest that no longer parses has no referrer entry worth cleaning.
     }
     this.revisions.delete(`${name}\0${digest.value}`);
-    await unlink(this.layout.manifestRevisionPath(name, digest)).catch((err) => {
-      if (!isNotFound(err)) throw err;
-    });
+    await this.driver.delete(this.layout.manifestRevisionKey(name, digest));
     for (const tag of await this.listTags(name).catch(() => [] as string[])) {
       const tagged = await this.resolveTag(name, tag);
       if (tagged?.value === digest.value) {
         this.tags.delete(`${name}\0${tag}`);
-        await unlink(this.layout.tagPath(name, tag)).catch(() => {});
+        await this.driver.delete(this.layout.tagKey(name, tag));
       }
     }
   }
 
   /** All tags of a repository in lexical order; NAME_UNKNOWN when the repository has none and never had manifests. */
   async listTags(name: string): Promise<string[]> {
-    try {
-      return (await readdir(this.layout.tagsDir(name))).filter((t) => !t.startsWith('.')).sort();
-    } catch (err) {
-      if (!isNotFound(err)) throw err;
+    const prefix = this.layout.tagsPrefix(name);
+    const tags: string[] = [];
+    let cursor: string | undefined;
+    do {
+      const page = await this.driver.list(prefix, { delimiter: '/', ...(cursor ? { cursor } : {}) });
+      for (const info of page.keys) tags.push(info.key.slice(prefix.length));
+      cursor = page.next;
+    } while (cursor);
+    if (tags.length > 0) return tags.filter((t) => !t.startsWith('.')).sort();
+    const any = await this.driver.list(this.layout.repositoryPrefix(name), { delimiter: '/', limit: 1 });
+    if (any.keys.length === 0 && any.prefixes.length === 0) {
+      throw new RegistryError('NAME_UNKNOWN', { name }, { message: `repository ${name} is not known to this registry` });
     }
-    const exists = await stat(this.layout.repositoryDir(name)).then(() => true, () => false);
-    if (!exists) throw new RegistryError('NAME_UNKNOWN', { name }, { message: `repository ${name} is not known to this registry` });
     return [];
   }
 
   /** The referrers index of `subject` in repository `name`, optionally filtered by artifactType. */
   async referrers(name: string, subject: Digest, artifactType?: string): Promise<{ schemaVersion: 2; mediaType: string; manifests: Descriptor[] }> {
-    let files: string[] = [];
-    try {
-      files = await readdir(this.layout.referrersDir(name, subject));
-    } catch (err) {
-      if (!isNotFound(err)) throw err;
-    }
+    const keys: string[] = [];
+    for await (const info of this.driver.walk(this.layout.referrersPrefix(name, subject))) keys.push(info.key);
     const manifests: Descriptor[] = [];
-    for (const file of files.sort()) {
-      const raw = await readIfExists(`${this.layout.referrersDir(name, subject)}/${file}`);
+    for (const key of keys.sort()) {
+      const raw = await readIfExists(this.driver, key);
       if (raw === undefined) continue;
       const descriptor = JSON.parse(raw) as Descriptor;
       // The referrer must still be a manifest of the repository (it may have been deleted).

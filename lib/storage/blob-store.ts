@@ -1,0 +1,222 @@
+import { createReadStream } from 'node:fs';
+import { open, rm, type FileHandle } from 'node:fs/promises';
+import type { Readable } from 'node:stream';
+import type { Digest, DigestAlgorithm } from '../oci/digest.js';
+import { SMALL_BLOB_MAX } from '../http/file-response.js';
+import { commitFile } from './atomic.js';
+import { BoundedMap } from './bounded-map.js';
+import { isStorageNotFound, type BlobWriter, type StorageDriver } from './driver/driver.js';
+import { FilesystemDriver } from './driver/filesystem.js';
+import type { StorageLayout } from './layout.js';
+
+/** How long a cached "this repository links that blob" fact is trusted before the store is asked again. */
+const LINK_RECHECK_MS = 5_000;
+/**
+ * How long a blob's cached size (and, for small blobs, its bytes) is served without asking the store
+ * whether it is still there. Content never changes under a digest; only garbage collection and cache
+ * eviction (other processes) remove blobs, so this bounds how long a removed blob may still be served.
+ */
+const STAT_RECHECK_MS = 5_000;
+/** Small blobs (SMALL_BLOB_MAX: configs, small layers) are kept in memory once read, up to this many bytes in all. */
+const SMALL_BLOB_CACHE_BYTES = 8 * 1024 * 1024;
+/**
+ * Bytes gathered from a request before one write to the store: one write per ~1 MiB instead of one
+ * per received 64 KiB chunk (fewer syscalls on disk; S3 packs parts itself).
+ */
+export const WRITE_BUFFER = 1024 * 1024;
+
+export interface BlobInfo {
+  size: number;
+  mtimeMs: number;
+}
+
+function orUndefined<T>(err: unknown): T | undefined {
+  if (isStorageNotFound(err)) return undefined;
+  throw err;
+}
+
+/**
+ * Content-addressed blobs shared by all repositories, and each repository's links to them, on a
+ * storage driver. A blob key exists only once its bytes were verified against its digest
+ * (driver.blobWriter commits after verification).
+ */
+export class BlobStore {
+  private readonly linkCache = new BoundedMap<string, number>(100_000);
+  private readonly statCache = new BoundedMap<string, { info: BlobInfo; checkedAt: number }>(20_000);
+  /** Small blob bodies by digest. */
+  private readonly smallBodies = new BoundedMap<string, Buffer>(10_000, { maxWeight: SMALL_BLOB_CACHE_BYTES, weigh: (b) => b.length });
+
+  constructor(readonly driver: StorageDriver, readonly layout: StorageLayout) {}
+
+  /** The blob's file when the store is a directory (the fast path for serving); undefined on S3. */
+  filePath(digest: Digest): string | undefined {
+    return this.driver instanceof FilesystemDriver ? this.driver.path(this.layout.blobKey(digest)) : undefined;
+  }
+
+  /** stat() for serving: a blob's size is remembered for STAT_RECHECK_MS (see there). */
+  async statCached(digest: Digest): Promise<BlobInfo | undefined> {
+    const cached = this.statCache.get(digest.value);
+    if (cached !== undefined && Date.now() - cached.checkedAt < STAT_RECHECK_MS) return cached.info;
+    const info = await this.stat(digest);
+    if (info) this.statCache.set(digest.value, { info, checkedAt: Date.now() });
+    else this.forget(digest);
+    return info;
+  }
+
+  /** Drops what is cached about a blob (it was found missing in the store). */
+  forget(digest: Digest): void {
+    this.statCache.delete(digest.value);
+    this.smallBodies.delete(digest.value);
+  }
+
+  /**
+   * The bytes of a small blob whose size `statCached` just confirmed, from memory when possible:
+   * after the first read, serving it needs no storage request at all.
+   */
+  async readSmallCached(digest: Digest, size: number): Promise<Buffer | undefined> {
+    const cached = this.smallBodies.get(digest.value);
+    if (cached !== undefined && cached.length === size) return cached;
+    const data = await this.readSmall(digest);
+    if (!data) {
+      this.forget(digest);
+      return undefined;
+    }
+    if (data.length <= SMALL_BLOB_MAX) this.smallBodies.set(digest.value, data);
+    return data;
+  }
+
+  async stat(digest: Digest): Promise<BlobInfo | undefined> {
+    const info = await this.driver.stat(this.layout.blobKey(digest)).catch(orUndefined<never>);
+    return info && { size: info.size, mtimeMs: info.modifiedAt.getTime() };
+  }
+
+  /** Whether `name` may serve `digest` (it was pushed to or mounted into that repository). */
+  async isLinked(name: string, digest: Digest): Promise<boolean> {
+    const cacheKey = `${name}\0${digest.value}`;
+    const checkedAt = this.linkCache.get(cacheKey);
+    if (checkedAt !== undefined && Date.now() - checkedAt < LINK_RECHECK_MS) return true;
+    const linked = await this.driver.stat(this.layout.layerLinkKey(name, digest)).then(() => true, (err) => orUndefined<boolean>(err) ?? false);
+    if (linked) this.linkCache.set(cacheKey, Date.now());
+    else this.linkCache.delete(cacheKey);
+    return linked;
+  }
+
+  /** Links the blob into `name`: an empty key is the whole link; writing it twice is harmless. */
+  async link(name: string, digest: Digest): Promise<void> {
+    await this.driver.putContent(this.layout.layerLinkKey(name, digest), '');
+    this.linkCache.set(`${name}\0${digest.value}`, Date.now());
+  }
+
+  /** Removes the repository's link; the bytes stay until garbage collection finds them unreferenced. */
+  async unlink(name: string, digest: Digest): Promise<boolean> {
+    this.linkCache.delete(`${name}\0${digest.value}`);
+    const key = this.layout.layerLinkKey(name, digest);
+    const existed = await this.driver.stat(key).then(() => true, (err) => orUndefined<boolean>(err) ?? false);
+    if (existed) await this.driver.delete(key);
+    return existed;
+  }
+
+  /** Streams bytes `start..end` (inclusive) of a blob; undefined when it is not stored. */
+  async open(digest: Digest, start = 0, end?: number): Promise<Readable | undefined> {
+    const range = end === undefined ? { offset: start } : { offset: start, length: end - start + 1 };
+    const stream = await this.driver.reader(this.layout.blobKey(digest), range).catch(orUndefined<never>);
+    if (!stream) this.forget(digest);
+    return stream;
+  }
+
+  /** The blob's open file (filesystem fast path); undefined when not stored or the store is not a directory. */
+  async openHandle(digest: Digest): Promise<FileHandle | undefined> {
+    const path = this.filePath(digest);
+    if (path === undefined) return undefined;
+    try {
+      return await open(path, 'r');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
+        this.forget(digest);
+        return undefined;
+      }
+      throw err;
+    }
+  }
+
+  async readSmall(digest: Digest): Promise<Buffer | undefined> {
+    return this.driver.getContent(this.layout.blobKey(digest)).catch(orUndefined<never>);
+  }
+
+  /** A writer that makes the blob visible only once `commit(digest)` verified what was written. */
+  async writer(digest: Digest): Promise<BlobWriter> {
+    return this.driver.blobWriter(this.layout.blobKey(digest), digest.algorithm);
+  }
+
+  /**
+   * Streams `source` into the store while hashing it; the blob becomes visible only after the
+   * digest (and size, if given) checked out. Monolithic uploads, air-gap seeds.
+   */
+  async writeVerified(source: AsyncIterable<Buffer>, expected: Digest, expectedSize?: number): Promise<number> {
+    const writer = await this.writer(expected);
+    try {
+      await writeBatched(writer, source);
+      await writer.commit(expected, expectedSize);
+    } catch (err) {
+      await writer.cancel();
+      throw err;
+    }
+    this.forget(expected);
+    return writer.size;
+  }
+
+  /**
+   * Moves a verified local file (`verifiedPath`) into the store as `digest`: a rename on a filesystem
+   * store, a verified upload on S3 (then the file is removed). If the blob exists already, drops the file.
+   */
+  async commitVerified(verifiedPath: string, digest: Digest): Promise<void> {
+    if (await this.stat(digest)) {
+      await rm(verifiedPath, { force: true });
+      return;
+    }
+    const path = this.filePath(digest);
+    if (path !== undefined) {
+      await commitFile(verifiedPath, path);
+      return;
+    }
+    try {
+      await this.writeVerified(createReadStream(verifiedPath, { highWaterMark: WRITE_BUFFER }), digest);
+    } finally {
+      await rm(verifiedPath, { force: true });
+    }
+  }
+
+  /** The digests linked into a repository (for mark-and-sweep and tests). */
+  async listLinks(name: string, algorithm: DigestAlgorithm): Promise<string[]> {
+    const prefix = this.layout.layerLinksPrefix(name, algorithm);
+    const digests: string[] = [];
+    for await (const info of this.driver.walk(prefix)) digests.push(`${algorithm}:${info.key.slice(prefix.length)}`);
+    return digests.sort();
+  }
+}
+
+/**
+ * Writes `source` to `writer` in batches of about WRITE_BUFFER bytes, one write in flight while the
+ * next batch is gathered (the write's promise is the backpressure).
+ */
+export async function writeBatched(writer: BlobWriter, source: AsyncIterable<Buffer>): Promise<void> {
+  let batch: Buffer[] = [];
+  let batched = 0;
+  let pending: Promise<void> | undefined;
+  const flush = async () => {
+    const data = batch.length === 1 ? batch[0]! : Buffer.concat(batch, batched);
+    batch = [];
+    batched = 0;
+    if (pending) await pending;
+    pending = writer.write(data);
+    // A failed write is seen by the next await of `pending`; meanwhile it must not be unhandled.
+    pending.catch(() => {});
+  };
+  for await (const chunk of source) {
+    batch.push(chunk);
+    batched += chunk.length;
+    if (batched >= WRITE_BUFFER) await flush();
+  }
+  if (batched > 0) await flush();
+  if (pending) await pending;
+}
