@@ -1,15 +1,19 @@
 import assert from 'node:assert/strict';
-import { rm, stat, writeFile } from 'node:fs/promises';
+import { writeFile } from 'node:fs/promises';
 import { request as httpRequest, type IncomingMessage } from 'node:http';
 import { after, before, describe, it } from 'node:test';
 import { buildImage } from './helpers/oci-image.js';
-import { startDistribution, startStevedoreRegistry, tempDir, type RunningProcess } from './helpers/processes.js';
-import { blobGets, cacheBlobPath, distributionBlobPath, seed, sha256, sleep, startSlowRelay } from './helpers/proxy-fixtures.js';
+import { startDistribution, type RunningProcess } from './helpers/processes.js';
+import {
+  blobGets, distributionBlobPath, fillLeftovers, isStored, seed, sha256, sleep, startCacheOn, startSlowRelay, waitStored,
+} from './helpers/proxy-fixtures.js';
+import { STORAGE_KINDS, testStorage, type StorageKind, type TestStorage } from './helpers/storage-targets.js';
 
 /**
  * The cache fill engine (services/registry/src/proxy/blob-fill.ts): clients get bytes from memory
- * while they keep up and from the temp file when they fall behind; none gets the last byte of a
- * blob that fails verification, whenever it joined and whatever range it asked for.
+ * while they keep up and from the spool file when they fall behind; none gets the last byte of a
+ * blob that fails verification, whenever it joined and whatever range it asked for. On each storage
+ * driver (on S3 the spool is a local file beside a multipart upload to the blob's key).
  */
 
 const cleanup: Array<() => Promise<unknown>> = [];
@@ -17,15 +21,13 @@ after(async () => {
   for (const fn of cleanup.splice(0).reverse()) await fn().catch(() => {});
 });
 
-async function startCache(upstream: string): Promise<RunningProcess & { root: string }> {
-  const root = await tempDir('proxy-fill-root-');
-  cleanup.push(() => rm(root, { recursive: true, force: true }));
-  const cache = await startStevedoreRegistry(['--root', root, '--upstream', upstream]);
+async function startCache(kind: StorageKind, upstream: string): Promise<RunningProcess & { storage: TestStorage }> {
+  const storage = await testStorage(kind);
+  cleanup.push(() => storage.cleanup());
+  const cache = await startCacheOn(storage, upstream);
   cleanup.push(() => cache.stop());
-  return Object.assign(cache, { root });
+  return Object.assign(cache, { storage });
 }
-
-const exists = (path: string): Promise<boolean> => stat(path).then(() => true, () => false);
 
 /** A GET whose body is counted as it arrives: how many bytes came, and whether the transfer completed or broke. */
 function countedGet(url: string, headers: Record<string, string> = {}): Promise<{ res: IncomingMessage; body: Promise<{ bytes: Buffer; complete: boolean }> }> {
@@ -45,75 +47,81 @@ function countedGet(url: string, headers: Record<string, string> = {}): Promise<
   });
 }
 
-describe('cache fill: a blob that fails verification', () => {
-  let upstream: RunningProcess & { root: string };
-  const image = buildImage({ layerSizes: [3 * 1024 * 1024], seed: 'fill-corrupt' });
-  const layer = image.layers[0]!;
+for (const kind of STORAGE_KINDS) {
+  describe(`cache fill on ${kind}: a blob that fails verification`, () => {
+    let upstream: RunningProcess & { root: string };
+    const image = buildImage({ layerSizes: [3 * 1024 * 1024], seed: `fill-corrupt-${kind}` });
+    const layer = image.layers[0]!;
 
-  before(async () => {
-    upstream = await startDistribution();
-    cleanup.push(() => upstream.stop());
-    await seed(upstream.url, 'team/corrupt:v1', [image]);
-    const flipped = Buffer.from(layer.data);
-    flipped[flipped.length - 1] ^= 0xff; // only the last byte differs
-    await writeFile(distributionBlobPath(upstream.root, layer.digest), flipped);
+    before(async () => {
+      upstream = await startDistribution();
+      cleanup.push(() => upstream.stop());
+      await seed(upstream.url, 'team/corrupt:v1', [image]);
+      const flipped = Buffer.from(layer.data);
+      flipped[flipped.length - 1] ^= 0xff; // only the last byte differs
+      await writeFile(distributionBlobPath(upstream.root, layer.digest), flipped);
+    });
+
+    it('no client gets the last byte: the first, late joiners, and a Range of the tail', async () => {
+      // 4 MB/s: the 3 MiB layer stays in flight long enough for the others to join.
+      const relay = await startSlowRelay(upstream.port, 4_000_000);
+      cleanup.push(() => relay.stop());
+      const cache = await startCache(kind, relay.url);
+      const url = `${cache.url}/v2/team/corrupt/blobs/${layer.digest}`;
+      const first = await countedGet(url);
+      assert.equal(first.res.statusCode, 200);
+      await sleep(200);
+      const [late, tail] = await Promise.all([countedGet(url), countedGet(url, { range: `bytes=${layer.size - 10}-` })]);
+      assert.equal(late.res.statusCode, 200);
+      assert.equal(tail.res.statusCode, 206);
+      for (const [what, got, length] of [['first', first, layer.size], ['late joiner', late, layer.size], ['tail range', tail, 10]] as const) {
+        const { bytes, complete } = await got.body;
+        assert.equal(complete, false, `${what}: the transfer must break`);
+        assert.ok(bytes.length < length, `${what}: got ${bytes.length} of ${length} bytes`);
+        // What did arrive is the upstream's bytes, up to the one that was withheld.
+        const offset = what === 'tail range' ? layer.size - 10 : 0;
+        assert.ok(bytes.equals(layer.data.subarray(offset, offset + bytes.length)), `${what}: bytes as sent`);
+      }
+      // Everything but the last byte had arrived before the digest was known: the withholding was real.
+      assert.equal((await first.body).bytes.length, layer.size - 1);
+      assert.equal(await isStored(cache.storage, layer.digest), false);
+      // Nothing of the failed fill is left: no temp file or spool, no incomplete multipart upload.
+      for (let i = 0; i < 40 && (await fillLeftovers(cache.storage)).length > 0; i++) await sleep(50);
+      assert.deepEqual(await fillLeftovers(cache.storage), []);
+      assert.equal(blobGets(upstream.output(), 'team/corrupt').get(layer.digest), 1);
+    });
   });
 
-  it('no client gets the last byte: the first, late joiners, and a Range of the tail', async () => {
-    // 4 MB/s: the 3 MiB layer stays in flight long enough for the others to join.
-    const relay = await startSlowRelay(upstream.port, 4_000_000);
-    cleanup.push(() => relay.stop());
-    const cache = await startCache(relay.url);
-    const url = `${cache.url}/v2/team/corrupt/blobs/${layer.digest}`;
-    const first = await countedGet(url);
-    assert.equal(first.res.statusCode, 200);
-    await sleep(200);
-    const [late, tail] = await Promise.all([countedGet(url), countedGet(url, { range: `bytes=${layer.size - 10}-` })]);
-    assert.equal(late.res.statusCode, 200);
-    assert.equal(tail.res.statusCode, 206);
-    for (const [what, got, length] of [['first', first, layer.size], ['late joiner', late, layer.size], ['tail range', tail, 10]] as const) {
-      const { bytes, complete } = await got.body;
-      assert.equal(complete, false, `${what}: the transfer must break`);
-      assert.ok(bytes.length < length, `${what}: got ${bytes.length} of ${length} bytes`);
-      // What did arrive is the upstream's bytes, up to the one that was withheld.
-      const offset = what === 'tail range' ? layer.size - 10 : 0;
-      assert.ok(bytes.equals(layer.data.subarray(offset, offset + bytes.length)), `${what}: bytes as sent`);
-    }
-    // Everything but the last byte had arrived before the digest was known: the withholding was real.
-    assert.equal((await first.body).bytes.length, layer.size - 1);
-    assert.equal(await exists(cacheBlobPath(cache.root, layer.digest)), false);
-    assert.equal(blobGets(upstream.output(), 'team/corrupt').get(layer.digest), 1);
-  });
-});
+  describe(`cache fill on ${kind}: a slow client`, () => {
+    let upstream: RunningProcess & { root: string };
+    const image = buildImage({ layerSizes: [24 * 1024 * 1024], seed: `fill-slow-client-${kind}` });
+    const layer = image.layers[0]!;
 
-describe('cache fill: a slow client', () => {
-  let upstream: RunningProcess & { root: string };
-  const image = buildImage({ layerSizes: [24 * 1024 * 1024], seed: 'fill-slow-client' });
-  const layer = image.layers[0]!;
+    before(async () => {
+      upstream = await startDistribution();
+      cleanup.push(() => upstream.stop());
+      await seed(upstream.url, 'team/slow:v1', [image]);
+    });
 
-  before(async () => {
-    upstream = await startDistribution();
-    cleanup.push(() => upstream.stop());
-    await seed(upstream.url, 'team/slow:v1', [image]);
+    it('falls behind the fill and reads the rest from the file, while a fast client streams from memory; one upstream GET', async () => {
+      const cache = await startCache(kind, upstream.url);
+      const url = `${cache.url}/v2/team/slow/blobs/${layer.digest}`;
+      const slow = await countedGet(url);
+      slow.res.pause();
+      const fast = await countedGet(url);
+      const fastBody = await fast.body;
+      assert.equal(fastBody.complete, true);
+      assert.equal(sha256(fastBody.bytes), layer.digest);
+      // The fill is over (the blob committed) while the slow client has read almost nothing.
+      assert.equal(await waitStored(cache.storage, layer.digest), true);
+      slow.res.resume();
+      const slowBody = await slow.body;
+      assert.equal(slowBody.complete, true);
+      assert.equal(slowBody.bytes.length, layer.size);
+      assert.equal(sha256(slowBody.bytes), layer.digest);
+      assert.equal(blobGets(upstream.output(), 'team/slow').get(layer.digest), 1);
+      for (let i = 0; i < 40 && (await fillLeftovers(cache.storage)).length > 0; i++) await sleep(50);
+      assert.deepEqual(await fillLeftovers(cache.storage), [], 'the spool is gone once the slow client is served');
+    });
   });
-
-  it('falls behind the fill and reads the rest from the file, while a fast client streams from memory; one upstream GET', async () => {
-    const cache = await startCache(upstream.url);
-    const url = `${cache.url}/v2/team/slow/blobs/${layer.digest}`;
-    const slow = await countedGet(url);
-    slow.res.pause();
-    const fast = await countedGet(url);
-    const fastBody = await fast.body;
-    assert.equal(fastBody.complete, true);
-    assert.equal(sha256(fastBody.bytes), layer.digest);
-    // The fill is over (the blob committed) while the slow client has read almost nothing.
-    for (let i = 0; i < 100 && !(await exists(cacheBlobPath(cache.root, layer.digest))); i++) await sleep(50);
-    assert.equal(await exists(cacheBlobPath(cache.root, layer.digest)), true);
-    slow.res.resume();
-    const slowBody = await slow.body;
-    assert.equal(slowBody.complete, true);
-    assert.equal(slowBody.bytes.length, layer.size);
-    assert.equal(sha256(slowBody.bytes), layer.digest);
-    assert.equal(blobGets(upstream.output(), 'team/slow').get(layer.digest), 1);
-  });
-});
+}

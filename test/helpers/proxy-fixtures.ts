@@ -1,6 +1,6 @@
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { rm, writeFile } from 'node:fs/promises';
+import { readdir, rm, writeFile } from 'node:fs/promises';
 import { request as httpRequest } from 'node:http';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -9,7 +9,11 @@ import { startThrottledRelay } from './faults.js';
 import { buildIndex, MANIFEST_ACCEPT, readPulledLayout, writeOciLayout, type BuiltImage, type PulledLayout } from './oci-image.js';
 
 export { MANIFEST_ACCEPT, readPulledLayout, type PulledLayout };
-import { tempDir } from './processes.js';
+import { startStevedoreRegistry, tempDir, type RunningProcess } from './processes.js';
+import type { TestStorage } from './storage-targets.js';
+import { parseDigest } from '../../lib/oci/digest.js';
+import { isStorageNotFound } from '../../lib/storage/driver/driver.js';
+import { StorageLayout } from '../../lib/storage/layout.js';
 
 /** Shared pieces of the pull-through cache end-to-end tests (test/proxy-*.test.ts). */
 
@@ -168,6 +172,67 @@ export async function ociError(res: Response): Promise<{ code: string; message: 
 
 /** Where the cache stores a blob's bytes (lib/storage/layout.ts): `<root>/blobs/sha256/<2>/<hex>`. */
 export const cacheBlobPath = (root: string, digest: string): string => join(root, 'blobs', 'sha256', digest.slice(7, 9), digest.slice(7));
+/** The store key of a blob (lib/storage/layout.ts): `blobs/sha256/<2>/<hex>`, on either driver. */
+export const blobKey = (digest: string): string => new StorageLayout('/').blobKey(parseDigest(digest));
+
+/** The size of a blob in the test's store, or undefined when it is not there. */
+export async function storedBlobSize(storage: TestStorage, digest: string): Promise<number | undefined> {
+  try {
+    return (await storage.driver.stat(blobKey(digest))).size;
+  } catch (err) {
+    if (isStorageNotFound(err)) return undefined;
+    throw err;
+  }
+}
+
+export const isStored = async (storage: TestStorage, digest: string): Promise<boolean> => (await storedBlobSize(storage, digest)) !== undefined;
+
+/** Waits (up to `ms`) until the blob is in the store; whether it is. */
+export async function waitStored(storage: TestStorage, digest: string, ms = 5000): Promise<boolean> {
+  const deadline = Date.now() + ms;
+  while (!(await isStored(storage, digest))) {
+    if (Date.now() > deadline) return false;
+    await sleep(50);
+  }
+  return true;
+}
+
+/** A blob's bytes as the test's store holds them. */
+export const readStoredBlob = (storage: TestStorage, digest: string): Promise<Buffer> => storage.driver.getContent(blobKey(digest));
+
+/**
+ * What unfinished cache fills left: the store's incomplete writes (filesystem: temp files of its
+ * driver; S3: multipart uploads), and local spool or temp files under --root's `_tmp/<worker>/`.
+ */
+export async function fillLeftovers(storage: TestStorage): Promise<string[]> {
+  const left: string[] = [];
+  for await (const write of storage.driver.listIncompleteWrites()) left.push(`incomplete write ${write.key ?? write.id}`);
+  for (const dir of await readdir(join(storage.root, '_tmp')).catch(() => [] as string[])) {
+    if (dir === '_storage') continue; // the filesystem driver's temp dir: listed above
+    for (const file of await readdir(join(storage.root, '_tmp', dir)).catch(() => [] as string[])) left.push(`_tmp/${dir}/${file}`);
+  }
+  return left;
+}
+
+/** Every blob key in the store that does not hash to its name: [] when nothing partial or corrupt is visible. */
+export async function corruptStoredBlobs(storage: TestStorage): Promise<{ checked: number; corrupt: string[] }> {
+  const corrupt: string[] = [];
+  let checked = 0;
+  for await (const info of storage.driver.walk('blobs/sha256/')) {
+    const hash = createHash('sha256');
+    for await (const chunk of await storage.driver.reader(info.key)) hash.update(chunk as Buffer);
+    checked++;
+    const name = info.key.split('/').pop()!;
+    if (hash.digest('hex') !== name) corrupt.push(info.key);
+  }
+  return { checked, corrupt };
+}
+
+/** A cache worker of `upstream` on the test's store (`--root` local, `--storage` for S3). */
+export function startCacheOn(storage: TestStorage, upstream: string, extra: string[] = []): Promise<RunningProcess> {
+  return startStevedoreRegistry(['--root', storage.root, ...storage.args, '--upstream', upstream, ...extra], storage.env);
+}
+
 /** Where distribution 2.8's filesystem driver stores a blob. */
 export const distributionBlobPath = (root: string, digest: string): string =>
   join(root, 'docker', 'registry', 'v2', 'blobs', 'sha256', digest.slice(7, 9), digest.slice(7), 'data');

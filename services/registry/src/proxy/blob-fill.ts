@@ -1,12 +1,10 @@
 import { Readable } from 'node:stream';
-import { close, fsync, open as openFd, read, writev } from 'node:fs';
-import { mkdir, unlink } from 'node:fs/promises';
+import { close, read, writev } from 'node:fs';
 import type { Digest } from '../../../../lib/oci/digest.js';
-import { RegistryError } from '../../../../lib/oci/errors.js';
-import { tempPath } from '../../../../lib/storage/atomic.js';
 import type { Logger } from '../../../../lib/log.js';
-import type { BlobStore } from '../../../../lib/storage/blob-store.js';
-import { FileHasher, type FileHashJob } from './file-hasher.js';
+import { fillSink, type FillSink, type FillTarget } from './fill-sink.js';
+
+export type { FillTarget } from './fill-sink.js';
 
 /** Bytes one file read gives a client that fell behind the memory window. */
 const READ_CHUNK = 1024 * 1024;
@@ -14,24 +12,17 @@ const READ_CHUNK = 1024 * 1024;
 const WRITE_BATCH = 4 * 1024 * 1024;
 /** A write starts once this much is waiting (or the upstream ended): few writes and thread-pool trips. */
 const WRITE_MIN = 1024 * 1024;
-/** The hashing thread is told about newly written bytes in steps of at least this much. */
+/** The sink (hashing thread) is told about newly spooled bytes in steps of at least this much. */
 const HASH_STEP = 4 * 1024 * 1024;
 /** writev takes at most IOV_MAX (1024) buffers. */
 const WRITE_BATCH_BUFFERS = 1024;
-/** Upstream reading pauses when this much received data is not on disk yet, and resumes at half. */
+/** Upstream reading pauses when this much received data is not spooled (or stored) yet, and resumes at half. */
 const WRITE_BEHIND_MAX = 16 * 1024 * 1024;
 /** What a client's stream buffers before it waits for the socket. */
 const CLIENT_BUFFER = 1024 * 1024;
 
-/** One hashing thread for every fill of this process. */
-const hasher = new FileHasher();
-
 const writevP = (fd: number, buffers: Buffer[], position: number) => new Promise<number>((resolve, reject) => {
   writev(fd, buffers, position, (err, bytes) => (err ? reject(err) : resolve(bytes)));
-});
-const fsyncP = (fd: number) => new Promise<void>((resolve, reject) => fsync(fd, (err) => (err ? reject(err) : resolve())));
-const openP = (path: string) => new Promise<number>((resolve, reject) => {
-  openFd(path, 'w+', 0o644, (err, fd) => (err ? reject(err) : resolve(fd)));
 });
 
 /**
@@ -39,46 +30,51 @@ const openP = (path: string) => new Promise<number>((resolve, reject) => {
  * while it runs, with or without a Range) shares it, so there is exactly one upstream read, and a
  * client that goes away does not disturb it.
  *
- * Received chunks go to the clients (handed the same buffers from memory) and to a temp file (one
- * background writer coalescing everything received into large writev calls), neither waiting for
- * the other; a hashing thread (file-hasher.ts) digests what the writer has put in the file, in
- * parallel. Upstream reading pauses only when the writer falls WRITE_BEHIND_MAX behind; a client
- * slower than the writer reads the bytes it missed back from the temp file. No client gets the
- * last byte before the digest matched, so a blob that fails verification reaches no client whole
- * (the transfer breaks). The blob becomes visible in the store only once it is verified, written
- * and fsynced (then renamed); a failure of those last steps, after the clients had their last
- * byte, loses the cache copy only.
+ * Received chunks go to the clients (handed the same buffers from memory), to a local spool file (one
+ * background writer coalescing everything received into large writev calls) and, on a store other
+ * than the filesystem, to the store's blobWriter (fill-sink.ts), none waiting for the others. On the
+ * filesystem the spool is the blob's temp file, digested by a hashing thread as it grows. Upstream
+ * reading pauses only when the spool or the store falls WRITE_BEHIND_MAX behind; a client slower
+ * than the spool writer reads the bytes it missed back from the spool. The blob is committed
+ * (digest verified, then renamed / the multipart upload completed) before any client gets its last
+ * byte: a blob that fails verification reaches no client whole (the transfer breaks) and nothing of
+ * it becomes visible; a client that got the whole blob can fetch it again from the store.
  */
 export class BlobFill {
   /** Bytes received from upstream. */
   received = 0;
-  /** Bytes written to the temp file: [0, written) is on disk, [written, received) in `chunks`. */
+  /** Bytes in the spool file: [0, written) is there, [written, received) in `chunks`. */
   written = 0;
+  /** Bytes the store's writer accepted (the spool is the blob on the filesystem: then unused). */
+  stored = 0;
   /** Total size from the upstream's Content-Length; undefined if it sent none. */
   size: number | undefined;
-  /** All bytes received and the digest matched: clients may have the last byte. */
+  /** Every byte received, verified and committed to the store: clients may have the last byte. */
   verified = false;
-  /** Committed: the blob is in the store (new clients are served from there). */
+  /** Committed and linked (new clients are served from the store). */
   done = false;
   error: Error | undefined;
   /** Resolves once the upstream answered with a body (size known), rejects with a client-ready error. */
   readonly ready: Promise<void>;
-  /** Settles when the fill has finished (committed, or failed, or lost its cache copy). */
+  /** Settles when the fill has finished (committed, or failed). */
   readonly finished: Promise<void>;
 
-  /** Received chunks not yet wholly on disk, in order, covering [chunksStart, received). */
+  /** Received chunks not yet wholly in the spool, in order, covering [chunksStart, received). */
   private chunks: Buffer[] = [];
   /** File offset of chunks[0]. */
   private chunksStart = 0;
+  /** Received chunks the store's writer has not taken yet. */
+  private storeQueue: Buffer[] = [];
+  private storing = false;
   private readonly waiters = new Set<() => void>();
   private readers = 0;
   private fd: number | undefined;
+  private sink: FillSink | undefined;
   private writing = false;
-  /** run() is over: committed, failed, or the cache copy was lost. */
+  /** run() is over: committed, or failed. */
   private ended = false;
-  private hash: FileHashJob | undefined;
-  private verifying = false;
-  /** Bytes the hashing thread was told are written (finish() tells it the rest). */
+  private committing = false;
+  /** Bytes the sink was told are spooled (commit covers the rest). */
   private hashAnnounced = 0;
   private upstreamEnded = false;
   private upstreamEndedAt = 0;
@@ -102,53 +98,51 @@ export class BlobFill {
 
   /**
    * Runs the download: `openUpstream` returns the upstream body and its size (or throws a mapped
-   * RegistryError). Called once, by whoever created the fill.
+   * RegistryError); the blob is committed to `target`, then `link` makes it the repository's.
+   * Called once, by whoever created the fill.
    */
   async run(
     openUpstream: () => Promise<{ body: Readable; size: number | undefined }>,
-    blobs: BlobStore,
+    target: FillTarget,
+    link: () => Promise<void>,
     name: string,
     log: Logger,
   ): Promise<void> {
-    const temp = tempPath(blobs.layout.tmpDir);
     const startedAt = Date.now();
-    let created = false;
+    const sink = fillSink(target, this.digest);
+    let opened = false;
     try {
       const { body, size } = await openUpstream();
       this.size = size;
       this.body = body;
-      await mkdir(blobs.layout.tmpDir, { recursive: true });
-      this.fd = await openP(temp);
-      created = true;
-      this.hash = hasher.start(this.digest.algorithm, temp);
-      // Resolved once every byte is written and the digest matched; rejected by any failure.
-      const received = new Promise<void>((resolve, reject) => {
+      this.fd = await sink.open();
+      this.sink = sink;
+      opened = true;
+      // Resolved once every byte is spooled and the blob committed; rejected by any failure.
+      const committed = new Promise<void>((resolve, reject) => {
         this.settle = (err) => (err ? reject(err) : resolve());
       });
       this.receive(body);
       this.resolveReady();
       this.armAbandonTimer();
-      await received;
-      await fsyncP(this.fd);
-      await blobs.commitVerified(temp, this.digest);
-      created = false;
-      await blobs.link(name, this.digest);
+      await committed;
+      await link();
       this.done = true;
       log.info({
-        name, digest: this.digest.value, size: this.received, ms: Date.now() - startedAt,
-        // From the upstream's last byte to the digest's match (writing and hashing the rest).
+        name, digest: this.digest.value, size: this.received, ms: Date.now() - startedAt, storage: target.driver.kind,
+        // From the upstream's last byte to the commit (spooling, storing and hashing the rest).
         verifyWaitMs: this.verifiedAt - this.upstreamEndedAt,
       }, 'blob cached from upstream');
     } catch (err) {
       const error = err instanceof Error ? err : new Error(String(err));
       if (this.verified) {
-        // The clients have (or will read) every byte: only the cache copy is lost.
-        log.warn({ name, digest: this.digest.value, err: error.message }, 'blob served but not cached: storing it failed');
+        // The blob is in the store and the clients have it; only this repository's link is missing.
+        log.warn({ name, digest: this.digest.value, err: error.message }, 'blob cached but not linked to the repository');
       } else {
         this.fail(error);
-        if (this.received > 0 || created) log.warn({ name, digest: this.digest.value, err: error.message }, 'cache fill failed; nothing cached');
+        if (this.received > 0 || opened) log.warn({ name, digest: this.digest.value, err: error.message }, 'cache fill failed; nothing cached');
       }
-      if (created) await unlink(temp).catch(() => {});
+      if (opened && !this.verified) await sink.cancel().catch(() => {});
     } finally {
       this.ended = true;
       clearTimeout(this.abandonTimer);
@@ -158,7 +152,7 @@ export class BlobFill {
     }
   }
 
-  /** Feeds the upstream body to the clients and the writer (which feeds the hashing thread). */
+  /** Feeds the upstream body to the clients, the spool writer and the store. */
   private receive(body: Readable): void {
     body.on('data', (chunk: Buffer) => {
       if (this.error) return;
@@ -168,12 +162,15 @@ export class BlobFill {
       }
       this.chunks.push(chunk);
       this.received += chunk.length;
-      if (!this.paused && this.received - this.written >= WRITE_BEHIND_MAX) {
+      if (this.sink!.store) this.storeQueue.push(chunk);
+      else this.stored = this.received;
+      if (!this.paused && this.received - Math.min(this.written, this.stored) >= WRITE_BEHIND_MAX) {
         this.paused = true;
         body.pause();
       }
       this.notify();
       this.write();
+      this.storeNext();
     });
     body.once('end', () => {
       if (this.error) return;
@@ -185,6 +182,7 @@ export class BlobFill {
       this.upstreamEnded = true;
       this.upstreamEndedAt = Date.now();
       this.write();
+      this.commitIfComplete();
     });
     body.once('error', (err) => this.fail(err));
     body.once('close', () => {
@@ -192,19 +190,13 @@ export class BlobFill {
     });
   }
 
-  /** Everything is received and written: the hashing thread's digest decides whether clients get the last byte. */
-  private verify(): void {
-    if (this.verifying) return;
-    this.verifying = true;
-    this.hash!.finish(this.received).then((hex) => {
+  /** Everything is received, spooled and stored: the sink verifies and commits, then clients get the last byte. */
+  private commitIfComplete(): void {
+    if (this.committing || this.error || !this.upstreamEnded) return;
+    if (this.written !== this.received || this.stored !== this.received || this.writing || this.storing) return;
+    this.committing = true;
+    this.sink!.commit(this.fd!, this.received).then(() => {
       if (this.error) return;
-      const actual = `${this.digest.algorithm}:${hex}`;
-      if (actual !== this.digest.value) {
-        this.fail(new RegistryError('DIGEST_INVALID', { expected: this.digest.value, actual }, {
-          status: 502, message: 'upstream sent a blob whose content does not match its digest; nothing was cached',
-        }));
-        return;
-      }
       this.verified = true;
       this.verifiedAt = Date.now();
       this.notify();
@@ -212,13 +204,36 @@ export class BlobFill {
     }, (err: Error) => this.fail(err));
   }
 
-  /** The background writer: everything received and not yet written, in as few writev calls as it takes. */
+  private resumeIfCaughtUp(): void {
+    if (this.paused && this.received - Math.min(this.written, this.stored) <= WRITE_BEHIND_MAX / 2) {
+      this.paused = false;
+      this.body?.resume();
+    }
+  }
+
+  /** Hands received chunks to the store's writer, one at a time, in order. */
+  private storeNext(): void {
+    const store = this.sink?.store;
+    if (!store || this.storing || this.error) return;
+    const chunk = this.storeQueue.shift();
+    if (!chunk) return this.commitIfComplete();
+    this.storing = true;
+    store(chunk).then(() => {
+      this.storing = false;
+      if (this.error) return;
+      this.stored += chunk.length;
+      this.resumeIfCaughtUp();
+      this.storeNext();
+    }, (err: Error) => {
+      this.storing = false;
+      this.fail(err);
+    });
+  }
+
+  /** The background spool writer: everything received and not yet written, in as few writev calls as it takes. */
   private write(): void {
     if (this.writing || this.error || this.fd === undefined) return;
-    if (this.written === this.received) {
-      if (this.upstreamEnded) this.verify();
-      return;
-    }
+    if (this.written === this.received) return this.commitIfComplete();
     if (!this.upstreamEnded && this.received - this.written < WRITE_MIN) return;
     const batch: Buffer[] = [];
     let bytes = 0;
@@ -236,19 +251,16 @@ export class BlobFill {
       this.written += n;
       if (this.written - this.hashAnnounced >= HASH_STEP) {
         this.hashAnnounced = this.written;
-        this.hash!.extend(this.written);
+        this.sink!.spooled(this.written);
       }
-      // Drop the chunks now wholly on disk: clients behind them read the file.
+      // Drop the chunks now wholly in the spool: clients behind them read the file.
       let dropped = 0;
       while (dropped < this.chunks.length && this.chunksStart + this.chunks[dropped]!.length <= this.written) {
         this.chunksStart += this.chunks[dropped]!.length;
         dropped++;
       }
       if (dropped > 0) this.chunks.splice(0, dropped);
-      if (this.paused && this.received - this.written <= WRITE_BEHIND_MAX / 2) {
-        this.paused = false;
-        this.body?.resume();
-      }
+      this.resumeIfCaughtUp();
       this.write();
     }, (err: Error) => {
       this.writing = false;
@@ -261,8 +273,8 @@ export class BlobFill {
     if (this.error || this.verified) return;
     this.error = err;
     this.rejectReady(err);
-    this.hash?.cancel();
     this.chunks = [];
+    this.storeQueue = [];
     this.body?.destroy();
     this.settle?.(err);
     this.notify();
@@ -279,7 +291,7 @@ export class BlobFill {
 
   /**
    * A stream of bytes start..end (inclusive) that follows the download as it grows: from memory
-   * while the client keeps up, from the temp file when it fell behind the writer. Only while the
+   * while the client keeps up, from the spool file when it fell behind the writer. Only while the
    * fill runs: once `done`, serve the committed blob from the store instead.
    */
   createReader(start: number, end: number): Readable {
@@ -380,12 +392,13 @@ export class BlobFill {
     this.abandonTimer.unref();
   }
 
-  /** The temp file (once committed, the blob: the same inode) is closed once the fill ended and no reader needs it. */
+  /** The spool (on the filesystem, once committed: the blob, the same inode) is closed once the fill ended and no reader needs it. */
   private releaseFileIfIdle(): void {
     if (this.readers === 0 && this.ended && !this.writing && this.fd !== undefined) {
       const fd = this.fd;
+      const sink = this.sink;
       this.fd = undefined;
-      close(fd, () => {});
+      close(fd, () => void sink?.release());
     }
   }
 }
