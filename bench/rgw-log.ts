@@ -9,8 +9,10 @@ import { join } from 'node:path';
 
 export interface S3RequestStats {
   requests: number;
-  /** Requests by S3 operation (`GET`, `PUT part`, `POST complete`, ...). */
+  /** Requests by S3 operation (`GetObject`, `UploadPart`, ...). */
   byOperation: Record<string, number>;
+  /** Requests and summed latency by operation and key shape (`HeadObject blobs/sha256/<xx>/<hex>`). */
+  byShape: Record<string, { requests: number; latency: number }>;
   /** Sum of the latencies RGW logged (seconds): store time, overlapping when requests run in parallel. */
   latencySum: number;
   /** Response bytes RGW sent (GET bodies). */
@@ -22,17 +24,36 @@ export interface S3RequestStats {
 // `"PUT /bucket/prefix/key?query HTTP/1.1" 200 123 - "agent" - latency=0.004000000s`
 const ACCESS_LINE = /beast: 0x[0-9a-f]+: \S+ - \S+ \[[^\]]+\] "([A-Z]+) \/([^/ ?]+)\/?([^ ]*) HTTP\/[\d.]+" (\d{3}) (\d+|-) .*latency=([\d.]+)s/;
 
-/** The S3 operation a request line stands for (the query names multipart steps). */
+/** The S3 operation a request line stands for: the SDK's `x-id`, else from method and query. */
 function operationOf(method: string, keyAndQuery: string): string {
-  const query = keyAndQuery.includes('?') ? keyAndQuery.slice(keyAndQuery.indexOf('?') + 1) : '';
-  if (method === 'PUT' && query.includes('partNumber=')) return 'PUT part';
-  if (method === 'POST' && query.startsWith('uploads')) return 'POST create-multipart';
-  if (method === 'POST' && query.includes('uploadId=')) return 'POST complete-multipart';
-  if (method === 'DELETE' && query.includes('uploadId=')) return 'DELETE abort-multipart';
-  if (method === 'POST' && query.includes('delete')) return 'POST delete-objects';
-  if (method === 'GET' && (query.includes('list-type=') || query.includes('prefix=') || query.includes('uploads'))) return 'GET list';
-  if (method === 'PUT' && keyAndQuery.length > 0 && !query) return 'PUT object';
-  return method;
+  const question = keyAndQuery.indexOf('?');
+  const query = new URLSearchParams(question === -1 ? '' : keyAndQuery.slice(question + 1));
+  const id = query.get('x-id');
+  if (id) return id;
+  if (method === 'PUT' && query.has('partNumber')) return 'UploadPart';
+  if (method === 'POST' && query.has('uploads')) return 'CreateMultipartUpload';
+  if (method === 'POST' && query.has('uploadId')) return 'CompleteMultipartUpload';
+  if (method === 'DELETE' && query.has('uploadId')) return 'AbortMultipartUpload';
+  if (method === 'GET' && query.has('uploadId')) return 'ListParts';
+  if (method === 'POST' && query.has('delete')) return 'DeleteObjects';
+  if (method === 'GET' && query.has('uploads')) return 'ListMultipartUploads';
+  if (method === 'GET' && (query.has('list-type') || query.has('prefix') || query.has('delimiter'))) return 'ListObjects';
+  return ({ GET: 'GetObject', HEAD: 'HeadObject', PUT: 'PutObject', DELETE: 'DeleteObject' } as Record<string, string>)[method] ?? method;
+}
+
+/** A key without its server prefix, digests and ids replaced by placeholders: what kind of thing it is. */
+function shapeOf(keyAndQuery: string): string {
+  const question = keyAndQuery.indexOf('?');
+  const key = decodeURIComponent(question === -1 ? keyAndQuery : keyAndQuery.slice(0, question));
+  if (key === '') {
+    const listed = new URLSearchParams(question === -1 ? '' : keyAndQuery.slice(question + 1)).get('prefix') ?? '';
+    return `list ${shapeOf(listed.replace(/^[^/]*\/?/, 'x/'))}`;
+  }
+  return key.split('/').slice(1).join('/')
+    .replace(/[0-9a-f]{64}/g, '<hex>')
+    .replace(/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/g, '<uuid>')
+    .replace(/\/[0-9a-f]{2}\//g, '/<xx>/')
+    .replace(/\/\d+$/, '/<n>');
 }
 
 /** The first key segment: of the key, or (a bucket-level listing) of its `prefix=` parameter. */
@@ -78,18 +99,29 @@ export class RgwLog {
       const prefix = prefixOf(keyAndQuery!);
       let entry = stats.get(prefix);
       if (!entry) {
-        entry = { requests: 0, byOperation: {}, latencySum: 0, bytesOut: 0, errors: 0 };
+        entry = { requests: 0, byOperation: {}, byShape: {}, latencySum: 0, bytesOut: 0, errors: 0 };
         stats.set(prefix, entry);
       }
       const operation = operationOf(method!, keyAndQuery!);
       entry.requests++;
       entry.byOperation[operation] = (entry.byOperation[operation] ?? 0) + 1;
       entry.latencySum += Number(latency);
+      const shape = `${operation} ${shapeOf(keyAndQuery!)}`;
+      const byShape = (entry.byShape[shape] ??= { requests: 0, latency: 0 });
+      byShape.requests++;
+      byShape.latency += Number(latency);
       if (bytes !== '-' && method === 'GET') entry.bytesOut += Number(bytes);
       if (Number(status) >= 400) entry.errors++;
     }
     return stats;
   }
+}
+
+/** The `top` most frequent operation + key shapes, one per line: what a side asked the store for. */
+export function describeS3Shapes(stats: S3RequestStats | undefined, top: number): string[] {
+  if (!stats) return [];
+  return Object.entries(stats.byShape).sort((a, b) => b[1].requests - a[1].requests).slice(0, top)
+    .map(([shape, s]) => `${String(s.requests).padStart(6)} x  ${s.latency.toFixed(2).padStart(6)} s  ${shape}`);
 }
 
 /** One line: `123 S3 requests (PUT part 40, GET 12, ...), RGW latency sum 4.20 s, 0 errors`. */

@@ -48,7 +48,7 @@ import { DISTRIBUTION_BIN, REPO_ROOT, STEVEDORE_BIN, distributionRequests, freeP
 import { children, cleanup, logger, newTempDir, run, runBenchmark, stopProcess } from './harness.js';
 import { numberOption, option } from './options.js';
 import { capture, curlGet, fmt, makeBlob, MANIFEST_TYPE, pushMonolithic, REPO, seedImage, waitReady, wrk, type Server } from './registry-bench.js';
-import { describeS3Requests, RgwLog, type S3RequestStats } from './rgw-log.js';
+import { describeS3Requests, describeS3Shapes, RgwLog, type S3RequestStats } from './rgw-log.js';
 import { summarizeCpuProfiles } from './cpu-profile.js';
 
 const MiB = 1024 * 1024;
@@ -106,7 +106,7 @@ let profileDir: string | undefined;
 const roles = new Map<number, string>();
 
 /** `stevedore registry --storage s3://BUCKET/PREFIX` (AWS_* from startCephRgw) at log level warn. */
-async function startStevedore(prefix: string, upstream?: string): Promise<S3Server> {
+async function startStevedore(prefix: string, role: string, upstream?: string): Promise<S3Server> {
   const dir = await newTempDir('s3-bench-stevedore-');
   const port = await freePort();
   const nodeArgs = OPTS.profile ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : [];
@@ -118,7 +118,7 @@ async function startStevedore(prefix: string, upstream?: string): Promise<S3Serv
   const output = capture(proc);
   const url = `http://127.0.0.1:${port}`;
   await waitReady(url, proc, output, 20_000);
-  roles.set(proc.pid!, upstream ? 'cache worker (cold pulls)' : 'hosted worker (push, pull, blob GET, manifest GET)');
+  roles.set(proc.pid!, role);
   return {
     side: 'stevedore', label: 'stevedore', url, pid: proc.pid!, proc, output, prefix, localRoot: join(dir, 'root'),
     stop: async () => { await stopProcess(proc); children.delete(proc); },
@@ -266,7 +266,10 @@ function compare(metric: string, unit: string, s: number, d: number, target: { m
 }
 
 function addBreakdown(phase: string, stats: Record<string, S3RequestStats | undefined>): void {
-  for (const side of SIDES) breakdown.push(`${phase}, ${side}: ${describeS3Requests(stats[side])}`);
+  for (const side of SIDES) {
+    breakdown.push(`${phase}, ${side}: ${describeS3Requests(stats[side])}`);
+    breakdown.push(...describeS3Shapes(stats[side], 6).map((line) => `    ${line}`));
+  }
 }
 
 function table(): string {
@@ -411,7 +414,7 @@ async function coldPulls(work: string): Promise<void> {
     const stored: Record<string, string> = {};
     for (const side of SIDES) {
       const prefix = `${side}-cache-${runId}`;
-      const server = side === 'stevedore' ? await startStevedore(prefix, upstream.url) : await startDistributionS3(prefix, upstream.url);
+      const server = side === 'stevedore' ? await startStevedore(prefix, 'cache worker, cold pulls', upstream.url) : await startDistributionS3(prefix, upstream.url);
       try {
         const logMark = upstream.output().length;
         const s3Mark = await rgwLog.mark();
@@ -528,7 +531,13 @@ async function main(): Promise<void> {
   rgwLog = new RgwLog(rgw.dir);
   log(`Ceph RGW ${rgw.endpoint} bucket ${rgw.bucket} up in ${((performance.now() - rgwStarted) / 1000).toFixed(1)} s; run ${runId}`);
 
-  const servers = [await startStevedore(`stevedore-${runId}`), await startDistributionS3(`distribution-${runId}`)];
+  const servers = [await startStevedore(`stevedore-${runId}`, OPTS.profile ? 'hosted worker, push and pull' : 'hosted worker'), await startDistributionS3(`distribution-${runId}`)];
+  // With --profile, a fresh worker on the same store for each phase: one profile per phase.
+  const nextPhase = async (role: string) => {
+    if (!OPTS.profile) return;
+    await servers[0]!.stop();
+    servers[0] = await startStevedore(`stevedore-${runId}`, `hosted worker, ${role}`);
+  };
   log(`stevedore ${servers[0]!.url}, distribution ${servers[1]!.url} (blob GETs ${OPTS.distRedirect ? 'redirected to RGW' : 'served by itself'})`);
   try {
     await pushAndPull(servers, work);
@@ -538,7 +547,9 @@ async function main(): Promise<void> {
       notes.push(`WARNING: the Stevedore worker stored ${onS3.objects} objects on S3 and its blobs on local disk (${servers[0]!.localRoot}): `
         + 'the worker is not on the storage driver in this tree, so its hosted figures are local-disk figures');
     }
+    await nextPhase('large-blob PUT and GET');
     await largeBlob(servers);
+    await nextPhase('manifest GET');
     await manifestRate(servers, work);
   } finally {
     for (const server of servers) await server.stop();
