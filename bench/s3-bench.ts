@@ -356,8 +356,21 @@ async function largeBlob(servers: S3Server[]): Promise<void> {
     direct.push(await curlGet(objectUrl, size, ['--aws-sigv4', `aws:amz:${rgw!.region}:s3`, '--user', `${rgw!.accessKeyId}:${rgw!.secretAccessKey}`,
       '-H', 'x-amz-content-sha256: UNSIGNED-PAYLOAD']));
   }
+  // The AWS SDK alone (the driver's reader, consumed in this node process): separates the SDK's
+  // throughput from what the worker's route adds on top of it.
+  const stevedore = servers.find((s) => s.side === 'stevedore')!;
+  const sdk: number[] = [];
+  for (let r = 0; r < OPTS.runs; r++) {
+    const seconds = await timedS(async () => {
+      let bytes = 0;
+      for await (const chunk of await storeAt(stevedore.prefix).reader(`blobs/sha256/${hex.slice(0, 2)}/${hex}`)) bytes += (chunk as Buffer).length;
+      if (bytes !== size) throw new Error(`SDK read ${bytes} of ${size} bytes`);
+    }).catch(() => NaN);
+    sdk.push(size / 1e6 / seconds);
+  }
   compare(`large-blob GET ${OPTS.blobMiB} MiB (curl), best of ${OPTS.runs}`, 'MB/s', getMBs.stevedore!, getMBs.distribution!, undefined);
-  rows.at(-1)!.target = `(info; RGW direct ${fmt(Math.max(...direct))} MB/s)`;
+  rows.at(-1)!.target = `(info; RGW direct ${fmt(Math.max(...direct))}, SDK read ${sdk.some(Number.isFinite) ? fmt(Math.max(...sdk.filter(Number.isFinite))) : 'n/a'})`;
+  notes.push(`large-blob GET (MB/s): RGW direct by curl ${direct.map((v) => fmt(v)).join(', ')}; the driver's reader (AWS SDK) in the bench's node process ${sdk.map((v) => fmt(v)).join(', ')}`);
   compare(`monolithic PUT ${OPTS.blobMiB} MiB (POST + PUT ?digest=)`, 'MB/s', pushMBs.stevedore!, pushMBs.distribution!, undefined);
   addBreakdown(`large-blob GET x${OPTS.runs}`, stats);
 }
