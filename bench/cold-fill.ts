@@ -20,6 +20,8 @@
  *   --prof / BENCH_FILL_PROF         directory: the worker runs with --cpu-prof there
  *   --json / BENCH_JSON              also write the results as JSON to this file
  *   --timeout / BENCH_TIMEOUT        whole-run limit in seconds, default 900
+ *   --fill-storage / BENCH_FILL_STORAGE  the worker target's store: filesystem (default) or s3 (a Ceph RGW
+ *                                    started for the run, as the tests do; the blob key is deleted between runs)
  */
 import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
@@ -30,6 +32,7 @@ import { pathToFileURL } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { startAppliance, type Appliance } from '../test/helpers/appliance.js';
 import { STEVEDORE_BIN, distributionRequests, freePort, startDistribution } from '../test/helpers/processes.js';
+import { testStorage, type StorageKind, type TestStorage } from '../test/helpers/storage-targets.js';
 import { children, cleanup, logger, newTempDir, runBenchmark, stopProcess, tempDirs } from './harness.js';
 import { numberOption, option } from './options.js';
 import { MiB, capture, curlGet, fmt, makeBlob, pushMonolithic, waitReady, type GeneratedBlob, type Server } from './registry-bench.js';
@@ -52,6 +55,8 @@ export interface ColdFillResult {
   upstreamGets: Partial<Record<TargetKey, number>>;
   loadStart: string;
   loadEnd: string;
+  /** The worker target's store. */
+  storage: StorageKind;
 }
 
 /** CPU time (utime + stime, ms) of a process, from /proc. */
@@ -83,7 +88,7 @@ const load = () => loadavg().map((l) => l.toFixed(2)).join(' ');
 /** The blob's cache path under a Stevedore root (lib/storage/layout.ts). */
 const blobFile = (root: string, digest: string) => join(root, 'blobs', 'sha256', digest.slice(7, 9), digest.slice(7));
 
-export async function measureColdFill(options: { sizeMiB: number; runs: number; targets: TargetKey[]; prof?: string | undefined }): Promise<ColdFillResult> {
+export async function measureColdFill(options: { sizeMiB: number; runs: number; targets: TargetKey[]; prof?: string | undefined; storage?: StorageKind }): Promise<ColdFillResult> {
   const loadStart = load();
   const upstream = await startDistribution();
   children.add(upstream.proc);
@@ -96,12 +101,16 @@ export async function measureColdFill(options: { sizeMiB: number; runs: number; 
 
   // The caches (started once; made cold again before every run).
   let worker: (Server & { root: string }) | undefined;
+  let workerStore: TestStorage | undefined;
   let appliance: Appliance | undefined;
   if (options.targets.includes('worker')) {
     const dir = await newTempDir('cold-fill-worker-');
     const port = await freePort();
-    const args = [STEVEDORE_BIN, 'registry', '--listen', `127.0.0.1:${port}`, '--root', join(dir, 'root'), '--upstream', upstream.url, '--log-level', 'warn'];
-    const proc = spawn(process.execPath, options.prof ? [`--cpu-prof`, `--cpu-prof-dir=${options.prof}`, ...args] : args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    if (options.storage === 's3') workerStore = await testStorage('s3');
+    const args = [STEVEDORE_BIN, 'registry', '--listen', `127.0.0.1:${port}`, '--root', join(dir, 'root'), ...(workerStore?.args ?? []), '--upstream', upstream.url, '--log-level', 'warn'];
+    const proc = spawn(process.execPath, options.prof ? [`--cpu-prof`, `--cpu-prof-dir=${options.prof}`, ...args] : args, {
+      stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...(workerStore?.env ?? {}) },
+    });
     children.add(proc);
     const output = capture(proc);
     const url = `http://127.0.0.1:${port}`;
@@ -130,7 +139,8 @@ export async function measureColdFill(options: { sizeMiB: number; runs: number; 
     if (target === 'direct') {
       mbs = await curlGet(`${upstream.url}/v2/${REPO}/blobs/${blob.digest}`, blob.size);
     } else if (target === 'worker') {
-      await rm(blobFile(worker!.root, blob.digest), { force: true });
+      if (workerStore) await workerStore.driver.delete(`blobs/sha256/${blob.digest.slice(7, 9)}/${blob.digest.slice(7)}`);
+      else await rm(blobFile(worker!.root, blob.digest), { force: true });
       mbs = await curlGet(`${worker!.url}/v2/${REPO}/blobs/${blob.digest}`, blob.size);
     } else if (target === 'appliance') {
       await rm(blobFile(appliance!.root, blob.digest), { force: true });
@@ -169,6 +179,7 @@ export async function measureColdFill(options: { sizeMiB: number; runs: number; 
   if (worker) {
     await stopProcess(worker.proc);
     children.delete(worker.proc);
+    await workerStore?.cleanup();
   }
   if (appliance) {
     runningAppliances.delete(appliance);
@@ -176,7 +187,7 @@ export async function measureColdFill(options: { sizeMiB: number; runs: number; 
   }
   await upstream.stop();
   children.delete(upstream.proc);
-  return { sizeMiB: options.sizeMiB, runs, cpuMs: cpu, gatewayCpuMs: gatewayCpu, upstreamGets, loadStart, loadEnd: load() };
+  return { sizeMiB: options.sizeMiB, runs, cpuMs: cpu, gatewayCpuMs: gatewayCpu, upstreamGets, loadStart, loadEnd: load(), storage: options.storage ?? 'filesystem' };
 }
 
 const median = (xs: number[]) => {
@@ -191,7 +202,7 @@ export function coldFillReport(result: ColdFillResult): string {
   const med = (t: TargetKey) => (runs[t]?.length ? median(runs[t]!) : NaN);
   const ratio = (a: number, b: number) => (Number.isFinite(a) && Number.isFinite(b) && b > 0 ? `${fmt(a / b, 2)}x` : '-');
   const lines = [
-    `One cold ${result.sizeMiB} MiB blob through the cache (curl, loopback; upstream = docker-registry 2.8.2)`,
+    `One cold ${result.sizeMiB} MiB blob through the cache (curl, loopback; upstream = docker-registry 2.8.2; worker's store: ${result.storage})`,
     `${'target'.padEnd(20)} ${'best MB/s'.padStart(10)} ${'median'.padStart(8)} ${'vs dist proxy (best/median)'.padStart(28)} ${'vs direct'.padStart(10)} ${'upstream GETs/fill'.padStart(19)}  runs`,
   ];
   for (const t of TARGETS) {
@@ -217,7 +228,9 @@ if (isMain) {
     prof: option('prof', 'BENCH_FILL_PROF', '') || undefined,
     json: option('json', 'BENCH_JSON', '') || undefined,
     timeoutS: numberOption('timeout', 'BENCH_TIMEOUT', 900, { min: 10 }),
+    storage: option('fill-storage', 'BENCH_FILL_STORAGE', 'filesystem') as StorageKind,
   };
+  if (OPTS.storage !== 'filesystem' && OPTS.storage !== 's3') throw new Error(`--fill-storage: filesystem or s3, not "${OPTS.storage}"`);
   for (const t of OPTS.targets) if (!(TARGETS as readonly string[]).includes(t)) throw new Error(`--fill-targets: unknown target "${t}"`);
   await runBenchmark(async () => {
     const result = await measureColdFill(OPTS);

@@ -4,10 +4,11 @@ import { readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { buildImage } from './helpers/oci-image.js';
-import { startDistribution, startStevedoreRegistry, stopProcess, tempDir, threadStates, type RunningProcess } from './helpers/processes.js';
+import { startDistribution, stopProcess, tempDir, threadStates, type RunningProcess } from './helpers/processes.js';
 import {
-  cacheRequests, manifestDigest, MANIFEST_ACCEPT, ociError, pull, pushManifest, seed, sleep, tryPull,
+  cacheRequests, manifestDigest, MANIFEST_ACCEPT, ociError, pull, pushManifest, seed, sleep, startCacheOn, tryPull,
 } from './helpers/proxy-fixtures.js';
+import { STORAGE_KINDS, testStorage, type StorageKind } from './helpers/storage-targets.js';
 
 /** The pull-through cache when its upstream is down or hangs, and when a tag moves upstream. */
 
@@ -16,10 +17,10 @@ async function cleanUp(): Promise<void> {
   for (const fn of cleanup.splice(0).reverse()) await fn().catch(() => {});
 }
 
-async function startCache(upstream: string, extra: string[]): Promise<RunningProcess> {
-  const root = await tempDir('proxy-outage-root-');
-  cleanup.push(() => rm(root, { recursive: true, force: true }));
-  const cache = await startStevedoreRegistry(['--root', root, '--upstream', upstream, ...extra]);
+async function startCache(upstream: string, extra: string[], kind: StorageKind = 'filesystem'): Promise<RunningProcess> {
+  const storage = await testStorage(kind);
+  cleanup.push(() => storage.cleanup());
+  const cache = await startCacheOn(storage, upstream, extra);
   cleanup.push(() => cache.stop());
   return cache;
 }
@@ -224,53 +225,56 @@ describe('pull-through cache: upstream hangs (process stopped with SIGSTOP)', ()
   });
 });
 
-describe('pull-through cache: a tag moved upstream', () => {
-  let upstream: RunningProcess & { root: string };
-  let cache: RunningProcess;
-  const first = buildImage({ layerSizes: [1200], seed: 'moving-first' });
-  const second = buildImage({ layerSizes: [1300], seed: 'moving-second' });
+// The tag's validated-at is kept in the store (its key's write time): on each driver.
+for (const kind of STORAGE_KINDS) {
+  describe(`pull-through cache on ${kind}: a tag moved upstream`, () => {
+    let upstream: RunningProcess & { root: string };
+    let cache: RunningProcess;
+    const first = buildImage({ layerSizes: [1200], seed: `moving-first-${kind}` });
+    const second = buildImage({ layerSizes: [1300], seed: `moving-second-${kind}` });
 
-  before(async () => {
-    upstream = await startDistribution();
-    cleanup.push(() => upstream.stop());
-    await seed(upstream.url, 'team/moving:v1', [first]);
-    await seed(upstream.url, 'team/moving:next', [second]); // its blobs are upstream; moving v1 is one PUT
-    cache = await startCache(upstream.url, ['--tag-ttl', '2s']);
+    before(async () => {
+      upstream = await startDistribution();
+      cleanup.push(() => upstream.stop());
+      await seed(upstream.url, 'team/moving:v1', [first]);
+      await seed(upstream.url, 'team/moving:next', [second]); // its blobs are upstream; moving v1 is one PUT
+      cache = await startCache(upstream.url, ['--tag-ttl', '2s'], kind);
+    });
+    after(cleanUp);
+
+    it('is seen after the tag TTL and not before', async () => {
+      const fetchedAt = Date.now();
+      const initial = await manifestDigest(cache.url, 'team/moving', 'v1', 'GET');
+      assert.equal(initial.status, 200);
+      assert.equal(initial.digest, first.manifest.digest);
+      const servedAt = Date.now();
+
+      assert.equal(await pushManifest(upstream.url, 'team/moving', 'v1', second.manifest.data, second.manifest.mediaType), second.manifest.digest);
+      const mark = upstream.output().length;
+      for (const method of ['HEAD', 'GET'] as const) {
+        const early = await manifestDigest(cache.url, 'team/moving', 'v1', method);
+        assert.ok(Date.now() - fetchedAt < 2000, 'still within the TTL');
+        assert.equal(early.status, 200);
+        assert.equal(early.digest, first.manifest.digest);
+      }
+      assert.deepEqual(cacheRequests(upstream.output().slice(mark)), [], 'within the TTL the upstream is not asked');
+
+      await sleep(Math.max(0, servedAt + 2200 - Date.now()));
+      const head = await manifestDigest(cache.url, 'team/moving', 'v1', 'HEAD');
+      assert.equal(head.status, 200);
+      assert.equal(head.digest, second.manifest.digest);
+      const get = await manifestDigest(cache.url, 'team/moving', 'v1', 'GET');
+      assert.equal(get.digest, second.manifest.digest);
+      assert.deepEqual(get.body, second.manifest.data);
+      // The worker's log line may reach us just after its answer (pino writes asynchronously).
+      const moved = () => cache.logLines().some((l) => l.msg === 'tag moved upstream' && l.to === second.manifest.digest);
+      for (let i = 0; i < 40 && !moved(); i++) await sleep(50);
+      assert.ok(moved());
+      // Revalidation is a HEAD; the new manifest is then fetched by digest.
+      const asked = cacheRequests(upstream.output().slice(mark)).map((r) => `${r.method} ${r.path}`);
+      assert.deepEqual(asked, ['HEAD /v2/team/moving/manifests/v1', `GET /v2/team/moving/manifests/${second.manifest.digest}`]);
+      const pulled = await pull(cache.url, 'team/moving:v1');
+      assert.deepEqual(pulled.manifests, [{ digest: second.manifest.digest, config: second.config.digest, layers: second.layers.map((l) => l.digest) }]);
+    });
   });
-  after(cleanUp);
-
-  it('is seen after the tag TTL and not before', async () => {
-    const fetchedAt = Date.now();
-    const initial = await manifestDigest(cache.url, 'team/moving', 'v1', 'GET');
-    assert.equal(initial.status, 200);
-    assert.equal(initial.digest, first.manifest.digest);
-    const servedAt = Date.now();
-
-    assert.equal(await pushManifest(upstream.url, 'team/moving', 'v1', second.manifest.data, second.manifest.mediaType), second.manifest.digest);
-    const mark = upstream.output().length;
-    for (const method of ['HEAD', 'GET'] as const) {
-      const early = await manifestDigest(cache.url, 'team/moving', 'v1', method);
-      assert.ok(Date.now() - fetchedAt < 2000, 'still within the TTL');
-      assert.equal(early.status, 200);
-      assert.equal(early.digest, first.manifest.digest);
-    }
-    assert.deepEqual(cacheRequests(upstream.output().slice(mark)), [], 'within the TTL the upstream is not asked');
-
-    await sleep(Math.max(0, servedAt + 2200 - Date.now()));
-    const head = await manifestDigest(cache.url, 'team/moving', 'v1', 'HEAD');
-    assert.equal(head.status, 200);
-    assert.equal(head.digest, second.manifest.digest);
-    const get = await manifestDigest(cache.url, 'team/moving', 'v1', 'GET');
-    assert.equal(get.digest, second.manifest.digest);
-    assert.deepEqual(get.body, second.manifest.data);
-    // The worker's log line may reach us just after its answer (pino writes asynchronously).
-    const moved = () => cache.logLines().some((l) => l.msg === 'tag moved upstream' && l.to === second.manifest.digest);
-    for (let i = 0; i < 40 && !moved(); i++) await sleep(50);
-    assert.ok(moved());
-    // Revalidation is a HEAD; the new manifest is then fetched by digest.
-    const asked = cacheRequests(upstream.output().slice(mark)).map((r) => `${r.method} ${r.path}`);
-    assert.deepEqual(asked, ['HEAD /v2/team/moving/manifests/v1', `GET /v2/team/moving/manifests/${second.manifest.digest}`]);
-    const pulled = await pull(cache.url, 'team/moving:v1');
-    assert.deepEqual(pulled.manifests, [{ digest: second.manifest.digest, config: second.config.digest, layers: second.layers.map((l) => l.digest) }]);
-  });
-});
+}

@@ -73,6 +73,41 @@ export async function startThrottledRelay(targetPort: number, bytesPerSecond: nu
   };
 }
 
+/**
+ * A plain TCP relay to `targetPort` that can be cut: `cut()` destroys every connection through it and
+ * resets new ones at once (the target looks down: refused / reset), `restore()` relays again.
+ */
+export async function startCuttableRelay(targetPort: number): Promise<{ url: string; port: number; cut(): void; restore(): void; stop(): Promise<void> }> {
+  const sockets = new Set<Socket>();
+  let down = false;
+  const server: Server = createServer((client) => {
+    if (down) return void client.resetAndDestroy();
+    const target = connect(targetPort, '127.0.0.1');
+    for (const s of [client, target]) {
+      sockets.add(s);
+      s.on('close', () => sockets.delete(s));
+      s.on('error', () => { client.destroy(); target.destroy(); });
+    }
+    client.pipe(target);
+    target.pipe(client);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as { port: number };
+  return {
+    url: `http://127.0.0.1:${port}`,
+    port,
+    cut: () => {
+      down = true;
+      for (const s of sockets) s.resetAndDestroy();
+    },
+    restore: () => { down = false; },
+    stop: async () => {
+      for (const s of sockets) s.destroy();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+}
+
 export interface BlobTransfer {
   status: number;
   /** Content-Length the server announced (undefined when none). */

@@ -11,6 +11,7 @@ import { GatewayMetrics } from '../../services/gateway/src/metrics.js';
 import { createGateway } from '../../services/gateway/src/server.js';
 import { sleep, type HttpResult } from './appliance.js';
 import { STEVEDORE_BIN } from './processes.js';
+import type { TestStorage } from './storage-targets.js';
 
 /** One request to a unix socket (a worker, as the gateway reaches it). */
 export function callSocket(socketPath: string, method: string, path: string, headers: Record<string, string> = {}): Promise<HttpResult> {
@@ -67,12 +68,15 @@ export interface InProcessGateway {
  * (`up.example:5000`, alias `up`) in the plan that never runs: what it would serve is written to
  * its store by the test.
  */
-export async function startGatewayWithHostedWorker(dir: string, options: { tagTtlMs?: number } = {}): Promise<InProcessGateway> {
-  const root = join(dir, 'root');
+export async function startGatewayWithHostedWorker(dir: string, options: { tagTtlMs?: number; storage?: TestStorage } = {}): Promise<InProcessGateway> {
+  // The store: a TestStorage (a directory or an S3 prefix, with its own local root), else `<dir>/root`.
+  const root = options.storage?.root ?? join(dir, 'root');
   const run = join(dir, 'run');
   await mkdir(run, { mode: 0o700 });
   const plan = testPlan(run);
-  const worker = spawn(process.execPath, [STEVEDORE_BIN, 'registry', '--listen', plan.hosted.socketPath, '--root', root, '--log-level', 'info'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const worker = spawn(process.execPath, [STEVEDORE_BIN, 'registry', '--listen', plan.hosted.socketPath, '--root', root, ...(options.storage?.args ?? []), '--log-level', 'info'], {
+    stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...options.storage?.env },
+  });
   let output = '';
   worker.stdout!.on('data', (c: Buffer) => { output += c.toString(); });
   worker.stderr!.on('data', (c: Buffer) => { output += c.toString(); });
@@ -84,6 +88,7 @@ export async function startGatewayWithHostedWorker(dir: string, options: { tagTt
   const metrics = new GatewayMetrics(join(root, 'blobs'));
   const gateway = createGateway({
     plan, log: createLogger('gateway', 'silent'), users: undefined, realm: 'Test Realm', accessLog, metrics, root,
+    ...(options.storage ? { storage: options.storage.driver } : {}),
     // The plan's cache worker never runs: requests that need it give up waiting after 1 s, not 10 s.
     workerWaitMs: 1_000,
     ...(options.tagTtlMs !== undefined ? { tagTtlMs: options.tagTtlMs } : {}),

@@ -14,7 +14,6 @@ import { sendManifest } from '../routes/manifests.js';
 import { BoundedMap } from '../../../../lib/storage/bounded-map.js';
 import type { StoredManifest } from '../../../../lib/storage/manifest-store.js';
 import { BlobFills } from './blob-fill.js';
-import type { StorageDriver } from '../../../../lib/storage/driver/driver.js';
 import { readBodyCapped, responseHeader, type UpstreamClient, type UpstreamResponse } from './upstream-client.js';
 
 export interface ProxyOptions {
@@ -77,7 +76,6 @@ interface CachedList {
  */
 export class ProxyCache {
   private readonly fills: BlobFills;
-  private readonly driver: StorageDriver;
   private readonly negative = new BoundedMap<string, number>(10_000);
   private readonly manifestFetches = new Map<string, Promise<ServedManifest>>();
   private readonly lists = new BoundedMap<string, CachedList>(1_000);
@@ -87,7 +85,6 @@ export class ProxyCache {
 
   constructor(private readonly ctx: RegistryContext, readonly client: UpstreamClient, private readonly options: ProxyOptions) {
     this.fills = new BlobFills(options.fillTimeoutMs);
-    this.driver = ctx.driver;
   }
 
   private get host(): string {
@@ -299,7 +296,7 @@ export class ProxyCache {
       }
       const length = Number(responseHeader(res.headers, 'content-length'));
       return { body: res.body, size: Number.isSafeInteger(length) && length >= 0 ? length : undefined };
-    }, { driver: this.driver, key: this.ctx.layout.blobKey(digest), spoolDir: this.ctx.layout.tmpDir },
+    }, { driver: this.ctx.driver, key: this.ctx.layout.blobKey(digest), spoolDir: this.ctx.layout.tmpDir },
     () => this.ctx.blobs.link(name, digest), name, this.ctx.log));
     await fill.ready;
     if (fill.size === undefined) await fill.finished;
