@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
-import { connect, createServer, type Server, type Socket } from 'node:net';
 import { after, before, describe, it } from 'node:test';
+import { startCuttableRelay } from './helpers/faults.js';
 import { buildImage } from './helpers/oci-image.js';
 import { startDistribution, type RunningProcess } from './helpers/processes.js';
 import { blobGets, isStored, MANIFEST_ACCEPT, ociError, pull, seed, sha256, sleep, startCacheOn } from './helpers/proxy-fixtures.js';
@@ -12,37 +12,6 @@ import { testStorage, type TestStorage } from './helpers/storage-targets.js';
  * upstream download is started for a blob that could not be stored), and the worker serves again by
  * itself once the store is back.
  */
-
-/** A TCP relay to `targetPort` that can be cut (listener closed, connections reset) and restored on the same port. */
-async function startCuttableRelay(targetPort: number): Promise<{ url: string; cut(): Promise<void>; restore(): Promise<void>; stop(): Promise<void> }> {
-  const sockets = new Set<Socket>();
-  let server: Server;
-  let port = 0;
-  const listen = () => new Promise<void>((resolve, reject) => {
-    server = createServer((client) => {
-      const upstream = connect(targetPort, '127.0.0.1');
-      for (const s of [client, upstream]) {
-        sockets.add(s);
-        s.on('close', () => sockets.delete(s));
-        s.on('error', () => { client.destroy(); upstream.destroy(); });
-      }
-      client.pipe(upstream).pipe(client);
-    });
-    server.once('error', reject);
-    server.listen(port, '127.0.0.1', () => {
-      port = (server.address() as { port: number }).port;
-      resolve();
-    });
-  });
-  const cut = async () => {
-    await new Promise<void>((resolve) => {
-      server.close(() => resolve());
-      for (const s of sockets) s.resetAndDestroy();
-    });
-  };
-  await listen();
-  return { url: `http://127.0.0.1:${port}`, cut, restore: listen, stop: () => cut().catch(() => {}) };
-}
 
 describe('pull-through cache on s3: the store goes away and comes back', () => {
   let upstream: RunningProcess & { root: string };
@@ -73,7 +42,7 @@ describe('pull-through cache on s3: the store goes away and comes back', () => {
     const other = uncached.layers[0]!;
     assert.equal(await isStored(storage, layer.digest), true);
 
-    await relay.cut();
+    relay.cut();
     // What the worker still holds in memory (small manifests, recent stats) may be answered; everything
     // else is a quick 503 with Retry-After, never a hang or a 500.
     const requests: Array<[string, string, Record<string, string>, boolean]> = [
@@ -102,7 +71,7 @@ describe('pull-through cache on s3: the store goes away and comes back', () => {
     // The uncached blob was not downloaded only to be thrown away.
     assert.equal(blobGets(upstream.output(), 'team/uncached').get(other.digest), undefined);
 
-    await relay.restore();
+    relay.restore();
     let served = 0;
     for (let i = 0; i < 50 && served !== 200; i++) {
       const res = await fetch(`${cache.url}/v2/team/cached/blobs/${layer.digest}`);
