@@ -8,13 +8,13 @@
  *   - N concurrent cold pulls through a pull-through cache (a Stevedore worker with --upstream and
  *     distribution with proxy.remoteurl, both on S3) of an image on a third, plain docker-registry on
  *     disk: wall time, and upstream GETs per blob counted in that upstream's access log,
- *   - the cleaner's scan of 100,000 cached blobs (quick: 20,000): bench/storage-bench.ts --storage s3
+ *   - the cleaner's scan of 100,000 blobs (quick: 10,000): bench/storage-bench.ts --storage s3
  *     on the same RGW, when this tree's storage bench has that option.
  * For every phase it prints the S3 requests each side made (from RGW's access log: operations,
  * summed RGW latency), which is where a slow side's time goes.
  *
- *   npm run bench:s3                    # full run (~10 minutes)
- *   BENCH_QUICK=1 npm run bench:s3      # quick run (10 x 4 MiB, 32 MiB blob, 3 s wrk; ~3 minutes)
+ *   npm run bench:s3                    # full run (~8 minutes, plus the cleaner store's build)
+ *   BENCH_QUICK=1 npm run bench:s3      # quick run (10 x 4 MiB, 32 MiB blob, 3 s wrk; ~2 minutes)
  *   node dist/bench/s3-bench.js --image 10x20 --blob-mb 200 --runs 3 --json out.json
  *
  * Options (flag, else environment variable):
@@ -25,11 +25,14 @@
  *   --duration / BENCH_DURATION      seconds per wrk measurement, default 10 (quick 3), after a 2 s warm-up
  *   --connections / BENCH_CONNECTIONS  wrk connections, default 16
  *   --concurrency / BENCH_CONCURRENCY  simultaneous cold pulls through the caches, default 8
+ *   --cleaner-blobs / BENCH_CLEANER_BLOBS  blobs in the cleaner-scan store, default 100000 (quick 10000; 0 skips);
+ *                                    building it on RGW takes minutes (tens of minutes on a busy machine)
+ *   --cleaner-timeout / BENCH_CLEANER_TIMEOUT  limit for that step in seconds, default 1800 (quick 300)
  *   --dist-redirect / BENCH_DIST_REDIRECT  let distribution answer blob GETs with a redirect to RGW (its
  *                                    default); off by default, so both sides serve the bytes themselves
  *   --profile / BENCH_PROFILE        run the Stevedore workers with --cpu-prof; print their hottest functions
  *   --json / BENCH_JSON              also write the results as JSON to this file
- *   --timeout / BENCH_TIMEOUT        whole-run limit in seconds, default 1800
+ *   --timeout / BENCH_TIMEOUT        whole-run limit in seconds, default 3600
  *
  * Needs the Debian packages of scripts/install.sh (ceph, docker-registry, skopeo, wrk, curl).
  */
@@ -70,10 +73,12 @@ const OPTS = {
   duration: numberOption('duration', 'BENCH_DURATION', QUICK ? 3 : 10, { min: 1, integer: true }),
   connections: numberOption('connections', 'BENCH_CONNECTIONS', 16, { min: 1, integer: true }),
   concurrency: numberOption('concurrency', 'BENCH_CONCURRENCY', 8, { min: 1, max: 64, integer: true }),
+  cleanerBlobs: numberOption('cleaner-blobs', 'BENCH_CLEANER_BLOBS', QUICK ? 10_000 : 100_000, { min: 0, integer: true }),
+  cleanerTimeoutS: numberOption('cleaner-timeout', 'BENCH_CLEANER_TIMEOUT', QUICK ? 300 : 1800, { min: 10, integer: true }),
   distRedirect: flag('dist-redirect', 'BENCH_DIST_REDIRECT'),
   profile: flag('profile', 'BENCH_PROFILE'),
   json: option('json', 'BENCH_JSON', '') || undefined,
-  timeoutS: numberOption('timeout', 'BENCH_TIMEOUT', 1800, { min: 10, integer: true }),
+  timeoutS: numberOption('timeout', 'BENCH_TIMEOUT', 3600, { min: 10, integer: true }),
 };
 
 const log = logger('s3-bench');
@@ -515,8 +520,13 @@ async function quiet(output: () => string, ms: number): Promise<void> {
  */
 async function cleanerScan(): Promise<void> {
   const script = fileURLToPath(new URL('./storage-bench.js', import.meta.url));
-  const blobs = OPTS.quick ? 20_000 : 100_000;
-  const metric = `cleaner scan of ${blobs.toLocaleString('en-US')} cached blobs (bench:storage --storage s3)`;
+  const blobs = OPTS.cleanerBlobs;
+  const metric = `cleaner scan of ${blobs.toLocaleString('en-US')} blobs (bench:storage --storage s3)`;
+  if (blobs === 0) {
+    rows.push({ metric: 'cleaner scan', unit: 's', stevedore: 'skipped', distribution: '-', target: '< 30 s for 100,000' });
+    notes.push('cleaner scan: skipped (--cleaner-blobs 0)');
+    return;
+  }
   if (!existsSync(script) || !readFileSync(script, 'utf8').includes('BENCH_STORAGE')) {
     rows.push({ metric, unit: 's', stevedore: 'skipped', distribution: '-', target: '< 30 s' });
     notes.push('cleaner scan: skipped, this tree\'s bench/storage-bench.ts has no --storage s3 (the storage-control branch)');
@@ -531,13 +541,16 @@ async function cleanerScan(): Promise<void> {
     let out = '';
     proc.stdout!.on('data', (c: Buffer) => { out += c.toString(); });
     proc.stderr!.on('data', (c: Buffer) => { out += c.toString(); });
-    proc.on('close', (code) => { children.delete(proc); resolve({ code, out }); });
+    // Past its limit the step is stopped (the rest of the results are already measured).
+    const timer = setTimeout(() => { out += `\n[stopped after ${OPTS.cleanerTimeoutS} s]`; proc.kill('SIGTERM'); }, OPTS.cleanerTimeoutS * 1000);
+    proc.on('close', (code) => { clearTimeout(timer); children.delete(proc); resolve({ code, out }); });
   });
   const scan = /cleaner: scan of \d+ blobs \(plan\) ([\d.]+)\s*(ms|s)\b/.exec(res.out);
   const seconds = scan ? Number(scan[1]) / (scan[2] === 'ms' ? 1000 : 1) : undefined;
   rows.push({
-    metric, unit: 's', stevedore: seconds ?? (res.code === 0 ? 'see notes' : `exit ${res.code}`), distribution: '-', target: '< 30 s',
-    ...(seconds !== undefined && !OPTS.quick ? { met: seconds < 30 } : {}),
+    metric, unit: 's', stevedore: seconds ?? (res.code === 0 ? 'see notes' : `exit ${res.code}`), distribution: '-',
+    target: blobs >= 100_000 ? '< 30 s' : '(info; < 30 s at 100,000)',
+    ...(seconds !== undefined && blobs >= 100_000 ? { met: seconds < 30 } : {}),
   });
   notes.push(`bench:storage --storage s3 --blobs ${blobs} (exit ${res.code}):\n${res.out.split('\n').filter((l) => /^(storage bench|store built|cleaner|gc|logger)/.test(l) || res.code !== 0).join('\n').slice(-3000)}`);
 }
