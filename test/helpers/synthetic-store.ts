@@ -2,7 +2,9 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, open, utimes, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { digestOf, type Digest } from '../../lib/oci/digest.js';
+import { FilesystemDriver } from '../../lib/storage/driver/filesystem.js';
 import { StorageLayout } from '../../lib/storage/layout.js';
+import { ServedBatchWriter } from '../../lib/storage/served-index.js';
 
 /**
  * Builds stores directly in the on-disk layout (lib/storage/layout.ts), without a registry worker:
@@ -31,9 +33,14 @@ export interface StoredBlob {
 
 export class SyntheticStore {
   readonly hosted: StorageLayout;
+  /** The filesystem driver on `root` (what the cleaner and GC are given). */
+  readonly driver: FilesystemDriver;
+  private readonly served: ServedBatchWriter;
 
   constructor(readonly root: string) {
     this.hosted = new StorageLayout(root);
+    this.driver = new FilesystemDriver(root);
+    this.served = new ServedBatchWriter(this.driver, 'synthetic');
   }
 
   cache(namespace: string): StorageLayout {
@@ -50,8 +57,10 @@ export class SyntheticStore {
     return { digest, size: data.length };
   }
 
+  /** `atimeMs`: when it was last served (a served-index entry, as the logger writes); `mtimeMs`: when it was stored. */
   async setTimes(digest: Digest, atimeMs: number, mtimeMs: number = atimeMs): Promise<void> {
     await utimes(this.hosted.blobPath(digest), new Date(atimeMs), new Date(mtimeMs));
+    await this.served.write(new Map([[digest.value, atimeMs]]));
   }
 
   /** Links a blob into a repository; `timeMs` dates the link (when it was pushed), default now. */

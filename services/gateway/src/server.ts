@@ -8,6 +8,7 @@ import type { AccessLogWriter } from './access-log.js';
 import { DirectBlobs } from './blob-direct.js';
 import { DirectManifests } from './manifest-direct.js';
 import type { AuthenticatedUser, UserDirectory } from './auth.js';
+import type { StorageDriver } from '../../../lib/storage/driver/driver.js';
 import type { GatewayMetrics } from './metrics.js';
 import { isConsolePath, WebConsole, type CleanerSettings } from './console/console.js';
 import { addPrefix, prefixIndex, routeRequest } from './router.js';
@@ -34,7 +35,7 @@ export interface GatewayOptions {
   /** How long a request waits for a worker that is starting or restarting (STEVEDORE_WORKER_WAIT; default 10 s). */
   workerWaitMs?: number;
   /** The web console (`/`, `/ui/`, `/api/v1/`; needs `root`); without it those paths are registry 404s. */
-  console?: { accessLogPath: string; cleaner: CleanerSettings };
+  console?: { accessLogPath: string; cleaner: CleanerSettings; storage?: StorageDriver };
 }
 
 const READ_METHODS = new Set(['GET', 'HEAD']);
