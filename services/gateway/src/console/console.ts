@@ -84,6 +84,8 @@ export class WebConsole {
   /** The ranking stored by the last console that computed one, shown until this one has its own. */
   private readonly storedLargest: Promise<LargeImage[] | undefined>;
   private largestComputed = false;
+  /** Whether a plan was ever made (the stored snapshot stands in only for the first). */
+  private planned = false;
   private readonly challenge: string;
   /** Upstream error counters a minute apart (the last six): an upstream is failing if its count rose within them. */
   private readonly errorSnapshots: Array<Map<string, number>> = [];
@@ -133,7 +135,9 @@ export class WebConsole {
     const age = this.measured ? Date.now() - this.measured.at : Infinity;
     const cost = this.walkMs * WALK_COST_FACTOR;
     if (!this.measured || maxAgeMs === 0 || age > Math.max(maxAgeMs, cost) || (stamp !== this.measured.stamp && age > Math.max(STORE_RECHECK_MS, cost))) {
-      const first = !this.measured;
+      // Only the console's very first plan: after an eviction or delete dropped it, the listing is awaited.
+      const first = !this.measured && !this.planned;
+      this.planned = true;
       const { cleaner } = this.options;
       const started = Date.now();
       const plan = planEviction(this.driver, { maxSize: cleaner.maxSize, thresholdPercentage: cleaner.thresholdPercentage, graceMs: cleaner.grace });
