@@ -2,10 +2,12 @@ import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import type { AppliancePlan } from '../lib/appliance.js';
 import { createLogger } from '../lib/log.js';
 import { parseDigest } from '../lib/oci/digest.js';
 import { INVENTORY_SNAPSHOT_KEY, readInventorySnapshot } from '../lib/storage/inventory-snapshot.js';
 import { compactServedIndex, readServedTimes, SERVED_BATCHES_PREFIX, SERVED_SNAPSHOT_KEY, ServedBatchWriter } from '../lib/storage/served-index.js';
+import { StoreView } from '../services/gateway/src/console/store-view.js';
 import { followAccessLog } from '../services/logger/src/main.js';
 import { DriverStore } from './helpers/driver-store.js';
 import { buildImage, type BuiltImage } from './helpers/oci-image.js';
@@ -123,6 +125,17 @@ for (const kind of STORAGE_KINDS) {
         // A second run has nothing to do.
         const again = await runStevedore(['clean', '--dry-run'], cliEnv({ CLEANER_MAXSIZE: String(limit), CLEANER_THRESHOLD_PERCENTAGE: '0', CLEANER_GRACE_TIME: '0s' }));
         assert.match(again.stdout, /nothing to evict: usage is under the trigger/);
+      });
+
+      it('the console\'s store view lists what is left through the driver', async () => {
+        const plan: AppliancePlan = {
+          hosted: { name: 'registry-hosted', kind: 'hosted', prefixes: [], socketPath: join(storage.root, 'none.sock') },
+          proxies: [{ name: 'registry-cache', kind: 'proxy', upstream: NS, upstreamUrl: `https://${NS}/`, prefixes: [NS], socketPath: join(storage.root, 'none-cache.sock') }],
+        };
+        const view = new StoreView(storage.root, plan, storage.driver);
+        assert.deepEqual((await view.repositories()).map((r) => `${r.source} ${r.name} ${r.tags}`), [`hosted team/hosted 1`, `${NS} lru/img0 1`, `${NS} lru/img3 1`]);
+        assert.deepEqual(await view.tagNames(NS, repo(3)), ['v1']);
+        assert.equal(await view.tagNames(NS, repo(1)), undefined, 'an evicted repository is gone');
       });
 
       it('never evicts content served within CLEANER_GRACE_TIME', async () => {

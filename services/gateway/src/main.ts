@@ -45,8 +45,8 @@ export async function runGateway(argv: readonly string[]): Promise<number> {
   const accessLog = new AccessLogWriter(accessLogPathOf(config));
   const storage = openConfiguredStorage(storageLocationOf(config, config.root), config);
   const metrics = new GatewayMetrics(storage);
-  const server = createGateway({ plan, log, users, realm: config.realm, accessLog, metrics, root: config.root, tagTtlMs: config.tagTtl, workerWaitMs: config.workerWait,
-    console: { accessLogPath: accessLogPathOf(config), cleaner: { maxSize: cleaner.maxSize, thresholdPercentage: cleaner.thresholdPercentage, grace: cleaner.grace, runEvery: cleaner.runEvery }, storage },
+  const server = createGateway({ plan, log, users, realm: config.realm, accessLog, metrics, root: config.root, storage, tagTtlMs: config.tagTtl, workerWaitMs: config.workerWait,
+    console: { accessLogPath: accessLogPathOf(config), cleaner: { maxSize: cleaner.maxSize, thresholdPercentage: cleaner.thresholdPercentage, grace: cleaner.grace, runEvery: cleaner.runEvery } },
     ...(tls ? { tls } : {}) });
 
   const listen = config.listen;

@@ -30,12 +30,17 @@ export interface GatewayOptions {
    * goes to a worker.
    */
   root?: string;
+  /**
+   * The store when it is not the filesystem directory `root` (--storage): the console reads through
+   * it. Default: the filesystem store at `root`.
+   */
+  storage?: StorageDriver;
   /** The cache workers' tag TTL (STEVEDORE_TAG_TTL): how long the gateway may answer a cached tag itself. */
   tagTtlMs?: number;
   /** How long a request waits for a worker that is starting or restarting (STEVEDORE_WORKER_WAIT; default 10 s). */
   workerWaitMs?: number;
   /** The web console (`/`, `/ui/`, `/api/v1/`; needs `root`); without it those paths are registry 404s. */
-  console?: { accessLogPath: string; cleaner: CleanerSettings; storage?: StorageDriver };
+  console?: { accessLogPath: string; cleaner: CleanerSettings };
 }
 
 const READ_METHODS = new Set(['GET', 'HEAD']);
@@ -107,7 +112,7 @@ export function createGateway(options: GatewayOptions): Server {
   const agent = forwarder.pool;
 
   const webConsole = options.console && options.root ? new WebConsole({
-    ...options.console, root: options.root, plan, log, users, realm, metrics, tls: Boolean(options.tls), agent,
+    ...options.console, root: options.root, ...(options.storage ? { storage: options.storage } : {}), plan, log, users, realm, metrics, tls: Boolean(options.tls), agent,
     invalidate: (worker, repository) => directManifests?.invalidate(worker, repository),
   }) : undefined;
 

@@ -54,7 +54,7 @@ const CONFIG_READ_MAX = 1024 * 1024;
  * be S3). Reading never changes what the cleaner evicts next: last served lives in the served index.
  */
 class DriverBodyReader extends ManifestReader {
-  constructor(layout: StorageLayout, private readonly driver: StorageDriver) {
+  constructor(private readonly driver: StorageDriver, layout: StorageLayout) {
     super(layout);
   }
 
@@ -84,10 +84,10 @@ export class StoreView {
 
   constructor(root: string, plan: AppliancePlan, private readonly driver: StorageDriver) {
     this.blobs = new StorageLayout(root);
-    this.sources.set('hosted', { layout: this.blobs, reader: new DriverBodyReader(this.blobs, driver), worker: plan.hosted });
+    this.sources.set('hosted', { layout: this.blobs, reader: new DriverBodyReader(driver, this.blobs), worker: plan.hosted });
     for (const worker of plan.proxies) {
       const layout = new StorageLayout(root, { namespace: worker.upstream! });
-      this.sources.set(worker.upstream!, { layout, reader: new DriverBodyReader(layout, driver), worker });
+      this.sources.set(worker.upstream!, { layout, reader: new DriverBodyReader(driver, layout), worker });
     }
     this.served = new ReusedValue(() => readServedTimes(driver), SERVED_MAX_AGE_MS);
   }
