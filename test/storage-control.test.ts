@@ -153,6 +153,12 @@ for (const kind of STORAGE_KINDS) {
       const orphan = randomBytes(5000);
       const orphanDigest = parseDigest(`sha256:${createHash('sha256').update(orphan).digest('hex')}`);
       let unreferenced: string[];
+      const SESSION = '0e4b1c6e-6f1a-4d55-9d0a-3c3f1f7f2a10';
+      const sessions = async () => {
+        const ids: string[] = [];
+        for await (const session of storage.driver.uploads.list()) ids.push(session.id);
+        return ids;
+      };
 
       before(async () => {
         await store.image(store.hosted, 'gc/app', 'a', a);
@@ -166,6 +172,9 @@ for (const kind of STORAGE_KINDS) {
         // An abandoned write (a process killed mid-upload): on S3 a multipart upload with one part.
         const writer = await storage.driver.blobWriter(store.hosted.blobKey(parseDigest(`sha256:${'c'.repeat(64)}`)));
         await writer.write(randomBytes(storage.settings.s3PartSize + 1024));
+        // An upload session a client started and left.
+        const session = await storage.driver.uploads.create(SESSION, { name: 'gc/app' });
+        await storage.driver.uploads.append(session.id, 0, (async function* () { yield randomBytes(1000); })());
       });
 
       const incompleteWrites = async () => {
@@ -178,7 +187,7 @@ for (const kind of STORAGE_KINDS) {
         const dry = await runStevedore(['gc', '--dry-run'], cliEnv({ CLEANER_GRACE_TIME: '1h' }));
         assert.equal(dry.code, 0, dry.stderr);
         assert.match(dry.stdout, new RegExp(`would free 0 B in 0 blob\\(s\\); ${unreferenced.length} unreferenced blob\\(s\\) spared`));
-        assert.match(dry.stdout, /would abort 0 incomplete write\(s\)/);
+        assert.match(dry.stdout, /would remove 0 idle upload session\(s\); would abort 0 incomplete write\(s\)/);
       });
 
       it('gc --dry-run lists exactly the unreferenced blobs and the abandoned write, and changes nothing', async () => {
@@ -191,10 +200,13 @@ for (const kind of STORAGE_KINDS) {
         assert.equal(await incompleteWrites(), 1);
       });
 
-      it('gc removes them (and the hosted links to them), aborts the abandoned write; referenced and cached content stays', async () => {
-        const gc = await runStevedore(['gc'], cliEnv({ CLEANER_GRACE_TIME: '0s' }));
+      it('gc removes them (and the hosted links to them), the idle session, aborts the abandoned write; referenced and cached content stays', async () => {
+        assert.deepEqual(await sessions(), [SESSION]);
+        await sleep(1100);
+        const gc = await runStevedore(['gc'], cliEnv({ CLEANER_GRACE_TIME: '0s', STEVEDORE_UPLOAD_TTL: '1s' }));
         assert.equal(gc.code, 0, gc.stderr);
-        assert.match(gc.stdout, /aborted 1 incomplete write\(s\)/);
+        assert.match(gc.stdout, /removed 1 idle upload session\(s\); aborted 1 incomplete write\(s\)/);
+        assert.deepEqual(await sessions(), []);
         for (const d of unreferenced) assert.equal(await store.has(d), false, `${d} should be removed`);
         for (const d of [...imageDigests(b), ...imageDigests(cached)]) assert.ok(await store.has(d), `${d} was removed`);
         assert.equal(await incompleteWrites(), 0);
