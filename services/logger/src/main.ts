@@ -38,6 +38,8 @@ export async function followAccessLog(config: LoggerConfig, log: Logger, driver:
   let position: TailPosition | undefined = saved;
   let dirty = false;
   const tailer = new LogTailer(logPath, saved, async (lines, committed) => {
+    // Tag reads overlap (on S3 each is a GET); the position moves only once they all landed.
+    const readings: Array<Promise<void>> = [];
     for (const line of lines) {
       if (line.trim() === '') continue;
       const entry = parseAccessLogLine(line);
@@ -46,8 +48,9 @@ export async function followAccessLog(config: LoggerConfig, log: Logger, driver:
         continue;
       }
       const reading = recorder.record(entry);
-      if (reading) await reading;
+      if (reading) readings.push(reading);
     }
+    await Promise.all(readings);
     position = committed;
     dirty = true;
   });

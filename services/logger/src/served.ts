@@ -6,6 +6,9 @@ import { tagTarget } from '../../../lib/storage/inventory.js';
 import { NAMESPACE_PATTERN, StorageLayout } from '../../../lib/storage/layout.js';
 import { ServedBatchWriter } from '../../../lib/storage/served-index.js';
 
+/** How long a resolved tag is reused (see ServedRecorder.tags). */
+const TAG_RECHECK_MS = 10_000;
+
 /**
  * Turns served requests into "last served" times in the store's served index
  * (lib/storage/served-index.ts): one batch object per flush holding the latest time of every
@@ -14,8 +17,14 @@ import { ServedBatchWriter } from '../../../lib/storage/served-index.js';
 export class ServedRecorder {
   /** Digest → the latest time it was served, by the entries' own times. */
   private pending = new Map<string, number>();
-  /** Tags resolved since the last flush: a burst of pulls by tag reads each tag once per batch. */
+  /**
+   * Tags resolved, kept TAG_RECHECK_MS: a burst of pulls by tag reads each tag once (on S3 a GET),
+   * not once per line or per flush; a tag moved meanwhile credits its old manifest for that long.
+   */
   private tags = new Map<string, Digest | undefined>();
+  private tagsAt = Date.now();
+  /** Tag reads in flight: concurrent lines for one tag share one read. */
+  private readonly resolving = new Map<string, Promise<Digest | undefined>>();
   private readonly layouts = new Map<string, StorageLayout>();
   private readonly writer: ServedBatchWriter;
   /** Digests written to the index so far (one per digest and batch). */
@@ -42,8 +51,8 @@ export class ServedRecorder {
   }
 
   /**
-   * Queues the digest an access-log entry served, if it served one. Returns a promise only when a
-   * tag has to be read (once per tag and batch); every other line costs no I/O here.
+   * Queues the digest an access-log entry served, if it served one. Returns a promise only while a
+   * tag is being read (once per tag per TAG_RECHECK_MS); every other line costs no I/O here.
    */
   record(entry: AccessLogEntry): Promise<void> | undefined {
     const served = (entry.method === 'GET' || entry.method === 'HEAD') && ((entry.status >= 200 && entry.status < 300) || entry.status === 304);
@@ -59,12 +68,19 @@ export class ServedRecorder {
       if (tagged) this.queue(tagged, entry.time);
       return undefined;
     }
-    if (!isValidName(entry.repository) || !isValidTag(entry.reference)) return undefined;
-    return this.driver.getContent(layout.tagKey(entry.repository, entry.reference)).then((data) => data.toString('utf8'), () => '').then((target) => {
-      const tagged = tagTarget(target);
-      this.tags.set(key, tagged);
-      if (tagged) this.queue(tagged, entry.time);
-    });
+    let resolving = this.resolving.get(key);
+    if (!resolving) {
+      if (!isValidName(entry.repository) || !isValidTag(entry.reference)) return undefined;
+      resolving = this.driver.getContent(layout.tagKey(entry.repository, entry.reference)).then((data) => tagTarget(data.toString('utf8')), () => undefined);
+      const pending = resolving;
+      void pending.then((tagged) => {
+        if (this.resolving.get(key) === pending) this.resolving.delete(key);
+        this.tags.set(key, tagged);
+      });
+      this.resolving.set(key, pending);
+    }
+    const time = entry.time;
+    return resolving.then((tagged) => { if (tagged) this.queue(tagged, time); });
   }
 
   private queue(digest: Digest, time: string): void {
@@ -79,7 +95,10 @@ export class ServedRecorder {
   async flush(): Promise<void> {
     const batch = this.pending;
     this.pending = new Map();
-    this.tags = new Map();
+    if (Date.now() - this.tagsAt >= TAG_RECHECK_MS) {
+      this.tags = new Map();
+      this.tagsAt = Date.now();
+    }
     try {
       if (await this.writer.write(batch)) {
         this.batches++;
