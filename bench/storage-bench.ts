@@ -23,6 +23,12 @@
  * The store is written through the storage driver; last-served times go into the served index as
  * the logger writes them (one batch), spread so the cleaner has a real LRU order to sort. (They lie
  * just after the build: a time before a blob's own write would count as the write's time.)
+ *
+ * Measured 2026-12-03 (2 shared CPUs under heavy load from other jobs, Ceph RGW from scripts/ceph-rgw.sh),
+ * --storage s3 --blobs 100000: cleaner scan (plan) 14.1 s, re-scan 7.5 s (target < 30 s); eviction of
+ * 15,012 blobs + pruning 324 s (one DELETE per key); GC dry run 15.9 s, real run 94 s (20,025 removed);
+ * the store build (~170,000 PUTs) 33 min. `stevedore clean --dry-run` on that store: 11.4 s end to end.
+ * Logger on S3 (--blobs 2400 --lines 100000): 139,766 lines/s, 1 batch (one PUT) per flush.
  */
 import { randomBytes } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
