@@ -8,6 +8,7 @@
  *   BENCH_IMAGES=1000 npm run bench:console          # quick run (10,000 blobs)
  *   node dist/bench/console-bench.js --images 10000 --json out.json
  */
+import { compactServedIndex } from '../lib/storage/served-index.js';
 import { writeFileSync } from 'node:fs';
 import { appendFile, mkdir, rm } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
@@ -52,6 +53,8 @@ async function main(): Promise<void> {
     const image = await store.image(layout, repo, Array.from({ length: LAYERS }, () => 256), { tag: `v${i}`, times: { atimeMs, mtimeMs: atimeMs - DAY } });
     if (cached && !first) first = { repo, digest: image.manifest.digest.value };
   });
+  // The served times are batches as the logger writes them; a cleaner run folds them into one snapshot.
+  await compactServedIndex(store.driver);
   const buildMs = Date.now() - started;
   const accessLogPath = join(root, 'logs', 'access.log');
   await mkdir(join(root, 'logs'), { recursive: true });

@@ -421,7 +421,7 @@ export function loadCleanerConfig(argv: readonly string[] = [], env: NodeJS.Proc
   return resolveOptions(CLEANER_OPTIONS, argv, env);
 }
 
-/** The logger: tails the gateway's access log and records in atime when content was served. */
+/** The logger: tails the gateway's access log and records when content was served (the store's served index). */
 export const LOGGER_OPTIONS = {
   root: REGISTRY_OPTIONS.root,
   accessLogPath: APPLIANCE_OPTIONS.accessLogPath,
@@ -429,9 +429,9 @@ export const LOGGER_OPTIONS = {
     flag: 'state', env: 'LOGGER_STATE_PATH', default: undefined,
     description: 'where the read offset is kept (default <root>/logs/logger-state.json)', parse: parsePath,
   }),
-  flushEvery: option<number>({
-    flag: 'flush-every', env: 'LOGGER_FLUSH_TIME', default: 1_000,
-    description: 'how often batched atime updates are written', parse: parsePositiveDuration,
+  flushEvery: option<number | undefined>({
+    flag: 'flush-every', env: 'LOGGER_FLUSH_TIME', default: undefined,
+    description: 'how often a batch of served times is written (default 1s on disk, 30s on S3)', parse: parsePositiveDuration,
   }),
   logLevel: REGISTRY_OPTIONS.logLevel,
   ...STORAGE_OPTIONS,

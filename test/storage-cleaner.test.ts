@@ -4,11 +4,13 @@ import { readdir, readFile, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { createLogger } from '../lib/log.js';
+import { FilesystemDriver } from '../lib/storage/driver/filesystem.js';
+import { readServedTimes } from '../lib/storage/served-index.js';
 import { followAccessLog } from '../services/logger/src/main.js';
 import { buildImage, type BuiltImage } from './helpers/oci-image.js';
 import { startDistribution, startStevedoreRegistry, tempDir, type RunningProcess } from './helpers/processes.js';
 import {
-  atimeOf, blobPathOf, exists, hostOf, imageDigests, pullImage, pullLogLines, pushImage, runStevedore, setTimes, upstreamGets, writeLines,
+  blobPathOf, exists, hostOf, imageDigests, pullImage, pullLogLines, pushImage, runStevedore, setTimes, upstreamGets, writeLines,
 } from './helpers/storage-fixtures.js';
 
 /**
@@ -86,8 +88,8 @@ describe('cleaner end to end: LRU eviction of content filled by real pulls', () 
     assert.equal(tag.trim(), images[0]!.manifest.digest);
     assert.ok(await exists(join(root, 'repositories', 'team', 'hosted', '_manifests', 'tags', 'v1')));
 
-    // Last served long ago, oldest first (img0 the oldest); the hosted image older still.
-    // atime == mtime: on a relatime mount any read of a blob (say, by the cleaner) would move its atime.
+    // Stored long ago (never served since: the served index has no entry, so the write time counts),
+    // oldest first (img0 the oldest); the hosted image older still.
     for (let i = 0; i < IMAGES; i++) for (const d of imageDigests(images[i]!)) await setTimes(root, d, now - 3 * HOUR + i * MIN);
     for (const d of imageDigests(hostedImage)) await setTimes(root, d, now - 10 * HOUR);
   });
@@ -105,9 +107,11 @@ describe('cleaner end to end: LRU eviction of content filled by real pulls', () 
     const follower = await followAccessLog({ ...defaultStorageConfig(), root, accessLogPath: undefined, statePath: undefined, flushEvery: 60_000, logLevel: 'silent' }, createLogger('logger', 'silent'));
     await follower.stop();
     assert.equal(follower.malformed(), 1);
-    assert.equal(follower.toucher.touched, 6);
-    for (const i of [0, 1]) for (const d of imageDigests(images[i]!)) assert.equal(await atimeOf(root, d), servedAt.getTime());
-    for (const i of [2, 3, 4, 5]) for (const d of imageDigests(images[i]!)) assert.equal(await atimeOf(root, d), now - 3 * HOUR + i * MIN);
+    assert.equal(follower.recorder.recorded, 6);
+    assert.equal(follower.recorder.batches, 1);
+    const served = await readServedTimes(new FilesystemDriver(root));
+    for (const i of [0, 1]) for (const d of imageDigests(images[i]!)) assert.equal(served.get(d), servedAt.getTime());
+    for (const i of [2, 3, 4, 5]) for (const d of imageDigests(images[i]!)) assert.equal(served.get(d), undefined);
     const state = JSON.parse(await readFile(join(root, 'logs', 'logger-state.json'), 'utf8')) as { offset: number };
     assert.equal(state.offset, (await stat(logPath)).size);
   });
@@ -151,8 +155,8 @@ describe('cleaner end to end: LRU eviction of content filled by real pulls', () 
     }
   });
 
-  it('never evicts content served within CLEANER_GRACE_TIME, and the cleaner itself does not move atimes', async () => {
-    // img5 was last served 3 h ago (its atime untouched by the previous run's checks); img0 and img1 5 min ago.
+  it('never evicts content served within CLEANER_GRACE_TIME', async () => {
+    // img5 was last served (stored) 3 h ago; img0 and img1 5 min ago (the served index).
     const result = await runStevedore(['clean'], cleanEnv({ CLEANER_MAXSIZE: '1', CLEANER_GRACE_TIME: '30m' }));
     assert.equal(result.code, 0, result.stderr);
     assert.ok(await nonePresent(images[5]!), `img5 should be evicted:\n${result.stdout}`);

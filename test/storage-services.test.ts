@@ -6,6 +6,7 @@ import { after, before, describe, it } from 'node:test';
 import { STEVEDORE_BIN, tempDir } from './helpers/processes.js';
 import { accessLogLine, exists, runStevedore, sleep, writeLines } from './helpers/storage-fixtures.js';
 import { SyntheticStore } from './helpers/synthetic-store.js';
+import { readServedTimes } from '../lib/storage/served-index.js';
 
 /**
  * The storage services as PM2 runs them (`stevedore logger`, `stevedore cleaner`): real processes
@@ -62,7 +63,7 @@ describe('storage services as processes', () => {
     }));
   });
 
-  it('`stevedore logger` follows the access log into atimes, saves its position and stops on SIGTERM', async () => {
+  it('`stevedore logger` follows the access log into the served index, saves its position and stops on SIGTERM', async () => {
     const store = new SyntheticStore(root);
     const blob = await store.blob(1000, { atimeMs: Date.now() - 10 * HOUR });
     const servedAt = Math.floor(Date.now() / 1000) * 1000 - 60_000;
@@ -70,8 +71,8 @@ describe('storage services as processes', () => {
     await writeLines(logPath, [accessLogLine({ upstream: NS, repository: 'library/x', kind: 'blob', reference: blob.digest.value, time: new Date(servedAt).toISOString() })]);
     const service = startService(['logger'], { STEVEDORE_ROOT: root, LOGGER_FLUSH_TIME: '100ms', LOG_LEVEL: 'info' });
     running.push(service.proc);
-    const atime = async () => Math.round((await stat(store.hosted.blobPath(blob.digest))).atimeMs);
-    await until(async () => (await atime()) === servedAt, 'the logger to set the atime');
+    const atime = async () => (await readServedTimes(store.driver)).get(blob.digest.value);
+    await until(async () => (await atime()) === servedAt, 'the logger to record the serve');
     // A line written while it runs is picked up too.
     const later = servedAt + 30_000;
     await writeLines(logPath, [accessLogLine({ upstream: NS, repository: 'library/x', kind: 'blob', reference: blob.digest.value, time: new Date(later).toISOString() })]);

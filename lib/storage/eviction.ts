@@ -1,10 +1,10 @@
-import { readdir, readFile, rm, stat, unlink } from 'node:fs/promises';
-import { join } from 'node:path';
 import { filesize } from 'filesize';
 import type { Logger } from '../log.js';
-import { tryParseDigest, type Digest } from '../oci/digest.js';
-import { hostedDigests, listBlobs, listCacheLayouts, listLinkedDigests, listRepositoryNames, type BlobEntry } from './inventory.js';
+import type { Digest } from '../oci/digest.js';
+import { isStorageNotFound, type StorageDriver } from './driver/driver.js';
+import { hostedDigests, listBlobs, listCacheLayouts, scanRepositories, tagTarget, type BlobEntry } from './inventory.js';
 import { StorageLayout } from './layout.js';
+import { readServedTimes } from './served-index.js';
 
 export function humanSize(bytes: number): string {
   return filesize(bytes, { base: 2, standard: 'iec' }) as string;
@@ -26,22 +26,25 @@ export interface EvictionPlan {
   pinned: number;
   /** Bytes of hosted content (pushed or seeded): never evicted, and not part of `usage`. */
   hosted: number;
+  /** How many blobs the store held. */
+  blobCount: number;
+  /** Every digest the listing found (to tell a dangling link from a blob stored since, cheaply). */
+  stored: ReadonlySet<string>;
 }
 
 /**
- * Decides what one run evicts, from one walk of the blob store: nothing while the cached content
+ * Decides what one run evicts, from one listing of the blob store: nothing while the cached content
  * (everything but hosted blobs, which have no upstream to be fetched from again) is under the
- * trigger; otherwise cached blobs by last-served time (atime, which the logger sets), skipping
- * anything written or served within the grace period, until usage is at or under the limit.
+ * trigger; otherwise cached blobs by last-served time (the served index the logger writes, else the
+ * blob's modification time), skipping anything written or served within the grace period, until
+ * usage is at or under the limit.
  */
-export async function planEviction(root: string, options: { maxSize: number; thresholdPercentage: number; graceMs: number; now?: number }): Promise<EvictionPlan> {
+export async function planEviction(driver: StorageDriver, options: { maxSize: number; thresholdPercentage: number; graceMs: number; now?: number }): Promise<EvictionPlan> {
   const now = options.now ?? Date.now();
-  const layout = new StorageLayout(root);
-  const blobs = await listBlobs(layout);
-  const hostedSet = await hostedDigests(layout);
+  const [blobs, hostedSet] = await Promise.all([readServedTimes(driver).then((served) => listBlobs(driver, served)), hostedDigests(driver)]);
   const limit = options.maxSize;
   const trigger = Math.floor(limit * (1 + options.thresholdPercentage / 100));
-  const plan: EvictionPlan = { usage: 0, limit, trigger, evict: [], pinned: 0, hosted: 0 };
+  const plan: EvictionPlan = { usage: 0, limit, trigger, evict: [], pinned: 0, hosted: 0, blobCount: blobs.length, stored: new Set(blobs.map((b) => b.digest.value)) };
   const cached: BlobEntry[] = [];
   for (const blob of blobs) {
     if (hostedSet.has(blob.digest.value)) plan.hosted += blob.size;
@@ -53,44 +56,52 @@ export async function planEviction(root: string, options: { maxSize: number; thr
   if (plan.usage <= trigger) return plan;
   const candidates: BlobEntry[] = [];
   for (const blob of cached) {
-    if (now - Math.max(blob.atimeMs, blob.mtimeMs) < options.graceMs) plan.pinned += blob.size;
+    if (now - blob.lastServedMs < options.graceMs) plan.pinned += blob.size;
     else candidates.push(blob);
   }
-  candidates.sort((a, b) => a.atimeMs - b.atimeMs);
+  candidates.sort((a, b) => a.lastServedMs - b.lastServedMs || (a.key < b.key ? -1 : 1));
   let remaining = plan.usage;
   for (const blob of candidates) {
     if (remaining <= limit) break;
-    const idleMinutes = Math.round((now - blob.atimeMs) / 60_000);
+    const idleMinutes = Math.round((now - blob.lastServedMs) / 60_000);
     plan.evict.push({ ...blob, reason: `cached, last served ${idleMinutes} min ago` });
     remaining -= blob.size;
   }
   return plan;
 }
 
+/** Store operations run this many at a time: each is a round trip (S3) or a syscall (disk). */
+const BATCH = 64;
+
 /**
  * Removes the planned blobs, then every cached manifest revision, tag and layer link whose content
  * is gone, so a cache never serves a manifest it cannot back; the next pull fetches it again.
  */
-export async function applyEviction(root: string, plan: EvictionPlan, log: Logger): Promise<number> {
+export async function applyEviction(driver: StorageDriver, plan: EvictionPlan, log: Logger): Promise<number> {
   let freed = 0;
   let kept = 0;
-  // The plan is as old as the walk: re-check just before removing. A blob pushed to (or mounted
+  // The plan is as old as the listing: re-check just before removing. A blob pushed to (or mounted
   // into) a hosted repository meanwhile has become hosted content with no upstream to refetch it
-  // from; one served meanwhile (the logger moved its atime) is no longer least recently served.
-  const hostedNow = await hostedDigests(new StorageLayout(root));
+  // from; one served meanwhile (a newer time in the served index) is no longer least recently served.
+  const [hostedNow, servedNow] = await Promise.all([hostedDigests(driver), readServedTimes(driver)]);
+  const gone = new Set<string>();
   for (let i = 0; i < plan.evict.length; i += BATCH) {
     await Promise.all(plan.evict.slice(i, i + BATCH).map(async (blob) => {
-      const info = await stat(blob.path).catch(() => undefined);
-      if (!info) return;
-      if (hostedNow.has(blob.digest.value) || info.atimeMs > blob.atimeMs || info.mtimeMs > blob.mtimeMs) {
+      const info = await driver.stat(blob.key).catch((err: unknown) => (isStorageNotFound(err) ? undefined : Promise.reject(err)));
+      if (!info) {
+        gone.add(blob.digest.value);
+        return;
+      }
+      if (hostedNow.has(blob.digest.value) || (servedNow.get(blob.digest.value) ?? 0) > blob.lastServedMs || info.modifiedAt.getTime() > blob.modifiedMs) {
         kept++;
         return;
       }
-      await rm(blob.path, { force: true });
+      await driver.delete(blob.key);
+      gone.add(blob.digest.value);
       freed += blob.size;
     }));
   }
-  const pruned = await pruneDanglingCacheEntries(root);
+  const pruned = await pruneDanglingCacheEntries(driver, { gone, stored: plan.stored });
   log.info({
     evicted: plan.evict.length - kept, keptSincePlanned: kept, freed: humanSize(freed), usageBefore: humanSize(plan.usage),
     usageAfter: humanSize(plan.usage - freed), limit: humanSize(plan.limit), prunedEntries: pruned,
@@ -98,43 +109,43 @@ export async function applyEviction(root: string, plan: EvictionPlan, log: Logge
   return freed;
 }
 
-/** File operations run this many at a time: the work is I/O-bound, and the thread pool overlaps it. */
-const BATCH = 64;
-
 /**
- * Which of `digests` are no longer stored. stat, never a read: reading a blob would load it whole
- * and, on relatime mounts, move its atime (the LRU clock).
+ * Removes cache links, revisions and tags whose blob is gone. `known.gone` are digests known to be
+ * removed; `known.stored` a listing of blobs: a link to a digest in neither is checked with a stat
+ * (a blob stored since the listing); without `known`, every link is checked.
  */
-async function notStored(layout: StorageLayout, digests: Digest[]): Promise<Digest[]> {
-  const gone: Digest[] = [];
-  for (let i = 0; i < digests.length; i += BATCH) {
-    const batch = digests.slice(i, i + BATCH);
-    const present = await Promise.all(batch.map((d) => stat(layout.blobPath(d)).then(() => true, () => false)));
-    batch.forEach((d, j) => { if (!present[j]) gone.push(d); });
-  }
-  return gone;
-}
-
-export async function pruneDanglingCacheEntries(root: string): Promise<number> {
+export async function pruneDanglingCacheEntries(driver: StorageDriver, known?: { gone: ReadonlySet<string>; stored: ReadonlySet<string> }): Promise<number> {
+  const blobs = new StorageLayout('');
+  const missing = new Map<string, Promise<boolean>>();
+  const isGone = (digest: Digest): Promise<boolean> => {
+    if (known?.gone.has(digest.value)) return Promise.resolve(true);
+    if (known?.stored.has(digest.value)) return Promise.resolve(false);
+    let found = missing.get(digest.value);
+    if (!found) {
+      found = driver.stat(blobs.blobKey(digest)).then(() => false, (err: unknown) => (isStorageNotFound(err) ? true : Promise.reject(err)));
+      missing.set(digest.value, found);
+    }
+    return found;
+  };
   let pruned = 0;
-  const blobsLayout = new StorageLayout(root);
-  for (const layout of await listCacheLayouts(root)) {
-    for (const name of await listRepositoryNames(layout)) {
-      for (const digest of await notStored(blobsLayout, await listLinkedDigests(join(layout.repositoryDir(name), '_layers')))) {
-        await unlink(layout.layerLinkPath(name, digest)).catch(() => {});
-        pruned++;
-      }
+  for (const layout of await listCacheLayouts(driver)) {
+    for (const repository of await scanRepositories(driver, layout)) {
       const goneRevisions = new Set<string>();
-      for (const digest of await notStored(blobsLayout, await listLinkedDigests(join(layout.manifestsDir(name), 'revisions')))) {
-        await unlink(layout.manifestRevisionPath(name, digest)).catch(() => {});
-        goneRevisions.add(digest.value);
-        pruned++;
+      const links = [...repository.layers, ...repository.revisions];
+      for (let i = 0; i < links.length; i += BATCH) {
+        await Promise.all(links.slice(i, i + BATCH).map(async (link) => {
+          if (!await isGone(link.digest)) return;
+          await driver.delete(link.key);
+          if (repository.revisions.includes(link)) goneRevisions.add(link.digest.value);
+          pruned++;
+        }));
       }
       if (goneRevisions.size === 0) continue;
-      for (const tag of await readdir(layout.tagsDir(name)).catch(() => [] as string[])) {
-        const target = tryParseDigest((await readFile(layout.tagPath(name, tag), 'utf8').catch(() => '')).trim());
+      for (const tag of repository.tags) {
+        const key = layout.tagKey(repository.name, tag);
+        const target = tagTarget((await driver.getContent(key).catch(() => Buffer.alloc(0))).toString('utf8'));
         if (target && goneRevisions.has(target.value)) {
-          await unlink(layout.tagPath(name, tag)).catch(() => {});
+          await driver.delete(key);
           pruned++;
         }
       }

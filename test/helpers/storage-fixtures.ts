@@ -83,10 +83,6 @@ export async function setTimes(root: string, digest: string, atimeMs: number, mt
   await utimes(blobPathOf(root, digest), new Date(atimeMs), new Date(mtimeMs));
 }
 
-export async function atimeOf(root: string, digest: string): Promise<number> {
-  return Math.round((await stat(blobPathOf(root, digest))).atimeMs);
-}
-
 /** One access-log line as the gateway writes it (see lib/access-log.ts). */
 export function accessLogLine(fields: Partial<AccessLogEntry> & { method?: string; upstream?: string }): string {
   const entry: AccessLogEntry = {

@@ -2,7 +2,9 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, open, utimes, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { digestOf, type Digest } from '../../lib/oci/digest.js';
+import { FilesystemDriver } from '../../lib/storage/driver/filesystem.js';
 import { StorageLayout } from '../../lib/storage/layout.js';
+import { ServedBatchWriter } from '../../lib/storage/served-index.js';
 
 /**
  * Builds stores directly in the on-disk layout (lib/storage/layout.ts), without a registry worker:
@@ -31,9 +33,17 @@ export interface StoredBlob {
 
 export class SyntheticStore {
   readonly hosted: StorageLayout;
+  /** The filesystem driver on `root` (what the cleaner and GC are given). */
+  readonly driver: FilesystemDriver;
+  private readonly served: ServedBatchWriter;
+  /** Served times not written yet: an image's blobs go into one batch, as the logger would write them. */
+  private pendingServed = new Map<string, number>();
+  private batching = 0;
 
   constructor(readonly root: string) {
     this.hosted = new StorageLayout(root);
+    this.driver = new FilesystemDriver(root);
+    this.served = new ServedBatchWriter(this.driver, 'synthetic');
   }
 
   cache(namespace: string): StorageLayout {
@@ -50,8 +60,18 @@ export class SyntheticStore {
     return { digest, size: data.length };
   }
 
+  /** `atimeMs`: when it was last served (a served-index entry, as the logger writes); `mtimeMs`: when it was stored. */
   async setTimes(digest: Digest, atimeMs: number, mtimeMs: number = atimeMs): Promise<void> {
     await utimes(this.hosted.blobPath(digest), new Date(atimeMs), new Date(mtimeMs));
+    this.pendingServed.set(digest.value, Math.max(atimeMs, this.pendingServed.get(digest.value) ?? -Infinity));
+    if (this.batching === 0) await this.flushServed();
+  }
+
+  /** Writes the pending served times as one batch. */
+  async flushServed(): Promise<void> {
+    const batch = this.pendingServed;
+    this.pendingServed = new Map();
+    await this.served.write(batch);
   }
 
   /** Links a blob into a repository; `timeMs` dates the link (when it was pushed), default now. */
@@ -83,6 +103,15 @@ export class SyntheticStore {
 
   /** A whole image: config + layers of the given sizes, then its manifest; all blobs get `times`. */
   async image(layout: StorageLayout, repo: string, layerSizes: number[], options: { tag?: string; times?: { atimeMs: number; mtimeMs?: number }; shared?: StoredBlob[] } = {}): Promise<{ manifest: StoredBlob; config: StoredBlob; layers: StoredBlob[]; all: StoredBlob[] }> {
+    this.batching++;
+    try {
+      return await this.buildImage(layout, repo, layerSizes, options);
+    } finally {
+      if (--this.batching === 0) await this.flushServed();
+    }
+  }
+
+  private async buildImage(layout: StorageLayout, repo: string, layerSizes: number[], options: { tag?: string; times?: { atimeMs: number; mtimeMs?: number }; shared?: StoredBlob[] }): Promise<{ manifest: StoredBlob; config: StoredBlob; layers: StoredBlob[]; all: StoredBlob[] }> {
     const config = await this.blob(Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', seed: randomBytes(8).toString('hex') })), options.times);
     const layers = [...(options.shared ?? [])];
     for (const size of layerSizes) layers.push(await this.blob(size, options.times));

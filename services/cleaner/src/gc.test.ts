@@ -44,12 +44,12 @@ describe('garbage collection: mark-and-sweep of the blob store', () => {
     const orphan = await store.blob(1000, old);
     await deleteManifest('team/app', a.manifest);
 
-    const dry = await collectGarbage(store.root, { graceMs: 0, uploadTtlMs: DAY, dryRun: true, log, now });
+    const dry = await collectGarbage(store.driver, { graceMs: 0, uploadTtlMs: DAY, dryRun: true, log, now });
     const expected = digests([a.manifest, a.config, a.layers[1]!, orphan]);
     assert.deepEqual(digests(dry.removed), expected);
     for (const blob of [...a.all, orphan]) assert.equal(await present(blob), true, 'dry run removed something');
 
-    const result = await collectGarbage(store.root, { graceMs: 0, uploadTtlMs: DAY, dryRun: false, log, now });
+    const result = await collectGarbage(store.driver, { graceMs: 0, uploadTtlMs: DAY, dryRun: false, log, now });
     assert.deepEqual(digests(result.removed), expected);
     assert.equal(result.removedBytes, [a.manifest, a.config, a.layers[1]!, orphan].reduce((s, x) => s + x.size, 0));
     for (const blob of [a.manifest, a.config, a.layers[1]!, orphan]) assert.equal(await present(blob), false);
@@ -58,14 +58,14 @@ describe('garbage collection: mark-and-sweep of the blob store', () => {
     const links = await readdir(store.hosted.layerLinksDir('team/app', 'sha256'));
     assert.deepEqual(links.sort(), [shared.digest.hex, b.config.digest.hex, b.layers[1]!.digest.hex].sort());
     // A second run has nothing left to do.
-    assert.deepEqual((await collectGarbage(store.root, { graceMs: 0, uploadTtlMs: DAY, dryRun: false, log, now })).removed, []);
+    assert.deepEqual((await collectGarbage(store.driver, { graceMs: 0, uploadTtlMs: DAY, dryRun: false, log, now })).removed, []);
   });
 
   it('spares unreferenced blobs written or served within the grace period', async () => {
     const fresh = await store.blob(1000);
     const served = await store.blob(1000, { atimeMs: now - 60_000, mtimeMs: now - 3 * HOUR });
     const stale = await store.blob(1000, old);
-    const result = await collectGarbage(store.root, { graceMs: HOUR, uploadTtlMs: DAY, dryRun: false, log, now });
+    const result = await collectGarbage(store.driver, { graceMs: HOUR, uploadTtlMs: DAY, dryRun: false, log, now });
     assert.deepEqual(digests(result.removed), digests([stale]));
     assert.equal(result.spared, 2);
     assert.equal(await present(fresh), true);
@@ -81,7 +81,7 @@ describe('garbage collection: mark-and-sweep of the blob store', () => {
       })), old);
       await mkdir(join(layout.manifestsDir('team/multi'), 'revisions', 'sha256'), { recursive: true });
       await writeFile(layout.manifestRevisionPath('team/multi', index.digest), 'application/vnd.oci.image.index.v1+json');
-      const result = await collectGarbage(store.root, { graceMs: 0, uploadTtlMs: DAY, dryRun: false, log, now });
+      const result = await collectGarbage(store.driver, { graceMs: 0, uploadTtlMs: DAY, dryRun: false, log, now });
       assert.deepEqual(result.removed, []);
       for (const blob of [index, ...img.all]) assert.equal(await present(blob), true);
     }
@@ -95,9 +95,10 @@ describe('garbage collection: mark-and-sweep of the blob store', () => {
       await writeFile(join(dir, 'data'), 'partial');
     }
     await utimes(stale, new Date(now - 2 * DAY), new Date(now - 2 * DAY));
-    const dry = await collectGarbage(store.root, { graceMs: 0, uploadTtlMs: DAY, dryRun: true, log, now });
-    assert.equal(dry.staleUploads, 0);
-    const result = await collectGarbage(store.root, { graceMs: 0, uploadTtlMs: DAY, dryRun: false, log, now });
+    const dry = await collectGarbage(store.driver, { graceMs: 0, uploadTtlMs: DAY, dryRun: true, log, now });
+    assert.equal(dry.staleUploads, 1, 'the dry run counts what it would remove');
+    assert.equal((await readdir(join(store.root, '_uploads'))).length, 2, 'the dry run removed a session');
+    const result = await collectGarbage(store.driver, { graceMs: 0, uploadTtlMs: DAY, dryRun: false, log, now });
     assert.equal(result.staleUploads, 1);
     assert.deepEqual(await readdir(join(store.root, '_uploads')), ['22222222-2222-4222-8222-222222222222']);
   });
@@ -111,7 +112,7 @@ describe('garbage collection: mark-and-sweep of the blob store', () => {
     // ... a's layer pushed again to another repository before the run (its upload found it stored: a fresh link) ...
     await store.link(store.hosted, 'team/other', a.layers[0]!.digest);
     let pushed: StoredBlob | undefined;
-    const result = await collectGarbage(store.root, {
+    const result = await collectGarbage(store.driver, {
       graceMs: HOUR, uploadTtlMs: DAY, dryRun: false, log,
       // ... and while the run walks the store, a manifest reusing b's (still linked) config and layer is pushed.
       beforeSweep: async () => {
@@ -123,7 +124,7 @@ describe('garbage collection: mark-and-sweep of the blob store', () => {
     for (const blob of [a.layers[0]!, b.config, b.layers[0]!, pushed]) assert.equal(await present(blob), true, 'a pushed blob was swept');
     assert.deepEqual(digests(result.removed), digests([a.manifest, a.config, b.manifest]));
     // Once the grace period is over, a's layer (linked, but used by no manifest) goes like any other.
-    const later = await collectGarbage(store.root, { graceMs: HOUR, uploadTtlMs: DAY, dryRun: false, log, now: now + 2 * HOUR });
+    const later = await collectGarbage(store.driver, { graceMs: HOUR, uploadTtlMs: DAY, dryRun: false, log, now: now + 2 * HOUR });
     assert.deepEqual(digests(later.removed), digests([a.layers[0]!]));
   });
 });

@@ -1,9 +1,27 @@
-import { ConfigError, loadCleanerConfig, type CleanerConfig } from '../../../lib/config.js';
+import { ConfigError, loadCleanerConfig, storageLocationOf, type CleanerConfig } from '../../../lib/config.js';
 import { createLogger, type Logger } from '../../../lib/log.js';
 import { formatDuration } from '../../../lib/duration.js';
 import { recordCleanerRun, type CleanerRun } from '../../../lib/storage/cleaner-runs.js';
-import { applyEviction, humanSize, planEviction } from '../../../lib/storage/eviction.js';
+import type { StorageDriver } from '../../../lib/storage/driver/driver.js';
+import { openConfiguredStorage } from '../../../lib/storage/driver/open.js';
+import { applyEviction, humanSize, planEviction, type EvictionPlan } from '../../../lib/storage/eviction.js';
+import { writeInventorySnapshot } from '../../../lib/storage/inventory-snapshot.js';
+import { compactServedIndex } from '../../../lib/storage/served-index.js';
 import { collectGarbage } from './gc.js';
+
+function openStore(config: CleanerConfig): StorageDriver {
+  return openConfiguredStorage(storageLocationOf(config, config.root), config);
+}
+
+/**
+ * After a (real) plan: fold the loggers' served batches into the snapshot (dropping blobs no longer
+ * stored) and keep the plan's figures for the console. Neither may fail the run.
+ */
+async function afterPlan(driver: StorageDriver, plan: EvictionPlan, log: Logger): Promise<void> {
+  await writeInventorySnapshot(driver, plan).catch((err: unknown) => log.warn({ err }, 'cleaner: inventory snapshot not written'));
+  await compactServedIndex(driver, { isStored: (digest) => plan.stored.has(digest) })
+    .then((result) => log.debug(result, 'cleaner: served index compacted'), (err: unknown) => log.warn({ err }, 'cleaner: served index not compacted'));
+}
 
 function load(command: string, argv: readonly string[]): CleanerConfig | number {
   try {
@@ -15,8 +33,9 @@ function load(command: string, argv: readonly string[]): CleanerConfig | number 
 }
 
 /** One run; what it did, for the console's chart (undefined for a dry run). */
-async function cleanOnce(config: CleanerConfig, log: Logger): Promise<CleanerRun | undefined> {
-  const plan = await planEviction(config.root, { maxSize: config.maxSize, thresholdPercentage: config.thresholdPercentage, graceMs: config.grace });
+async function cleanOnce(config: CleanerConfig, driver: StorageDriver, log: Logger): Promise<CleanerRun | undefined> {
+  const plan = await planEviction(driver, { maxSize: config.maxSize, thresholdPercentage: config.thresholdPercentage, graceMs: config.grace });
+  if (!config.dryRun) await afterPlan(driver, plan, log);
   if (plan.evict.length === 0) {
     log.info({ usage: humanSize(plan.usage), hosted: humanSize(plan.hosted), limit: humanSize(plan.limit), trigger: humanSize(plan.trigger), pinned: humanSize(plan.pinned) }, 'cleaner: nothing to evict');
     return config.dryRun ? undefined : { at: Date.now(), usageBefore: plan.usage, evictedBlobs: 0, freedBytes: 0 };
@@ -28,7 +47,7 @@ async function cleanOnce(config: CleanerConfig, log: Logger): Promise<CleanerRun
     }, 'cleaner (dry run): would evict');
     return undefined;
   }
-  const freed = await applyEviction(config.root, plan, log);
+  const freed = await applyEviction(driver, plan, log);
   return { at: Date.now(), usageBefore: plan.usage, evictedBlobs: plan.evict.length, freedBytes: freed };
 }
 
@@ -37,7 +56,8 @@ export async function runCleanerService(argv: readonly string[]): Promise<number
   const config = load('cleaner', argv);
   if (typeof config === 'number') return config;
   const log = createLogger('cleaner', config.logLevel);
-  log.info({ root: config.root, maxSize: humanSize(config.maxSize), threshold: config.thresholdPercentage, runEvery: formatDuration(config.runEvery), grace: formatDuration(config.grace), dryRun: config.dryRun }, 'cleaner started');
+  const driver = openStore(config);
+  log.info({ root: config.root, store: driver.location, maxSize: humanSize(config.maxSize), threshold: config.thresholdPercentage, runEvery: formatDuration(config.runEvery), grace: formatDuration(config.grace), dryRun: config.dryRun }, 'cleaner started');
   process.send?.('ready');
   let stopped = false;
   let wake: (() => void) | undefined;
@@ -51,13 +71,13 @@ export async function runCleanerService(argv: readonly string[]): Promise<number
   process.once('SIGTERM', stop);
   try {
     // CLEANER_DRY_RUN holds for the service too: it then only logs what it would remove.
-    await collectGarbage(config.root, { graceMs: config.grace, uploadTtlMs: config.uploadTtl, dryRun: config.dryRun, log });
+    await collectGarbage(driver, { graceMs: config.grace, uploadTtlMs: config.uploadTtl, dryRun: config.dryRun, log });
   } catch (err) {
     log.error({ err }, 'garbage collection failed');
   }
   while (!stopped) {
     try {
-      const run = await cleanOnce(config, log);
+      const run = await cleanOnce(config, driver, log);
       if (run) await recordCleanerRun(config.root, run, Date.now() + config.runEvery);
     } catch (err) {
       log.error({ err }, 'cleaner run failed');
@@ -75,7 +95,9 @@ export async function runClean(argv: readonly string[]): Promise<number> {
   const config = load('clean', argv);
   if (typeof config === 'number') return config;
   const log = createLogger('cleaner', config.logLevel);
-  const plan = await planEviction(config.root, { maxSize: config.maxSize, thresholdPercentage: config.thresholdPercentage, graceMs: config.grace });
+  const driver = openStore(config);
+  const plan = await planEviction(driver, { maxSize: config.maxSize, thresholdPercentage: config.thresholdPercentage, graceMs: config.grace });
+  if (!config.dryRun) await afterPlan(driver, plan, log);
   process.stdout.write(`cached usage ${humanSize(plan.usage)} (hosted ${humanSize(plan.hosted)} not counted), limit ${humanSize(plan.limit)}, evicting above ${humanSize(plan.trigger)}\n`);
   if (plan.evict.length === 0) {
     process.stdout.write(plan.usage <= plan.trigger ? 'nothing to evict: usage is under the trigger\n' : `nothing evictable: ${humanSize(plan.pinned)} is within the grace period\n`);
@@ -83,7 +105,7 @@ export async function runClean(argv: readonly string[]): Promise<number> {
   }
   for (const blob of plan.evict) process.stdout.write(`${config.dryRun ? 'would evict' : 'evict'} ${blob.digest.value} ${humanSize(blob.size)} (${blob.reason})\n`);
   if (!config.dryRun) {
-    const freed = await applyEviction(config.root, plan, log);
+    const freed = await applyEviction(driver, plan, log);
     await recordCleanerRun(config.root, { at: Date.now(), usageBefore: plan.usage, evictedBlobs: plan.evict.length, freedBytes: freed });
   }
   return 0;
@@ -94,8 +116,9 @@ export async function runGc(argv: readonly string[]): Promise<number> {
   const config = load('gc', argv);
   if (typeof config === 'number') return config;
   const log = createLogger('gc', config.logLevel);
-  const result = await collectGarbage(config.root, { graceMs: config.grace, uploadTtlMs: config.uploadTtl, dryRun: config.dryRun, log });
+  const result = await collectGarbage(openStore(config), { graceMs: config.grace, uploadTtlMs: config.uploadTtl, dryRun: config.dryRun, log });
   for (const blob of result.removed) process.stdout.write(`${config.dryRun ? 'would remove' : 'removed'} ${blob.digest.value} ${humanSize(blob.size)} (unreferenced)\n`);
   process.stdout.write(`${config.dryRun ? 'would free' : 'freed'} ${humanSize(result.removedBytes)} in ${result.removed.length} blob(s); ${result.spared} unreferenced blob(s) spared (within the grace period)\n`);
+  process.stdout.write(`${config.dryRun ? 'would remove' : 'removed'} ${result.staleUploads} idle upload session(s); ${config.dryRun ? 'would abort' : 'aborted'} ${result.abortedWrites} incomplete write(s)\n`);
   return 0;
 }

@@ -1,30 +1,43 @@
-import { readFile } from 'node:fs/promises';
 import { parseManifest, descriptorDigest } from '../../../lib/oci/manifest.js';
-import { listLinkedDigests, listRepositoryNames } from '../../../lib/storage/inventory.js';
-import type { StorageLayout } from '../../../lib/storage/layout.js';
-import { join } from 'node:path';
+import { isStorageNotFound, type StorageDriver } from '../../../lib/storage/driver/driver.js';
+import type { RepositoryScan } from '../../../lib/storage/inventory.js';
+import { StorageLayout } from '../../../lib/storage/layout.js';
+
+/** Manifests read at a time: each is a small GET (S3) or file read. */
+const CONCURRENCY = 16;
+
+const orMissing = (err: unknown) => (isStorageNotFound(err) ? undefined : Promise.reject(err));
 
 /**
  * Mark phase of garbage collection: every manifest revision of every hosted repository, and every
  * blob and manifest those manifests reference. (A deleted manifest has no revision, so its
- * exclusive layers are not marked.)
+ * exclusive layers are not marked.) A store that fails to answer fails the mark, never shrinks it.
  */
-export async function markHostedReferences(layout: StorageLayout): Promise<Set<string>> {
+export async function markHostedReferences(driver: StorageDriver, hosted: readonly RepositoryScan[]): Promise<Set<string>> {
+  const layout = new StorageLayout('');
   const marked = new Set<string>();
-  for (const name of await listRepositoryNames(layout)) {
-    for (const revision of await listLinkedDigests(join(layout.manifestsDir(name), 'revisions'))) {
-      marked.add(revision.value);
-      const mediaType = await readFile(layout.manifestRevisionPath(name, revision), 'utf8').catch(() => undefined);
-      const body = await readFile(layout.blobPath(revision)).catch(() => undefined);
+  const revisions = hosted.flatMap((repository) => repository.revisions);
+  for (const revision of revisions) marked.add(revision.digest.value);
+  // One read per distinct manifest: the same manifest in several repositories references the same blobs.
+  const distinct = [...new Map(revisions.map((r) => [r.digest.value, r])).values()];
+  let next = 0;
+  const worker = async () => {
+    while (next < distinct.length) {
+      const revision = distinct[next++]!;
+      const [mediaType, body] = await Promise.all([
+        driver.getContent(revision.key).then((b) => b.toString('utf8').trim(), orMissing),
+        driver.getContent(layout.blobKey(revision.digest)).catch(orMissing),
+      ]);
       if (!body) continue;
       try {
-        const manifest = parseManifest(body, mediaType?.trim());
+        const manifest = parseManifest(body, mediaType || undefined);
         for (const d of [...manifest.blobs, ...manifest.manifests]) marked.add(descriptorDigest(d).value);
         if (manifest.subject) marked.add(descriptorDigest(manifest.subject).value);
       } catch {
         // An unparsable stored manifest references nothing we can see; keep its own blob only.
       }
     }
-  }
+  };
+  await Promise.all(Array.from({ length: Math.min(CONCURRENCY, distinct.length) }, worker));
   return marked;
 }

@@ -1,10 +1,9 @@
 import { existsSync, readFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
-import { join } from 'node:path';
 import { accessLogPathOf, adminsPathOf, ConfigError, loadApplianceConfig, loadCleanerConfig, storageLocationOf } from '../../../lib/config.js';
-import { openConfiguredStorage } from '../../../lib/storage/driver/open.js';
 import { planAppliance, readPullSecret } from '../../../lib/appliance.js';
 import { createLogger } from '../../../lib/log.js';
+import { openConfiguredStorage } from '../../../lib/storage/driver/open.js';
 import { AccessLogWriter } from './access-log.js';
 import { UserDirectory } from './auth.js';
 import { GatewayMetrics } from './metrics.js';
@@ -44,8 +43,9 @@ export async function runGateway(argv: readonly string[]): Promise<number> {
     log.warn('REGISTRY_AUTH is not htpasswd: anyone who reaches the gateway may pull, push and delete');
   }
   const accessLog = new AccessLogWriter(accessLogPathOf(config));
-  const metrics = new GatewayMetrics(join(config.root, 'blobs'));
-  const server = createGateway({ plan, log, users, realm: config.realm, accessLog, metrics, root: config.root, storage: openConfiguredStorage(storageLocationOf(config, config.root), config), tagTtlMs: config.tagTtl, workerWaitMs: config.workerWait,
+  const storage = openConfiguredStorage(storageLocationOf(config, config.root), config);
+  const metrics = new GatewayMetrics(storage);
+  const server = createGateway({ plan, log, users, realm: config.realm, accessLog, metrics, root: config.root, storage, tagTtlMs: config.tagTtl, workerWaitMs: config.workerWait,
     console: { accessLogPath: accessLogPathOf(config), cleaner: { maxSize: cleaner.maxSize, thresholdPercentage: cleaner.thresholdPercentage, grace: cleaner.grace, runEvery: cleaner.runEvery } },
     ...(tls ? { tls } : {}) });
 

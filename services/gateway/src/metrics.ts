@@ -1,23 +1,16 @@
-import { readdir, stat } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname } from 'node:path';
+import type { StorageDriver } from '../../../lib/storage/driver/driver.js';
+import { FilesystemDriver } from '../../../lib/storage/driver/filesystem.js';
+import { listBlobs } from '../../../lib/storage/inventory.js';
 import { Counter, Gauge, Registry, collectDefaultMetrics, type CounterConfiguration, type LabelValues } from 'prom-client';
 
 /** How often storage use is re-measured (a walk of the blob store) at most. */
 const STORAGE_MEASURE_MS = 60_000;
 
-async function directorySize(dir: string): Promise<number> {
+/** Bytes of every blob of the store (one listing: on S3 ~1 LIST per 1,000 blobs). */
+async function storedBytes(driver: StorageDriver): Promise<number> {
   let total = 0;
-  let entries;
-  try {
-    entries = await readdir(dir, { withFileTypes: true });
-  } catch {
-    return 0;
-  }
-  for (const entry of entries) {
-    const path = join(dir, entry.name);
-    if (entry.isDirectory()) total += await directorySize(path);
-    else if (entry.isFile()) total += (await stat(path).catch(() => undefined))?.size ?? 0;
-  }
+  for (const blob of await listBlobs(driver)) total += blob.size;
   return total;
 }
 
@@ -62,7 +55,9 @@ export class GatewayMetrics {
   private storageMeasuredAt = 0;
   private storageBytes = 0;
 
-  constructor(blobsDir: string) {
+  /** `store`: the storage driver, or (older callers) the filesystem store's `blobs` directory. */
+  constructor(store: StorageDriver | string) {
+    const driver = typeof store === 'string' ? new FilesystemDriver(dirname(store)) : store;
     collectDefaultMetrics({ register: this.registry, prefix: 'stevedore_gateway_' });
     this.requests = new BufferedCounter({ name: 'stevedore_requests_total', help: 'Requests answered, by upstream ("-" = hosted), method and status', labelNames: ['upstream', 'method', 'status'], registers: [this.registry] });
     this.bytes = new BufferedCounter({ name: 'stevedore_response_bytes_total', help: 'Response body bytes sent to clients, by upstream', labelNames: ['upstream'], registers: [this.registry] });
@@ -75,7 +70,7 @@ export class GatewayMetrics {
       async collect() {
         if (Date.now() - self.storageMeasuredAt > STORAGE_MEASURE_MS) {
           self.storageMeasuredAt = Date.now();
-          self.storageBytes = await directorySize(blobsDir);
+          self.storageBytes = await storedBytes(driver).catch(() => self.storageBytes);
         }
         this.set(self.storageBytes);
       },

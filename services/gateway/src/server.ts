@@ -32,8 +32,8 @@ export interface GatewayOptions {
    */
   root?: string;
   /**
-   * The store when it is not the filesystem directory `root` (--storage): the direct answers read
-   * through it. Default: the filesystem store at `root`.
+   * The store when it is not the filesystem directory `root` (--storage): the direct answers and the
+   * console read through it. Default: the filesystem store at `root`.
    */
   storage?: StorageDriver;
   /** The cache workers' tag TTL (STEVEDORE_TAG_TTL): how long the gateway may answer a cached tag itself. */
@@ -114,7 +114,7 @@ export function createGateway(options: GatewayOptions): Server {
   const agent = forwarder.pool;
 
   const webConsole = options.console && options.root ? new WebConsole({
-    ...options.console, root: options.root, plan, log, users, realm, metrics, tls: Boolean(options.tls), agent,
+    ...options.console, root: options.root, ...(options.storage ? { storage: options.storage } : {}), plan, log, users, realm, metrics, tls: Boolean(options.tls), agent,
     invalidate: (worker, repository) => directManifests?.invalidate(worker, repository),
   }) : undefined;
 

@@ -10,7 +10,9 @@ import { createLogger } from '../../../lib/log.js';
 import { digestOf, type Digest } from '../../../lib/oci/digest.js';
 import { StorageLayout } from '../../../lib/storage/layout.js';
 import { followAccessLog, type AccessLogFollower } from './main.js';
-import { AtimeToucher } from './touch.js';
+import { FilesystemDriver } from '../../../lib/storage/driver/filesystem.js';
+import { readServedTimes, SERVED_BATCHES_PREFIX, SERVED_PREFIX } from '../../../lib/storage/served-index.js';
+import { ServedRecorder } from './served.js';
 
 const log = createLogger('logger-test', 'silent');
 const OLD = Date.parse('2024-01-01T00:00:00Z');
@@ -27,8 +29,9 @@ function line(fields: Partial<AccessLogEntry>): string {
 const blobLine = (digest: Digest, time: Date, extra: Partial<AccessLogEntry> = {}): string =>
   line({ upstream: NS, repository: 'team/app', kind: 'blob', reference: digest.value, time: time.toISOString(), ...extra });
 
-describe('logger: access log → atime of served blobs and manifests', () => {
+describe('logger: access log → served index of blobs and manifests', () => {
   let root: string;
+  let driver: FilesystemDriver;
   let layout: StorageLayout;
   let logPath: string;
   let statePath: string;
@@ -44,7 +47,8 @@ describe('logger: access log → atime of served blobs and manifests', () => {
     return digest;
   }
 
-  const atime = async (d: Digest): Promise<number> => (await stat(layout.blobPath(d))).atimeMs;
+  /** Last served as the index says; OLD when it has no entry (never served). */
+  const atime = async (d: Digest): Promise<number> => (await readServedTimes(driver)).get(d.value) ?? OLD;
   const mtime = async (d: Digest): Promise<number> => (await stat(layout.blobPath(d))).mtimeMs;
 
   async function follow(): Promise<AccessLogFollower> {
@@ -62,6 +66,7 @@ describe('logger: access log → atime of served blobs and manifests', () => {
   before(async () => {
     root = await mkdtemp(join(tmpdir(), 'logger-test-'));
     layout = new StorageLayout(root);
+    driver = new FilesystemDriver(root);
     for (let i = 0; i < 220; i++) blobs.push(await storeBlob(randomBytes(64)));
   });
 
@@ -73,6 +78,7 @@ describe('logger: access log → atime of served blobs and manifests', () => {
     config = { ...defaultStorageConfig(), root, accessLogPath: logPath, statePath, flushEvery: 600_000, logLevel: 'silent' };
     await mkdir(dir, { recursive: true });
     for (const d of blobs) await utimes(layout.blobPath(d), new Date(OLD), new Date(OLD));
+    await driver.deletePrefix(SERVED_PREFIX).catch(() => {});
   });
 
   after(async () => {
@@ -80,13 +86,14 @@ describe('logger: access log → atime of served blobs and manifests', () => {
     await rm(root, { recursive: true, force: true });
   });
 
-  it('10,000 lines for one blob cost one utimes; the atime becomes the latest serve time; mtime is kept', async () => {
+  it('10,000 lines for one blob cost one batch with one entry: the latest serve time; the blob is not touched', async () => {
     const base = Date.parse('2025-03-01T12:00:00Z');
     const many = Array.from({ length: 10_000 }, (_, i) => blobLine(blobs[0]!, new Date(base + i * 1000)));
     await writeFile(logPath, `${many.join('\n')}\n`);
     const f = await follow();
     await catchUp(f);
-    assert.equal(f.toucher.touched, 1);
+    assert.equal(f.recorder.recorded, 1);
+    assert.equal(f.recorder.batches, 1);
     assert.equal(await atime(blobs[0]!), base + 9_999 * 1000);
     assert.equal(await mtime(blobs[0]!), OLD);
     assert.equal(f.malformed(), 0);
@@ -149,17 +156,17 @@ describe('logger: access log → atime of served blobs and manifests', () => {
     await writeFile(logPath, `${first.map((d) => blobLine(d, t1)).join('\n')}\n`);
     const one = await follow();
     await catchUp(one);
-    assert.equal(one.toucher.touched, first.length);
+    assert.equal(one.recorder.recorded, first.length);
     await one.stop();
     followers.splice(followers.indexOf(one), 1);
-    // While the logger is down: more traffic; and the first blobs' atimes are put back, so a replay would show.
+    // While the logger is down: more traffic.
     await appendFile(logPath, `${second.map((d) => blobLine(d, t2)).join('\n')}\n`);
-    for (const d of first) await utimes(layout.blobPath(d), new Date(OLD), new Date(OLD));
 
     const two = await follow();
     await catchUp(two);
-    assert.equal(two.toucher.touched, second.length);
-    for (const d of first) assert.equal(await atime(d), OLD, 'a line processed before the restart was replayed');
+    assert.equal(two.recorder.recorded, second.length);
+    // recorded counts only the second part: nothing of the first was replayed.
+    for (const d of first) assert.equal(await atime(d), t1.getTime());
     for (const d of second) assert.equal(await atime(d), t2.getTime());
   });
 
@@ -224,24 +231,27 @@ describe('logger: access log → atime of served blobs and manifests', () => {
   });
 
   it('a serve time in the future (skewed clock) counts as now, so it cannot pin a blob', async () => {
-    const toucher = new AtimeToucher(root);
+    const recorder = new ServedRecorder(driver);
     const before = Date.now();
-    await toucher.record(JSON.parse(line({ kind: 'blob', reference: blobs[131]!.value, time: '2099-01-01T00:00:00Z' })) as AccessLogEntry);
-    await toucher.flush();
+    await recorder.record(JSON.parse(line({ kind: 'blob', reference: blobs[131]!.value, time: '2099-01-01T00:00:00Z' })) as AccessLogEntry);
+    await recorder.flush();
     const set = await atime(blobs[131]!);
-    assert.ok(set >= before - 1000 && set <= Date.now() + 1000, `atime ${new Date(set).toISOString()}`);
+    assert.ok(set >= before - 1000 && set <= Date.now() + 1000, `served ${new Date(set).toISOString()}`);
   });
 
-  it('AtimeToucher never moves an atime backwards and skips blobs that are gone', async () => {
-    const toucher = new AtimeToucher(root);
-    const newer = Date.parse('2025-08-02T00:00:00Z');
-    await utimes(layout.blobPath(blobs[130]!), new Date(newer), new Date(OLD));
+  it('several loggers (appliances) write their own batches, never overwriting; the latest time wins', async () => {
     const entry = (d: string, time: string): AccessLogEntry => JSON.parse(line({ kind: 'blob', reference: d, time })) as AccessLogEntry;
-    await toucher.record(entry(blobs[130]!.value, '2025-08-01T00:00:00Z'));
-    await toucher.record(entry(digestOf('never stored').value, '2025-08-01T00:00:00Z'));
-    await toucher.flush();
-    assert.equal(await atime(blobs[130]!), newer);
-    assert.equal(toucher.touched, 0);
-    assert.equal(toucher.skipped, 1);
+    const one = new ServedRecorder(driver, 'appliance-1');
+    const two = new ServedRecorder(driver, 'appliance-2');
+    await one.record(entry(blobs[130]!.value, '2025-08-02T00:00:00Z'));
+    await two.record(entry(blobs[130]!.value, '2025-08-01T00:00:00Z'));
+    await two.record(entry(blobs[132]!.value, '2025-08-03T00:00:00Z'));
+    await Promise.all([one.flush(), two.flush()]);
+    await one.flush(); // nothing served since: no batch
+    assert.equal(await atime(blobs[130]!), Date.parse('2025-08-02T00:00:00Z'));
+    assert.equal(await atime(blobs[132]!), Date.parse('2025-08-03T00:00:00Z'));
+    const keys = (await driver.list(SERVED_BATCHES_PREFIX, { delimiter: '/' })).prefixes;
+    assert.deepEqual(keys, [`${SERVED_BATCHES_PREFIX}appliance-1/`, `${SERVED_BATCHES_PREFIX}appliance-2/`]);
+    assert.equal(one.batches + two.batches, 2);
   });
 });

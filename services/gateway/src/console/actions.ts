@@ -2,6 +2,7 @@ import { request as httpRequest, type Agent } from 'node:http';
 import type { WorkerPlan } from '../../../../lib/appliance.js';
 import type { Logger } from '../../../../lib/log.js';
 import { recordCleanerRun, type CleanerRun } from '../../../../lib/storage/cleaner-runs.js';
+import type { StorageDriver } from '../../../../lib/storage/driver/driver.js';
 import { applyEviction, planEviction } from '../../../../lib/storage/eviction.js';
 import type { CleanerSettings } from './console.js';
 import { ConsoleError } from './http.js';
@@ -35,9 +36,9 @@ export async function deleteOnWorker(worker: WorkerPlan, agent: Agent, repositor
 }
 
 /** One eviction run with the cleaner's own code, recorded for the chart like the cleaner's runs. */
-export async function runEviction(root: string, cleaner: CleanerSettings, log: Logger, userName: string): Promise<CleanerRun> {
-  const plan = await planEviction(root, { maxSize: cleaner.maxSize, thresholdPercentage: cleaner.thresholdPercentage, graceMs: cleaner.grace });
-  const freed = plan.evict.length ? await applyEviction(root, plan, log) : 0;
+export async function runEviction(root: string, driver: StorageDriver, cleaner: CleanerSettings, log: Logger, userName: string): Promise<CleanerRun> {
+  const plan = await planEviction(driver, { maxSize: cleaner.maxSize, thresholdPercentage: cleaner.thresholdPercentage, graceMs: cleaner.grace });
+  const freed = plan.evict.length ? await applyEviction(driver, plan, log) : 0;
   const record = { at: Date.now(), usageBefore: plan.usage, evictedBlobs: plan.evict.length, freedBytes: freed };
   await recordCleanerRun(root, record);
   log.info({ user: userName, ...record }, 'console: cleaner run');

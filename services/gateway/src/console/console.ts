@@ -4,14 +4,17 @@ import type { Logger } from '../../../../lib/log.js';
 import { tryParseDigest } from '../../../../lib/oci/digest.js';
 import { isValidName, isValidTag } from '../../../../lib/oci/reference.js';
 import { readCleanerRuns } from '../../../../lib/storage/cleaner-runs.js';
+import type { StorageDriver } from '../../../../lib/storage/driver/driver.js';
+import { FilesystemDriver } from '../../../../lib/storage/driver/filesystem.js';
 import { planEviction, type EvictionPlan } from '../../../../lib/storage/eviction.js';
+import { planOfSnapshot, readInventorySnapshot, writeInventorySnapshot } from '../../../../lib/storage/inventory-snapshot.js';
 import type { AuthenticatedUser, UserDirectory } from '../auth.js';
 import type { GatewayMetrics } from '../metrics.js';
 import { deleteOnWorker, runEviction } from './actions.js';
 import { ConsoleHistory } from './history.js';
 import { checkCsrf, ConsoleError, intParam, loadAssets, paginate, sendJson, servePage, type Asset } from './http.js';
 import { readCounters, storeChangeStamp, totalsOf } from './metrics-view.js';
-import { largestCachedImages, type LargeImage } from './largest-images.js';
+import { largestCachedImages, readStoredLargest, storeLargest, type LargeImage } from './largest-images.js';
 import { mostPulled, recentPulls } from './recent-pulls.js';
 import { StoreView } from './store-view.js';
 import { ReusedValue } from './reused-value.js';
@@ -28,6 +31,8 @@ export interface CleanerSettings {
 
 export interface ConsoleOptions {
   root: string;
+  /** The store (lib/storage driver); default: the filesystem store at `root`. */
+  storage?: StorageDriver;
   plan: AppliancePlan;
   log: Logger;
   /** Undefined: no authentication (everyone is an admin, as on the registry). */
@@ -76,6 +81,12 @@ export class WebConsole {
   /** How long the last walk took. */
   private walkMs = 0;
   private cleaning: Promise<unknown> | undefined;
+  private readonly driver: StorageDriver;
+  /** The ranking stored by the last console that computed one, shown until this one has its own. */
+  private readonly storedLargest: Promise<LargeImage[] | undefined>;
+  private largestComputed = false;
+  /** Whether a plan was ever made (the stored snapshot stands in only for the first). */
+  private planned = false;
   private readonly challenge: string;
   /** Upstream error counters a minute apart (the last six): an upstream is failing if its count rose within them. */
   private readonly errorSnapshots: Array<Map<string, number>> = [];
@@ -83,9 +94,16 @@ export class WebConsole {
 
   constructor(private readonly options: ConsoleOptions) {
     this.assets = loadAssets(options.log);
-    this.store = new StoreView(options.root, options.plan);
+    this.driver = options.storage ?? new FilesystemDriver(options.root);
+    this.store = new StoreView(options.root, options.plan, this.driver);
     this.ranking = new ReusedValue(() => mostPulled(options.accessLogPath, 100), RANKING_MAX_AGE_MS);
-    this.largest = new ReusedValue(() => largestCachedImages(this.store, 100), RANKING_MAX_AGE_MS);
+    this.largest = new ReusedValue(async () => {
+      const rows = await largestCachedImages(this.store, 100);
+      this.largestComputed = true;
+      void storeLargest(this.driver, rows).catch((err: unknown) => options.log.warn({ err }, 'console: largest-images snapshot not written'));
+      return rows;
+    }, RANKING_MAX_AGE_MS);
+    this.storedLargest = readStoredLargest(this.driver).catch(() => undefined);
     this.challenge = `Basic realm="${options.realm}"`;
     this.history = new ConsoleHistory(options.root, async () => totalsOf(await readCounters(options.metrics)), async () => {
       const plan = await this.evictionPlan(STORAGE_MAX_AGE_MS, storeChangeStamp(await readCounters(options.metrics)));
@@ -118,15 +136,29 @@ export class WebConsole {
     const age = this.measured ? Date.now() - this.measured.at : Infinity;
     const cost = this.walkMs * WALK_COST_FACTOR;
     if (!this.measured || maxAgeMs === 0 || age > Math.max(maxAgeMs, cost) || (stamp !== this.measured.stamp && age > Math.max(STORE_RECHECK_MS, cost))) {
-      const { cleaner, root } = this.options;
+      // Only the console's very first plan: after an eviction or delete dropped it, the listing is awaited.
+      const first = !this.measured && !this.planned;
+      this.planned = true;
+      const { cleaner } = this.options;
       const started = Date.now();
-      const plan = planEviction(root, { maxSize: cleaner.maxSize, thresholdPercentage: cleaner.thresholdPercentage, graceMs: cleaner.grace });
-      void plan.then(() => { this.walkMs = Date.now() - started; }, () => {});
+      const plan = planEviction(this.driver, { maxSize: cleaner.maxSize, thresholdPercentage: cleaner.thresholdPercentage, graceMs: cleaner.grace });
+      void plan.then((made) => {
+        this.walkMs = Date.now() - started;
+        // Kept in the store: the next console start (on any appliance) shows it at once.
+        writeInventorySnapshot(this.driver, made, started).catch((err: unknown) => this.options.log.warn({ err }, 'console: inventory snapshot not written'));
+      }, () => {});
       const entry = { at: Date.now(), stamp, plan };
       this.measured = entry;
       plan.catch(() => { if (this.measured === entry) this.measured = undefined; });
+      if (first && maxAgeMs !== 0) {
+        // The first overview does not wait for a listing of the whole store: the last stored
+        // snapshot (the cleaner's or a console's) answers while the listing runs.
+        const shown = { at: entry.at, stamp, plan: readInventorySnapshot(this.driver).then((snapshot) => (snapshot ? planOfSnapshot(snapshot) : plan), () => plan) };
+        this.measured = shown;
+        void plan.then(() => { if (this.measured === shown) this.measured = entry; }, () => { if (this.measured === shown) this.measured = undefined; });
+      }
     }
-    return this.measured.plan;
+    return this.measured!.plan;
   }
 
   async handle(req: IncomingMessage, res: ServerResponse, path: string): Promise<void> {
@@ -205,7 +237,7 @@ export class WebConsole {
         const plan = await (fresh ? this.evictionPlan(0) : this.evictionPlan(STORAGE_MAX_AGE_MS, storeChangeStamp(await readCounters(this.options.metrics))));
         const page = paginate(plan.evict, query);
         return sendJson(res, 200, {
-          ...page, items: page.items.map((b) => ({ digest: b.digest.value, size: b.size, lastServed: new Date(b.atimeMs).toISOString(), reason: b.reason })),
+          ...page, items: page.items.map((b) => ({ digest: b.digest.value, size: b.size, lastServed: new Date(b.lastServedMs).toISOString(), reason: b.reason })),
           usageBytes: plan.usage, limitBytes: plan.limit, triggerBytes: plan.trigger, pinnedBytes: plan.pinned, hostedBytes: plan.hosted,
           evictBytes: plan.evict.reduce((sum, b) => sum + b.size, 0), plannedAt: new Date(this.measured?.at ?? Date.now()).toISOString(),
         });
@@ -221,7 +253,7 @@ export class WebConsole {
       case 'GET /api/v1/top': {
         const limit = intParam(query, 'limit', 10, 1, 100);
         // The rankings read megabytes of log and every cached tag: reused, renewed in the background.
-        const [pulled, largest] = await Promise.all([this.ranking.get(), this.largest.get()]);
+        const [pulled, largest] = await Promise.all([this.ranking.get(), this.largestImages()]);
         return sendJson(res, 200, { since: pulled.since ?? null, mostPulled: pulled.items.slice(0, limit), largestCached: largest.slice(0, limit) });
       }
       case 'DELETE /api/v1/manifests':
@@ -235,6 +267,16 @@ export class WebConsole {
       default:
         throw new ConsoleError(404, 'NOT_FOUND', `no API endpoint ${route}`);
     }
+  }
+
+  /** The largest cached images: this console's ranking once it has one, the stored one meanwhile. */
+  private async largestImages(): Promise<LargeImage[]> {
+    const computing = this.largest.get();
+    if (!this.largestComputed) {
+      const stored = await this.storedLargest;
+      if (stored && !this.largestComputed) return stored;
+    }
+    return computing;
   }
 
   private trigger(): number {
@@ -308,7 +350,7 @@ export class WebConsole {
   /** One eviction run now, with the cleaner's own code; one at a time. */
   private async runCleaner(user: AuthenticatedUser): Promise<unknown> {
     if (this.cleaning) throw new ConsoleError(409, 'BUSY', 'a cleaner run started from the console is still going');
-    const run = runEviction(this.options.root, this.options.cleaner, this.options.log, user.name);
+    const run = runEviction(this.options.root, this.driver, this.options.cleaner, this.options.log, user.name);
     this.cleaning = run;
     try {
       return { run: await run };

@@ -1,4 +1,22 @@
+import { isStorageNotFound, type StorageDriver } from '../../../../lib/storage/driver/driver.js';
 import type { StoreView } from './store-view.js';
+
+/** The last ranking a console computed, kept in the store for the next console start (on any appliance). */
+export const LARGEST_IMAGES_KEY = '_state/console/largest-images.json';
+
+export async function storeLargest(driver: StorageDriver, rows: LargeImage[]): Promise<void> {
+  await driver.putContent(LARGEST_IMAGES_KEY, JSON.stringify({ at: Date.now(), rows }));
+}
+
+export async function readStoredLargest(driver: StorageDriver): Promise<LargeImage[] | undefined> {
+  try {
+    const value = JSON.parse((await driver.getContent(LARGEST_IMAGES_KEY)).toString('utf8')) as { rows?: unknown };
+    return Array.isArray(value.rows) ? value.rows as LargeImage[] : undefined;
+  } catch (err) {
+    if (isStorageNotFound(err) || err instanceof SyntaxError) return undefined;
+    throw err;
+  }
+}
 
 export interface LargeImage {
   /** The upstream host whose cache holds it. */

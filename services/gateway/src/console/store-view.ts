@@ -1,14 +1,14 @@
-import { constants } from 'node:fs';
-import { open, readdir, stat } from 'node:fs/promises';
 import type { AppliancePlan, WorkerPlan } from '../../../../lib/appliance.js';
 import { tryParseDigest, type Digest } from '../../../../lib/oci/digest.js';
 import { descriptorDigest, parseManifest, type Descriptor, type ParsedManifest } from '../../../../lib/oci/manifest.js';
 import { isIndexMediaType } from '../../../../lib/oci/media-types.js';
 import { isValidName, isValidTag } from '../../../../lib/oci/reference.js';
-import { listRepositoryNames } from '../../../../lib/storage/inventory.js';
+import { isStorageNotFound, type StorageDriver } from '../../../../lib/storage/driver/driver.js';
+import { scanRepositories } from '../../../../lib/storage/inventory.js';
 import { StorageLayout } from '../../../../lib/storage/layout.js';
 import { ManifestReader } from '../../../../lib/storage/manifest-reader.js';
-import { FilesystemDriver } from '../../../../lib/storage/driver/filesystem.js';
+import { readServedTimes, type ServedTimes } from '../../../../lib/storage/served-index.js';
+import { ReusedValue } from './reused-value.js';
 
 /** "hosted", or the upstream host of a cache worker. */
 export type Source = string;
@@ -29,7 +29,7 @@ export interface TagRow {
   platforms?: string[];
   /** The image config's `created` (an index: its first child's). */
   created?: string;
-  /** When the manifest was last served (its atime, set by the logger), ISO. */
+  /** When the manifest was last served (the served index the logger writes, else when it was stored), ISO. */
   lastServed?: string;
 }
 
@@ -49,40 +49,8 @@ const REPOSITORY_LIST_TTL_MS = 5_000;
 /** An image config is read (for `created`) only up to this size. */
 const CONFIG_READ_MAX = 1024 * 1024;
 
-/**
- * Reads a small file without moving its atime where the kernel allows (O_NOATIME: Linux, file
- * owner): a blob's atime is its last-served clock for the cleaner, and the console looking at it
- * is not a pull.
- */
-async function readKeepingAtime(path: string): Promise<string>;
-async function readKeepingAtime(path: string, raw: 'buffer'): Promise<Buffer>;
-async function readKeepingAtime(path: string, raw?: 'buffer'): Promise<string | Buffer> {
-  const noAtime = (constants as Record<string, number>).O_NOATIME ?? 0;
-  const handle = await open(path, constants.O_RDONLY | noAtime).catch((err: NodeJS.ErrnoException) => {
-    if (err.code === 'EPERM' && noAtime) return open(path, constants.O_RDONLY);
-    throw err;
-  });
-  try {
-    return raw ? await handle.readFile() : await handle.readFile('utf8');
-  } finally {
-    await handle.close();
-  }
-}
-
-/**
- * The workers' manifest reader, but reading manifest bodies without moving their atime: the
- * console listing tags (or ranking the largest images) must not change what the cleaner evicts next.
- */
-class AtimeKeepingReader extends ManifestReader {
-  override async body(digest: Digest): Promise<Buffer | undefined> {
-    try {
-      return await readKeepingAtime(this.layout.blobPath(digest), 'buffer');
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-      throw err;
-    }
-  }
-}
+/** How long the served index (one listing plus a few small reads) is reused. */
+const SERVED_MAX_AGE_MS = 10_000;
 
 function platformOf(descriptor: Descriptor): string | undefined {
   const p = descriptor.platform;
@@ -98,16 +66,27 @@ export class StoreView {
   private readonly sources = new Map<Source, { layout: StorageLayout; reader: ManifestReader; worker: WorkerPlan }>();
   private readonly blobs: StorageLayout;
   private repositoryList: { at: number; rows: Promise<RepositoryRow[]> } | undefined;
+  private readonly served: ReusedValue<ServedTimes>;
 
-  constructor(root: string, plan: AppliancePlan) {
+  constructor(root: string, plan: AppliancePlan, private readonly driver: StorageDriver) {
     this.blobs = new StorageLayout(root);
-    // Transitional (the console moves onto the driver separately): the filesystem store at `root`.
-    const driver = new FilesystemDriver(root);
-    this.sources.set('hosted', { layout: this.blobs, reader: new AtimeKeepingReader(driver, this.blobs), worker: plan.hosted });
+    this.sources.set('hosted', { layout: this.blobs, reader: new ManifestReader(driver, this.blobs), worker: plan.hosted });
     for (const worker of plan.proxies) {
       const layout = new StorageLayout(root, { namespace: worker.upstream! });
-      this.sources.set(worker.upstream!, { layout, reader: new AtimeKeepingReader(driver, layout), worker });
+      this.sources.set(worker.upstream!, { layout, reader: new ManifestReader(driver, layout), worker });
     }
+    this.served = new ReusedValue(() => readServedTimes(driver), SERVED_MAX_AGE_MS);
+  }
+
+  private statBlob(digest: Digest): Promise<{ size: number; modifiedMs: number } | undefined> {
+    return this.driver.stat(this.blobs.blobKey(digest)).then((info) => ({ size: info.size, modifiedMs: info.modifiedAt.getTime() }),
+      (err: unknown) => (isStorageNotFound(err) ? undefined : Promise.reject(err)));
+  }
+
+  /** Last served: the served index's time, else when the blob was stored (as the cleaner decides). */
+  private async lastServedOf(digest: Digest, info: { modifiedMs: number }): Promise<string> {
+    const served = (await this.served.get().catch(() => new Map<string, number>())).get(digest.value);
+    return new Date(Math.max(served ?? info.modifiedMs, info.modifiedMs)).toISOString();
   }
 
   sourceNames(): Source[] {
@@ -136,11 +115,10 @@ export class StoreView {
 
   private async walkRepositories(): Promise<RepositoryRow[]> {
     const rows: RepositoryRow[] = [];
-    for (const [source, { layout }] of this.sources) {
-      const names = await listRepositoryNames(layout);
-      const counts = await Promise.all(names.map(async (name) => (await readdir(layout.tagsDir(name)).catch(() => [] as string[])).filter(isValidTag).length));
-      names.forEach((name, i) => rows.push({ source, name, tags: counts[i]! }));
-    }
+    const scans = await Promise.all([...this.sources.values()].map(({ layout }) => scanRepositories(this.driver, layout)));
+    [...this.sources.keys()].forEach((source, i) => {
+      for (const repository of scans[i]!) rows.push({ source, name: repository.name, tags: repository.tags.filter(isValidTag).length });
+    });
     return rows;
   }
 
@@ -153,9 +131,15 @@ export class StoreView {
   async tagNames(source: Source, repository: string): Promise<string[] | undefined> {
     const found = this.source(source, repository);
     if (!found) return undefined;
-    const dir = found.layout.tagsDir(repository);
-    const names = await readdir(dir).catch(() => undefined);
-    if (!names) return (await stat(found.layout.repositoryDir(repository)).catch(() => undefined))?.isDirectory() ? [] : undefined;
+    const prefix = found.layout.tagsPrefix(repository);
+    const names: string[] = [];
+    let cursor: string | undefined;
+    do {
+      const page = await this.driver.list(prefix, { delimiter: '/', ...(cursor ? { cursor } : {}) });
+      for (const key of page.keys) names.push(key.key.slice(prefix.length));
+      cursor = page.next;
+    } while (cursor);
+    if (names.length === 0) return (await this.driver.list(found.layout.repositoryPrefix(repository), { limit: 1 })).keys.length > 0 ? [] : undefined;
     return names.filter(isValidTag).sort();
   }
 
@@ -172,17 +156,17 @@ export class StoreView {
   }
 
   private async lastServed(digest: Digest): Promise<string | undefined> {
-    const info = await stat(this.blobs.blobPath(digest)).catch(() => undefined);
-    return info ? new Date(info.atimeMs).toISOString() : undefined;
+    const info = await this.statBlob(digest);
+    return info ? this.lastServedOf(digest, info) : undefined;
   }
 
   private async configCreated(descriptor: Descriptor): Promise<{ created?: string; os?: string; architecture?: string; stored: boolean }> {
     const digest = descriptorDigest(descriptor);
-    const info = await stat(this.blobs.blobPath(digest)).catch(() => undefined);
+    const info = await this.statBlob(digest);
     if (!info) return { stored: false };
     if (info.size > CONFIG_READ_MAX) return { stored: true };
     try {
-      const json = JSON.parse(await readKeepingAtime(this.blobs.blobPath(digest))) as Record<string, unknown>;
+      const json = JSON.parse((await this.driver.getContent(this.blobs.blobKey(digest))).toString('utf8')) as Record<string, unknown>;
       const out: { created?: string; os?: string; architecture?: string; stored: boolean } = { stored: true };
       if (typeof json.created === 'string') out.created = json.created;
       if (typeof json.os === 'string') out.os = json.os;
@@ -253,8 +237,9 @@ export class StoreView {
       view.config = { digest: config.digest, size: config.size, mediaType: config.mediaType, ...details };
     }
     view.layers = await Promise.all(layers.map(async (layer) => {
-      const info = await stat(this.blobs.blobPath(descriptorDigest(layer))).catch(() => undefined);
-      return { digest: layer.digest, size: layer.size, mediaType: layer.mediaType, stored: Boolean(info), ...(info ? { lastServed: new Date(info.atimeMs).toISOString() } : {}) };
+      const digest = descriptorDigest(layer);
+      const info = await this.statBlob(digest);
+      return { digest: layer.digest, size: layer.size, mediaType: layer.mediaType, stored: Boolean(info), ...(info ? { lastServed: await this.lastServedOf(digest, info) } : {}) };
     }));
     return view;
   }
