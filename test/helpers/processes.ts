@@ -72,7 +72,11 @@ function track(proc: ChildProcess): { output: () => string; waitFor: (test: (tex
   return {
     output: () => text,
     waitFor: (test, ms) => new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`timed out waiting for process output; got:\n${text.slice(-3000)}`)), ms);
+      // A process that never got ready is killed: left running, it would hold the test runner open.
+      const timer = setTimeout(() => {
+        proc.kill('SIGKILL');
+        reject(new Error(`timed out after ${ms} ms waiting for process output; got:\n${text.slice(-3000)}`));
+      }, ms);
       const check = () => {
         if (test(text)) {
           clearTimeout(timer);
@@ -112,7 +116,7 @@ export async function startStevedoreRegistry(args: string[], env: NodeJS.Process
   });
   const { output, waitFor } = track(proc);
   const listening = /"address":"127\.0\.0\.1:(\d+)"[^\n]*"msg":"registry listening"/;
-  await waitFor((text) => listening.test(text), 15_000);
+  await waitFor((text) => listening.test(text), 30_000);
   const port = Number(listening.exec(output())![1]);
   return {
     proc, port, url: `http://127.0.0.1:${port}`, output,
@@ -190,7 +194,7 @@ export async function startDistribution(options: DistributionOptions = {}): Prom
   // distribution logs the address it bound: `listening on 127.0.0.1:PORT`.
   const listening = /listening on 127\.0\.0\.1:(\d+)/;
   try {
-    await waitFor((text) => listening.test(text), 15_000);
+    await waitFor((text) => listening.test(text), 30_000);
   } catch (err) {
     await stopAndClean('SIGKILL');
     throw err;

@@ -11,6 +11,7 @@ import { StorageLayout } from '../../../lib/storage/layout.js';
 import { BoundedMap } from '../../../lib/storage/bounded-map.js';
 import type { StorageDriver } from '../../../lib/storage/driver/driver.js';
 import { FilesystemDriver } from '../../../lib/storage/driver/filesystem.js';
+import { RemoteBlobSource, type RemoteBlobSettings } from '../../../lib/storage/remote-blob-source.js';
 
 /** Small blob bodies kept in memory, in all (as the worker's BlobStore keeps them). */
 const SMALL_BODIES_BYTES = 8 * 1024 * 1024;
@@ -49,7 +50,11 @@ export class DirectBlobs {
   /** `<worker>\0<repository>` -> small blob digest -> when its link and file were last seen on disk. */
   private readonly smallLinks = new BoundedMap<string, Map<string, number>>(10_000);
 
-  constructor(private readonly driver: StorageDriver, plan: AppliancePlan) {
+  /** On a store that is not a directory: how large blobs are served (the worker's rules, lib/storage/remote-blob-source.ts). */
+  private readonly remote: RemoteBlobSource;
+
+  constructor(private readonly driver: StorageDriver, plan: AppliancePlan, remoteBlobs: RemoteBlobSettings = { redirectTtlMs: undefined, localCache: undefined }) {
+    this.remote = new RemoteBlobSource(driver, remoteBlobs);
     // The layout's root only names file paths, which are not used here: keys go through the driver.
     this.layouts.set(plan.hosted.name, new StorageLayout(driver.location));
     // A cache worker's namespace is its upstream's canonical host (buildRegistry: config.upstream.host).
@@ -139,12 +144,17 @@ export class DirectBlobs {
         this.rememberLink(worker, repository, digest, checkedAt);
         return fromMemory(body, digest, headers, url);
       }
+      // STEVEDORE_S3_REDIRECT: the worker answers with the redirect (one small answer through the hop).
+      if (this.remote.redirects) return undefined;
       const range = parseRange(headers.range, size);
       if (range.kind === 'unsatisfiable') return undefined;
       const start = range.kind === 'partial' ? range.range.start : 0;
       const end = range.kind === 'partial' ? range.range.end : size - 1;
-      const stream = await this.driver.reader(key, { offset: start, length: end - start + 1 });
-      return { stream, length: end - start + 1, status: range.kind === 'partial' ? 206 : 200, headers: blobHeaders(digest, size, range.kind === 'partial' ? [start, end] : undefined, url) };
+      const status = range.kind === 'partial' ? 206 : 200;
+      const out = blobHeaders(digest, size, range.kind === 'partial' ? [start, end] : undefined, url);
+      const body = await this.remote.body(key, digest, size, start, end);
+      if (body.kind === 'file') return { handle: body.handle, status, headers: out, start: body.start, end: body.end };
+      return { stream: body.stream, length: end - start + 1, status, headers: out };
     } catch {
       // Not linked, not stored, or the store unavailable: the worker answers (and logs what it must).
       this.smallBodies.delete(digest.value);

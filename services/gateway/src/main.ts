@@ -4,6 +4,7 @@ import { accessLogPathOf, adminsPathOf, ConfigError, loadApplianceConfig, loadCl
 import { planAppliance, readPullSecret } from '../../../lib/appliance.js';
 import { createLogger } from '../../../lib/log.js';
 import { openConfiguredStorage } from '../../../lib/storage/driver/open.js';
+import { openRemoteBlobSettings } from '../../../lib/storage/remote-blob-source.js';
 import { AccessLogWriter } from './access-log.js';
 import { UserDirectory } from './auth.js';
 import { GatewayMetrics } from './metrics.js';
@@ -45,7 +46,8 @@ export async function runGateway(argv: readonly string[]): Promise<number> {
   const accessLog = new AccessLogWriter(accessLogPathOf(config));
   const storage = openConfiguredStorage(storageLocationOf(config, config.root), config);
   const metrics = new GatewayMetrics(storage);
-  const server = createGateway({ plan, log, users, realm: config.realm, accessLog, metrics, root: config.root, storage, tagTtlMs: config.tagTtl, workerWaitMs: config.workerWait,
+  const remoteBlobs = await openRemoteBlobSettings(config);
+  const server = createGateway({ plan, log, users, realm: config.realm, accessLog, metrics, root: config.root, storage, remoteBlobs, tagTtlMs: config.tagTtl, workerWaitMs: config.workerWait,
     console: { accessLogPath: accessLogPathOf(config), cleaner: { maxSize: cleaner.maxSize, thresholdPercentage: cleaner.thresholdPercentage, grace: cleaner.grace, runEvery: cleaner.runEvery } },
     ...(tls ? { tls } : {}) });
 

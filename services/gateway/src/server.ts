@@ -8,6 +8,7 @@ import type { AccessLogWriter } from './access-log.js';
 import { DirectBlobs } from './blob-direct.js';
 import type { StorageDriver } from '../../../lib/storage/driver/driver.js';
 import { FilesystemDriver } from '../../../lib/storage/driver/filesystem.js';
+import type { RemoteBlobSettings } from '../../../lib/storage/remote-blob-source.js';
 import { DirectManifests } from './manifest-direct.js';
 import type { AuthenticatedUser, UserDirectory } from './auth.js';
 import type { GatewayMetrics } from './metrics.js';
@@ -36,6 +37,8 @@ export interface GatewayOptions {
    * console read through it. Default: the filesystem store at `root`.
    */
   storage?: StorageDriver;
+  /** STEVEDORE_S3_REDIRECT and the local read cache, for a store that is not a directory. */
+  remoteBlobs?: RemoteBlobSettings;
   /** The cache workers' tag TTL (STEVEDORE_TAG_TTL): how long the gateway may answer a cached tag itself. */
   tagTtlMs?: number;
   /** How long a request waits for a worker that is starting or restarting (STEVEDORE_WORKER_WAIT; default 10 s). */
@@ -71,7 +74,7 @@ export function createGateway(options: GatewayOptions): Server {
   const byPrefix = prefixIndex(plan);
   const challenge = `Basic realm="${realm}"`;
   const storage = options.storage ?? (options.root ? new FilesystemDriver(options.root) : undefined);
-  const directBlobs = storage ? new DirectBlobs(storage, plan) : undefined;
+  const directBlobs = storage ? new DirectBlobs(storage, plan, options.remoteBlobs) : undefined;
   const directManifests = storage ? new DirectManifests(storage, plan, options.tagTtlMs ?? 0) : undefined;
 
   /** A write (manifest push, tag, delete; blob delete) reached a worker: what the gateway cached of the repository is stale. */

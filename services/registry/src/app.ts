@@ -9,6 +9,7 @@ import { echoedNamespace, parseRegistryPath, splitUrl, type RegistryRoute } from
 import { StorageLayout } from '../../../lib/storage/layout.js';
 import type { StorageDriver } from '../../../lib/storage/driver/driver.js';
 import { FilesystemDriver } from '../../../lib/storage/driver/filesystem.js';
+import { RemoteBlobSource, type RemoteBlobSettings } from '../../../lib/storage/remote-blob-source.js';
 import type { RegistryContext } from './context.js';
 import { BlobStore } from '../../../lib/storage/blob-store.js';
 import { ManifestStore } from '../../../lib/storage/manifest-store.js';
@@ -31,6 +32,8 @@ export interface RegistryOptions {
    * the local directory either way (temp files of cache fills).
    */
   driver?: StorageDriver;
+  /** STEVEDORE_S3_REDIRECT and the local read cache, for a store that is not a directory. */
+  remoteBlobs?: RemoteBlobSettings;
   /** Credentials for the upstream of a pull-through cache (from the auths file). */
   upstreamCredentials?: UpstreamCredentials;
   /** Cache settings that have no option of their own (tests: the upstream tag-list page size). */
@@ -205,7 +208,7 @@ export interface RegistryApp {
 }
 
 /** Builds one registry worker (not listening): the stores over `driver` and the /v2/ API. */
-export function buildRegistry({ config, log, driver = new FilesystemDriver(config.root), upstreamCredentials, proxyOptions }: RegistryOptions): RegistryApp {
+export function buildRegistry({ config, log, driver = new FilesystemDriver(config.root), remoteBlobs, upstreamCredentials, proxyOptions }: RegistryOptions): RegistryApp {
   const layout = new StorageLayout(config.root, { namespace: config.upstream?.host });
   const blobs = new BlobStore(driver, layout);
   const context: RegistryContext = {
@@ -217,6 +220,9 @@ export function buildRegistry({ config, log, driver = new FilesystemDriver(confi
     manifests: new ManifestStore(blobs),
     uploads: new UploadStore(blobs),
   };
+  if (!(driver instanceof FilesystemDriver)) {
+    context.remoteBlobs = new RemoteBlobSource(driver, remoteBlobs ?? { redirectTtlMs: undefined, localCache: undefined });
+  }
   if (config.upstream) {
     const client = new UpstreamClient(config.upstream, upstreamCredentials, log, config.upstreamTimeout ?? 30_000);
     context.proxy = new ProxyCache(context, client, {

@@ -6,6 +6,7 @@ import type { BlobStore } from '../../../lib/storage/blob-store.js';
 import type { ManifestStore } from '../../../lib/storage/manifest-store.js';
 import type { UploadStore } from '../../../lib/storage/upload-store.js';
 import type { ProxyCache } from './proxy/proxy-cache.js';
+import type { RemoteBlobSource } from '../../../lib/storage/remote-blob-source.js';
 
 /** What every route handler works with: the stores of one worker and its settings. */
 export interface RegistryContext {
@@ -17,6 +18,8 @@ export interface RegistryContext {
   blobs: BlobStore;
   manifests: ManifestStore;
   uploads: UploadStore;
+  /** How blob GETs are served from a store that is not a directory (S3): redirect, local read cache, stream. */
+  remoteBlobs?: RemoteBlobSource;
   /** Set on a pull-through cache worker. */
   proxy?: ProxyCache;
 }

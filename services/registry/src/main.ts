@@ -4,6 +4,7 @@ import { ConfigError, loadRegistryConfig, storageLocationOf, type ListenAddress 
 import { createLogger } from '../../../lib/log.js';
 import { buildRegistry } from './app.js';
 import { openConfiguredStorage } from '../../../lib/storage/driver/open.js';
+import { openRemoteBlobSettings } from '../../../lib/storage/remote-blob-source.js';
 import { credentialsFor, readAuthsFile } from '../../../lib/upstreams.js';
 
 const LOOPBACK = new Set(['127.0.0.1', '::1', 'localhost']);
@@ -48,7 +49,8 @@ export async function runRegistry(argv: readonly string[]): Promise<number> {
     }
   }
   const driver = openConfiguredStorage(storageLocationOf(config, config.root), config);
-  const { app, context } = buildRegistry({ config, log, driver, upstreamCredentials });
+  const remoteBlobs = await openRemoteBlobSettings(config);
+  const { app, context } = buildRegistry({ config, log, driver, remoteBlobs, upstreamCredentials });
   try {
     const purged = await context.uploads.purgeStale(config.uploadTtl);
     if (purged > 0) log.info({ purged }, 'removed stale upload sessions and temp files');

@@ -193,8 +193,16 @@ export class ProxyCache {
   }
 
   /** Asks the upstream (HEAD, which Docker Hub does not count as a pull) whether a tag moved. */
-  private async revalidateTag(name: string, tag: string, localDigest: Digest | undefined): Promise<ServedManifest> {
+  private async revalidateTag(name: string, tag: string, staleDigest: Digest | undefined): Promise<ServedManifest> {
     const key = `${name}:${tag}`;
+    // Read again inside the single flight: a flight that ended between this request's first read and
+    // its dedupe() (a wide window on S3) has just cached the tag, which needs no second upstream GET.
+    const current = await this.ctx.manifests.readTag(name, tag);
+    if (current && Date.now() - current.validatedAt < this.options.tagTtlMs) {
+      const cached = await this.local(name, { kind: 'digest', digest: current.digest });
+      if (cached) return cached;
+    }
+    const localDigest = current?.digest ?? staleDigest;
     if (this.isNegative(key)) throw new RegistryError('MANIFEST_UNKNOWN', { name, reference: tag }, { message: `manifest unknown to upstream ${this.host}` });
     if (localDigest) {
       const res = await this.client.request('HEAD', this.path(name, `manifests/${tag}`), this.scope(name), MANIFEST_ACCEPT);

@@ -5,6 +5,7 @@ import { RegistryError } from '../../../../lib/oci/errors.js';
 import { parseRange } from '../../../../lib/http/range.js';
 import { sendFileResponse, sendStreamResponse, SMALL_BLOB_MAX } from '../../../../lib/http/file-response.js';
 import type { RegistryContext } from '../context.js';
+import { isStorageNotFound } from '../../../../lib/storage/driver/driver.js';
 
 /** Headers of every blob response (the digest is the blob's identity, so it is also its ETag). */
 export function sendBlobHeaders(reply: FastifyReply, digest: Digest): void {
@@ -33,6 +34,16 @@ export async function getBlob(ctx: RegistryContext, name: string, rawDigest: str
   if (req.headers['if-none-match'] === `"${digest.value}"`) {
     reply.code(304).send();
     return;
+  }
+  if (req.method === 'GET' && ctx.remoteBlobs) {
+    // STEVEDORE_S3_REDIRECT: the client fetches the bytes (and its Range) from the store itself.
+    const url = await ctx.remoteBlobs.redirectURL(ctx.layout.blobKey(digest), info.size, SMALL_BLOB_MAX);
+    if (url !== undefined) {
+      // The URL expires: nothing may cache this answer as it caches the blob itself.
+      for (const header of ['accept-ranges', 'cache-control', 'content-type', 'etag']) reply.removeHeader(header);
+      reply.code(307).header('location', url).header('cache-control', 'no-store').header('content-length', 0).send();
+      return;
+    }
   }
   const range = parseRange(req.headers.range, info.size);
   if (range.kind === 'unsatisfiable') throw rangeNotSatisfiable(req.headers.range, info.size);
@@ -66,11 +77,20 @@ export async function getBlob(ctx: RegistryContext, name: string, rawDigest: str
     if (failure) ctx.log.warn({ err: failure, name, digest: digest.value }, 'blob transfer failed');
     return;
   }
-  // Any other store: its ranged read, streamed (a store that is down fails here, before the headers: 503).
-  const stream = await ctx.blobs.open(digest, start, end);
-  if (!stream) throw unknown();
+  // Any other store (S3): the local read cache's copy, or the store's ranged read streamed (a store
+  // that is down fails here, before the headers: 503).
+  const body = ctx.remoteBlobs
+    ? await ctx.remoteBlobs.body(ctx.layout.blobKey(digest), digest, info.size, start, end).catch((err: unknown) => {
+      if (isStorageNotFound(err)) throw unknown();
+      throw err;
+    })
+    : { kind: 'stream' as const, stream: await ctx.blobs.open(digest, start, end) };
+  if (body.kind === 'stream' && !body.stream) throw unknown();
   reply.hijack();
-  const failure = await sendStreamResponse(stream, reply.statusCode, reply.getHeaders() as OutgoingHttpHeaders, end - start + 1, reply.raw);
+  const headers = reply.getHeaders() as OutgoingHttpHeaders;
+  const failure = body.kind === 'file'
+    ? await sendFileResponse({ handle: body.handle, status: reply.statusCode, headers, start: body.start, end: body.end }, reply.raw)
+    : await sendStreamResponse(body.stream!, reply.statusCode, headers, end - start + 1, reply.raw);
   if (failure) ctx.log.warn({ err: failure, name, digest: digest.value }, 'blob transfer failed');
 }
 
