@@ -197,6 +197,10 @@ describe('console API: /api/v1 on the appliance', () => {
     const ok = await del(f.app.admin.auth, { 'x-stevedore-console': '1', origin: f.app.url, 'sec-fetch-site': 'same-origin' });
     assert.equal(ok.status, 200, ok.text());
     assert.equal((await getJson<{ items: unknown[] }>(`/api/v1/tags?source=${f.upHost}&repository=mirror/gone`)).items.length, 0);
+    // The purged image's repository (its links stay until GC) is no longer listed.
+    const listed = await getJson<{ items: Array<{ source: string; name: string }> }>('/api/v1/repositories?per_page=500');
+    assert.ok(!listed.items.some((r) => r.source === f.upHost && r.name === 'mirror/gone'), JSON.stringify(listed.items));
+    assert.ok(listed.items.some((r) => r.source === f.upHost && r.name === 'mirror/tool'));
     // The next pull fetches the manifest from upstream again.
     const pulled = await f.pullFromGateway('up/mirror/gone:2.0', f.app.reader.creds);
     assert.equal(pulled.top, f.purgeImage.manifest.digest);

@@ -117,7 +117,13 @@ export class StoreView {
     const rows: RepositoryRow[] = [];
     const scans = await Promise.all([...this.sources.values()].map(({ layout }) => scanRepositories(this.driver, layout)));
     [...this.sources.keys()].forEach((source, i) => {
-      for (const repository of scans[i]!) rows.push({ source, name: repository.name, tags: repository.tags.filter(isValidTag).length });
+      for (const repository of scans[i]!) {
+        const tags = repository.tags.filter(isValidTag).length;
+        // A cached repository without tags is what a purge leaves (links until GC): nothing to pull
+        // by name, so it is not listed. A hosted one stays: it may hold untagged manifests.
+        if (tags === 0 && source !== 'hosted') continue;
+        rows.push({ source, name: repository.name, tags });
+      }
     });
     return rows;
   }

@@ -27,9 +27,9 @@ export function rangeNotSatisfiable(range: string | undefined, size: number): Re
 export async function getBlob(ctx: RegistryContext, name: string, rawDigest: string, req: FastifyRequest, reply: FastifyReply): Promise<void> {
   const digest = parseDigest(rawDigest);
   const unknown = () => new RegistryError('BLOB_UNKNOWN', { name, digest: digest.value });
-  if (!(await ctx.blobs.isLinked(name, digest))) throw unknown();
-  const info = await ctx.blobs.statCached(digest);
-  if (!info) throw unknown();
+  // Both at once: on S3 each is a round trip to the store.
+  const [linked, info] = await Promise.all([ctx.blobs.isLinked(name, digest), ctx.blobs.statCached(digest)]);
+  if (!linked || !info) throw unknown();
   sendBlobHeaders(reply, digest);
   if (req.headers['if-none-match'] === `"${digest.value}"`) {
     reply.code(304).send();
