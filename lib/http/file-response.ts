@@ -1,7 +1,6 @@
 import type { FileHandle } from 'node:fs/promises';
 import type { OutgoingHttpHeaders, ServerResponse } from 'node:http';
 import type { Readable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
 
 /**
  * Blobs up to this size are answered from memory once read, by the registry workers and by the
@@ -109,24 +108,42 @@ export async function sendFileResponse(file: FileResponse, res: ServerResponse, 
 /**
  * As sendFileResponse for a store that is not a directory (S3): writes the headers and pipes the
  * stream (the store's ranged read) to the response with backpressure. A stream that fails or ends
- * short destroys the response: a broken transfer, never a short blob.
+ * short destroys the response: a broken transfer, never a short blob. Plain pipe() and a byte count,
+ * no per-chunk promise: at hundreds of MB/s in 16-64 KiB chunks that overhead was measurable.
  */
-export async function sendStreamResponse(stream: Readable, status: number, headers: OutgoingHttpHeaders, length: number, res: ServerResponse, sent?: (bytes: number) => void): Promise<Error | undefined> {
-  let received = 0;
-  try {
-    res.writeHead(status, headers);
-    await pipeline(stream, async function* (chunks: AsyncIterable<Buffer>) {
-      for await (const chunk of chunks) {
-        received += chunk.length;
-        sent?.(chunk.length);
-        yield chunk;
-      }
-      if (received !== length) throw new Error(`store stream ended at ${received} of ${length} bytes`);
-    }, res);
-    return undefined;
-  } catch (err) {
-    stream.destroy();
-    res.destroy();
-    return isClientGone(err) || (err as NodeJS.ErrnoException).code === 'ERR_STREAM_PREMATURE_CLOSE' ? undefined : (err as Error);
-  }
+export function sendStreamResponse(stream: Readable, status: number, headers: OutgoingHttpHeaders, length: number, res: ServerResponse, sent?: (bytes: number) => void): Promise<Error | undefined> {
+  return new Promise((resolve) => {
+    let received = 0;
+    let settled = false;
+    const settle = (err?: Error) => {
+      if (settled) return;
+      settled = true;
+      if (err) {
+        stream.unpipe(res);
+        stream.destroy();
+        res.destroy();
+        resolve(isClientGone(err) || (err as NodeJS.ErrnoException).code === 'ERR_STREAM_PREMATURE_CLOSE' ? undefined : err);
+      } else resolve(undefined);
+    };
+    stream.on('data', (chunk: Buffer) => {
+      received += chunk.length;
+      sent?.(chunk.length);
+    });
+    stream.once('end', () => {
+      if (received !== length) settle(new Error(`store stream ended at ${received} of ${length} bytes`));
+      else res.end(() => settle());
+    });
+    stream.once('error', (err) => settle(err));
+    res.once('close', () => {
+      if (!res.writableFinished) settle(new ClientGoneError('client closed the connection'));
+    });
+    res.once('error', (err) => settle(err));
+    try {
+      res.writeHead(status, headers);
+    } catch (err) {
+      settle(err as Error);
+      return;
+    }
+    stream.pipe(res, { end: false });
+  });
 }
