@@ -65,7 +65,7 @@ function platformOf(descriptor: Descriptor): string | undefined {
 export class StoreView {
   private readonly sources = new Map<Source, { layout: StorageLayout; reader: ManifestReader; worker: WorkerPlan }>();
   private readonly blobs: StorageLayout;
-  private repositoryList: { at: number; rows: Promise<RepositoryRow[]> } | undefined;
+  private readonly repositoryList = new ReusedValue(() => this.walkRepositories(), REPOSITORY_LIST_TTL_MS);
   private readonly served: ReusedValue<ServedTimes>;
 
   constructor(root: string, plan: AppliancePlan, private readonly driver: StorageDriver) {
@@ -98,19 +98,18 @@ export class StoreView {
     return this.sources.get(source)?.worker;
   }
 
-  /** Every repository of every source, by source then name; one walk, reused for a few seconds. */
+  /**
+   * Every repository of every source, by source then name; one walk, reused for a few seconds. Once
+   * older, the last list is answered at once while a new walk runs (on a large store a walk takes
+   * seconds: a browsing user must not wait for each); after forget() the next call waits.
+   */
   repositories(): Promise<RepositoryRow[]> {
-    if (!this.repositoryList || Date.now() - this.repositoryList.at > REPOSITORY_LIST_TTL_MS) {
-      const rows = this.walkRepositories();
-      this.repositoryList = { at: Date.now(), rows };
-      rows.catch(() => { this.repositoryList = undefined; });
-    }
-    return this.repositoryList.rows;
+    return this.repositoryList.get();
   }
 
   /** Forget the repository list (after an admin action changed it). */
   forget(): void {
-    this.repositoryList = undefined;
+    this.repositoryList.forget();
   }
 
   private async walkRepositories(): Promise<RepositoryRow[]> {
