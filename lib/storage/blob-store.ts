@@ -25,6 +25,12 @@ const SMALL_BLOB_CACHE_BYTES = 8 * 1024 * 1024;
  */
 export const WRITE_BUFFER = 1024 * 1024;
 
+/** How a BlobStore caches links (mutable: a blob DELETE removes them). */
+export interface LinkCaching {
+  /** How long a link seen in the store is trusted: LINK_RECHECK_MS by default, 0 on a store other appliances write too. */
+  linkRecheckMs: number;
+}
+
 export interface BlobInfo {
   size: number;
   mtimeMs: number;
@@ -46,7 +52,11 @@ export class BlobStore {
   /** Small blob bodies by digest. */
   private readonly smallBodies = new BoundedMap<string, Buffer>(10_000, { maxWeight: SMALL_BLOB_CACHE_BYTES, weigh: (b) => b.length });
 
-  constructor(readonly driver: StorageDriver, readonly layout: StorageLayout) {}
+  private readonly linkRecheckMs: number;
+
+  constructor(readonly driver: StorageDriver, readonly layout: StorageLayout, caching: LinkCaching = { linkRecheckMs: LINK_RECHECK_MS }) {
+    this.linkRecheckMs = caching.linkRecheckMs;
+  }
 
   /** The blob's file when the store is a directory (the fast path for serving); undefined on S3. */
   filePath(digest: Digest): string | undefined {
@@ -94,7 +104,7 @@ export class BlobStore {
   async isLinked(name: string, digest: Digest): Promise<boolean> {
     const cacheKey = `${name}\0${digest.value}`;
     const checkedAt = this.linkCache.get(cacheKey);
-    if (checkedAt !== undefined && Date.now() - checkedAt < LINK_RECHECK_MS) return true;
+    if (checkedAt !== undefined && Date.now() - checkedAt < this.linkRecheckMs) return true;
     const linked = await this.driver.stat(this.layout.layerLinkKey(name, digest)).then(() => true, (err) => orUndefined<boolean>(err) ?? false);
     if (linked) this.linkCache.set(cacheKey, Date.now());
     else this.linkCache.delete(cacheKey);

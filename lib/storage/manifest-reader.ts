@@ -17,6 +17,15 @@ const CACHED_BODY_MAX = 256 * 1024;
 /** ...up to this many bytes in all. */
 const CACHED_BODIES_BYTES = 32 * 1024 * 1024;
 
+/** How a reader caches mutable facts (tags, revision existence). */
+export interface ReaderCaching {
+  /**
+   * How long a tag or revision read from the store is trusted: RECHECK_MS by default; 0 on a store
+   * other appliances write too (config isSharedStore), where only immutable bodies are kept.
+   */
+  recheckMs: number;
+}
+
 export interface StoredManifest {
   digest: Digest;
   mediaType: string;
@@ -59,7 +68,11 @@ export class ManifestReader {
   private readonly invalidations = new Map<string, { seq: number; at: number }>();
   private seq = 0;
 
-  constructor(readonly driver: StorageDriver, readonly layout: StorageLayout) {}
+  private readonly recheckMs: number;
+
+  constructor(readonly driver: StorageDriver, readonly layout: StorageLayout, caching: ReaderCaching = { recheckMs: RECHECK_MS }) {
+    this.recheckMs = caching.recheckMs;
+  }
 
   /** A cache entry for a read starting now. */
   protected stamp<T>(value: T, checkedAt = Date.now()): Checked<T> {
@@ -67,7 +80,7 @@ export class ManifestReader {
   }
 
   private isFresh(name: string, entry: Checked<unknown> | undefined): boolean {
-    if (!entry || Date.now() - entry.checkedAt >= RECHECK_MS) return false;
+    if (!entry || Date.now() - entry.checkedAt >= this.recheckMs) return false;
     const invalidated = this.invalidations.get(name);
     return !invalidated || invalidated.seq < entry.seq;
   }
