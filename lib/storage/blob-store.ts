@@ -5,6 +5,7 @@ import type { Digest, DigestAlgorithm } from '../oci/digest.js';
 import { SMALL_BLOB_MAX } from '../http/file-response.js';
 import { commitFile } from './atomic.js';
 import { BoundedMap } from './bounded-map.js';
+import { FreshReads } from './fresh-reads.js';
 import { isStorageNotFound, type BlobWriter, type StorageDriver } from './driver/driver.js';
 import { FilesystemDriver } from './driver/filesystem.js';
 import type { StorageLayout } from './layout.js';
@@ -53,6 +54,8 @@ export class BlobStore {
   private readonly smallBodies = new BoundedMap<string, Buffer>(10_000, { maxWeight: SMALL_BLOB_CACHE_BYTES, weigh: (b) => b.length });
 
   private readonly linkRecheckMs: number;
+  /** Link checks in flight, shared by the requests that arrived before they began. */
+  private readonly linkReads = new FreshReads<boolean>();
 
   constructor(readonly driver: StorageDriver, readonly layout: StorageLayout, caching: LinkCaching = { linkRecheckMs: LINK_RECHECK_MS }) {
     this.linkRecheckMs = caching.linkRecheckMs;
@@ -105,10 +108,12 @@ export class BlobStore {
     const cacheKey = `${name}\0${digest.value}`;
     const checkedAt = this.linkCache.get(cacheKey);
     if (checkedAt !== undefined && Date.now() - checkedAt < this.linkRecheckMs) return true;
-    const linked = await this.driver.stat(this.layout.layerLinkKey(name, digest)).then(() => true, (err) => orUndefined<boolean>(err) ?? false);
-    if (linked) this.linkCache.set(cacheKey, Date.now());
-    else this.linkCache.delete(cacheKey);
-    return linked;
+    return this.linkReads.read(cacheKey, async () => {
+      const linked = await this.driver.stat(this.layout.layerLinkKey(name, digest)).then(() => true, (err) => orUndefined<boolean>(err) ?? false);
+      if (linked) this.linkCache.set(cacheKey, Date.now());
+      else this.linkCache.delete(cacheKey);
+      return linked;
+    });
   }
 
   /** Links the blob into `name`: an empty key is the whole link; writing it twice is harmless. */
