@@ -4,6 +4,7 @@ import { rm } from 'node:fs/promises';
 import { buildImage, MANIFEST_ACCEPT, type BuiltImage } from './helpers/oci-image.js';
 import { pushImage, sha256 } from './helpers/hosted.js';
 import { startStevedoreRegistry, tempDir, type RunningProcess } from './helpers/processes.js';
+import { startGatewayWithHostedWorker } from './helpers/gateway.js';
 import { cephInstalled, STORAGE_KINDS, testStorage, type TestStorage } from './helpers/storage-targets.js';
 
 /**
@@ -142,3 +143,36 @@ for (const kind of STORAGE_KINDS) {
     });
   });
 }
+
+// The gateway answers manifest and small blob GETs from the store itself: on a shared store it must
+// not serve from memory what another appliance's worker just changed (its own worker is not told).
+describe('a gateway on a shared S3 store sees writes made through another appliance at once', { skip: !cephInstalled() ? 'Ceph not installed' : false }, () => {
+  test('tag move, tag delete and blob delete through another worker', async () => {
+    const storage = await testStorage('s3');
+    const dir = await tempDir('stevedore-shared-gateway-');
+    const otherRoot = await tempDir('stevedore-shared-other-');
+    const gateway = await startGatewayWithHostedWorker(dir, { storage, sharedStore: true });
+    const other = await startStevedoreRegistry(['--root', otherRoot, '--storage', storage.storage], storage.env);
+    try {
+      const name = 'team/gw';
+      const first = buildImage({ layerSizes: [1024], seed: 'gw-first' });
+      const second = buildImage({ layerSizes: [1024], seed: 'gw-second' });
+      await pushImage(other.url, name, 'v1', first);
+      for (let i = 0; i < 3; i++) await assertPullable(gateway.url, name, 'v1', first); // cached in the gateway now
+      await pushImage(other.url, name, 'v1', second);
+      assert.equal(await manifestDigest(gateway.url, name, 'v1'), second.manifest.digest);
+      assert.equal((await fetch(`${other.url}/v2/${name}/manifests/v1`, { method: 'DELETE' })).status, 202);
+      assert.equal(await manifestDigest(gateway.url, name, 'v1'), 404);
+      const config = second.config.digest;
+      assert.equal(await blobDigest(gateway.url, name, config), config);
+      assert.equal((await fetch(`${other.url}/v2/${name}/blobs/${config}`, { method: 'DELETE' })).status, 202);
+      assert.equal(await blobDigest(gateway.url, name, config), 404);
+    } finally {
+      await other.stop();
+      await gateway.close();
+      await storage.cleanup();
+      await rm(dir, { recursive: true, force: true });
+      await rm(otherRoot, { recursive: true, force: true });
+    }
+  });
+});
