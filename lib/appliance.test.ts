@@ -131,7 +131,7 @@ test('buildEcosystem: every service gets the same validated store settings, neve
   const { apps } = buildEcosystem({
     STEVEDORE_RUN_DIR: join(dir, 'run-s3'), STEVEDORE_ROOT: join(dir, 'root'), PULLSECRETPATH: join(dir, 'ps.json'),
     STEVEDORE_STORAGE: 's3://stevedore-cache/site-a/', AWS_ENDPOINT_URL: 'http://127.0.0.1:7480/', AWS_REGION: 'eu-west-1',
-    AWS_ACCESS_KEY_ID: 'AKIA', AWS_SECRET_ACCESS_KEY: 'secret', STEVEDORE_S3_PART_SIZE: '16MiB',
+    AWS_ACCESS_KEY_ID: 'AKIA', AWS_SECRET_ACCESS_KEY: 'secret', STEVEDORE_S3_PART_SIZE: '16MiB', STEVEDORE_SHARED_STORE: 'no',
   });
   assert.deepEqual(apps.map((a) => a.name).sort(), ['cleaner', 'gateway', 'logger', 'registry-127.0.0.1_5000', 'registry-hosted']);
   for (const app of apps) {
@@ -139,6 +139,7 @@ test('buildEcosystem: every service gets the same validated store settings, neve
     assert.equal(app.env.AWS_ENDPOINT_URL, 'http://127.0.0.1:7480', app.name);
     assert.equal(app.env.AWS_REGION, 'eu-west-1', app.name);
     assert.equal(app.env.STEVEDORE_S3_PART_SIZE, String(16 * 1024 * 1024), app.name);
+    assert.equal(app.env.STEVEDORE_SHARED_STORE, 'false', app.name);
     assert.equal(app.env.STEVEDORE_ROOT, join(dir, 'root'), app.name);
     assert.equal(app.env.AWS_ACCESS_KEY_ID, undefined, app.name);
     assert.equal(app.env.AWS_SECRET_ACCESS_KEY, undefined, app.name);

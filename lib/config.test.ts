@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { resolve } from 'node:path';
-import { ConfigError, loadApplianceConfig, loadCleanerConfig, loadExportConfig, loadLoggerConfig, loadRegistryConfig, loadSeedConfig, parseBoolean, parseListen, storageLocationOf } from './config.js';
+import { ConfigError, isSharedStore, loadApplianceConfig, loadCleanerConfig, loadExportConfig, loadLoggerConfig, loadRegistryConfig, loadSeedConfig, parseBoolean, parseListen, storageLocationOf } from './config.js';
 
 /** Asserts a ConfigError whose message names both the flag and the variable (and matches `also`). */
 function configError(flag: string, env: string, also?: RegExp) {
@@ -130,6 +130,14 @@ test('storage: --storage/STEVEDORE_STORAGE picks the store; without it the store
   for (const load of [loadApplianceConfig, loadCleanerConfig, loadLoggerConfig]) {
     assert.deepEqual(load(['--storage', 's3://b-1'], {}).storage, { kind: 's3', bucket: 'b-1', prefix: '' });
   }
+});
+
+test('shared store: on by default for S3, off for a directory, either way when set', () => {
+  assert.equal(isSharedStore(loadRegistryConfig([], {})), false);
+  assert.equal(isSharedStore(loadRegistryConfig(['--storage', 's3://bucket/p'], {})), true);
+  assert.equal(isSharedStore(loadRegistryConfig(['--storage', 's3://bucket/p'], { STEVEDORE_SHARED_STORE: 'false' })), false);
+  assert.equal(isSharedStore(loadRegistryConfig(['--shared-store', 'true'], {})), true);
+  assert.equal(isSharedStore(loadApplianceConfig([], { STEVEDORE_STORAGE: 's3://bucket', STEVEDORE_SHARED_STORE: 'off' })), false);
 });
 
 test('storage: bad values name the option and its variable', () => {

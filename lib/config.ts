@@ -128,6 +128,10 @@ export const STORAGE_OPTIONS = {
       return bytes;
     },
   }),
+  sharedStore: option<boolean | undefined>({
+    flag: 'shared-store', env: 'STEVEDORE_SHARED_STORE', default: undefined,
+    description: 'other appliances write to this store too: read tags, revisions and links from it on every request (default: true on S3)', parse: parseBoolean,
+  }),
 } as const;
 
 export type StorageConfig = OptionValues<typeof STORAGE_OPTIONS>;
@@ -161,6 +165,17 @@ export type BlobServingConfig = OptionValues<typeof BLOB_SERVING_OPTIONS>;
 /** The storage settings when nothing is set: the store is --root on disk (for configs built in code). */
 export function defaultStorageConfig(): StorageConfig {
   return resolveOptions(STORAGE_OPTIONS, [], {});
+}
+
+/**
+ * Whether the store may be written by processes of OTHER appliances, which cannot tell this one: then
+ * mutable facts (tag -> digest, revision and link existence) are read from the store on every request
+ * instead of trusted for a second or more, so a push or delete acknowledged by any appliance is seen by
+ * all at once. On by default for S3 (the store N appliances share behind a load balancer); off on a
+ * directory (one appliance, whose own processes tell each other).
+ */
+export function isSharedStore(config: Pick<StorageConfig, 'storage' | 'sharedStore'>): boolean {
+  return config.sharedStore ?? config.storage?.kind === 's3';
 }
 
 /** The store of a command: `--storage`, else the filesystem directory `fallbackRoot` (its --root/--store). */

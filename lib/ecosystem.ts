@@ -47,6 +47,7 @@ export function storageEnv(config: Pick<ApplianceConfig, 'root'> & StorageConfig
   if (config.s3Region !== undefined) env.AWS_REGION = config.s3Region;
   if (config.s3ForcePathStyle !== undefined) env.STEVEDORE_S3_FORCE_PATH_STYLE = String(config.s3ForcePathStyle);
   env.STEVEDORE_S3_PART_SIZE = String(config.s3PartSize);
+  if (config.sharedStore !== undefined) env.STEVEDORE_SHARED_STORE = String(config.sharedStore);
   return env;
 }
 

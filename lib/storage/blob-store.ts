@@ -5,6 +5,7 @@ import type { Digest, DigestAlgorithm } from '../oci/digest.js';
 import { SMALL_BLOB_MAX } from '../http/file-response.js';
 import { commitFile } from './atomic.js';
 import { BoundedMap } from './bounded-map.js';
+import { FreshReads } from './fresh-reads.js';
 import { isStorageNotFound, type BlobWriter, type StorageDriver } from './driver/driver.js';
 import { FilesystemDriver } from './driver/filesystem.js';
 import type { StorageLayout } from './layout.js';
@@ -24,6 +25,12 @@ const SMALL_BLOB_CACHE_BYTES = 8 * 1024 * 1024;
  * per received 64 KiB chunk (fewer syscalls on disk; S3 packs parts itself).
  */
 export const WRITE_BUFFER = 1024 * 1024;
+
+/** How a BlobStore caches links (mutable: a blob DELETE removes them). */
+export interface LinkCaching {
+  /** How long a link seen in the store is trusted: LINK_RECHECK_MS by default, 0 on a store other appliances write too. */
+  linkRecheckMs: number;
+}
 
 export interface BlobInfo {
   size: number;
@@ -46,7 +53,13 @@ export class BlobStore {
   /** Small blob bodies by digest. */
   private readonly smallBodies = new BoundedMap<string, Buffer>(10_000, { maxWeight: SMALL_BLOB_CACHE_BYTES, weigh: (b) => b.length });
 
-  constructor(readonly driver: StorageDriver, readonly layout: StorageLayout) {}
+  private readonly linkRecheckMs: number;
+  /** Link checks in flight, shared by the requests that arrived before they began. */
+  private readonly linkReads = new FreshReads<boolean>();
+
+  constructor(readonly driver: StorageDriver, readonly layout: StorageLayout, caching: LinkCaching = { linkRecheckMs: LINK_RECHECK_MS }) {
+    this.linkRecheckMs = caching.linkRecheckMs;
+  }
 
   /** The blob's file when the store is a directory (the fast path for serving); undefined on S3. */
   filePath(digest: Digest): string | undefined {
@@ -94,11 +107,13 @@ export class BlobStore {
   async isLinked(name: string, digest: Digest): Promise<boolean> {
     const cacheKey = `${name}\0${digest.value}`;
     const checkedAt = this.linkCache.get(cacheKey);
-    if (checkedAt !== undefined && Date.now() - checkedAt < LINK_RECHECK_MS) return true;
-    const linked = await this.driver.stat(this.layout.layerLinkKey(name, digest)).then(() => true, (err) => orUndefined<boolean>(err) ?? false);
-    if (linked) this.linkCache.set(cacheKey, Date.now());
-    else this.linkCache.delete(cacheKey);
-    return linked;
+    if (checkedAt !== undefined && Date.now() - checkedAt < this.linkRecheckMs) return true;
+    return this.linkReads.read(cacheKey, async () => {
+      const linked = await this.driver.stat(this.layout.layerLinkKey(name, digest)).then(() => true, (err) => orUndefined<boolean>(err) ?? false);
+      if (linked) this.linkCache.set(cacheKey, Date.now());
+      else this.linkCache.delete(cacheKey);
+      return linked;
+    });
   }
 
   /** Links the blob into `name`: an empty key is the whole link; writing it twice is harmless. */

@@ -2,6 +2,7 @@ import { tryParseDigest, type Digest } from '../oci/digest.js';
 import { RegistryError } from '../oci/errors.js';
 import type { Reference } from '../oci/reference.js';
 import { BoundedMap } from './bounded-map.js';
+import { FreshReads } from './fresh-reads.js';
 import { isStorageNotFound, type StorageDriver } from './driver/driver.js';
 import type { StorageLayout } from './layout.js';
 
@@ -16,6 +17,15 @@ export const RECHECK_MS = 1_000;
 const CACHED_BODY_MAX = 256 * 1024;
 /** ...up to this many bytes in all. */
 const CACHED_BODIES_BYTES = 32 * 1024 * 1024;
+
+/** How a reader caches mutable facts (tags, revision existence). */
+export interface ReaderCaching {
+  /**
+   * How long a tag or revision read from the store is trusted: RECHECK_MS by default; 0 on a store
+   * other appliances write too (config isSharedStore), where only immutable bodies are kept.
+   */
+  recheckMs: number;
+}
 
 export interface StoredManifest {
   digest: Digest;
@@ -58,8 +68,15 @@ export class ManifestReader {
   /** Repository → the invalidation's sequence number and time (kept for RECHECK_MS: older entries are rechecked anyway). */
   private readonly invalidations = new Map<string, { seq: number; at: number }>();
   private seq = 0;
+  /** Store reads of tags and revisions in flight, shared by the requests that arrived before they began. */
+  private readonly tagReads = new FreshReads<TagState | undefined>();
+  private readonly revisionReads = new FreshReads<string | undefined>();
 
-  constructor(readonly driver: StorageDriver, readonly layout: StorageLayout) {}
+  private readonly recheckMs: number;
+
+  constructor(readonly driver: StorageDriver, readonly layout: StorageLayout, caching: ReaderCaching = { recheckMs: RECHECK_MS }) {
+    this.recheckMs = caching.recheckMs;
+  }
 
   /** A cache entry for a read starting now. */
   protected stamp<T>(value: T, checkedAt = Date.now()): Checked<T> {
@@ -67,7 +84,7 @@ export class ManifestReader {
   }
 
   private isFresh(name: string, entry: Checked<unknown> | undefined): boolean {
-    if (!entry || Date.now() - entry.checkedAt >= RECHECK_MS) return false;
+    if (!entry || Date.now() - entry.checkedAt >= this.recheckMs) return false;
     const invalidated = this.invalidations.get(name);
     return !invalidated || invalidated.seq < entry.seq;
   }
@@ -102,6 +119,11 @@ export class ManifestReader {
     const key = `${name}\0${tag}`;
     const cached = this.tags.get(key);
     if (this.isFresh(name, cached)) return cached!.value;
+    return this.tagReads.read(key, () => this.loadTag(name, tag));
+  }
+
+  private async loadTag(name: string, tag: string): Promise<TagState | undefined> {
+    const key = `${name}\0${tag}`;
     const entry = this.stamp<TagState | undefined>(undefined);
     try {
       // Content and write time in one request: the write time is when the tag was last validated.
@@ -125,11 +147,13 @@ export class ManifestReader {
     const key = `${name}\0${digest.value}`;
     const cached = this.revisions.get(key);
     if (this.isFresh(name, cached)) return cached!.value;
-    const entry = this.stamp('');
-    entry.value = (await readIfExists(this.driver, this.layout.manifestRevisionKey(name, digest)))?.trim() ?? '';
-    if (entry.value) this.revisions.set(key, entry);
-    else this.revisions.delete(key);
-    return entry.value || undefined;
+    return this.revisionReads.read(key, async () => {
+      const entry = this.stamp('');
+      entry.value = (await readIfExists(this.driver, this.layout.manifestRevisionKey(name, digest)))?.trim() ?? '';
+      if (entry.value) this.revisions.set(key, entry);
+      else this.revisions.delete(key);
+      return entry.value || undefined;
+    });
   }
 
   /** A manifest's bytes (stored as a blob), or undefined if the blob is gone. */
@@ -153,9 +177,19 @@ export class ManifestReader {
 
   /** The manifest a reference names in repository `name`, or undefined (no such tag, revision or file). */
   async find(name: string, reference: Reference): Promise<StoredManifest | undefined> {
-    const digest = reference.kind === 'tag' ? await this.resolveTag(name, reference.tag) : reference.digest;
+    let digest: Digest | undefined;
+    let mediaTypeRead: Promise<string | undefined> | undefined;
+    if (reference.kind === 'tag') {
+      // The tag usually still points where it did: that revision is read alongside the tag (both read
+      // after this request arrived), so a per-request read of both costs one store round trip, not two.
+      const previous = this.tags.get(`${name}\0${reference.tag}`)?.value.digest;
+      const speculative = previous && this.revisionMediaType(name, previous);
+      speculative?.catch(() => {});
+      digest = await this.resolveTag(name, reference.tag);
+      if (speculative && digest?.value === previous!.value) mediaTypeRead = speculative;
+    } else digest = reference.digest;
     if (!digest) return undefined;
-    const mediaType = await this.revisionMediaType(name, digest);
+    const mediaType = await (mediaTypeRead ?? this.revisionMediaType(name, digest));
     if (!mediaType) return undefined;
     const body = await this.body(digest);
     return body ? { digest, mediaType, body } : undefined;

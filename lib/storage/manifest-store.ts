@@ -5,14 +5,14 @@ import { descriptorDigest, parseManifest, type Descriptor, type ParsedManifest }
 import type { Reference } from '../oci/reference.js';
 import type { BlobStore } from './blob-store.js';
 import { isStorageNotFound } from './driver/driver.js';
-import { ManifestReader, readIfExists } from './manifest-reader.js';
+import { ManifestReader, readIfExists, type ReaderCaching } from './manifest-reader.js';
 
 export type { StoredManifest } from './manifest-reader.js';
 
 /** The manifests of one store: ManifestReader's reads plus pushes, cache fills and deletes. */
 export class ManifestStore extends ManifestReader {
-  constructor(private readonly blobs: BlobStore) {
-    super(blobs.driver, blobs.layout);
+  constructor(private readonly blobs: BlobStore, caching?: ReaderCaching) {
+    super(blobs.driver, blobs.layout, caching);
   }
 
   /**

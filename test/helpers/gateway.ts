@@ -68,7 +68,7 @@ export interface InProcessGateway {
  * (`up.example:5000`, alias `up`) in the plan that never runs: what it would serve is written to
  * its store by the test.
  */
-export async function startGatewayWithHostedWorker(dir: string, options: { tagTtlMs?: number; storage?: TestStorage } = {}): Promise<InProcessGateway> {
+export async function startGatewayWithHostedWorker(dir: string, options: { tagTtlMs?: number; storage?: TestStorage; sharedStore?: boolean } = {}): Promise<InProcessGateway> {
   // The store: a TestStorage (a directory or an S3 prefix, with its own local root), else `<dir>/root`.
   const root = options.storage?.root ?? join(dir, 'root');
   const run = join(dir, 'run');
@@ -92,6 +92,7 @@ export async function startGatewayWithHostedWorker(dir: string, options: { tagTt
     // The plan's cache worker never runs: requests that need it give up waiting after 1 s, not 10 s.
     workerWaitMs: 1_000,
     ...(options.tagTtlMs !== undefined ? { tagTtlMs: options.tagTtlMs } : {}),
+    ...(options.sharedStore !== undefined ? { sharedStore: options.sharedStore } : {}),
   });
   await new Promise<void>((resolve) => gateway.listen(0, '127.0.0.1', resolve));
   const url = `http://127.0.0.1:${(gateway.address() as AddressInfo).port}`;

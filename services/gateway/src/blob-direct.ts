@@ -53,7 +53,11 @@ export class DirectBlobs {
   /** On a store that is not a directory: how large blobs are served (the worker's rules, lib/storage/remote-blob-source.ts). */
   private readonly remote: RemoteBlobSource;
 
-  constructor(private readonly driver: StorageDriver, plan: AppliancePlan, remoteBlobs: RemoteBlobSettings = { redirectTtlMs: undefined, localCache: undefined }) {
+  /** How long a small blob's link is trusted: SMALL_RECHECK_MS, 0 on a store other appliances write too. */
+  private readonly smallRecheckMs: number;
+
+  constructor(private readonly driver: StorageDriver, plan: AppliancePlan, remoteBlobs: RemoteBlobSettings = { redirectTtlMs: undefined, localCache: undefined }, sharedStore = false) {
+    this.smallRecheckMs = sharedStore ? 0 : SMALL_RECHECK_MS;
     this.remote = new RemoteBlobSource(driver, remoteBlobs);
     // The layout's root only names file paths, which are not used here: keys go through the driver.
     this.layouts.set(plan.hosted.name, new StorageLayout(driver.location));
@@ -78,7 +82,7 @@ export class DirectBlobs {
     const body = this.smallBodies.get(digest.value);
     if (body !== undefined) {
       const checkedAt = this.smallLinks.get(`${worker.name}\0${repository}`)?.get(digest.value);
-      if (checkedAt !== undefined && Date.now() - checkedAt < SMALL_RECHECK_MS) return fromMemory(body, digest, headers, url);
+      if (checkedAt !== undefined && Date.now() - checkedAt < this.smallRecheckMs) return fromMemory(body, digest, headers, url);
     }
     return this.driver instanceof FilesystemDriver
       ? this.prepareFromDisk(this.driver, worker, layout, repository, digest, headers, url)

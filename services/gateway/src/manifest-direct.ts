@@ -41,7 +41,8 @@ const NOT_CACHED = Symbol('not cached');
  *  - by digest: a revision of the repository (content never changes under a digest);
  *  - by tag, hosted: the tag file's digest; cached for at most a second (as in the worker), and
  *    dropped at once when a write to the repository passes through the gateway (invalidate()),
- *    so a client always reads its own push or delete;
+ *    so a client always reads its own push or delete; on a shared store (other appliances write
+ *    it), read per request;
  *  - by tag, cache worker: only while the tag is within the worker's tag TTL (the tag key's
  *    modified time: the worker rewrites the tag when it revalidates it); past it, the worker
  *    asks the upstream as before.
@@ -51,11 +52,13 @@ const NOT_CACHED = Symbol('not cached');
 export class DirectManifests {
   private readonly readers = new Map<string, ManifestReader>();
 
-  constructor(driver: StorageDriver, plan: AppliancePlan, private readonly tagTtlMs: number) {
+  constructor(driver: StorageDriver, plan: AppliancePlan, private readonly tagTtlMs: number, sharedStore = false) {
+    // On a store other appliances write too, tags and revisions are read per request (as in the worker).
+    const caching = sharedStore ? { recheckMs: 0 } : undefined;
     // The layout's root only names file paths, which the reader does not use: keys go through the driver.
-    this.readers.set(plan.hosted.name, new ManifestReader(driver, new StorageLayout(driver.location)));
+    this.readers.set(plan.hosted.name, new ManifestReader(driver, new StorageLayout(driver.location), caching));
     // A cache worker's namespace is its upstream's canonical host (buildRegistry: config.upstream.host).
-    for (const worker of plan.proxies) this.readers.set(worker.name, new ManifestReader(driver, new StorageLayout(driver.location, { namespace: worker.upstream! })));
+    for (const worker of plan.proxies) this.readers.set(worker.name, new ManifestReader(driver, new StorageLayout(driver.location, { namespace: worker.upstream! }), caching));
   }
 
   /** A write to `repository` went through the gateway to `worker`: forget what is cached of it. */

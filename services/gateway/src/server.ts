@@ -37,6 +37,8 @@ export interface GatewayOptions {
    * console read through it. Default: the filesystem store at `root`.
    */
   storage?: StorageDriver;
+  /** Other appliances write to the store too (lib/config.ts isSharedStore): tags, revisions and links are read per request. */
+  sharedStore?: boolean;
   /** STEVEDORE_S3_REDIRECT and the local read cache, for a store that is not a directory. */
   remoteBlobs?: RemoteBlobSettings;
   /** The cache workers' tag TTL (STEVEDORE_TAG_TTL): how long the gateway may answer a cached tag itself. */
@@ -74,8 +76,8 @@ export function createGateway(options: GatewayOptions): Server {
   const byPrefix = prefixIndex(plan);
   const challenge = `Basic realm="${realm}"`;
   const storage = options.storage ?? (options.root ? new FilesystemDriver(options.root) : undefined);
-  const directBlobs = storage ? new DirectBlobs(storage, plan, options.remoteBlobs) : undefined;
-  const directManifests = storage ? new DirectManifests(storage, plan, options.tagTtlMs ?? 0) : undefined;
+  const directBlobs = storage ? new DirectBlobs(storage, plan, options.remoteBlobs, options.sharedStore) : undefined;
+  const directManifests = storage ? new DirectManifests(storage, plan, options.tagTtlMs ?? 0, options.sharedStore) : undefined;
 
   /** A write (manifest push, tag, delete; blob delete) reached a worker: what the gateway cached of the repository is stale. */
   function forgetAfterWrite(req: IncomingMessage, ctx: GatewayContext): void {

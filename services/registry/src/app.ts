@@ -28,6 +28,11 @@ export interface RegistryOptions {
     & Partial<Pick<RegistryConfig, 'upstream' | 'tagTtl' | 'negativeTtl' | 'upstreamTimeout' | 'fillTimeout'>>;
   log: Logger;
   /**
+   * Other appliances write to the store too (lib/config.ts isSharedStore): tags, revisions and links
+   * are read from the store on every request, not trusted from memory for a while. Default false.
+   */
+  sharedStore?: boolean;
+  /**
    * The store (see openConfiguredStorage); default: the filesystem store at `config.root`, which stays
    * the local directory either way (temp files of cache fills).
    */
@@ -208,16 +213,16 @@ export interface RegistryApp {
 }
 
 /** Builds one registry worker (not listening): the stores over `driver` and the /v2/ API. */
-export function buildRegistry({ config, log, driver = new FilesystemDriver(config.root), remoteBlobs, upstreamCredentials, proxyOptions }: RegistryOptions): RegistryApp {
+export function buildRegistry({ config, log, sharedStore = false, driver = new FilesystemDriver(config.root), remoteBlobs, upstreamCredentials, proxyOptions }: RegistryOptions): RegistryApp {
   const layout = new StorageLayout(config.root, { namespace: config.upstream?.host });
-  const blobs = new BlobStore(driver, layout);
+  const blobs = new BlobStore(driver, layout, sharedStore ? { linkRecheckMs: 0 } : undefined);
   const context: RegistryContext = {
     config,
     log,
     driver,
     layout,
     blobs,
-    manifests: new ManifestStore(blobs),
+    manifests: new ManifestStore(blobs, sharedStore ? { recheckMs: 0 } : undefined),
     uploads: new UploadStore(blobs),
   };
   if (!(driver instanceof FilesystemDriver)) {

@@ -1,6 +1,6 @@
 import { lstat, mkdir, rm } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
-import { ConfigError, loadRegistryConfig, storageLocationOf, type ListenAddress } from '../../../lib/config.js';
+import { ConfigError, isSharedStore, loadRegistryConfig, storageLocationOf, type ListenAddress } from '../../../lib/config.js';
 import { createLogger } from '../../../lib/log.js';
 import { buildRegistry } from './app.js';
 import { openConfiguredStorage } from '../../../lib/storage/driver/open.js';
@@ -50,7 +50,7 @@ export async function runRegistry(argv: readonly string[]): Promise<number> {
   }
   const driver = openConfiguredStorage(storageLocationOf(config, config.root), config);
   const remoteBlobs = await openRemoteBlobSettings(config);
-  const { app, context } = buildRegistry({ config, log, driver, remoteBlobs, upstreamCredentials });
+  const { app, context } = buildRegistry({ config, log, sharedStore: isSharedStore(config), driver, remoteBlobs, upstreamCredentials });
   try {
     const purged = await context.uploads.purgeStale(config.uploadTtl);
     if (purged > 0) log.info({ purged }, 'removed stale upload sessions and temp files');
