@@ -132,9 +132,10 @@ test('storage: --storage/STEVEDORE_STORAGE picks the store; without it the store
   }
 });
 
-test('shared store: on by default for S3, off for a directory, either way when set', () => {
+test('shared store: off unless set, on a directory or S3', () => {
   assert.equal(isSharedStore(loadRegistryConfig([], {})), false);
-  assert.equal(isSharedStore(loadRegistryConfig(['--storage', 's3://bucket/p'], {})), true);
+  assert.equal(isSharedStore(loadRegistryConfig(['--storage', 's3://bucket/p'], {})), false);
+  assert.equal(isSharedStore(loadRegistryConfig(['--storage', 's3://bucket/p'], { STEVEDORE_SHARED_STORE: 'true' })), true);
   assert.equal(isSharedStore(loadRegistryConfig(['--storage', 's3://bucket/p'], { STEVEDORE_SHARED_STORE: 'false' })), false);
   assert.equal(isSharedStore(loadRegistryConfig(['--shared-store', 'true'], {})), true);
   assert.equal(isSharedStore(loadApplianceConfig([], { STEVEDORE_STORAGE: 's3://bucket', STEVEDORE_SHARED_STORE: 'off' })), false);

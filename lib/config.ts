@@ -130,7 +130,7 @@ export const STORAGE_OPTIONS = {
   }),
   sharedStore: option<boolean | undefined>({
     flag: 'shared-store', env: 'STEVEDORE_SHARED_STORE', default: undefined,
-    description: 'other appliances write to this store too: read tags, revisions and links from it on every request (default: true on S3)', parse: parseBoolean,
+    description: 'other appliances write to this store too (several behind a load balancer): read tags, revisions and links from it on every request', parse: parseBoolean,
   }),
 } as const;
 
@@ -171,11 +171,12 @@ export function defaultStorageConfig(): StorageConfig {
  * Whether the store may be written by processes of OTHER appliances, which cannot tell this one: then
  * mutable facts (tag -> digest, revision and link existence) are read from the store on every request
  * instead of trusted for a second or more, so a push or delete acknowledged by any appliance is seen by
- * all at once. On by default for S3 (the store N appliances share behind a load balancer); off on a
- * directory (one appliance, whose own processes tell each other).
+ * all at once. Off unless set: one appliance (on a directory or S3) has processes that tell each other,
+ * and reading every tag from S3 costs ~100x in manifest GETs (bench/shared-store-bench.ts); running N
+ * appliances on one bucket is a deliberate setup that sets it (deploy/, README).
  */
 export function isSharedStore(config: Pick<StorageConfig, 'storage' | 'sharedStore'>): boolean {
-  return config.sharedStore ?? config.storage?.kind === 's3';
+  return config.sharedStore ?? false;
 }
 
 /** The store of a command: `--storage`, else the filesystem directory `fallbackRoot` (its --root/--store). */

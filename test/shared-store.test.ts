@@ -11,7 +11,7 @@ import { cephInstalled, STORAGE_KINDS, testStorage, type TestStorage } from './h
  * Issue 12, hosted: three registry workers (each its own --root, as three appliances) on ONE store.
  * Every read on B or C follows a write on A with no pause, after B and C have read (and so cached)
  * the state the write changes: a worker that trusted its memory for even a second would fail here.
- * On S3 the shared-store mode is the default; on a directory it is asked for (STEVEDORE_SHARED_STORE).
+ * The shared-store mode is asked for (STEVEDORE_SHARED_STORE=true), as N appliances on one store must.
  */
 
 const ACCEPT = { accept: MANIFEST_ACCEPT };
@@ -51,7 +51,7 @@ for (const kind of STORAGE_KINDS) {
 
     before(async () => {
       storage = await testStorage(kind);
-      const env = kind === 's3' ? storage.env : { STEVEDORE_SHARED_STORE: 'true' };
+      const env = { ...storage.env, STEVEDORE_SHARED_STORE: 'true' };
       for (let i = 0; i < 3; i++) {
         const root = await tempDir(`stevedore-shared-${i}-`);
         roots.push(root);
