@@ -168,8 +168,8 @@ export class HeldLease {
     clearTimeout(this.timer);
     if (this.lost) return;
     const record: LeaseRecord = { holder: this.holder, expiresAt: 0, renewedAt: this.now() };
-    const version = await this.driver.replaceIfMatch(leaseKey(this.name), JSON.stringify(record), this.version);
+    // Undefined: someone took it over after it expired; theirs now, nothing to give up.
+    await this.driver.replaceIfMatch(leaseKey(this.name), JSON.stringify(record), this.version);
     this.lost = true;
-    if (version === undefined) return;
   }
 }

@@ -47,8 +47,9 @@ async function withCleanerLease<T>(driver: StorageDriver, config: CleanerConfig,
   try {
     return { ran: true, value: await work(lease) };
   } finally {
-    await lease.release().catch((err: unknown) => log.warn({ err }, `${what}: cleaner lease not released (it expires by itself)`));
-    log.info({ holder: lease.holder }, `${what}: cleaner lease released`);
+    await lease.release().then(
+      () => log.info({ holder: lease.holder }, `${what}: cleaner lease released`),
+      (err: unknown) => log.warn({ err }, `${what}: cleaner lease not released (it expires by itself)`));
   }
 }
 
