@@ -102,7 +102,7 @@ export async function runCleanerService(argv: readonly string[]): Promise<number
   process.once('SIGTERM', stop);
   try {
     // CLEANER_DRY_RUN holds for the service too: it then only logs what it would remove (and needs no lease).
-    const gc = () => collectGarbage(driver, { graceMs: config.grace, uploadTtlMs: config.uploadTtl, dryRun: config.dryRun, log });
+    const gc = (lease?: HeldLease) => collectGarbage(driver, { graceMs: config.grace, uploadTtlMs: config.uploadTtl, dryRun: config.dryRun, log, stillHeld: () => !lease?.lost });
     if (config.dryRun) await gc();
     else {
       const outcome = await withCleanerLease(driver, config, log, 'gc', gc);
@@ -174,7 +174,7 @@ export async function runGc(argv: readonly string[]): Promise<number> {
   if (typeof config === 'number') return config;
   const log = createLogger('gc', config.logLevel);
   const driver = openStore(config);
-  const gc = () => collectGarbage(driver, { graceMs: config.grace, uploadTtlMs: config.uploadTtl, dryRun: config.dryRun, log });
+  const gc = (lease?: HeldLease) => collectGarbage(driver, { graceMs: config.grace, uploadTtlMs: config.uploadTtl, dryRun: config.dryRun, log, stillHeld: () => !lease?.lost });
   let result: Awaited<ReturnType<typeof gc>>;
   if (config.dryRun) result = await gc();
   else {
