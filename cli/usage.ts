@@ -67,7 +67,8 @@ ${optionsHelp(CLEANER_OPTIONS)}
 `,
   clean: () => `usage: stevedore clean [--dry-run] [options]
 
-One eviction run now (--dry-run: print what would be evicted and why).
+One eviction run now (--dry-run: print what would be evicted and why). Exits 75 while another
+cleaner holds the store lease (one cleaner/GC at a time across appliances; --dry-run needs none).
 
 ${ENV_NOTE}
 ${optionsHelp(CLEANER_OPTIONS)}
@@ -75,6 +76,7 @@ ${optionsHelp(CLEANER_OPTIONS)}
   gc: () => `usage: stevedore gc [--dry-run] [options]
 
 Garbage-collects blobs no manifest references and stale upload sessions (--dry-run: print only).
+Exits 75 while another cleaner holds the store lease.
 
 ${ENV_NOTE}
 ${optionsHelp(CLEANER_OPTIONS)}

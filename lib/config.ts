@@ -423,6 +423,10 @@ export const CLEANER_OPTIONS = {
     description: 'never evict or collect content written or served more recently than this', parse: parseDuration,
   }),
   uploadTtl: REGISTRY_OPTIONS.uploadTtl,
+  leaseTime: option<number>({
+    flag: 'lease-time', env: 'CLEANER_LEASE_TIME', default: 90_000,
+    description: 'expiry of the store lease that lets one cleaner/GC run at a time across appliances (renewed every third of it)', parse: parsePositiveDuration,
+  }),
   dryRun: option<boolean>({
     flag: 'dry-run', env: 'CLEANER_DRY_RUN', default: false, boolean: true,
     description: 'only print what would be removed', parse: parseBoolean,

@@ -53,6 +53,8 @@ export async function collectGarbage(driver: StorageDriver, options: {
   graceMs: number; uploadTtlMs: number; dryRun: boolean; log: Logger; now?: number;
   /** Called between the mark and the sweep (tests use it to race a push with the run). */
   beforeSweep?: () => Promise<void>;
+  /** False once the cleaner lease was taken over (another GC may be running): then nothing is removed. */
+  stillHeld?: () => boolean;
 }): Promise<GcResult> {
   const started = Date.now();
   const now = options.now ?? started;
@@ -92,6 +94,7 @@ export async function collectGarbage(driver: StorageDriver, options: {
       });
     }
   }
+  if (!options.dryRun && options.stillHeld && !options.stillHeld()) throw new Error('garbage collection stopped before removing anything: the cleaner lease was lost');
   let staleUploads = 0;
   for await (const session of driver.uploads.list()) {
     if (now - session.startedAt.getTime() < options.uploadTtlMs) continue;
