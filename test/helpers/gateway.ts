@@ -75,7 +75,8 @@ export async function startGatewayWithHostedWorker(dir: string, options: { tagTt
   await mkdir(run, { mode: 0o700 });
   const plan = testPlan(run);
   const worker = spawn(process.execPath, [STEVEDORE_BIN, 'registry', '--listen', plan.hosted.socketPath, '--root', root, ...(options.storage?.args ?? []), '--log-level', 'info'], {
-    stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...options.storage?.env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, ...options.storage?.env, ...(options.sharedStore !== undefined ? { STEVEDORE_SHARED_STORE: String(options.sharedStore) } : {}) },
   });
   let output = '';
   worker.stdout!.on('data', (c: Buffer) => { output += c.toString(); });
