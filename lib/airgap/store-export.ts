@@ -8,7 +8,6 @@ import { createGzip } from 'node:zlib';
 import * as tar from 'tar';
 import { tryParseDigest, type Digest } from '../oci/digest.js';
 import { isValidName, isValidTag } from '../oci/reference.js';
-import { listLinkedDigests } from '../storage/inventory.js';
 import { StorageLayout } from '../storage/layout.js';
 import { entriesOf, fileInside } from './archive.js';
 import type { SeedImage, SeedSource } from './importer.js';
@@ -142,6 +141,22 @@ export async function exportStore(target: StoreTarget, out: string): Promise<Exp
     throw new AirgapError(`cannot write ${out}: ${(err as Error).message}`);
   }
   return { repositories: names.size, tags, blobs: blobCount, bytes, missing };
+}
+
+/** Digests named by the files of `<dir>/<alg>/<hex>` of an extracted export (a local directory). */
+async function listLinkedDigests(dir: string): Promise<Digest[]> {
+  const entries = (path: string) => readdir(path).catch((err: NodeJS.ErrnoException) => {
+    if (err.code === 'ENOENT' || err.code === 'ENOTDIR') return [] as string[];
+    throw err;
+  });
+  const digests: Digest[] = [];
+  for (const algorithm of await entries(dir)) {
+    for (const hex of await entries(join(dir, algorithm))) {
+      const digest = tryParseDigest(`${algorithm}:${hex}`);
+      if (digest) digests.push(digest);
+    }
+  }
+  return digests;
 }
 
 async function revisionsAndLinks(layout: StorageLayout, name: string): Promise<{ revisions: Digest[]; links: Digest[] }> {

@@ -1,9 +1,7 @@
-import { createReadStream } from 'node:fs';
-import { open, rm, type FileHandle } from 'node:fs/promises';
+import { open, type FileHandle } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import type { Digest, DigestAlgorithm } from '../oci/digest.js';
 import { SMALL_BLOB_MAX } from '../http/file-response.js';
-import { commitFile } from './atomic.js';
 import { BoundedMap } from './bounded-map.js';
 import { FreshReads } from './fresh-reads.js';
 import { isStorageNotFound, type BlobWriter, type StorageDriver } from './driver/driver.js';
@@ -178,27 +176,6 @@ export class BlobStore {
     }
     this.forget(expected);
     return writer.size;
-  }
-
-  /**
-   * Moves a verified local file (`verifiedPath`) into the store as `digest`: a rename on a filesystem
-   * store, a verified upload on S3 (then the file is removed). If the blob exists already, drops the file.
-   */
-  async commitVerified(verifiedPath: string, digest: Digest): Promise<void> {
-    if (await this.stat(digest)) {
-      await rm(verifiedPath, { force: true });
-      return;
-    }
-    const path = this.filePath(digest);
-    if (path !== undefined) {
-      await commitFile(verifiedPath, path);
-      return;
-    }
-    try {
-      await this.writeVerified(createReadStream(verifiedPath, { highWaterMark: WRITE_BUFFER }), digest);
-    } finally {
-      await rm(verifiedPath, { force: true });
-    }
   }
 
   /** The digests linked into a repository (for mark-and-sweep and tests). */

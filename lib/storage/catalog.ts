@@ -1,4 +1,4 @@
-import type { StorageDriver } from './driver/driver.js';
+import { listAll, type StorageDriver } from './driver/driver.js';
 import type { StorageLayout } from './layout.js';
 
 /**
@@ -27,13 +27,7 @@ async function listFlat(driver: StorageDriver, root: string): Promise<string[]> 
 async function listByDirectory(driver: StorageDriver, root: string): Promise<string[]> {
   const names: string[] = [];
   async function walk(prefix: string): Promise<void> {
-    const dirs: string[] = [];
-    let cursor: string | undefined;
-    do {
-      const page = await driver.list(prefix, { delimiter: '/', ...(cursor ? { cursor } : {}) });
-      dirs.push(...page.prefixes);
-      cursor = page.next;
-    } while (cursor);
+    const dirs = (await listAll(driver, prefix)).prefixes;
     const children = dirs.map((dir) => dir.slice(prefix.length, -1));
     if (prefix !== root && children.some((child) => child === '_manifests' || child === '_layers')) names.push(prefix.slice(root.length, -1));
     for (const child of children) {

@@ -1,7 +1,5 @@
-import { readdir, stat } from 'node:fs/promises';
-import { join } from 'node:path';
 import { tryParseDigest, type Digest } from '../oci/digest.js';
-import type { StorageDriver } from './driver/driver.js';
+import { listAll, type StorageDriver } from './driver/driver.js';
 import { BLOBS_PREFIX, CACHE_PREFIX, NAMESPACE_PATTERN, StorageLayout } from './layout.js';
 import type { ServedTimes } from './served-index.js';
 
@@ -35,14 +33,7 @@ async function inParallel<T>(items: readonly T[], run: (item: T) => Promise<void
 
 /** Every "directory" directly under `prefix` (delimiter listing, all pages). */
 export async function listPrefixes(driver: StorageDriver, prefix: string): Promise<string[]> {
-  const prefixes: string[] = [];
-  let cursor: string | undefined;
-  do {
-    const page = await driver.list(prefix, { delimiter: '/', ...(cursor ? { cursor } : {}) });
-    prefixes.push(...page.prefixes);
-    cursor = page.next;
-  } while (cursor);
-  return prefixes;
+  return (await listAll(driver, prefix)).prefixes;
 }
 
 /**
@@ -165,45 +156,5 @@ export async function hostedDigests(driver: StorageDriver): Promise<Set<string>>
 export async function cachedDigests(driver: StorageDriver): Promise<Set<string>> {
   const digests = new Set<string>();
   for (const layout of await listCacheLayouts(driver)) linkedDigests(await scanRepositories(driver, layout), digests);
-  return digests;
-}
-
-// --- Path-based readers, kept only for lib/airgap/store-export.ts until it moves onto the driver. ---
-
-async function entries(dir: string): Promise<string[]> {
-  try {
-    return await readdir(dir);
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT' || code === 'ENOTDIR') return [];
-    throw err;
-  }
-}
-
-/** @deprecated path-based: use scanRepositories. Repository names under a layout's repositories directory. */
-export async function listRepositoryNames(layout: StorageLayout): Promise<string[]> {
-  const names: string[] = [];
-  async function walk(dir: string, prefix: string): Promise<void> {
-    const children = await entries(dir);
-    if (prefix && children.some((c) => c === '_manifests' || c === '_layers')) names.push(prefix);
-    for (const child of children) {
-      if (child.startsWith('_') || child.startsWith('.')) continue;
-      const info = await stat(join(dir, child)).catch(() => undefined);
-      if (info?.isDirectory()) await walk(join(dir, child), prefix ? `${prefix}/${child}` : child);
-    }
-  }
-  await walk(layout.repositoriesDir, '');
-  return names.sort();
-}
-
-/** @deprecated path-based: use scanRepositories. Digests named by the files of `<dir>/<alg>/<hex>`. */
-export async function listLinkedDigests(dir: string): Promise<Digest[]> {
-  const digests: Digest[] = [];
-  for (const algorithm of await entries(dir)) {
-    for (const hex of await entries(join(dir, algorithm))) {
-      const digest = tryParseDigest(`${algorithm}:${hex}`);
-      if (digest) digests.push(digest);
-    }
-  }
   return digests;
 }

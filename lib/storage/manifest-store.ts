@@ -4,7 +4,7 @@ import { MediaType } from '../oci/media-types.js';
 import { descriptorDigest, parseManifest, type Descriptor, type ParsedManifest } from '../oci/manifest.js';
 import type { Reference } from '../oci/reference.js';
 import type { BlobStore } from './blob-store.js';
-import { isStorageNotFound } from './driver/driver.js';
+import { isStorageNotFound, listAll } from './driver/driver.js';
 import { ManifestReader, readIfExists, type ReaderCaching } from './manifest-reader.js';
 
 export type { StoredManifest } from './manifest-reader.js';
@@ -140,13 +140,7 @@ export class ManifestStore extends ManifestReader {
   /** All tags of a repository in lexical order; NAME_UNKNOWN when the repository has none and never had manifests. */
   async listTags(name: string): Promise<string[]> {
     const prefix = this.layout.tagsPrefix(name);
-    const tags: string[] = [];
-    let cursor: string | undefined;
-    do {
-      const page = await this.driver.list(prefix, { delimiter: '/', ...(cursor ? { cursor } : {}) });
-      for (const info of page.keys) tags.push(info.key.slice(prefix.length));
-      cursor = page.next;
-    } while (cursor);
+    const tags = (await listAll(this.driver, prefix)).keys.map((info) => info.key.slice(prefix.length));
     if (tags.length > 0) return tags.filter((t) => !t.startsWith('.')).sort();
     const any = await this.driver.list(this.layout.repositoryPrefix(name), { delimiter: '/', limit: 1 });
     if (any.keys.length === 0 && any.prefixes.length === 0) {

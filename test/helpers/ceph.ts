@@ -22,6 +22,16 @@ export interface CephRgw {
   stop(): Promise<void>;
 }
 
+/** The `export NAME=value` lines scripts/ceph-rgw.sh prints (start, env), as a map. */
+export function parseCephEnv(text: string): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const line of text.split('\n')) {
+    const match = /^export ([A-Z0-9_]+)=(.*)$/.exec(line.trim());
+    if (match) env[match[1]!] = match[2]!;
+  }
+  return env;
+}
+
 /**
  * Starts a cluster for one test file (~3-5 s) and sets AWS_* in this process, so createS3Client()
  * finds it as a deployed service would. Call stop() in after(): it kills the daemons by pid file.
@@ -36,11 +46,7 @@ export async function startCephRgw(): Promise<CephRgw> {
     await rm(dir, { recursive: true, force: true });
     throw err;
   }
-  const env: Record<string, string> = {};
-  for (const line of stdout.split('\n')) {
-    const match = /^export ([A-Z0-9_]+)=(.*)$/.exec(line.trim());
-    if (match) env[match[1]!] = match[2]!;
-  }
+  const env = parseCephEnv(stdout);
   const { CEPH_RGW_BUCKET: bucket, ...awsEnv } = env;
   Object.assign(process.env, awsEnv);
   return {

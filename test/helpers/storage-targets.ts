@@ -7,6 +7,7 @@ import { defaultStorageConfig, type StorageConfig } from '../../lib/config.js';
 import { formatStorageLocation, type StorageLocation } from '../../lib/storage/driver/location.js';
 import { openConfiguredStorage } from '../../lib/storage/driver/open.js';
 import type { StorageDriver } from '../../lib/storage/driver/driver.js';
+import { parseCephEnv } from './ceph.js';
 import { REPO_ROOT, tempDir } from './processes.js';
 
 /** The drivers every end-to-end suite runs on ("parameterize, don't copy"). */
@@ -43,15 +44,6 @@ interface RgwEnv {
 const SCRIPT = join(REPO_ROOT, 'scripts', 'ceph-rgw.sh');
 let rgw: RgwEnv | undefined;
 
-function parseEnv(text: string): Record<string, string> {
-  const env: Record<string, string> = {};
-  for (const line of text.split('\n')) {
-    const match = /^export ([A-Z0-9_]+)=(.*)$/.exec(line.trim());
-    if (match) env[match[1]!] = match[2]!;
-  }
-  return env;
-}
-
 /**
  * The run's Ceph RGW: scripts/run-tests.js starts one for the whole run and names its directory in
  * STEVEDORE_TEST_RGW_DIR. A test file run alone starts its own (~3 s), stopped when the process exits.
@@ -77,7 +69,7 @@ function sharedRgw(): RgwEnv {
       }
     });
   }
-  const { CEPH_RGW_BUCKET: bucket, ...aws } = parseEnv(text);
+  const { CEPH_RGW_BUCKET: bucket, ...aws } = parseCephEnv(text);
   if (!bucket || !aws.AWS_ENDPOINT_URL) throw new Error(`ceph-rgw.sh printed no endpoint for ${dir}:\n${text}`);
   for (const [key, value] of Object.entries(aws)) {
     if (key !== 'AWS_ENDPOINT_URL' && key !== 'AWS_REGION') process.env[key] = value;

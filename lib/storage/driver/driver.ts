@@ -167,6 +167,20 @@ export interface UploadSession {
   startedAt: Date;
 }
 
+/** Every page of a delimiter listing of `prefix`: the keys directly under it and its "directories". */
+export async function listAll(driver: StorageDriver, prefix: string): Promise<{ keys: KeyInfo[]; prefixes: string[] }> {
+  const keys: KeyInfo[] = [];
+  const prefixes: string[] = [];
+  let cursor: string | undefined;
+  do {
+    const page = await driver.list(prefix, { delimiter: '/', ...(cursor ? { cursor } : {}) });
+    keys.push(...page.keys);
+    prefixes.push(...page.prefixes);
+    cursor = page.next;
+  } while (cursor);
+  return { keys, prefixes };
+}
+
 /** A key that does not exist (distribution's PathNotFoundError). */
 export class StorageNotFoundError extends Error {
   readonly key: string;

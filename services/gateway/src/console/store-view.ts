@@ -3,7 +3,7 @@ import { tryParseDigest, type Digest } from '../../../../lib/oci/digest.js';
 import { descriptorDigest, parseManifest, type Descriptor, type ParsedManifest } from '../../../../lib/oci/manifest.js';
 import { isIndexMediaType } from '../../../../lib/oci/media-types.js';
 import { isValidName, isValidTag } from '../../../../lib/oci/reference.js';
-import { isStorageNotFound, type StorageDriver } from '../../../../lib/storage/driver/driver.js';
+import { isStorageNotFound, listAll, type StorageDriver } from '../../../../lib/storage/driver/driver.js';
 import { scanRepositories } from '../../../../lib/storage/inventory.js';
 import { StorageLayout } from '../../../../lib/storage/layout.js';
 import { ManifestReader } from '../../../../lib/storage/manifest-reader.js';
@@ -137,13 +137,7 @@ export class StoreView {
     const found = this.source(source, repository);
     if (!found) return undefined;
     const prefix = found.layout.tagsPrefix(repository);
-    const names: string[] = [];
-    let cursor: string | undefined;
-    do {
-      const page = await this.driver.list(prefix, { delimiter: '/', ...(cursor ? { cursor } : {}) });
-      for (const key of page.keys) names.push(key.key.slice(prefix.length));
-      cursor = page.next;
-    } while (cursor);
+    const names = (await listAll(this.driver, prefix)).keys.map((info) => info.key.slice(prefix.length));
     if (names.length === 0) return (await this.driver.list(found.layout.repositoryPrefix(repository), { limit: 1 })).keys.length > 0 ? [] : undefined;
     return names.filter(isValidTag).sort();
   }
