@@ -61,6 +61,8 @@ export function isConsolePath(path: string): boolean {
  */
 const STORAGE_MAX_AGE_MS = 60_000;
 const STORE_RECHECK_MS = 2_000;
+/** A plan started this long after the last change was seen covers that change's commit. */
+const SETTLE_MS = 1_000;
 const WALK_COST_FACTOR = 20;
 /** How long the top-images rankings are reused. */
 const RANKING_MAX_AGE_MS = 30_000;
@@ -75,7 +77,9 @@ export class WebConsole {
   private readonly assets: Map<string, Asset>;
   private readonly store: StoreView;
   private readonly history: ConsoleHistory;
-  private measured: { at: number; stamp: number; plan: Promise<EvictionPlan> } | undefined;
+  private measured: { at: number; stamp: number; settled: boolean; walked?: boolean; plan: Promise<EvictionPlan> } | undefined;
+  /** The change stamp last passed in, and when it was first seen (see evictionPlan's `settled`). */
+  private stampSeen = { stamp: Number.NaN, at: 0 };
   private readonly ranking: ReusedValue<Awaited<ReturnType<typeof mostPulled>>>;
   private readonly largest: ReusedValue<LargeImage[]>;
   /** How long the last walk took. */
@@ -133,9 +137,15 @@ export class WebConsole {
    * evictions show within `maxAgeMs`.
    */
   private evictionPlan(maxAgeMs: number, stamp = this.measured?.stamp ?? 0): Promise<EvictionPlan> {
-    const age = this.measured ? Date.now() - this.measured.at : Infinity;
+    const now = Date.now();
+    if (stamp !== this.stampSeen.stamp) this.stampSeen = { stamp, at: now };
+    const age = this.measured ? now - this.measured.at : Infinity;
     const cost = this.walkMs * WALK_COST_FACTOR;
-    if (!this.measured || maxAgeMs === 0 || age > Math.max(maxAgeMs, cost) || (stamp !== this.measured.stamp && age > Math.max(STORE_RECHECK_MS, cost))) {
+    // A walk made right after a change may have run while that fill was still being committed (its
+    // client has the last byte, and so the metrics counted it, before the rename): such an unsettled
+    // plan is not reused once it is done; the next caller walks again.
+    const unsettled = this.measured?.walked === true && !this.measured.settled && age > cost;
+    if (!this.measured || maxAgeMs === 0 || unsettled || age > Math.max(maxAgeMs, cost) || (stamp !== this.measured.stamp && age > Math.max(STORE_RECHECK_MS, cost))) {
       // Only the console's very first plan: after an eviction or delete dropped it, the listing is awaited.
       const first = !this.measured && !this.planned;
       this.planned = true;
@@ -144,16 +154,17 @@ export class WebConsole {
       const plan = planEviction(this.driver, { maxSize: cleaner.maxSize, thresholdPercentage: cleaner.thresholdPercentage, graceMs: cleaner.grace });
       void plan.then((made) => {
         this.walkMs = Date.now() - started;
+        entry.walked = true;
         // Kept in the store: the next console start (on any appliance) shows it at once.
         writeInventorySnapshot(this.driver, made, started).catch((err: unknown) => this.options.log.warn({ err }, 'console: inventory snapshot not written'));
       }, () => {});
-      const entry = { at: Date.now(), stamp, plan };
+      const entry: NonNullable<WebConsole['measured']> = { at: now, stamp, settled: now - this.stampSeen.at >= SETTLE_MS, plan };
       this.measured = entry;
       plan.catch(() => { if (this.measured === entry) this.measured = undefined; });
       if (first && maxAgeMs !== 0) {
         // The first overview does not wait for a listing of the whole store: the last stored
         // snapshot (the cleaner's or a console's) answers while the listing runs.
-        const shown = { at: entry.at, stamp, plan: readInventorySnapshot(this.driver).then((snapshot) => (snapshot ? planOfSnapshot(snapshot) : plan), () => plan) };
+        const shown = { at: entry.at, stamp, settled: entry.settled, plan: readInventorySnapshot(this.driver).then((snapshot) => (snapshot ? planOfSnapshot(snapshot) : plan), () => plan) };
         this.measured = shown;
         void plan.then(() => { if (this.measured === shown) this.measured = entry; }, () => { if (this.measured === shown) this.measured = undefined; });
       }
