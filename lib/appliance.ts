@@ -14,6 +14,17 @@ export const CACHE_RESULT_HEADER = 'x-stevedore-cache';
  */
 export const WORKER_STATUS_PATH = '/_stevedore/status';
 
+/**
+ * Another appliance on the same store asking for a cache fill in progress here: the request carries
+ * the shared STEVEDORE_PEER_TOKEN in this header instead of a user's credentials.
+ */
+export const PEER_TOKEN_HEADER = 'x-stevedore-peer-token';
+/**
+ * Set by the gateway (only) on a peer's blob request it admitted: the cache worker serves the blob
+ * from its store or from a fill in progress, and never starts a fill for it. Removed from clients' requests.
+ */
+export const PEER_FILL_HEADER = 'x-stevedore-peer-fill';
+
 /** One registry worker of the appliance: the hosted registry, or the cache of one upstream. */
 export interface WorkerPlan {
   /** PM2 app name and socket file name. */

@@ -156,3 +156,14 @@ test('storage: the air-gap commands take --store DIR or s3://, and --storage win
   assert.deepEqual(loadSeedConfig(['--from', '/tmp/in', '--store', '/srv/store'], { STEVEDORE_STORAGE: 's3://b-3' }).store, { kind: 's3', bucket: 'b-3', prefix: '' });
   assert.throws(() => loadExportConfig(['--out', '/tmp/x.tar'], {}), configError('store', 'STEVEDORE_ROOT'));
 });
+
+test('peer settings of appliances sharing a store: URL, token, lease time validated', () => {
+  const config = loadRegistryConfig([], { STEVEDORE_PEER_URL: 'https://10.0.0.5:8443/', STEVEDORE_PEER_TOKEN: 'a'.repeat(32), STEVEDORE_FILL_LEASE_TIME: '20s' });
+  assert.equal(config.peerUrl, 'https://10.0.0.5:8443');
+  assert.equal(config.peerToken, 'a'.repeat(32));
+  assert.equal(config.fillLeaseTime, 20_000);
+  assert.equal(loadRegistryConfig([], {}).fillLeaseTime, 15_000);
+  assert.throws(() => loadRegistryConfig([], { STEVEDORE_PEER_URL: 'ftp://x' }), configError('peer-url', 'STEVEDORE_PEER_URL', /http\(s\):\/\/ URL/));
+  assert.throws(() => loadRegistryConfig([], { STEVEDORE_PEER_TOKEN: 'short' }), configError('peer-token', 'STEVEDORE_PEER_TOKEN', /at least 16/));
+  assert.throws(() => loadRegistryConfig([], { STEVEDORE_FILL_LEASE_TIME: '200ms' }), configError('fill-lease-time', 'STEVEDORE_FILL_LEASE_TIME', /at least 1s/));
+});

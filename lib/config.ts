@@ -162,6 +162,40 @@ export const BLOB_SERVING_OPTIONS = {
 
 export type BlobServingConfig = OptionValues<typeof BLOB_SERVING_OPTIONS>;
 
+/**
+ * Several appliances on one store (issue 12): a cache fill takes a lease in the store naming this
+ * appliance's peer URL, and the other appliances stream that fill from here instead of fetching the
+ * blob from the upstream again. Worker (reads and writes leases, fetches from peers) and gateway
+ * (admits peers with the token) both read these.
+ */
+export const PEER_OPTIONS = {
+  peerUrl: option<string | undefined>({
+    flag: 'peer-url', env: 'STEVEDORE_PEER_URL', default: undefined,
+    description: 'this appliance\'s gateway as the other appliances on the store reach it (https://10.0.0.5:8443)', parse: parseHttpUrl,
+  }),
+  peerToken: option<string | undefined>({
+    flag: 'peer-token', env: 'STEVEDORE_PEER_TOKEN', default: undefined,
+    description: 'secret shared by the appliances on one store: admits their fill requests (16+ characters)', parse: (raw) => {
+      if (raw.length < 16 || /[\s\0]/.test(raw)) throw new Error('must be at least 16 characters, without spaces');
+      return raw;
+    },
+  }),
+  peerCa: option<string | undefined>({
+    flag: 'peer-ca', env: 'STEVEDORE_PEER_CA', default: undefined,
+    description: 'PEM of the CA (or the shared certificate) that peers\' TLS certificates must chain to; unset: not verified (blobs are digest-checked either way)', parse: parsePath,
+  }),
+  fillLeaseTime: option<number>({
+    flag: 'fill-lease-time', env: 'STEVEDORE_FILL_LEASE_TIME', default: 15_000,
+    description: 'shared store: how long a cache fill\'s lease lasts without renewal (others take a dead filler\'s fill over after it)', parse: (raw) => {
+      const ms = parsePositiveDuration(raw);
+      if (ms < 1000) throw new Error('must be at least 1s');
+      return ms;
+    },
+  }),
+} as const;
+
+export type PeerConfig = OptionValues<typeof PEER_OPTIONS>;
+
 /** The storage settings when nothing is set: the store is --root on disk (for configs built in code). */
 export function defaultStorageConfig(): StorageConfig {
   return resolveOptions(STORAGE_OPTIONS, [], {});
@@ -237,6 +271,7 @@ export const REGISTRY_OPTIONS = {
   }),
   ...STORAGE_OPTIONS,
   ...BLOB_SERVING_OPTIONS,
+  ...PEER_OPTIONS,
 } as const;
 
 type OptionValues<S extends Record<string, OptionSpec<unknown>>> = { [K in keyof S]: S[K] extends OptionSpec<infer T> ? T : never };
@@ -377,6 +412,7 @@ export const APPLIANCE_OPTIONS = {
   logLevel: REGISTRY_OPTIONS.logLevel,
   ...STORAGE_OPTIONS,
   ...BLOB_SERVING_OPTIONS,
+  ...PEER_OPTIONS,
 } as const;
 
 export type ApplianceConfig = OptionValues<typeof APPLIANCE_OPTIONS>;

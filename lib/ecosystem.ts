@@ -1,6 +1,6 @@
 import { chmodSync, mkdirSync, statSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { loadApplianceConfig, type ApplianceConfig, type BlobServingConfig, type StorageConfig } from './config.js';
+import { loadApplianceConfig, type ApplianceConfig, type BlobServingConfig, type PeerConfig, type StorageConfig } from './config.js';
 import { formatStorageLocation } from './storage/driver/location.js';
 import { planAppliance, readPullSecret, type WorkerPlan } from './appliance.js';
 
@@ -62,8 +62,19 @@ function servingEnv(config: BlobServingConfig): Record<string, string> {
   return env;
 }
 
+/**
+ * How fills are shared with the other appliances on the store. The token is not copied (like the
+ * store's credentials): gateway and workers inherit STEVEDORE_PEER_TOKEN from the environment.
+ */
+function peerEnv(config: PeerConfig): Record<string, string> {
+  const env: Record<string, string> = { STEVEDORE_FILL_LEASE_TIME: `${config.fillLeaseTime}ms` };
+  if (config.peerUrl !== undefined) env.STEVEDORE_PEER_URL = config.peerUrl;
+  if (config.peerCa !== undefined) env.STEVEDORE_PEER_CA = config.peerCa;
+  return env;
+}
+
 function workerEnv(worker: WorkerPlan, config: ApplianceConfig, readOnly: boolean): Record<string, string> {
-  const env: Record<string, string> = { ...storageEnv(config), ...servingEnv(config), STEVEDORE_LISTEN: worker.socketPath };
+  const env: Record<string, string> = { ...storageEnv(config), ...servingEnv(config), ...peerEnv(config), STEVEDORE_LISTEN: worker.socketPath };
   if (worker.kind === 'proxy') {
     env.STEVEDORE_UPSTREAM = worker.upstreamUrl!;
     env.STEVEDORE_AUTH_FILE = config.pullSecretPath;
@@ -92,7 +103,7 @@ export function buildEcosystem(env: NodeJS.ProcessEnv = process.env): { apps: PM
   if (runDirMode & 0o1000) throw new Error(`STEVEDORE_RUN_DIR ${config.runDir} is a shared (sticky) directory: use a directory of its own, e.g. ${config.runDir.replace(/\/$/, '')}/stevedore`);
   if ((runDirMode & 0o777) !== 0o700) chmodSync(config.runDir, 0o700);
   mkdirSync(config.root, { recursive: true });
-  const apps: PM2App[] = [app('gateway', ['gateway'], { ...storageEnv(config), ...servingEnv(config) })];
+  const apps: PM2App[] = [app('gateway', ['gateway'], { ...storageEnv(config), ...servingEnv(config), ...peerEnv(config) })];
   apps.push(app(plan.hosted.name, ['registry'], workerEnv(plan.hosted, config, config.hostedReadOnly)));
   for (const proxy of plan.proxies) apps.push(app(proxy.name, ['registry'], workerEnv(proxy, config, false)));
   apps.push(app('logger', ['logger'], storageEnv(config)));

@@ -22,6 +22,8 @@ export interface LeaseRecord {
   /** Epoch ms, holder's clock; a record whose expiresAt has passed is free (released records have 0). */
   expiresAt: number;
   renewedAt: number;
+  /** Where the holder serves the work in progress to the other appliances (a cache fill's peer URL). */
+  source?: string;
 }
 
 export type LeaseAttempt =
@@ -41,7 +43,10 @@ function parseRecord(content: VersionedContent): LeaseRecord | undefined {
   try {
     const value = JSON.parse(content.data.toString('utf8')) as Partial<LeaseRecord>;
     if (typeof value.holder === 'string' && typeof value.expiresAt === 'number') {
-      return { holder: value.holder, expiresAt: value.expiresAt, renewedAt: typeof value.renewedAt === 'number' ? value.renewedAt : 0 };
+      return {
+        holder: value.holder, expiresAt: value.expiresAt, renewedAt: typeof value.renewedAt === 'number' ? value.renewedAt : 0,
+        ...(typeof value.source === 'string' ? { source: value.source } : {}),
+      };
     }
   } catch {
     // A torn or foreign record counts as expired: the next acquire replaces it (still conditionally).
@@ -65,13 +70,13 @@ export async function readLeaseRecord(driver: StorageDriver, name: string): Prom
 }
 
 /** Tries once to take lease `name` for `ttlMs`; never waits for a live holder. */
-export async function acquireLease(driver: StorageDriver, name: string, options: { ttlMs: number; holder?: string; now?: () => number }): Promise<LeaseAttempt> {
+export async function acquireLease(driver: StorageDriver, name: string, options: { ttlMs: number; holder?: string; source?: string; now?: () => number }): Promise<LeaseAttempt> {
   const key = leaseKey(name);
   const now = options.now ?? Date.now;
   const holder = options.holder ?? leaseHolderId();
   const record = (): string => {
     const at = now();
-    return JSON.stringify({ holder, expiresAt: at + options.ttlMs, renewedAt: at } satisfies LeaseRecord);
+    return JSON.stringify({ holder, expiresAt: at + options.ttlMs, renewedAt: at, ...(options.source ? { source: options.source } : {}) } satisfies LeaseRecord);
   };
   // Two rounds: a lease that vanished between our failed create and our read (a release by delete,
   // a cleanup) is worth one more create; after that, whoever is there holds it.
@@ -79,7 +84,7 @@ export async function acquireLease(driver: StorageDriver, name: string, options:
     const data = record();
     if (await driver.putIfAbsent(key, data)) {
       const created = await driver.getVersioned(key);
-      return { acquired: true, lease: new HeldLease(driver, name, holder, options.ttlMs, created.version, now) };
+      return { acquired: true, lease: new HeldLease(driver, name, holder, options.ttlMs, created.version, now, options.source) };
     }
     const current = await readLease(driver, key);
     if (!current) continue;
@@ -87,7 +92,7 @@ export async function acquireLease(driver: StorageDriver, name: string, options:
     if (existing && existing.expiresAt > now()) return { acquired: false, heldBy: existing };
     const takeover = record();
     const version = await driver.replaceIfMatch(key, takeover, current.version);
-    if (version !== undefined) return { acquired: true, lease: new HeldLease(driver, name, holder, options.ttlMs, version, now) };
+    if (version !== undefined) return { acquired: true, lease: new HeldLease(driver, name, holder, options.ttlMs, version, now, options.source) };
     // Another contender replaced it first: report what it wrote.
     const winner = await readLease(driver, key);
     const winnerRecord = winner ? parseRecord(winner) : undefined;
@@ -112,6 +117,7 @@ export class HeldLease {
     readonly ttlMs: number,
     private version: string,
     private readonly now: () => number,
+    readonly source?: string,
   ) {
     this.expiresAt = now() + ttlMs;
   }
@@ -120,7 +126,7 @@ export class HeldLease {
   async renew(): Promise<boolean> {
     if (this.lost) return false;
     const at = this.now();
-    const record: LeaseRecord = { holder: this.holder, expiresAt: at + this.ttlMs, renewedAt: at };
+    const record: LeaseRecord = { holder: this.holder, expiresAt: at + this.ttlMs, renewedAt: at, ...(this.source ? { source: this.source } : {}) };
     const version = await this.driver.replaceIfMatch(leaseKey(this.name), JSON.stringify(record), this.version);
     if (version === undefined) {
       this.lost = true;
@@ -171,5 +177,18 @@ export class HeldLease {
     // Undefined: someone took it over after it expired; theirs now, nothing to give up.
     await this.driver.replaceIfMatch(leaseKey(this.name), JSON.stringify(record), this.version);
     this.lost = true;
+  }
+
+  /**
+   * Gives the lease up by deleting its key: for leases named after one piece of work (a blob's fill)
+   * that would otherwise leave a key per blob behind. A delete is not conditional, so this is only
+   * for a holder that kept renewing (not `lost`): a lease renewed every ttl/3 cannot have expired and
+   * been taken over, short of a clock jump or a store outage longer than 2/3 of the ttl.
+   */
+  async releaseByDelete(): Promise<void> {
+    clearTimeout(this.timer);
+    if (this.lost || this.now() >= this.expiresAt) return;
+    this.lost = true;
+    await this.driver.delete(leaseKey(this.name));
   }
 }

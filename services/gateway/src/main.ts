@@ -47,7 +47,7 @@ export async function runGateway(argv: readonly string[]): Promise<number> {
   const storage = openConfiguredStorage(storageLocationOf(config, config.root), config);
   const metrics = new GatewayMetrics(storage);
   const remoteBlobs = await openRemoteBlobSettings(config);
-  const server = createGateway({ plan, log, users, realm: config.realm, accessLog, metrics, root: config.root, storage, sharedStore: isSharedStore(config), remoteBlobs, tagTtlMs: config.tagTtl, workerWaitMs: config.workerWait,
+  const server = createGateway({ plan, log, users, realm: config.realm, accessLog, metrics, root: config.root, storage, sharedStore: isSharedStore(config), remoteBlobs, peerToken: config.peerToken, tagTtlMs: config.tagTtl, workerWaitMs: config.workerWait,
     console: { accessLogPath: accessLogPathOf(config), cleaner: { maxSize: cleaner.maxSize, thresholdPercentage: cleaner.thresholdPercentage, grace: cleaner.grace, runEvery: cleaner.runEvery } },
     ...(tls ? { tls } : {}) });
 

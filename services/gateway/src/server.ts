@@ -1,7 +1,8 @@
 import { Agent, request as httpRequest, createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import type { Duplex } from 'node:stream';
-import { CACHE_RESULT_HEADER, type AppliancePlan, type WorkerPlan } from '../../../lib/appliance.js';
+import { timingSafeEqual } from 'node:crypto';
+import { CACHE_RESULT_HEADER, PEER_FILL_HEADER, PEER_TOKEN_HEADER, type AppliancePlan, type WorkerPlan } from '../../../lib/appliance.js';
 import type { Logger } from '../../../lib/log.js';
 import { RegistryError, isRegistryError } from '../../../lib/oci/errors.js';
 import type { AccessLogWriter } from './access-log.js';
@@ -45,6 +46,11 @@ export interface GatewayOptions {
   tagTtlMs?: number;
   /** How long a request waits for a worker that is starting or restarting (STEVEDORE_WORKER_WAIT; default 10 s). */
   workerWaitMs?: number;
+  /**
+   * STEVEDORE_PEER_TOKEN: requests carrying it (PEER_TOKEN_HEADER) are other appliances on the store
+   * streaming a cache fill from this one; they may GET/HEAD cache blobs, nothing else.
+   */
+  peerToken?: string;
   /** The web console (`/`, `/ui/`, `/api/v1/`; needs `root`); without it those paths are registry 404s. */
   console?: { accessLogPath: string; cleaner: CleanerSettings };
 }
@@ -163,9 +169,13 @@ export function createGateway(options: GatewayOptions): Server {
       if (ctx.cacheResult) metrics.cacheBytes.inc({ upstream: ctx.upstream, result: ctx.cacheResult }, ctx.bytes);
       if (ctx.upstream !== '-' && status >= 502 && status <= 504) metrics.upstreamErrors.inc({ upstream: ctx.upstream });
     });
+    // Only the gateway says a request is a peer's.
+    delete req.headers[PEER_FILL_HEADER];
     try {
+      const peer = isPeerRequest(req);
+      if (peer) ctx.user = 'peer';
       let user: AuthenticatedUser | undefined;
-      if (users) {
+      if (users && !peer) {
         const checked = users.authenticate(req.headers.authorization);
         user = checked instanceof Promise ? await checked : checked;
         if (!user) {
@@ -192,6 +202,12 @@ export function createGateway(options: GatewayOptions): Server {
       ctx.repository = route.repository;
       ctx.reference = route.reference;
       ctx.resource = route.resource;
+      if (peer) {
+        if (!READ_METHODS.has(req.method ?? '') || route.resource !== 'blob' || route.worker.kind !== 'proxy') {
+          throw new RegistryError('DENIED', { method: req.method }, { message: 'peer requests may only read cache blobs' });
+        }
+        req.headers[PEER_FILL_HEADER] = '1';
+      }
       if (users && user && !user.admin && (!READ_METHODS.has(req.method ?? '') || route.resource === 'upload')) {
         throw new RegistryError('DENIED', { user: user.name, method: req.method }, {
           message: route.resource === 'upload' ? `user ${user.name} is read-only: upload sessions are for pushing` : `user ${user.name} is read-only: only GET and HEAD are allowed`,
@@ -237,6 +253,19 @@ export function createGateway(options: GatewayOptions): Server {
       log.error({ err }, 'gateway request failed');
       sendError(res, new RegistryError('UNKNOWN', undefined, { message: 'internal server error' }));
     }
+  }
+
+  const peerToken = options.peerToken === undefined ? undefined : Buffer.from(options.peerToken);
+  /** Whether the request is another appliance's (the right token); a wrong token is UNAUTHORIZED. */
+  function isPeerRequest(req: IncomingMessage): boolean {
+    const presented = req.headers[PEER_TOKEN_HEADER];
+    if (presented === undefined) return false;
+    delete req.headers[PEER_TOKEN_HEADER];
+    const given = Buffer.from(Array.isArray(presented) ? presented.join(',') : presented);
+    if (!peerToken || given.length !== peerToken.length || !timingSafeEqual(given, peerToken)) {
+      throw new RegistryError('UNAUTHORIZED', undefined, { message: 'invalid peer token' });
+    }
+    return true;
   }
 
   const listener = (req: IncomingMessage, res: ServerResponse) => {

@@ -16,6 +16,7 @@ import { ManifestStore } from '../../../lib/storage/manifest-store.js';
 import { UploadStore } from '../../../lib/storage/upload-store.js';
 import { deleteBlob, getBlob } from './routes/blobs.js';
 import { ProxyCache, type ProxyOptions } from './proxy/proxy-cache.js';
+import type { PeerSettings } from './proxy/shared-fill.js';
 import { UpstreamClient } from './proxy/upstream-client.js';
 import { lookupReference } from '../../../lib/oci/reference.js';
 import type { UpstreamCredentials } from '../../../lib/upstreams.js';
@@ -41,6 +42,8 @@ export interface RegistryOptions {
   remoteBlobs?: RemoteBlobSettings;
   /** Credentials for the upstream of a pull-through cache (from the auths file). */
   upstreamCredentials?: UpstreamCredentials;
+  /** How a cache worker on a shared store shares its fills with the other appliances (STEVEDORE_PEER_*). */
+  peer?: PeerSettings;
   /** Cache settings that have no option of their own (tests: the upstream tag-list page size). */
   proxyOptions?: Partial<ProxyOptions>;
 }
@@ -213,7 +216,7 @@ export interface RegistryApp {
 }
 
 /** Builds one registry worker (not listening): the stores over `driver` and the /v2/ API. */
-export function buildRegistry({ config, log, sharedStore = false, driver = new FilesystemDriver(config.root), remoteBlobs, upstreamCredentials, proxyOptions }: RegistryOptions): RegistryApp {
+export function buildRegistry({ config, log, sharedStore = false, driver = new FilesystemDriver(config.root), remoteBlobs, upstreamCredentials, proxyOptions, peer }: RegistryOptions): RegistryApp {
   const layout = new StorageLayout(config.root, { namespace: config.upstream?.host });
   const blobs = new BlobStore(driver, layout, sharedStore ? { linkRecheckMs: 0 } : undefined);
   const context: RegistryContext = {
@@ -234,6 +237,8 @@ export function buildRegistry({ config, log, sharedStore = false, driver = new F
       tagTtlMs: config.tagTtl ?? 5 * 60_000,
       negativeTtlMs: config.negativeTtl ?? 15_000,
       fillTimeoutMs: config.fillTimeout ?? 5 * 60_000,
+      upstreamTimeoutMs: config.upstreamTimeout ?? 30_000,
+      ...(sharedStore ? { shared: peer ?? { url: undefined, token: undefined, caPath: undefined, leaseTtlMs: 15_000 } } : {}),
       ...proxyOptions,
     });
   }
@@ -270,7 +275,10 @@ export function buildRegistry({ config, log, sharedStore = false, driver = new F
   app.setNotFoundHandler(handler);
   if (context.proxy) {
     const client = context.proxy.client;
-    app.addHook('onClose', async () => client.close());
+    app.addHook('onClose', async () => {
+      await client.close();
+      await context.proxy?.close();
+    });
   }
   // Internal, outside /v2/: only the gateway reaches a worker's socket, and it forwards /v2/ paths only.
   app.get(WORKER_STATUS_PATH, async (_req, reply) => reply.header('cache-control', 'no-store').send(context.proxy ? { kind: 'proxy', ...context.proxy.client.statusView() } : { kind: 'hosted' }));

@@ -50,7 +50,8 @@ export async function runRegistry(argv: readonly string[]): Promise<number> {
   }
   const driver = openConfiguredStorage(storageLocationOf(config, config.root), config);
   const remoteBlobs = await openRemoteBlobSettings(config);
-  const { app, context } = buildRegistry({ config, log, sharedStore: isSharedStore(config), driver, remoteBlobs, upstreamCredentials });
+  const peer = { url: config.peerUrl, token: config.peerToken, caPath: config.peerCa, leaseTtlMs: config.fillLeaseTime };
+  const { app, context } = buildRegistry({ config, log, sharedStore: isSharedStore(config), driver, remoteBlobs, upstreamCredentials, peer });
   try {
     const purged = await context.uploads.purgeStale(config.uploadTtl);
     if (purged > 0) log.info({ purged }, 'removed stale upload sessions and temp files');

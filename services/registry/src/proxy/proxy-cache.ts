@@ -5,7 +5,9 @@ import { MANIFEST_MEDIA_TYPES, MediaType } from '../../../../lib/oci/media-types
 import { isValidTag, type Reference } from '../../../../lib/oci/reference.js';
 import { parseRange } from '../../../../lib/http/range.js';
 import { upstreamRepository } from '../../../../lib/upstreams.js';
-import { CACHE_RESULT_HEADER } from '../../../../lib/appliance.js';
+import { Readable } from 'node:stream';
+import { CACHE_RESULT_HEADER, PEER_FILL_HEADER } from '../../../../lib/appliance.js';
+import type { HeldLease } from '../../../../lib/storage/lease.js';
 import type { RegistryContext } from '../context.js';
 import { getBlob, rangeNotSatisfiable, sendBlobHeaders } from '../routes/blobs.js';
 import { paginate, parsePagination } from '../routes/http.js';
@@ -13,7 +15,8 @@ import { TAGS_PAGE_CAP } from '../routes/listings.js';
 import { sendManifest } from '../routes/manifests.js';
 import { BoundedMap } from '../../../../lib/storage/bounded-map.js';
 import type { StoredManifest } from '../../../../lib/storage/manifest-store.js';
-import { BlobFills } from './blob-fill.js';
+import { BlobFills, type BlobFill } from './blob-fill.js';
+import { SharedFills, type PeerSettings } from './shared-fill.js';
 import { readBodyCapped, responseHeader, type UpstreamClient, type UpstreamResponse } from './upstream-client.js';
 
 export interface ProxyOptions {
@@ -22,6 +25,10 @@ export interface ProxyOptions {
   fillTimeoutMs: number;
   /** `n` asked of the upstream for each page of a tag list; undefined: the upstream's own page size. */
   upstreamTagsPageSize?: number;
+  /** Other appliances fill from the same store (STEVEDORE_SHARED_STORE): blob fills are coordinated through it. */
+  shared?: PeerSettings;
+  /** For requests to peer appliances (default 30 s). */
+  upstreamTimeoutMs?: number;
 }
 
 const MANIFEST_ACCEPT = [...MANIFEST_MEDIA_TYPES].join(', ');
@@ -83,8 +90,18 @@ export class ProxyCache {
   private readonly tagLists = new BoundedMap<string, string[]>(1_000);
   private readonly tagFetches = new Map<string, Promise<string[] | undefined>>();
 
+  private readonly shared: SharedFills | undefined;
+
   constructor(private readonly ctx: RegistryContext, readonly client: UpstreamClient, private readonly options: ProxyOptions) {
     this.fills = new BlobFills(options.fillTimeoutMs);
+    this.shared = options.shared && new SharedFills(
+      ctx, options.shared, client.endpoint.host,
+      (name, digest, lease) => this.startFill(name, digest, lease), (digest) => this.fills.get(digest),
+      options.upstreamTimeoutMs ?? 30_000,
+    );
+    if (options.shared && !options.shared.url) {
+      ctx.log.warn('shared store without STEVEDORE_PEER_URL: other appliances wait for the whole blob of a fill this one runs instead of streaming it');
+    }
   }
 
   private get host(): string {
@@ -280,6 +297,9 @@ export class ProxyCache {
     const key = `${name}@${digest.value}`;
     if (this.isNegative(key)) throw new RegistryError('BLOB_UNKNOWN', { name, digest: digest.value }, { message: `blob unknown to upstream ${this.host}` });
 
+    const peerRequest = req.headers[PEER_FILL_HEADER] === '1';
+    if (this.shared && !peerRequest && req.method === 'GET' && !this.fills.get(digest)) return this.serveShared(name, digest, req, reply);
+
     if (req.method === 'HEAD' && !this.fills.get(digest)) {
       const res = await this.client.request('HEAD', this.path(name, `blobs/${digest.value}`), this.scope(name));
       await res.body.dump();
@@ -295,17 +315,12 @@ export class ProxyCache {
       return void reply.send();
     }
 
-    const fill = this.fills.getOrStart(digest, (f) => f.run(async () => {
-      const res = await this.client.request('GET', this.path(name, `blobs/${digest.value}`), this.scope(name));
-      if (res.status !== 200) {
-        await res.body.dump();
-        if (res.status === 404) this.rememberMissing(key);
-        throw this.mapStatus(res, 'blob', { name, digest: digest.value });
-      }
-      const length = Number(responseHeader(res.headers, 'content-length'));
-      return { body: res.body, size: Number.isSafeInteger(length) && length >= 0 ? length : undefined };
-    }, { driver: this.ctx.driver, key: this.ctx.layout.blobKey(digest), spoolDir: this.ctx.layout.tmpDir },
-    () => this.ctx.blobs.link(name, digest), name, this.ctx.log));
+    // A peer appliance streams a fill that runs here; it never starts one (it holds no lease for it).
+    const fill = peerRequest ? this.fills.get(digest) : this.startFill(name, digest);
+    if (!fill) {
+      if (await this.ctx.blobs.stat(digest)) return getBlob(this.ctx, name, rawDigest, req, reply);
+      throw new RegistryError('BLOB_UNKNOWN', { name, digest: digest.value }, { message: 'no fill of this blob in progress on this appliance' });
+    }
     await fill.ready;
     if (fill.size === undefined) await fill.finished;
     if (fill.done || fill.size === undefined) {
@@ -325,6 +340,68 @@ export class ProxyCache {
     reply.header('content-length', end - start + 1);
     if (req.method === 'HEAD' || size === 0) return void reply.send(req.method === 'HEAD' ? undefined : Buffer.alloc(0));
     reply.send(fill.createReader(start, end));
+  }
+
+  /** This worker's fill of a blob (the running one, or a new one); `lease`: the store's, held for it while it runs. */
+  private startFill(name: string, digest: Digest, lease?: HeldLease): BlobFill {
+    const key = `${name}@${digest.value}`;
+    const fill = this.fills.getOrStart(digest, (f) => f.run(async () => {
+      const res = await this.client.request('GET', this.path(name, `blobs/${digest.value}`), this.scope(name));
+      if (res.status !== 200) {
+        await res.body.dump();
+        if (res.status === 404) this.rememberMissing(key);
+        throw this.mapStatus(res, 'blob', { name, digest: digest.value });
+      }
+      const length = Number(responseHeader(res.headers, 'content-length'));
+      return { body: res.body, size: Number.isSafeInteger(length) && length >= 0 ? length : undefined };
+    }, { driver: this.ctx.driver, key: this.ctx.layout.blobKey(digest), spoolDir: this.ctx.layout.tmpDir },
+    () => this.ctx.blobs.link(name, digest), name, this.ctx.log));
+    if (lease) {
+      lease.keepRenewed((err) => this.ctx.log.warn({ name, digest: digest.value, err }, 'fill lease lost: another appliance may fetch this blob too'));
+      // Deleted, not left expired: a key per blob ever filled would pile up in the store.
+      void fill.finished.then(() => lease.releaseByDelete()).catch((err: unknown) => this.ctx.log.warn({ digest: digest.value, err }, 'fill lease not released'));
+    }
+    return fill;
+  }
+
+  /**
+   * A GET of a blob that is not stored, on a shared store: from this worker's fill, a peer's, or a
+   * new fill under the store's lease (shared-fill.ts), so the appliances fetch it from upstream once.
+   */
+  private async serveShared(name: string, digest: Digest, req: FastifyRequest, reply: FastifyReply): Promise<void> {
+    const deadline = Date.now() + this.options.fillTimeoutMs;
+    const first = await this.shared!.open(name, digest, deadline);
+    if (first.kind === 'stored') {
+      first.close();
+      if (!(await this.ctx.blobs.isLinked(name, digest))) await this.ctx.blobs.link(name, digest);
+      reply.header(CACHE_RESULT_HEADER, 'hit');
+      return getBlob(this.ctx, name, digest.value, req, reply);
+    }
+    const size = first.size;
+    const range = parseRange(req.headers.range, size);
+    if (range.kind === 'unsatisfiable') {
+      first.close();
+      throw rangeNotSatisfiable(req.headers.range, size);
+    }
+    const start = range.kind === 'partial' ? range.range.start : 0;
+    const end = range.kind === 'partial' ? range.range.end : size - 1;
+    sendBlobHeaders(reply, digest);
+    reply.header(CACHE_RESULT_HEADER, 'miss');
+    if (range.kind === 'partial') reply.code(206).header('content-range', `bytes ${start}-${end}/${size}`);
+    else reply.code(200);
+    reply.header('content-length', end - start + 1);
+    if (size === 0) {
+      first.close();
+      return void reply.send(Buffer.alloc(0));
+    }
+    // This worker's own fill needs no failover (its failures are final): its reader as is.
+    if (first.kind === 'local') return void reply.send(await first.stream(start, end));
+    reply.send(Readable.from(this.shared!.relay(name, digest, first, start, end, deadline), { objectMode: false }));
+  }
+
+  /** Closes the connections to peer appliances. */
+  async close(): Promise<void> {
+    await this.shared?.close();
   }
 
   async purgeBlob(name: string, rawDigest: string): Promise<boolean> {
