@@ -7,7 +7,7 @@ import { isStorageNotFound } from '../lib/storage/driver/driver.js';
 import { StorageLayout } from '../lib/storage/layout.js';
 import { readServedTimes } from '../lib/storage/served-index.js';
 import { expected, layoutOf, MANIFEST_ACCEPT, mustRun, run, sha256, sleep } from './helpers/appliance.js';
-import { haproxyInstalled, startCluster, type Cluster, type ClusterMember } from './helpers/cluster.js';
+import { haproxyInstalled, startCluster, type Cluster, type ClusterMember, type HaproxyServerState } from './helpers/cluster.js';
 import { buildImage, readPulledLayout, type BuiltImage } from './helpers/oci-image.js';
 import { distributionRequests, STEVEDORE_BIN, tempDir } from './helpers/processes.js';
 import { cephInstalled, testStorage, type TestStorage } from './helpers/storage-targets.js';
@@ -73,8 +73,11 @@ describe('three appliances on one S3 store behind HAProxy', { skip }, () => {
   });
 
   after(async () => {
+    const stopping = Date.now();
     await cluster?.stop();
+    const stopped = Date.now();
     await storage?.cleanup();
+    process.stdout.write(`# cluster stopped in ${stopped - stopping} ms, store emptied in ${Date.now() - stopped} ms\n`);
     if (work) await rm(work, { recursive: true, force: true });
     process.stdout.write(`# cluster.test total ${Date.now() - startedAt} ms\n`);
   });
@@ -82,12 +85,12 @@ describe('three appliances on one S3 store behind HAProxy', { skip }, () => {
   it('a push through HAProxy (skopeo) is pullable through each appliance at once, and through HAProxy (podman)', async () => {
     const image = buildImage({ layerSizes: [3000, 200_000], seed: 'cluster-lb-push' });
     await push(cluster.host, 'team/app:v1', [image]);
-    for (const member of cluster.members) {
+    await Promise.all(cluster.members.map(async (member) => {
       const pulled = await pull(member.host, 'team/app:v1');
       assert.equal(pulled.top, image.manifest.digest, member.name);
       assert.deepEqual(pulled.manifests, expected([image]));
       assert.deepEqual(await tags(member, 'team/app'), ['v1']);
-    }
+    }));
 
     const podmanFound = await run('sh', ['-c', 'command -v podman']);
     if (podmanFound.code !== 0) return;
@@ -215,22 +218,32 @@ describe('three appliances on one S3 store behind HAProxy', { skip }, () => {
     for (const layer of images[2]!.layers) assert.ok(fetched.some((r) => r.path === `/v2/mirror/evict2/blobs/${layer.digest}`), `img2 layer ${layer.digest} fetched again`);
   });
 
-  it('one appliance SIGKILLed: HAProxy takes it out of rotation and 10 consecutive pulls through it all succeed; restarted, it serves again', async () => {
+  it('one appliance SIGKILLed: connections HAProxy still sends it go to another, it leaves the rotation within ~1 s, and 10 consecutive pulls through HAProxy all succeed; restarted, it serves again', async () => {
     const image = buildImage({ layerSizes: [5000, 100_000], seed: 'cluster-failover' });
     await push(cluster.host, 'team/failover:v1', [image]);
-    const killedAt = Date.now();
+    const sessions = (state: HaproxyServerState[], name: string) => state.find((s) => s.name === name)!;
+
+    // The window between the death and the health check noticing it, held open: with its checks
+    // paused HAProxy keeps B in the rotation, and every connection B refuses is retried on another.
+    assert.match(await cluster.haproxyCommand(`disable health appliances/${B.name}`), /^\s*$/);
     await B.kill('SIGKILL');
+    const blind = await cluster.haproxyServers();
+    for (let i = 0; i < 4; i++) assert.equal((await pull(cluster.host, 'team/failover:v1')).top, image.manifest.digest, `pull ${i + 1} while B is dead but UP`);
+    const redispatched = sessions(await cluster.haproxyServers(), B.name);
+    assert.ok(redispatched.sessions > sessions(blind, B.name).sessions, 'HAProxy sent B connections while it was dead');
+    assert.ok(redispatched.redispatches > 0, `refused connections were redispatched: ${JSON.stringify(redispatched)}`);
+
+    await cluster.haproxyCommand(`enable health appliances/${B.name}`);
     const downMs = await cluster.waitServerStatus(B.name, 'DOWN');
-    process.stdout.write(`# haproxy marked the killed appliance DOWN ${Date.now() - killedAt} ms after SIGKILL (waited ${downMs} ms)\n`);
+    process.stdout.write(`# haproxy marked the killed appliance DOWN ${downMs} ms after its checks resumed (inter 500ms, fall 2)\n`);
     const before = await cluster.haproxyServers();
     for (let i = 0; i < 10; i++) {
       const pulled = await pull(cluster.host, 'team/failover:v1');
       assert.equal(pulled.top, image.manifest.digest, `pull ${i + 1}`);
     }
     const afterPulls = await cluster.haproxyServers();
-    const sessions = (state: typeof before, name: string) => state.find((s) => s.name === name)!.sessions;
-    assert.equal(sessions(afterPulls, B.name), sessions(before, B.name), 'no connection went to the dead appliance');
-    for (const member of [A, C]) assert.ok(sessions(afterPulls, member.name) > sessions(before, member.name), `${member.name} served some of the pulls`);
+    assert.equal(sessions(afterPulls, B.name).sessions, sessions(before, B.name).sessions, 'no connection went to the dead appliance');
+    for (const member of [A, C]) assert.ok(sessions(afterPulls, member.name).sessions > sessions(before, member.name).sessions, `${member.name} served some of the pulls`);
 
     const restartedAt = Date.now();
     await B.restart();

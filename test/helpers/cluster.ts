@@ -31,6 +31,9 @@ export interface HaproxyServerState {
   status: string;
   /** Connections HAProxy sent to it so far. */
   sessions: number;
+  /** Connection attempts to it that failed and were retried (`wretr`), and sent to another server instead (`wredis`). */
+  retries: number;
+  redispatches: number;
 }
 
 export interface ClusterMember {
@@ -87,6 +90,8 @@ export interface Cluster {
   call(method: string, path: string, options?: Parameters<typeof call>[3]): Promise<HttpResult>;
   /** HAProxy's state of each backend server, from its stats socket. */
   haproxyServers(): Promise<HaproxyServerState[]>;
+  /** Sends a command to HAProxy's admin socket (e.g. `disable health appliances/app1`); resolves with its answer. */
+  haproxyCommand(command: string): Promise<string>;
   /** Resolves once HAProxy reports `server` in a status starting with `status` (UP or DOWN); the ms it took. */
   waitServerStatus(server: string, status: 'UP' | 'DOWN', timeoutMs?: number): Promise<number>;
   /** HAProxy's output so far (alerts and warnings). */
@@ -144,10 +149,10 @@ export function parseShowStat(csv: string, backend: string): HaproxyServerState[
   const lines = csv.split('\n').filter(Boolean);
   const header = lines[0]?.replace(/^# /, '').split(',') ?? [];
   const col = (name: string) => header.indexOf(name);
-  const [px, sv, status, stot] = [col('pxname'), col('svname'), col('status'), col('stot')];
+  const [px, sv, status, stot, wretr, wredis] = ['pxname', 'svname', 'status', 'stot', 'wretr', 'wredis'].map(col) as [number, number, number, number, number, number];
   return lines.slice(1).map((l) => l.split(','))
     .filter((f) => f[px] === backend && f[sv] !== 'BACKEND' && f[sv] !== 'FRONTEND')
-    .map((f) => ({ name: f[sv]!, status: f[status]!, sessions: Number(f[stot]) }));
+    .map((f) => ({ name: f[sv]!, status: f[status]!, sessions: Number(f[stot]), retries: Number(f[wretr] || 0), redispatches: Number(f[wredis] || 0) }));
 }
 
 /** Resolves once none of `pids` is running (a zombie not yet reaped by PM2 counts as gone). */
@@ -270,6 +275,7 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
       certDir, admin: ADMIN, reader: READER, peerToken, haproxyConfig: config,
       call: (method, path, opts) => call(lbUrl, method, path, opts),
       haproxyServers, waitServerStatus,
+      haproxyCommand: (command) => statsCommand(statsSocket, command),
       haproxyOutput: () => haproxyText,
       stop: cleanup,
     };
