@@ -168,8 +168,9 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
   const count = options.appliances ?? 3;
   const dir = await tempDir('stevedore-cluster-');
   const cleanups: Array<() => Promise<unknown>> = [() => rm(dir, { recursive: true, force: true })];
+  // Last started, first stopped; a second call finds nothing left to do.
   const cleanup = async () => {
-    for (const c of cleanups.reverse()) await c().catch(() => {});
+    for (const c of cleanups.splice(0).reverse()) await c().catch(() => {});
   };
   try {
     const credentialsPromise = createCredentials(dir);
