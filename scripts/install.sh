@@ -14,7 +14,8 @@ cd "$(dirname "$0")/.."
 #   chromium        - the browser the web console tests drive headless (puppeteer-core, which downloads none)
 #   ceph-mon ceph-osd radosgw ceph-common - a throw-away Ceph RADOS Gateway, the real S3 store of the tests
 #                     and benchmarks (scripts/ceph-rgw.sh)
-PACKAGES=(skopeo docker-registry podman wrk zstd containerd chromium ceph-mon ceph-osd radosgw ceph-common)
+#   haproxy         - the load balancer in front of several appliances on one store (test/helpers/cluster.ts)
+PACKAGES=(skopeo docker-registry podman wrk zstd containerd chromium ceph-mon ceph-osd radosgw ceph-common haproxy)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

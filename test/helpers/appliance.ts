@@ -228,6 +228,49 @@ export interface ApplianceOptions {
   env?: Record<string, string>;
   /** Resolve once /healthz is 200 (default); false: as soon as `stevedore start` is spawned (start-up tests). */
   waitHealthy?: boolean;
+  /** Use this certificate and these users files instead of generating them (appliances sharing them, as pods share a Secret). */
+  credentials?: ApplianceCredentials;
+  /** Gateway port (e.g. to start an appliance again where it was); default: a free one. */
+  port?: number;
+}
+
+/** The gateway's certificate (certificate and key in one PEM) and the users files, as `createCredentials` writes them. */
+export interface ApplianceCredentials {
+  certsPath: string;
+  htpasswdPath: string;
+  adminsPath: string;
+}
+
+/** The users every test appliance has: an admin and a read-only user. */
+export const ADMIN = user('admin', 'Adm1n-pw-7f3c1d');
+export const READER = user('reader', 'Re4der-pw-9b2e6a');
+
+/**
+ * Writes a self-signed certificate for 127.0.0.1/localhost (when `tls`) and the users ADMIN and READER
+ * (when `auth`) under `dir`, with the CLI (`stevedore tls generate`, `stevedore user add`).
+ */
+export async function createCredentials(dir: string, options: { tls?: boolean; auth?: boolean } = {}): Promise<ApplianceCredentials> {
+  const credentials = { certsPath: join(dir, 'certs', 'certs.pem'), htpasswdPath: join(dir, 'auth', 'htpasswd'), adminsPath: join(dir, 'auth', 'admins') };
+  const env: NodeJS.ProcessEnv = {
+    ...cleanEnv(), TLS_CERTS_PATH: credentials.certsPath,
+    REGISTRY_AUTH_HTPASSWD_PATH: credentials.htpasswdPath, REGISTRY_AUTH_ADMINS_PATH: credentials.adminsPath,
+  };
+  const mustCli = async (args: string[], input?: string) => {
+    const result = await run(process.execPath, [STEVEDORE_BIN, ...args], { env, ...(input !== undefined ? { input } : {}) });
+    if (result.code !== 0) throw new Error(`stevedore ${args.join(' ')} failed (${result.code}): ${result.stderr}`);
+  };
+  // Both settle before anything is judged, so that a failure leaves nothing writing into `dir`.
+  const setup = await Promise.allSettled([
+    options.tls ?? true ? mustCli(['tls', 'generate', '127.0.0.1', 'localhost']) : Promise.resolve(),
+    options.auth ?? true ? (async () => {
+      // One at a time: both rewrite the same files.
+      await mustCli(['user', 'add', ADMIN.name, '--admin'], `${ADMIN.pass}\n`);
+      await mustCli(['user', 'add', READER.name], `${READER.pass}\n`);
+    })() : Promise.resolve(),
+  ]);
+  const failed = setup.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failed) throw failed.reason;
+  return credentials;
 }
 
 export interface Appliance {
@@ -270,12 +313,24 @@ export interface Appliance {
 export async function startAppliance(options: ApplianceOptions = {}): Promise<Appliance> {
   // Short: the workers' socket paths must fit in sun_path (108 bytes).
   const dir = await mkdtemp('/tmp/stv-');
-  const port = await freePort();
+  const port = options.port ?? await freePort();
   const tls = options.tls ?? true;
   const auth = options.auth ?? true;
+  let credentials: ApplianceCredentials;
+  try {
+    credentials = options.credentials ?? await createCredentials(dir, { tls, auth });
+    if (tls) {
+      const pem = await readFile(credentials.certsPath, 'utf8');
+      await mkdir(join(dir, 'ca'), { recursive: true });
+      await writeFile(join(dir, 'ca', 'ca.crt'), pem.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----\n?/)![0]);
+    }
+  } catch (err) {
+    await rm(dir, { recursive: true, force: true });
+    throw err;
+  }
   const paths = {
     pm2Home: join(dir, 'pm2'), runDir: join(dir, 'run'), root: join(dir, 'root'), accessLogPath: join(dir, 'logs', 'access.log'),
-    htpasswdPath: join(dir, 'auth', 'htpasswd'), adminsPath: join(dir, 'auth', 'admins'), certDir: join(dir, 'ca'),
+    htpasswdPath: credentials.htpasswdPath, adminsPath: credentials.adminsPath, certDir: join(dir, 'ca'),
   };
   const pullSecret = join(dir, 'pull-secret.json');
   const auths = Object.fromEntries((options.upstreams ?? []).map((host) => [`http://${host}`, {}]));
@@ -284,38 +339,15 @@ export async function startAppliance(options: ApplianceOptions = {}): Promise<Ap
     ...cleanEnv(),
     PM2_HOME: paths.pm2Home, STEVEDORE_ROOT: paths.root, STEVEDORE_RUN_DIR: paths.runDir, PULLSECRETPATH: pullSecret,
     IGNOREREGISTRYLIST: 'cloud.openshift.com', STEVEDORE_GATEWAY_LISTEN: `127.0.0.1:${port}`,
-    TLS_CERTS_PATH: join(dir, 'certs', 'certs.pem'), ACCESS_LOG_PATH: paths.accessLogPath,
+    TLS_CERTS_PATH: credentials.certsPath, ACCESS_LOG_PATH: paths.accessLogPath,
     REGISTRY_AUTH: auth ? 'htpasswd' : 'none', REGISTRY_AUTH_HTPASSWD_PATH: paths.htpasswdPath, REGISTRY_AUTH_ADMINS_PATH: paths.adminsPath,
     ...(options.aliases ? { STEVEDORE_UPSTREAM_ALIASES: options.aliases } : {}),
     ...(options.realm ? { REGISTRY_AUTH_HTPASSWD_REALM: options.realm } : {}),
     ...options.env,
   };
   const cli = (args: string[], input?: string) => run(process.execPath, [STEVEDORE_BIN, ...args], { env, ...(input !== undefined ? { input } : {}) });
-  const admin = user('admin', 'Adm1n-pw-7f3c1d');
-  const reader = user('reader', 'Re4der-pw-9b2e6a');
-  const mustCli = async (args: string[], input?: string) => {
-    const result = await cli(args, input);
-    if (result.code !== 0) throw new Error(`stevedore ${args.join(' ')} failed (${result.code}): ${result.stderr}`);
-  };
-  // Both settle before anything is judged, so that a failure leaves nothing writing into `dir`.
-  const setup = await Promise.allSettled([
-    tls ? (async () => {
-      await mustCli(['tls', 'generate', '127.0.0.1', 'localhost']);
-      const pem = await readFile(env.TLS_CERTS_PATH!, 'utf8');
-      await mkdir(paths.certDir, { recursive: true });
-      await writeFile(join(paths.certDir, 'ca.crt'), pem.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----\n?/)![0]);
-    })() : Promise.resolve(),
-    auth ? (async () => {
-      // One at a time: both rewrite the same files.
-      await mustCli(['user', 'add', admin.name, '--admin'], `${admin.pass}\n`);
-      await mustCli(['user', 'add', reader.name], `${reader.pass}\n`);
-    })() : Promise.resolve(),
-  ]);
-  const failed = setup.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-  if (failed) {
-    await rm(dir, { recursive: true, force: true });
-    throw failed.reason;
-  }
+  const admin = ADMIN;
+  const reader = READER;
 
   const proc = spawn(process.execPath, [STEVEDORE_BIN, 'start'], { env, cwd: dir, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
   let text = '';
