@@ -10,6 +10,7 @@ import { expected, layoutOf, MANIFEST_ACCEPT, mustRun, run, sha256, sleep } from
 import { haproxyInstalled, startCluster, type Cluster, type ClusterMember, type HaproxyServerState } from './helpers/cluster.js';
 import { buildImage, readPulledLayout, type BuiltImage } from './helpers/oci-image.js';
 import { distributionRequests, STEVEDORE_BIN, tempDir } from './helpers/processes.js';
+import { seed as seedUpstream } from './helpers/proxy-fixtures.js';
 import { cephInstalled, testStorage, type TestStorage } from './helpers/storage-targets.js';
 
 /**
@@ -216,6 +217,26 @@ describe('three appliances on one S3 store behind HAProxy', { skip }, () => {
     const fetched = distributionRequests(cluster.upstream.output().slice(mark)).filter((r) => r.method === 'GET' && r.path.includes('/blobs/'));
     assert.deepEqual(fetched.filter((r) => r.path.startsWith('/v2/mirror/evict0/')), []);
     for (const layer of images[2]!.layers) assert.ok(fetched.some((r) => r.path === `/v2/mirror/evict2/blobs/${layer.digest}`), `img2 layer ${layer.digest} fetched again`);
+  });
+
+  it('8 concurrent cold pulls (skopeo) through HAProxy over the three appliances fetch each blob and manifest from the upstream once in total', async () => {
+    const image = buildImage({ layerSizes: [2 * 1024 * 1024, 1024 * 1024, 4096], seed: 'cluster-fetched-once' });
+    await seedUpstream(cluster.upstream.url, 'team/fill:v1', [image]);
+    const mark = cluster.upstream.output().length;
+    const sessionsBefore = new Map((await cluster.haproxyServers()).map((server) => [server.name, server.sessions]));
+    const pulled = await Promise.all(Array.from({ length: 8 }, () => pull(cluster.host, `up/team/fill:v1`)));
+    for (const layout of pulled) assert.deepEqual(layout.manifests, expected([image]));
+    const requests = distributionRequests(cluster.upstream.output().slice(mark)).filter((r) => r.method === 'GET');
+    for (const digest of [image.config.digest, ...image.layers.map((l) => l.digest)]) {
+      assert.equal(requests.filter((r) => r.path === `/v2/team/fill/blobs/${digest}`).length, 1, `upstream GETs of blob ${digest}: ${JSON.stringify(requests)}`);
+    }
+    // Every appliance served some of the pulls (HAProxy's round-robin): the fills were shared, not all on one.
+    const servers = await cluster.haproxyServers();
+    assert.ok(servers.every((server) => server.sessions > (sessionsBefore.get(server.name) ?? 0)), JSON.stringify(servers));
+    // The appliances that did not fill a blob streamed it from the one that did (its gateway logs the peers' GETs).
+    const peerGets = (await Promise.all(cluster.members.map((m) => m.appliance.accessLog())))
+      .flat().filter((line) => line.includes('"user":"peer"') && line.includes('/blobs/') && line.includes('"status":200'));
+    assert.ok(peerGets.length > 0, 'peer fill requests between the appliances');
   });
 
   it('one appliance SIGKILLed: connections HAProxy still sends it go to another, it leaves the rotation within ~1 s, and 10 consecutive pulls through HAProxy all succeed; restarted, it serves again', async () => {
