@@ -106,6 +106,9 @@ export async function acquireLease(driver: StorageDriver, name: string, options:
 export class HeldLease {
   private timer: NodeJS.Timeout | undefined;
   private lostReported = false;
+  /** A renew in flight (release waits for it: its write would otherwise race release's). */
+  private renewing: Promise<boolean> | undefined;
+  private releasing = false;
   /** Set once a renew found the lease taken over (or unreadable): stop doing work that needs it. */
   lost = false;
   expiresAt: number;
@@ -144,7 +147,9 @@ export class HeldLease {
   keepRenewed(onLost: (err?: unknown) => void): void {
     const tick = () => {
       this.timer = setTimeout(() => {
-        this.renew().then((held) => {
+        if (this.releasing) return;
+        this.renewing = this.renew();
+        this.renewing.then((held) => {
           if (held) tick();
           else this.reportLost(onLost);
         }, (err: unknown) => {
@@ -172,6 +177,8 @@ export class HeldLease {
    */
   async release(): Promise<void> {
     clearTimeout(this.timer);
+    this.releasing = true;
+    await this.renewing?.catch(() => {});
     if (this.lost) return;
     const record: LeaseRecord = { holder: this.holder, expiresAt: 0, renewedAt: this.now() };
     // Undefined: someone took it over after it expired; theirs now, nothing to give up.
@@ -187,6 +194,8 @@ export class HeldLease {
    */
   async releaseByDelete(): Promise<void> {
     clearTimeout(this.timer);
+    this.releasing = true;
+    await this.renewing?.catch(() => {});
     if (this.lost || this.now() >= this.expiresAt) return;
     this.lost = true;
     await this.driver.delete(leaseKey(this.name));
