@@ -234,6 +234,7 @@ export function buildRegistry({ config, log, sharedStore = false, driver = new F
       tagTtlMs: config.tagTtl ?? 5 * 60_000,
       negativeTtlMs: config.negativeTtl ?? 15_000,
       fillTimeoutMs: config.fillTimeout ?? 5 * 60_000,
+      sharedStore,
       ...proxyOptions,
     });
   }
