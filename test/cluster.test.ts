@@ -230,6 +230,8 @@ describe('three appliances on one S3 store behind HAProxy', { skip }, () => {
     for (const digest of [image.config.digest, ...image.layers.map((l) => l.digest)]) {
       assert.equal(requests.filter((r) => r.path === `/v2/team/fill/blobs/${digest}`).length, 1, `upstream GETs of blob ${digest}: ${JSON.stringify(requests)}`);
     }
+    const manifestGets = requests.filter((r) => r.path.startsWith('/v2/team/fill/manifests/'));
+    assert.deepEqual(manifestGets.map((r) => r.path), ['/v2/team/fill/manifests/v1'], 'one upstream GET of the manifest');
     // Every appliance served some of the pulls (HAProxy's round-robin): the fills were shared, not all on one.
     const servers = await cluster.haproxyServers();
     assert.ok(servers.every((server) => server.sessions > (sessionsBefore.get(server.name) ?? 0)), JSON.stringify(servers));

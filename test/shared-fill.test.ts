@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { buildImage } from './helpers/oci-image.js';
 import { startDistribution, type RunningProcess } from './helpers/processes.js';
-import { blobGets, pull, seed, sleep } from './helpers/proxy-fixtures.js';
+import { blobGets, manifestGets, pull, seed, sleep } from './helpers/proxy-fixtures.js';
 import { isComplete, startThrottledRelay, streamBlob } from './helpers/faults.js';
 import { PEER_TOKEN, startPeerAppliance, type PeerAppliance } from './helpers/peer-appliances.js';
 import { cephInstalled, testStorage, type TestStorage } from './helpers/storage-targets.js';
@@ -50,6 +50,7 @@ describe('cache fills shared by the appliances on one store', { skip: cephInstal
     }
     const gets = blobGets(upstream.output(), 'team/app');
     for (const blob of [image.config, ...image.layers]) assert.equal(gets.get(blob.digest), 1, `upstream GETs of ${blob.digest}: ${JSON.stringify([...gets])}`);
+    assert.deepEqual([...manifestGets(upstream.output(), 'team/app')], [['v1', 1]], 'one upstream GET of the manifest (store flight)');
     // Every fill gave its lease back (deleted, not left behind).
     for (const blob of [image.config, ...image.layers]) {
       const lease = await storage.driver.stat(leaseKey(fillLeaseName(parseDigest(blob.digest)))).catch((err: unknown) => {

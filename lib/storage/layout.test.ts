@@ -80,3 +80,11 @@ test('storage keys: the same layout as the paths, relative to the root', () => {
   assert.equal(new StorageLayout('/data', { namespace: 'quay.io' }).repositoriesPrefix, 'cache/quay.io/');
   assert.equal(new StorageLayout('/data').repositoriesPrefix, 'repositories/');
 });
+
+test('fill lease names: one component per repository name, per upstream namespace', () => {
+  const layout = new StorageLayout('/data', { namespace: 'registry-1.docker.io' });
+  assert.equal(layout.manifestFillLease('library/alpine', digest), `fills/manifests/registry-1.docker.io/library%2Falpine/sha256-${HEX}`);
+  assert.equal(layout.tagFillLease('library/alpine', 'v1.0'), 'fills/tags/registry-1.docker.io/library%2Falpine/v1.0');
+  assert.notEqual(layout.tagFillLease('a/b', 'c'), layout.tagFillLease('a', 'b/c'));
+  assert.equal(new StorageLayout('/data').tagFillLease('a', 'latest'), 'fills/tags/_hosted/a/latest');
+});

@@ -129,6 +129,20 @@ export class StorageLayout {
     return `${this.referrersPrefix(name, subject)}${referrer.algorithm}-${referrer.hex}.json`;
   }
 
+  // --- Lease names (lib/storage/lease.ts, under `_state/leases/`) of cross-appliance fills. ---
+  // The repository name is one component (`/` encoded), so `a/b`'s leases never nest under `a`'s;
+  // tags and digests are validated and contain no `/`. The namespace (upstream host) keeps upstreams apart.
+
+  /** The lease on fetching manifest `digest` of `name` from the upstream: `fills/manifests/<ns>/<name>/<alg>-<hex>`. */
+  manifestFillLease(name: string, digest: Digest): string {
+    return `fills/manifests/${this.namespace ?? '_hosted'}/${encodeURIComponent(name)}/${digest.algorithm}-${digest.hex}`;
+  }
+
+  /** The lease on fetching or revalidating tag `tag` of `name` upstream: `fills/tags/<ns>/<name>/<tag>`. */
+  tagFillLease(name: string, tag: string): string {
+    return `fills/tags/${this.namespace ?? '_hosted'}/${encodeURIComponent(name)}/${tag}`;
+  }
+
   uploadDataPath(uploadId: string): string {
     return join(this.uploadsDir, uploadId, 'data');
   }

@@ -239,6 +239,8 @@ export function buildRegistry({ config, log, sharedStore = false, driver = new F
       fillTimeoutMs: config.fillTimeout ?? 5 * 60_000,
       upstreamTimeoutMs: config.upstreamTimeout ?? 30_000,
       ...(sharedStore ? { shared: peer ?? { url: undefined, token: undefined, caPath: undefined, leaseTtlMs: 15_000 } } : {}),
+      sharedStore,
+      fillLeaseMs: peer?.leaseTtlMs ?? 15_000,
       ...proxyOptions,
     });
   }

@@ -15,6 +15,7 @@ import { TAGS_PAGE_CAP } from '../routes/listings.js';
 import { sendManifest } from '../routes/manifests.js';
 import { BoundedMap } from '../../../../lib/storage/bounded-map.js';
 import type { StoredManifest } from '../../../../lib/storage/manifest-store.js';
+import { storeFlight, type StoreFlightOptions } from '../../../../lib/storage/store-flight.js';
 import { BlobFills, type BlobFill } from './blob-fill.js';
 import { SharedFills, type PeerSettings } from './shared-fill.js';
 import { readBodyCapped, responseHeader, type UpstreamClient, type UpstreamResponse } from './upstream-client.js';
@@ -29,11 +30,28 @@ export interface ProxyOptions {
   shared?: PeerSettings;
   /** For requests to peer appliances (default 30 s). */
   upstreamTimeoutMs?: number;
+  /**
+   * Other appliances share the store (STEVEDORE_SHARED_STORE): manifest fetches and tag revalidations
+   * are then made once across all of them, coordinated by store leases (lib/storage/store-flight.ts).
+   * Off, no lease is ever read or written: a single appliance pays nothing for it.
+   */
+  sharedStore?: boolean;
+  /** Time to live of those leases (renewed while the fetch runs); default 30 s. */
+  fillLeaseMs?: number;
+  /** Longest wait for another appliance's live flight before fetching anyway; default: fillLeaseMs. */
+  fillWaitMs?: number;
 }
 
 const MANIFEST_ACCEPT = [...MANIFEST_MEDIA_TYPES].join(', ');
 /** Upstream manifests and listings larger than this are refused rather than buffered. */
 const MAX_UPSTREAM_DOCUMENT = 16 * 1024 * 1024;
+/** Default time to live of a manifest or tag flight's lease across appliances. */
+const FILL_LEASE_MS = 30_000;
+/**
+ * A tag's validatedAt is its key's write time, which S3 reports to the second: a validation made
+ * this much before a flight began may read as older than it is, yet it is that flight's answer.
+ */
+const STORE_TIME_GRANULARITY_MS = 1_000;
 /** Referrers from upstream are reused for this long. */
 const LIST_TTL_MS = 30_000;
 /** An upstream tag list is followed through at most this many pages (Link: rel="next") and tags. */
@@ -185,7 +203,10 @@ export class ProxyCache {
       const cached = await this.local(name, reference);
       if (cached) return cached;
       const digest = reference.digest;
-      return this.dedupe(`${name}@${digest.value}`, () => this.fetchManifest(name, digest.value, digest));
+      return this.dedupe(`${name}@${digest.value}`, () => this.onceAcrossAppliances(this.ctx.layout.manifestFillLease(name, digest), {
+        tryLocal: () => this.local(name, reference),
+        fetch: () => this.fetchManifest(name, digest.value, digest),
+      }));
     }
     const tag = reference.tag;
     // The tag file's digest and mtime (when it was written or last confirmed upstream), read together.
@@ -196,7 +217,7 @@ export class ProxyCache {
       if (cached) return cached;
     }
     try {
-      return await this.dedupe(`${name}:${tag}`, () => this.revalidateTag(name, tag, localDigest));
+      return await this.dedupe(`${name}:${tag}`, () => this.revalidateTagOnce(name, tag, localDigest));
     } catch (err) {
       if (localDigest && canServeStale(err)) {
         const stale = await this.local(name, { kind: 'digest', digest: localDigest });
@@ -207,6 +228,43 @@ export class ProxyCache {
       }
       throw err;
     }
+  }
+
+  /**
+   * On a shared store, `fetch` runs on one appliance at a time (a store lease per manifest or tag) while
+   * the others wait for its result in the store; otherwise it just runs (per-process dedupe is the caller's).
+   */
+  private async onceAcrossAppliances(leaseName: string, flight: Pick<StoreFlightOptions<ServedManifest>, 'tryLocal' | 'fetch' | 'whileHeld'>): Promise<ServedManifest> {
+    if (!this.options.sharedStore) return flight.fetch();
+    const ttlMs = this.options.fillLeaseMs ?? FILL_LEASE_MS;
+    const { value } = await storeFlight(this.ctx.driver, leaseName, {
+      ...flight, ttlMs, maxWaitMs: this.options.fillWaitMs ?? ttlMs, log: this.ctx.log,
+    });
+    return value;
+  }
+
+  /**
+   * revalidateTag once across appliances: one HEAD (or first GET) per tag per TTL. While another
+   * appliance revalidates, a stale copy is served at once; without one, its result is waited for.
+   */
+  private async revalidateTagOnce(name: string, tag: string, staleDigest: Digest | undefined): Promise<ServedManifest> {
+    if (!this.options.sharedStore) return this.revalidateTag(name, tag, staleDigest);
+    if (this.isNegative(`${name}:${tag}`)) throw new RegistryError('MANIFEST_UNKNOWN', { name, reference: tag }, { message: `manifest unknown to upstream ${this.host}` });
+    const started = Date.now();
+    return this.onceAcrossAppliances(this.ctx.layout.tagFillLease(name, tag), {
+      tryLocal: () => this.validatedSince(name, tag, started),
+      fetch: () => this.revalidateTag(name, tag, staleDigest),
+      whileHeld: async () => (staleDigest ? this.local(name, { kind: 'digest', digest: staleDigest }) : undefined),
+    });
+  }
+
+  /** The tag's manifest if the tag is within its TTL or was validated since `since` (a flight's answer). */
+  private async validatedSince(name: string, tag: string, since: number): Promise<StoredManifest | undefined> {
+    const state = await this.ctx.manifests.readTag(name, tag);
+    if (!state) return undefined;
+    const ttl = this.options.tagTtlMs;
+    const fresh = Date.now() - state.validatedAt < ttl || state.validatedAt >= since - Math.min(STORE_TIME_GRANULARITY_MS, ttl);
+    return fresh ? this.local(name, { kind: 'digest', digest: state.digest }) : undefined;
   }
 
   /** Asks the upstream (HEAD, which Docker Hub does not count as a pull) whether a tag moved. */
