@@ -70,13 +70,13 @@ describe('cache fills shared by the appliances on one store', { skip: cephInstal
     let aReceived = 0;
     const first = streamBlob(`${A.url}${path}`, { onProgress: (n) => { aReceived = n; }, timeoutMs: 60_000 });
     while (aReceived < 1024 * 1024) await sleep(20);
-    // B and C join A's fill (A holds the lease), then A's worker dies mid-fill.
+    // B and C join A's fill (A holds the lease), then A dies mid-fill (worker SIGKILLed, gateway gone).
     let bReceived = 0;
     const second = streamBlob(`${B.url}${path}`, { onProgress: (n) => { bReceived = n; }, timeoutMs: 60_000 });
     const third = streamBlob(`${C.url}${path}`, { timeoutMs: 60_000 });
     while (bReceived < 2 * 1024 * 1024) await sleep(20);
     assert.ok(aReceived < layer.size / 2, `killed mid-fill (A had ${aReceived} of ${layer.size})`);
-    await A.killWorker();
+    await A.kill();
     const [a, b, c] = await Promise.all([first, second, third]);
     assert.equal(a.ended && a.received === layer.size, false, 'A\'s own client lost its transfer');
     assert.ok(isComplete(b, layer.digest, layer.size), `B completed: ${JSON.stringify(b)}`);
@@ -90,7 +90,8 @@ describe('cache fills shared by the appliances on one store', { skip: cephInstal
   });
 
   test('peer requests need the token, and only read cache blobs', async () => {
-    const [A] = appliances as [PeerAppliance];
+    // appliances[0] died in the test before.
+    const A = appliances[1]!;
     const blob = `/v2/team/app/blobs/sha256:${'0'.repeat(64)}?ns=${new URL(relay.url).host}`;
     const wrong = await fetch(`${A.url}${blob}`, { headers: { 'x-stevedore-peer-token': 'not-the-token-0123456789' } });
     assert.equal(wrong.status, 401);
@@ -98,10 +99,10 @@ describe('cache fills shared by the appliances on one store', { skip: cephInstal
     const put = await fetch(`${A.url}/v2/up/team/app/manifests/v9`, { method: 'PUT', headers: { 'x-stevedore-peer-token': PEER_TOKEN }, body: '{}' });
     assert.equal(put.status, 403);
     // A blob with no fill in progress there: 404, and no fill is started for a peer.
-    const none = await fetch(`${appliances[1]!.url}${blob}`, { headers: { 'x-stevedore-peer-token': PEER_TOKEN } });
+    const none = await fetch(`${appliances[2]!.url}${blob}`, { headers: { 'x-stevedore-peer-token': PEER_TOKEN } });
     assert.equal(none.status, 404);
     // A client cannot pretend to be a peer with the worker's header.
-    const spoof = await fetch(`${appliances[1]!.url}/v2/up/team/app/blobs/sha256:${'1'.repeat(64)}`, { headers: { 'x-stevedore-peer-fill': '1' } });
+    const spoof = await fetch(`${appliances[2]!.url}/v2/up/team/app/blobs/sha256:${'1'.repeat(64)}`, { headers: { 'x-stevedore-peer-fill': '1' } });
     assert.equal(spoof.status, 404);
     assert.equal(blobGets(upstream.output(), 'team/app').get(`sha256:${'1'.repeat(64)}`), 1, 'treated as a client\'s request (asked upstream), not a peer\'s');
     assert.equal(blobGets(upstream.output(), 'team/app').get(`sha256:${'0'.repeat(64)}`), undefined);

@@ -24,7 +24,8 @@ export interface PeerAppliance {
   url: string;
   worker: ChildProcess;
   output(): string;
-  killWorker(): Promise<void>;
+  /** The appliance dies: its worker is SIGKILLed and its gateway drops every connection and stops listening. */
+  kill(): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -67,9 +68,13 @@ export async function startPeerAppliance(storage: TestStorage, upstreamUrl: stri
   };
   return {
     url, worker, output: () => output,
-    killWorker: () => stopWorker('SIGKILL'),
+    async kill() {
+      gateway.closeAllConnections();
+      gateway.close();
+      await stopWorker('SIGKILL');
+    },
     async close() {
-      await new Promise<void>((resolve) => { gateway.close(() => resolve()); gateway.closeAllConnections(); });
+      if (gateway.listening) await new Promise<void>((resolve) => { gateway.close(() => resolve()); gateway.closeAllConnections(); });
       accessLog.close();
       await stopWorker('SIGTERM');
     },
