@@ -87,6 +87,20 @@ function readCapped(res: UpstreamResponse): Promise<Buffer> {
   return readBodyCapped(res, MAX_UPSTREAM_DOCUMENT, () => new RegistryError('SIZE_INVALID', { limit: MAX_UPSTREAM_DOCUMENT }, { status: 502, message: 'upstream document too large' }));
 }
 
+/** The headers of a blob being filled (a miss), for the client's Range; which bytes to send. */
+function sendFillHeaders(req: FastifyRequest, reply: FastifyReply, digest: Digest, size: number): { start: number; end: number } {
+  const range = parseRange(req.headers.range, size);
+  if (range.kind === 'unsatisfiable') throw rangeNotSatisfiable(req.headers.range, size);
+  const start = range.kind === 'partial' ? range.range.start : 0;
+  const end = range.kind === 'partial' ? range.range.end : size - 1;
+  sendBlobHeaders(reply, digest);
+  reply.header(CACHE_RESULT_HEADER, 'miss');
+  if (range.kind === 'partial') reply.code(206).header('content-range', `bytes ${start}-${end}/${size}`);
+  else reply.code(200);
+  reply.header('content-length', end - start + 1);
+  return { start, end };
+}
+
 interface CachedList {
   body: Buffer;
   contentType: string;
@@ -387,15 +401,7 @@ export class ProxyCache {
       return getBlob(this.ctx, name, rawDigest, req, reply);
     }
     const size = fill.size;
-    const range = parseRange(req.headers.range, size);
-    if (range.kind === 'unsatisfiable') throw rangeNotSatisfiable(req.headers.range, size);
-    const start = range.kind === 'partial' ? range.range.start : 0;
-    const end = range.kind === 'partial' ? range.range.end : size - 1;
-    sendBlobHeaders(reply, digest);
-    reply.header(CACHE_RESULT_HEADER, 'miss');
-    if (range.kind === 'partial') reply.code(206).header('content-range', `bytes ${start}-${end}/${size}`);
-    else reply.code(200);
-    reply.header('content-length', end - start + 1);
+    const { start, end } = sendFillHeaders(req, reply, digest, size);
     if (req.method === 'HEAD' || size === 0) return void reply.send(req.method === 'HEAD' ? undefined : Buffer.alloc(0));
     reply.send(fill.createReader(start, end));
   }
@@ -436,18 +442,14 @@ export class ProxyCache {
       return getBlob(this.ctx, name, digest.value, req, reply);
     }
     const size = first.size;
-    const range = parseRange(req.headers.range, size);
-    if (range.kind === 'unsatisfiable') {
+    let range: { start: number; end: number };
+    try {
+      range = sendFillHeaders(req, reply, digest, size);
+    } catch (err) {
       first.close();
-      throw rangeNotSatisfiable(req.headers.range, size);
+      throw err;
     }
-    const start = range.kind === 'partial' ? range.range.start : 0;
-    const end = range.kind === 'partial' ? range.range.end : size - 1;
-    sendBlobHeaders(reply, digest);
-    reply.header(CACHE_RESULT_HEADER, 'miss');
-    if (range.kind === 'partial') reply.code(206).header('content-range', `bytes ${start}-${end}/${size}`);
-    else reply.code(200);
-    reply.header('content-length', end - start + 1);
+    const { start, end } = range;
     if (size === 0) {
       first.close();
       return void reply.send(Buffer.alloc(0));
