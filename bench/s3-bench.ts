@@ -52,7 +52,7 @@ import { DISTRIBUTION_BIN, REPO_ROOT, STEVEDORE_BIN, distributionRequests, freeP
 import { children, cleanup, logger, newTempDir, run, runBenchmark, stopProcess } from './harness.js';
 import { numberOption, option } from './options.js';
 import { capture, curlGet, fmt, makeBlob, MANIFEST_TYPE, pushMonolithic, REPO, seedImage, waitReady, wrk, type Server } from './registry-bench.js';
-import { describeS3Requests, describeS3Shapes, RgwLog, type S3RequestStats } from './rgw-log.js';
+import { describeS3Requests, describeS3Shapes, RgwLog, type S3RequestStats } from '../test/helpers/rgw-log.js';
 import { summarizeCpuProfiles } from './cpu-profile.js';
 
 const MiB = 1024 * 1024;

@@ -20,7 +20,7 @@ import { openStorageDriver } from '../lib/storage/driver/open.js';
 import { startCephRgw, type CephRgw } from '../test/helpers/ceph.js';
 import { cleanup, logger, run, runBenchmark } from './harness.js';
 import { numberOption, option } from './options.js';
-import { RgwLog } from './rgw-log.js';
+import { RgwLog } from '../test/helpers/rgw-log.js';
 
 const OPTS = {
   requests: numberOption('requests', 'BENCH_REQUESTS', 200, { min: 10, max: 10_000, integer: true }),
