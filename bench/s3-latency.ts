@@ -35,6 +35,8 @@ let rgw: CephRgw | undefined;
 interface Timing {
   median: number;
   p90: number;
+  /** CPU time of this process per request (ms): what the SDK's request path costs the client. */
+  cpu?: number;
 }
 
 function summarize(ms: number[]): Timing {
@@ -45,12 +47,14 @@ function summarize(ms: number[]): Timing {
 async function timeEach(fn: () => Promise<unknown>): Promise<Timing> {
   for (let i = 0; i < WARMUP; i++) await fn();
   const ms: number[] = [];
+  const cpuStart = process.cpuUsage();
   for (let i = 0; i < OPTS.requests; i++) {
     const started = performance.now();
     await fn();
     ms.push(performance.now() - started);
   }
-  return summarize(ms);
+  const cpu = process.cpuUsage(cpuStart);
+  return { ...summarize(ms), cpu: (cpu.user + cpu.system) / 1000 / OPTS.requests };
 }
 
 /** curl fetching the same URL `requests` times over one kept-alive connection: per-transfer times. */
@@ -66,6 +70,7 @@ async function curlTimes(url: string, head: boolean): Promise<Timing> {
 }
 
 const fmt = (t: Timing | undefined) => (t ? `${t.median.toFixed(2)} / ${t.p90.toFixed(2)}` : '-');
+const fmtCpu = (t: Timing) => (t.cpu === undefined ? '-' : t.cpu.toFixed(2));
 
 async function measure(nodelay: '0' | '1'): Promise<string[]> {
   process.env.CEPH_RGW_TCP_NODELAY = nodelay;
@@ -90,9 +95,9 @@ async function measure(nodelay: '0' | '1'): Promise<string[]> {
       const rgwMs = stats ? (stats.latencySum / stats.requests) * 1000 : NaN;
       const curl = head === undefined ? undefined : await curlTimes(url, head);
       rows.push([operation, sdk, curl, rgwMs]);
-      log(`tcp_nodelay=${nodelay} ${operation}: SDK ${fmt(sdk)} ms, curl ${fmt(curl)} ms, RGW ${rgwMs.toFixed(2)} ms`);
+      log(`tcp_nodelay=${nodelay} ${operation}: SDK ${fmt(sdk)} ms (CPU ${fmtCpu(sdk)} ms), curl ${fmt(curl)} ms, RGW ${rgwMs.toFixed(2)} ms`);
     }
-    return rows.map(([op, sdk, curl, rgwMs]) => `${`tcp_nodelay=${nodelay}`.padEnd(14)}${op.padEnd(18)}${fmt(sdk).padStart(16)}${fmt(curl).padStart(16)}${rgwMs.toFixed(2).padStart(12)}`);
+    return rows.map(([op, sdk, curl, rgwMs]) => `${`tcp_nodelay=${nodelay}`.padEnd(14)}${op.padEnd(18)}${fmt(sdk).padStart(16)}${fmtCpu(sdk).padStart(10)}${fmt(curl).padStart(16)}${rgwMs.toFixed(2).padStart(12)}`);
   } finally {
     await rgw.stop();
     rgw = undefined;
@@ -104,9 +109,9 @@ async function main(): Promise<void> {
   const lines = [
     '',
     `Small S3 requests on Ceph RGW (memstore, loopback), sequential, ${OPTS.requests} each after ${WARMUP} warm-up; node ${process.version}`,
-    'median / p90 in ms; RGW = the mean latency RGW logged for the driver\'s requests',
+    'median / p90 in ms; CPU = this process\'s CPU per driver request; RGW = the mean latency RGW logged for the driver\'s requests',
     '',
-    `${'RGW beast'.padEnd(14)}${'operation'.padEnd(18)}${'driver (SDK)'.padStart(16)}${'curl'.padStart(16)}${'RGW'.padStart(12)}`,
+    `${'RGW beast'.padEnd(14)}${'operation'.padEnd(18)}${'driver (SDK)'.padStart(16)}${'CPU'.padStart(10)}${'curl'.padStart(16)}${'RGW'.padStart(12)}`,
   ];
   for (const nodelay of OPTS.nodelay === 'both' ? (['0', '1'] as const) : [OPTS.nodelay as '0' | '1']) lines.push(...(await measure(nodelay)));
   lines.push('', `load average at start ${load}, at end ${loadavg().map((l) => l.toFixed(1)).join(' ')} (2 cores)`);
