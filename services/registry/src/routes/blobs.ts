@@ -114,10 +114,12 @@ async function getWholeBlob(ctx: RegistryContext, remote: RemoteBlobSource, name
     if (opened.status === 'rejected') throw opened.reason;
     throw new RegistryError('BLOB_UNKNOWN', { name, digest: digest.value });
   }
+  // A small blob is read before any header is set: a store failing mid-read is then a clean 503.
+  const small = blob.size <= SMALL_BLOB_MAX ? await ctx.blobs.keepSmall(digest, blob.stream, blob.size) : undefined;
   sendBlobHeaders(reply, digest);
   reply.code(200).header('content-length', blob.size);
-  if (blob.size <= SMALL_BLOB_MAX) {
-    reply.send(await ctx.blobs.keepSmall(digest, blob.stream, blob.size));
+  if (small) {
+    reply.send(small);
     return;
   }
   reply.hijack();
