@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { readdir, rm } from 'node:fs/promises';
 import { after, describe, it } from 'node:test';
+import { startGatewayWithHostedWorker } from './helpers/gateway.js';
 import { pushImage, sha256, skopeoOk } from './helpers/hosted.js';
 import { buildImage } from './helpers/oci-image.js';
 import { startStevedoreRegistry, tempDir, type RunningProcess } from './helpers/processes.js';
@@ -89,5 +90,38 @@ describe('worker on S3: store requests per pull', () => {
       assert.equal(res.headers.get('docker-content-digest'), blob.digest);
       assert.equal(sha256(Buffer.from(await res.arrayBuffer())), blob.digest);
     }
+  });
+
+  it('the gateway answering blob GETs from the store: one GetObject per blob, no HeadObject, the link checked', async () => {
+    const store = await testStorage('s3');
+    cleanups.push(() => store.cleanup());
+    assert.ok(store.rgwDir && store.location.kind === 's3');
+    const image = buildImage({ layerSizes: [2500, 500_000], seed: 's3-requests-gateway' });
+    const pusher = await workerOn(store);
+    await pushImage(pusher.url, 'team/app', 'v1', image);
+    await pusher.stop();
+
+    const dir = await tempDir('s3-requests-gateway-');
+    cleanups.push(() => rm(dir, { recursive: true, force: true }));
+    const gateway = await startGatewayWithHostedWorker(dir, { storage: store });
+    cleanups.unshift(() => gateway.close());
+    const rgw = new RgwLog(store.rgwDir);
+    const mark = await rgw.mark();
+    const blobs = [image.config, ...image.layers];
+    for (const blob of blobs) {
+      const res = await fetch(`${gateway.url}/v2/team/app/blobs/${blob.digest}`);
+      assert.equal(res.status, 200);
+      assert.equal(res.headers.get('content-length'), String(blob.size));
+      assert.equal(sha256(Buffer.from(await res.arrayBuffer())), blob.digest);
+    }
+    const unlinked = await fetch(`${gateway.url}/v2/team/other/blobs/${image.layers[1]!.digest}`);
+    assert.equal(unlinked.status, 404);
+    await unlinked.arrayBuffer();
+    const stats = (await rgw.since(mark)).get(store.location.prefix!);
+    const shapes = JSON.stringify(stats?.byShape);
+    assert.equal(count(stats, BLOB_HEAD), 0, `no blob is stat'ed before it is read: ${shapes}`);
+    assert.equal(count(stats, LINK_HEAD), blobs.length, shapes);
+    // Every blob once; the unlinked GET: one read by the gateway, dropped, and the worker's own link check.
+    assert.ok(count(stats, BLOB_GET) >= blobs.length && count(stats, BLOB_GET) <= blobs.length + 2, shapes);
   });
 });
