@@ -3,6 +3,7 @@
  * the SAME throw-away Ceph RGW (scripts/ceph-rgw.sh, memstore), each under its own key prefix:
  *
  *   - push and pull of an image (default 10 x 20 MiB layers), skopeo oci: -> docker:// and back to dir:,
+ *     with each server's own CPU seconds per pull (/proc: unlike the wall time, not moved by the load),
  *   - large-blob GET throughput (curl; the RGW itself, signed curl, as the ceiling),
  *   - manifest GET req/s (wrk),
  *   - N concurrent cold pulls through a pull-through cache (a Stevedore worker with --upstream and
