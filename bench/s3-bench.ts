@@ -3,6 +3,7 @@
  * the SAME throw-away Ceph RGW (scripts/ceph-rgw.sh, memstore), each under its own key prefix:
  *
  *   - push and pull of an image (default 10 x 20 MiB layers), skopeo oci: -> docker:// and back to dir:,
+ *     with each server's own CPU seconds per pull (/proc: unlike the wall time, not moved by the load),
  *   - large-blob GET throughput (curl; the RGW itself, signed curl, as the ceiling),
  *   - manifest GET req/s (wrk),
  *   - N concurrent cold pulls through a pull-through cache (a Stevedore worker with --upstream and
@@ -52,7 +53,7 @@ import { DISTRIBUTION_BIN, REPO_ROOT, STEVEDORE_BIN, distributionRequests, freeP
 import { children, cleanup, logger, newTempDir, run, runBenchmark, stopProcess } from './harness.js';
 import { numberOption, option } from './options.js';
 import { capture, curlGet, fmt, makeBlob, MANIFEST_TYPE, pushMonolithic, REPO, seedImage, waitReady, wrk, type Server } from './registry-bench.js';
-import { describeS3Requests, describeS3Shapes, RgwLog, type S3RequestStats } from './rgw-log.js';
+import { describeS3Requests, describeS3Shapes, RgwLog, type S3RequestStats } from '../test/helpers/rgw-log.js';
 import { summarizeCpuProfiles } from './cpu-profile.js';
 
 const MiB = 1024 * 1024;
@@ -301,10 +302,23 @@ function blobsOf(image: ReturnType<typeof buildImage>): Array<{ digest: string; 
   return [image.config, ...image.layers].map((b) => ({ digest: b.digest, size: b.size }));
 }
 
+/** CPU seconds (user + system) a process has used so far, from /proc: what a phase cost a server whatever the load. */
+function cpuSeconds(pid: number): number {
+  try {
+    // Fields after the command name `(…)`: utime and stime are the 12th and 13th, in clock ticks (100/s on Linux).
+    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /s, '').split(' ');
+    return (Number(fields[11]) + Number(fields[12])) / 100;
+  } catch {
+    return NaN;
+  }
+}
+
 /** Push then pull of a fresh image per run, on both sides in alternating order; best of --runs. */
 async function pushAndPull(servers: S3Server[], work: string): Promise<void> {
   const push: Record<Side, number[]> = { stevedore: [], distribution: [] };
   const pull: Record<Side, number[]> = { stevedore: [], distribution: [] };
+  /** The server's own CPU seconds per pull: independent of how much else runs on the machine. */
+  const pullCpu: Record<Side, number[]> = { stevedore: [], distribution: [] };
   const pushMark = { stats: {} as Record<string, S3RequestStats | undefined> };
   const pullMark = { stats: {} as Record<string, S3RequestStats | undefined> };
   for (let r = 0; r < OPTS.runs; r++) {
@@ -319,7 +333,9 @@ async function pushAndPull(servers: S3Server[], work: string): Promise<void> {
       if (r === 0) Object.assign(pushMark.stats, await s3Since(mark, [server]));
       const dest = join(work, `pull-${server.side}-${r}`);
       mark = await rgwLog.mark();
+      const cpuBefore = cpuSeconds(server.pid);
       pull[server.side].push(await timedS(() => skopeo(['--src-tls-verify=false', ref, `dir:${dest}`], `pull from ${server.side}`)));
+      pullCpu[server.side].push(cpuSeconds(server.pid) - cpuBefore);
       if (r === 0) Object.assign(pullMark.stats, await s3Since(mark, [server]));
       await verifyPulled(dest, blobsOf(image));
       await rm(dest, { recursive: true, force: true });
@@ -332,6 +348,8 @@ async function pushAndPull(servers: S3Server[], work: string): Promise<void> {
   compare(`pull ${imageLabel} (skopeo registry -> dir:), best of ${OPTS.runs}`, 's', best(pull.stevedore), best(pull.distribution), { max: 1.0 });
   notes.push(`push runs (s): ${SIDES.map((s) => `${s} ${push[s].map((x) => x.toFixed(2)).join(', ')}`).join('; ')}`);
   notes.push(`pull runs (s): ${SIDES.map((s) => `${s} ${pull[s].map((x) => x.toFixed(2)).join(', ')}`).join('; ')}`);
+  notes.push(`server CPU per pull (s): ${SIDES.map((s) => `${s} ${pullCpu[s].map((x) => x.toFixed(2)).join(', ')}`).join('; ')}`);
+  compare(`server CPU per pull of ${imageLabel}, best of ${OPTS.runs}`, 's', best(pullCpu.stevedore), best(pullCpu.distribution), undefined);
   addBreakdown(`push ${imageLabel} (run 1)`, pushMark.stats);
   addBreakdown(`pull ${imageLabel} (run 1)`, pullMark.stats);
 }

@@ -4,7 +4,7 @@ import type { Digest, DigestAlgorithm } from '../oci/digest.js';
 import { SMALL_BLOB_MAX } from '../http/file-response.js';
 import { BoundedMap } from './bounded-map.js';
 import { FreshReads } from './fresh-reads.js';
-import { isStorageNotFound, type BlobWriter, type StorageDriver } from './driver/driver.js';
+import { isStorageNotFound, readOpened, storageUnavailable, type BlobWriter, type StorageDriver } from './driver/driver.js';
 import { FilesystemDriver } from './driver/filesystem.js';
 import type { StorageLayout } from './layout.js';
 
@@ -72,6 +72,47 @@ export class BlobStore {
     if (info) this.statCache.set(digest.value, { info, checkedAt: Date.now() });
     else this.forget(digest);
     return info;
+  }
+
+  /**
+   * Whether serving `digest` can start without reading the blob's size from the store: its size is
+   * cached and fresh, or its bytes are in memory (for those a stat to confirm it is still stored is
+   * cheaper than reading them again). Otherwise openWhole() reads size and bytes in one request.
+   */
+  hasCached(digest: Digest): boolean {
+    const cached = this.statCache.get(digest.value);
+    return (cached !== undefined && Date.now() - cached.checkedAt < STAT_RECHECK_MS) || this.smallBodies.has(digest.value);
+  }
+
+  /**
+   * The whole blob as a stream with its size, from ONE store request (S3: a GetObject, its
+   * Content-Length) instead of a stat and then a read; the size is remembered as statCached()
+   * remembers it. Undefined when the blob is not stored.
+   */
+  async openWhole(digest: Digest): Promise<{ stream: Readable; size: number } | undefined> {
+    const opened = await this.driver.open(this.layout.blobKey(digest)).catch(orUndefined<never>);
+    if (!opened) {
+      this.forget(digest);
+      return undefined;
+    }
+    this.statCache.set(digest.value, { info: { size: opened.size, mtimeMs: opened.modifiedAt.getTime() }, checkedAt: Date.now() });
+    return { stream: opened.stream, size: opened.size };
+  }
+
+  /**
+   * Reads a small blob's stream from openWhole() into memory and keeps the bytes, as readSmallCached()
+   * does. A read that fails or does not give exactly `size` bytes is the store failing: UNAVAILABLE.
+   */
+  async keepSmall(digest: Digest, stream: Readable, size: number): Promise<Buffer> {
+    const data = await readOpened(stream, size).catch((err: unknown) => {
+      throw storageUnavailable(this.driver.kind, err);
+    });
+    if (!data) {
+      this.forget(digest);
+      throw storageUnavailable(this.driver.kind, new Error(`the store's answer for ${digest.value} was not the ${size} bytes it announced`));
+    }
+    if (size <= SMALL_BLOB_MAX) this.smallBodies.set(digest.value, data);
+    return data;
   }
 
   /** Drops what is cached about a blob (it was found missing in the store). */

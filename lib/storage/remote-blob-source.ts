@@ -50,6 +50,24 @@ export class RemoteBlobSource {
     return this.driver.redirectURL(key, this.settings.redirectTtlMs / 1000);
   }
 
+  /**
+   * Whether a GET of a whole blob may be served from one store read that brings the size with the
+   * bytes (StorageDriver.open) instead of a stat and then body(): not when redirecting (the size
+   * decides whether to), nor when the local read cache holds the blob (served from disk once a stat
+   * confirmed the store still has it).
+   */
+  async readsWhole(digest: Digest): Promise<boolean> {
+    if (this.redirects) return false;
+    const cache = this.settings.localCache;
+    return cache === undefined || (await cache.lookup(digest)) === undefined;
+  }
+
+  /** A whole blob's stream from StorageDriver.open, kept by the local read cache on the way (as body() keeps whole reads). */
+  keepWhole(digest: Digest, size: number, stream: Readable): Readable {
+    const cache = this.settings.localCache;
+    return cache ? cache.tee(digest, size, stream) : stream;
+  }
+
   async body(key: string, digest: Digest, size: number, start: number, end: number): Promise<RemoteBlobBody> {
     const cache = this.settings.localCache;
     if (cache) {
@@ -61,6 +79,6 @@ export class RemoteBlobSource {
     }
     const whole = start === 0 && end === size - 1;
     const stream = await this.driver.reader(key, whole ? {} : { offset: start, length: end - start + 1 });
-    return { kind: 'stream', stream: cache && whole ? cache.tee(digest, size, stream) : stream };
+    return { kind: 'stream', stream: whole ? this.keepWhole(digest, size, stream) : stream };
   }
 }

@@ -125,6 +125,32 @@ export function driverConformance(name: string, under: DriverUnderTest): void {
       await rejectsNotFound(driver.reader('blobs/other', { offset: 5, length: 0 }));
     });
 
+    test('open: the whole key and its size in one call, streamed; NotFound for a missing key', async () => {
+      const driver = await under.open();
+      const data = randomBytes(2 * MiB + 5);
+      await driver.putContent('blobs/whole', data);
+      await driver.putContent('blobs/empty', Buffer.alloc(0));
+      const before = Date.now() - 5000;
+      const opened = await driver.open('blobs/whole');
+      assert.equal(opened.size, data.length);
+      assert.ok(opened.modifiedAt.getTime() >= before && opened.modifiedAt.getTime() <= Date.now() + 5000);
+      const chunks: Buffer[] = [];
+      for await (const chunk of opened.stream) chunks.push(chunk as Buffer);
+      assert.ok(Buffer.concat(chunks).equals(data));
+      const empty = await driver.open('blobs/empty');
+      assert.equal(empty.size, 0);
+      let emptyBytes = 0;
+      for await (const chunk of empty.stream) emptyBytes += (chunk as Buffer).length;
+      assert.equal(emptyBytes, 0);
+      await rejectsNotFound(driver.open('blobs/missing'));
+      // A stream the caller gives up on is released (destroy), not left holding a file or a connection.
+      const abandoned = await driver.open('blobs/whole');
+      abandoned.stream.destroy();
+      const again = await driver.open('blobs/whole');
+      assert.equal(again.size, data.length);
+      again.stream.destroy();
+    });
+
     test('stat gives sizes and a recent modification time', async () => {
       const driver = await under.open();
       const before = Date.now() - 5000;

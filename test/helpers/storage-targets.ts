@@ -30,11 +30,14 @@ export interface TestStorage {
   settings: StorageConfig;
   /** A driver on the same store, for a test to look at what was written. */
   driver: StorageDriver;
+  /** S3: the Ceph RGW cluster's directory, whose access log (test/helpers/rgw-log.ts) counts a test's S3 requests. */
+  rgwDir?: string;
   /** Removes the directory (and, on S3, every key under the prefix). */
   cleanup(): Promise<void>;
 }
 
 interface RgwEnv {
+  dir: string;
   endpoint: string;
   bucket: string;
   /** AWS_* variables: endpoint, region, credentials. */
@@ -74,7 +77,7 @@ function sharedRgw(): RgwEnv {
   for (const [key, value] of Object.entries(aws)) {
     if (key !== 'AWS_ENDPOINT_URL' && key !== 'AWS_REGION') process.env[key] = value;
   }
-  rgw = { endpoint: aws.AWS_ENDPOINT_URL, bucket, aws };
+  rgw = { dir, endpoint: aws.AWS_ENDPOINT_URL, bucket, aws };
   return rgw;
 }
 
@@ -96,7 +99,7 @@ export async function testStorage(kind: StorageKind): Promise<TestStorage> {
   const settings: StorageConfig = { ...defaultStorageConfig(), storage: location, s3Endpoint: store.endpoint, s3Region: store.aws.AWS_REGION };
   const driver = openConfiguredStorage(location, settings);
   return {
-    kind, root, location, storage, settings, driver,
+    kind, root, location, storage, settings, driver, rgwDir: store.dir,
     args: ['--storage', storage],
     env: { STEVEDORE_STORAGE: storage, ...store.aws },
     cleanup: async () => {

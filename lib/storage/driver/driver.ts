@@ -1,5 +1,6 @@
 import type { Readable } from 'node:stream';
 import type { Digest, DigestAlgorithm } from '../../oci/digest.js';
+import { RegistryError } from '../../oci/errors.js';
 
 /**
  * The one interface through which Stevedore touches storage: a filesystem directory or an S3 bucket.
@@ -39,6 +40,12 @@ export interface StorageDriver {
 
   /** A stream of up to `length` bytes from `offset` (default: to the end). Never buffers the whole key. */
   reader(key: string, range?: { offset?: number; length?: number }): Promise<Readable>;
+  /**
+   * The whole key as a stream together with its size, in one request (S3: one GetObject, the size
+   * from its Content-Length): for a reader that needs the size before the bytes, instead of a stat
+   * followed by a read. Never buffers the whole key.
+   */
+  open(key: string): Promise<OpenedKey>;
   stat(key: string): Promise<KeyInfo>;
   /**
    * One page of keys under `prefix`, in key order. With `delimiter: '/'`, keys below the next `/` are
@@ -79,6 +86,12 @@ export interface VersionedContent {
   data: Buffer;
   version: string;
   /** When the key was last written (S3 LastModified, file mtime): what stat() reports as modifiedAt. */
+  modifiedAt: Date;
+}
+
+export interface OpenedKey {
+  stream: Readable;
+  size: number;
   modifiedAt: Date;
 }
 
@@ -179,6 +192,36 @@ export async function listAll(driver: StorageDriver, prefix: string): Promise<{ 
     cursor = page.next;
   } while (cursor);
   return { keys, prefixes };
+}
+
+/**
+ * The bytes of an opened key's stream (StorageDriver.open) of `size` bytes, for small keys; undefined
+ * when the stream gave more or fewer bytes than that (it is destroyed). A failing stream throws its error.
+ */
+export async function readOpened(stream: Readable, size: number): Promise<Buffer | undefined> {
+  const chunks: Buffer[] = [];
+  let received = 0;
+  for await (const chunk of stream) {
+    received += (chunk as Buffer).length;
+    // Leaving the loop destroys the stream.
+    if (received > size) return undefined;
+    chunks.push(chunk as Buffer);
+  }
+  return received === size ? Buffer.concat(chunks, size) : undefined;
+}
+
+/** Seconds a client should wait before retrying when the store is unavailable. */
+export const STORE_RETRY_AFTER_SECONDS = 5;
+
+/**
+ * The error a failure of the store itself (unreachable, timed out, 5xx, a read cut off) becomes:
+ * UNAVAILABLE with Retry-After, which a route passes to its client as it is.
+ */
+export function storageUnavailable(storage: string, err: unknown): RegistryError {
+  return new RegistryError('UNAVAILABLE', { storage, reason: String((err as Error)?.message ?? err).slice(0, 200) }, {
+    message: 'storage unavailable',
+    headers: { 'Retry-After': String(STORE_RETRY_AFTER_SECONDS) },
+  });
 }
 
 /** A key that does not exist (distribution's PathNotFoundError). */

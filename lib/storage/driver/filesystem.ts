@@ -8,7 +8,7 @@ import type { Digest, DigestAlgorithm } from '../../oci/digest.js';
 import { commitFile, openTempFile, writeFileAtomic, writeTempFile } from '../atomic.js';
 import {
   checkKey, checkPrefix, StorageNotFoundError,
-  type BlobWriter, type IncompleteWrite, type KeyInfo, type ListOptions, type ListPage, type StorageDriver,
+  type BlobWriter, type IncompleteWrite, type KeyInfo, type ListOptions, type ListPage, type OpenedKey, type StorageDriver,
   type UploadSessions, type VersionedContent,
 } from './driver.js';
 import { FilesystemUploads } from './filesystem-uploads.js';
@@ -168,6 +168,30 @@ export class FilesystemDriver implements StorageDriver {
     }
     const end = range.length === undefined ? undefined : offset + range.length - 1;
     return handle.createReadStream({ start: offset, ...(end === undefined ? {} : { end }), autoClose: true });
+  }
+
+  async open(key: string): Promise<OpenedKey> {
+    let handle: FileHandle;
+    try {
+      handle = await open(this.path(key), 'r');
+    } catch (err) {
+      if (isMissing(err)) throw new StorageNotFoundError(key);
+      throw err;
+    }
+    const info = await handle.stat().catch(async (err: unknown) => {
+      await handle.close();
+      throw err;
+    });
+    if (!info.isFile()) {
+      await handle.close();
+      throw new StorageNotFoundError(key);
+    }
+    if (info.size === 0) {
+      await handle.close();
+      return { stream: Readable.from([]), size: 0, modifiedAt: info.mtime };
+    }
+    // The size read here bounds the stream: a file replaced meanwhile cannot give more bytes than announced.
+    return { stream: handle.createReadStream({ start: 0, end: info.size - 1, autoClose: true }), size: info.size, modifiedAt: info.mtime };
   }
 
   async stat(key: string): Promise<KeyInfo> {

@@ -1,6 +1,7 @@
 import { S3Client, S3ServiceException } from '@aws-sdk/client-s3';
-import { RegistryError } from '../../oci/errors.js';
-import { StorageNotFoundError } from './driver.js';
+import { storageUnavailable, StorageNotFoundError } from './driver.js';
+
+export { STORE_RETRY_AFTER_SECONDS } from './driver.js';
 
 export interface S3ClientOptions {
   /** `http(s)://host:port` of an S3-compatible store (lib/config.ts: AWS_ENDPOINT_URL); default: AWS. */
@@ -41,9 +42,6 @@ export function createS3Client(options: S3ClientOptions = {}): S3Client {
   });
 }
 
-/** Seconds a client should wait before retrying when the store is unavailable. */
-export const STORE_RETRY_AFTER_SECONDS = 5;
-
 export function httpStatusOf(err: unknown): number | undefined {
   return (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode;
 }
@@ -68,11 +66,6 @@ export function isStoreUnavailable(err: unknown): boolean {
 export function translateS3Error(err: unknown, key: string): Error {
   const name = (err as { name?: string }).name;
   if (name === 'NoSuchKey' || name === 'NotFound' || httpStatusOf(err) === 404) return new StorageNotFoundError(key);
-  if (isStoreUnavailable(err)) {
-    return new RegistryError('UNAVAILABLE', { storage: 's3', reason: String((err as Error).message ?? err).slice(0, 200) }, {
-      message: 'storage unavailable',
-      headers: { 'Retry-After': String(STORE_RETRY_AFTER_SECONDS) },
-    });
-  }
+  if (isStoreUnavailable(err)) return storageUnavailable('s3', err);
   return err as Error;
 }

@@ -9,7 +9,7 @@ import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
 import type { DigestAlgorithm } from '../../oci/digest.js';
 import {
   checkKey, checkPrefix, StorageNotFoundError,
-  type IncompleteWrite, type KeyInfo, type ListOptions, type ListPage, type StorageDriver, type UploadSessions, type VersionedContent,
+  type IncompleteWrite, type KeyInfo, type ListOptions, type ListPage, type OpenedKey, type StorageDriver, type UploadSessions, type VersionedContent,
 } from './driver.js';
 import { MIN_PART_SIZE, S3BlobWriter } from './s3-blob-writer.js';
 import { httpStatusOf, translateS3Error } from './s3-client.js';
@@ -141,6 +141,15 @@ export class S3Driver implements StorageDriver {
       if (httpStatusOf(err) === 416) return Readable.from([]);
       throw translateS3Error(err, key);
     }
+  }
+
+  async open(key: string): Promise<OpenedKey> {
+    return this.call(key, async () => {
+      const out = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key: this.objectKey(key) }));
+      // S3 always sends Content-Length for a plain GET; a store that did not is asked separately.
+      const size = out.ContentLength ?? (await this.stat(key)).size;
+      return { stream: out.Body as Readable, size, modifiedAt: out.LastModified ?? new Date(0) };
+    });
   }
 
   async stat(key: string): Promise<KeyInfo> {

@@ -9,7 +9,7 @@ import { RECHECK_MS } from '../../../lib/storage/manifest-reader.js';
 import { echoedNamespace } from '../../../lib/oci/route.js';
 import { StorageLayout } from '../../../lib/storage/layout.js';
 import { BoundedMap } from '../../../lib/storage/bounded-map.js';
-import type { StorageDriver } from '../../../lib/storage/driver/driver.js';
+import { readOpened, type StorageDriver } from '../../../lib/storage/driver/driver.js';
 import { FilesystemDriver } from '../../../lib/storage/driver/filesystem.js';
 import { RemoteBlobSource, type RemoteBlobSettings } from '../../../lib/storage/remote-blob-source.js';
 
@@ -133,11 +133,18 @@ export class DirectBlobs {
     }
   }
 
-  /** Any other store (S3): link and blob stat'ed, a small blob read whole, a large one streamed from its range. */
+  /**
+   * Any other store (S3): link and blob stat'ed, a small blob read whole, a large one streamed from its
+   * range. A whole blob whose bytes are not in memory is read while the link is checked, its size
+   * taken from the read (prepareWhole): one store round trip instead of a stat and then the read.
+   */
   private async prepareFromStore(worker: WorkerPlan, layout: StorageLayout, repository: string, digest: Digest, headers: IncomingHttpHeaders, url: string): Promise<DirectBlob | undefined> {
     try {
       const checkedAt = Date.now();
       const key = layout.blobKey(digest);
+      if (headers.range === undefined && !this.smallBodies.has(digest.value) && await this.remote.readsWhole(digest)) {
+        return await this.prepareWhole(worker, layout, repository, digest, url, checkedAt);
+      }
       const [, info] = await Promise.all([this.driver.stat(layout.layerLinkKey(repository, digest)), this.driver.stat(key)]);
       const size = info.size;
       if (size <= SMALL_BLOB_MAX) {
@@ -164,6 +171,23 @@ export class DirectBlobs {
       this.smallBodies.delete(digest.value);
       return undefined;
     }
+  }
+
+  /** The link stat'ed while the whole blob is read (StorageDriver.open); undefined (the worker answers) if either fails. */
+  private async prepareWhole(worker: WorkerPlan, layout: StorageLayout, repository: string, digest: Digest, url: string, checkedAt: number): Promise<DirectBlob | undefined> {
+    const [linked, opened] = await Promise.allSettled([this.driver.stat(layout.layerLinkKey(repository, digest)), this.driver.open(layout.blobKey(digest))]);
+    if (opened.status === 'rejected') return undefined;
+    const { stream, size } = opened.value;
+    if (linked.status === 'rejected') {
+      stream.destroy();
+      return undefined;
+    }
+    if (size > SMALL_BLOB_MAX) return { stream: this.remote.keepWhole(digest, size, stream), length: size, status: 200, headers: blobHeaders(digest, size, undefined, url) };
+    const body = await readOpened(stream, size);
+    if (!body) return undefined;
+    this.smallBodies.set(digest.value, body);
+    this.rememberLink(worker, repository, digest, checkedAt);
+    return { status: 200, headers: blobHeaders(digest, size, undefined, url), body };
   }
 
   private rememberLink(worker: WorkerPlan, repository: string, digest: Digest, checkedAt: number): void {

@@ -6,6 +6,7 @@ import { parseRange } from '../../../../lib/http/range.js';
 import { sendFileResponse, sendStreamResponse, SMALL_BLOB_MAX } from '../../../../lib/http/file-response.js';
 import type { RegistryContext } from '../context.js';
 import { isStorageNotFound } from '../../../../lib/storage/driver/driver.js';
+import type { RemoteBlobSource } from '../../../../lib/storage/remote-blob-source.js';
 
 /** Headers of every blob response (the digest is the blob's identity, so it is also its ETag). */
 export function sendBlobHeaders(reply: FastifyReply, digest: Digest): void {
@@ -27,6 +28,10 @@ export function rangeNotSatisfiable(range: string | undefined, size: number): Re
 export async function getBlob(ctx: RegistryContext, name: string, rawDigest: string, req: FastifyRequest, reply: FastifyReply): Promise<void> {
   const digest = parseDigest(rawDigest);
   const unknown = () => new RegistryError('BLOB_UNKNOWN', { name, digest: digest.value });
+  if (req.method === 'GET' && req.headers.range === undefined && req.headers['if-none-match'] === undefined
+    && ctx.remoteBlobs && !ctx.blobs.hasCached(digest) && await ctx.remoteBlobs.readsWhole(digest)) {
+    return getWholeBlob(ctx, ctx.remoteBlobs, name, digest, reply);
+  }
   // Both at once: on S3 each is a round trip to the store.
   const [linked, info] = await Promise.all([ctx.blobs.isLinked(name, digest), ctx.blobs.statCached(digest)]);
   if (!linked || !info) throw unknown();
@@ -91,6 +96,35 @@ export async function getBlob(ctx: RegistryContext, name: string, rawDigest: str
   const failure = body.kind === 'file'
     ? await sendFileResponse({ handle: body.handle, status: reply.statusCode, headers, start: body.start, end: body.end }, reply.raw)
     : await sendStreamResponse(body.stream!, reply.statusCode, headers, end - start + 1, reply.raw);
+  if (failure) ctx.log.warn({ err: failure, name, digest: digest.value }, 'blob transfer failed');
+}
+
+/**
+ * A plain GET of a whole blob from a remote store (S3) when its size is not known here: the
+ * repository's link is checked while the blob is read, and the size comes with the read's answer
+ * (Content-Length). One store round trip and one request fewer than a stat before the read (a pull
+ * is mostly such GETs). Nothing is sent before both answered: an unlinked blob's read is dropped.
+ */
+async function getWholeBlob(ctx: RegistryContext, remote: RemoteBlobSource, name: string, digest: Digest, reply: FastifyReply): Promise<void> {
+  const [linked, opened] = await Promise.allSettled([ctx.blobs.isLinked(name, digest), ctx.blobs.openWhole(digest)]);
+  const blob = opened.status === 'fulfilled' ? opened.value : undefined;
+  if (linked.status === 'rejected' || !linked.value || !blob) {
+    blob?.stream.destroy();
+    if (linked.status === 'rejected') throw linked.reason;
+    if (opened.status === 'rejected') throw opened.reason;
+    throw new RegistryError('BLOB_UNKNOWN', { name, digest: digest.value });
+  }
+  // A small blob is read before any header is set: a store failing mid-read is then a clean 503.
+  const small = blob.size <= SMALL_BLOB_MAX ? await ctx.blobs.keepSmall(digest, blob.stream, blob.size) : undefined;
+  sendBlobHeaders(reply, digest);
+  reply.code(200).header('content-length', blob.size);
+  if (small) {
+    reply.send(small);
+    return;
+  }
+  reply.hijack();
+  const headers = reply.getHeaders() as OutgoingHttpHeaders;
+  const failure = await sendStreamResponse(remote.keepWhole(digest, blob.size, blob.stream), 200, headers, blob.size, reply.raw);
   if (failure) ctx.log.warn({ err: failure, name, digest: digest.value }, 'blob transfer failed');
 }
 
