@@ -11,14 +11,16 @@ import { haproxyInstalled, startCluster, type Cluster, type ClusterMember, type 
 import { buildImage, readPulledLayout, type BuiltImage } from './helpers/oci-image.js';
 import { distributionRequests, STEVEDORE_BIN, tempDir } from './helpers/processes.js';
 import { seed as seedUpstream } from './helpers/proxy-fixtures.js';
+import { containerdUnavailable, startContainerd, writeHostsToml } from './helpers/containerd.js';
 import { cephInstalled, testStorage, type TestStorage } from './helpers/storage-targets.js';
 
 /**
  * Issue 12: three whole appliances on one S3 store (Ceph RGW), behind the Debian haproxy (TLS passed
- * through, round-robin, /healthz checks). Clients are skopeo and podman, through HAProxy or through
+ * through, round-robin, /healthz checks). Clients are skopeo, podman and containerd, through HAProxy or through
  * one chosen appliance; every read through one appliance follows a write through another at once.
  */
 
+const containerdSkip = (await containerdUnavailable()) ?? false;
 const skip = !haproxyInstalled() ? 'haproxy not installed (scripts/install.sh installs it)' : !cephInstalled() ? 'Ceph not installed' : false;
 
 const imageDigests = (image: BuiltImage): string[] => [image.manifest.digest, image.config.digest, ...image.layers.map((l) => l.digest)];
@@ -239,6 +241,26 @@ describe('three appliances on one S3 store behind HAProxy', { skip }, () => {
     const peerGets = (await Promise.all(cluster.members.map((m) => m.appliance.accessLog())))
       .flat().filter((line) => line.includes('"user":"peer"') && line.includes('/blobs/') && line.includes('"status":200'));
     assert.ok(peerGets.length > 0, 'peer fill requests between the appliances');
+  });
+
+  it('containerd (ctr, hosts.toml mirror = HAProxy) pulls a cached image through the cluster', { skip: containerdSkip }, async () => {
+    const image = buildImage({ layerSizes: [300_000, 4096], seed: 'cluster-containerd' });
+    await seedUpstream(cluster.upstream.url, 'team/ctr:v1', [image]);
+    const mark = cluster.upstream.output().length;
+    const containerd = await startContainerd();
+    try {
+      const hostsDir = join(work, 'certs.d');
+      // containerd asks the mirror with ?ns=<upstream host>: HAProxy passes it to any appliance.
+      await writeHostsToml(hostsDir, cluster.upHost, cluster.url, join(cluster.certDir, 'ca.crt'));
+      const pulled = await containerd.pull(`${cluster.upHost}/team/ctr:v1`, { hostsDir, creds: cluster.reader.creds });
+      assert.equal(pulled.digest, image.manifest.digest);
+      const content = await containerd.content();
+      for (const blob of [image.config, ...image.layers]) assert.ok(content.includes(blob.digest), `${blob.digest} in containerd's content store`);
+    } finally {
+      await containerd.stop();
+    }
+    const gets = distributionRequests(cluster.upstream.output().slice(mark)).filter((r) => r.method === 'GET' && r.path.includes('/blobs/'));
+    for (const blob of [image.config, ...image.layers]) assert.equal(gets.filter((r) => r.path.endsWith(blob.digest)).length, 1, `upstream GETs of ${blob.digest}`);
   });
 
   it('one appliance SIGKILLed: connections HAProxy still sends it go to another, it leaves the rotation within ~1 s, and 10 consecutive pulls through HAProxy all succeed; restarted, it serves again', async () => {
