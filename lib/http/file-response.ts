@@ -1,6 +1,6 @@
 import type { FileHandle } from 'node:fs/promises';
 import type { OutgoingHttpHeaders, ServerResponse } from 'node:http';
-import type { Readable } from 'node:stream';
+import type { Duplex, Readable } from 'node:stream';
 
 /**
  * Blobs up to this size are answered from memory once read, by the registry workers and by the
@@ -17,6 +17,18 @@ const sparePool: Buffer[] = [];
 const SPARE_POOL_MAX = 8;
 
 class ClientGoneError extends Error {}
+
+/** Raises a socket's buffer limits (Node's 16 KiB default turns every large write into a backpressure pause). */
+export function raiseHighWaterMark(stream: Duplex, bytes: number): void {
+  const states = stream as unknown as { _readableState?: { highWaterMark: number }; _writableState?: { highWaterMark: number } };
+  if (states._readableState && states._readableState.highWaterMark < bytes) states._readableState.highWaterMark = bytes;
+  if (states._writableState && states._writableState.highWaterMark < bytes) states._writableState.highWaterMark = bytes;
+}
+
+/** Streamed answers at least this large have their writes coalesced (sendStreamResponse). */
+const COALESCE_MIN_BYTES = 256 * 1024;
+/** What a client socket buffers while a turn's chunks are corked: above a turn's reads (libuv: up to 32 x 64 KiB). */
+const COALESCE_SOCKET_BUFFER = 4 * 1024 * 1024;
 
 /** Whether a transfer failed because the client went away (not worth a log line). */
 export function isClientGone(err: unknown): boolean {
@@ -144,6 +156,32 @@ export function sendStreamResponse(stream: Readable, status: number, headers: Ou
       settle(err as Error);
       return;
     }
+    if (length >= COALESCE_MIN_BYTES && res.socket) coalesceTurns(stream, res);
     stream.pipe(res, { end: false });
   });
+}
+
+/**
+ * A store's stream arrives in 64 KiB socket reads (an S3 GetObject), many per event-loop turn: the
+ * client socket is corked at a turn's first chunk and uncorked after the turn (setImmediate), so each
+ * turn's chunks leave in one writev instead of one write(2) each (as the gateway does for worker
+ * answers, write-coalescing.ts). The socket's buffer is raised above a turn's reads, or each corked
+ * write would report backpressure and pause the pipe after one chunk.
+ */
+function coalesceTurns(stream: Readable, res: ServerResponse): void {
+  raiseHighWaterMark(res.socket!, COALESCE_SOCKET_BUFFER);
+  let corked = false;
+  const flush = (): void => {
+    if (!corked) return;
+    corked = false;
+    res.uncork();
+  };
+  stream.on('data', () => {
+    if (corked) return;
+    corked = true;
+    res.cork();
+    setImmediate(flush);
+  });
+  stream.once('end', flush);
+  stream.once('close', flush);
 }

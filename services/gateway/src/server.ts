@@ -17,6 +17,7 @@ import { isConsolePath, WebConsole, type CleanerSettings } from './console/conso
 import { addPrefix, prefixIndex, routeRequest } from './router.js';
 import { sendError } from './send-error.js';
 import { readForwardBody, WorkerForwarder } from './worker-forward.js';
+import { raiseHighWaterMark } from '../../../lib/http/file-response.js';
 
 export interface GatewayOptions {
   plan: AppliancePlan;
@@ -310,13 +311,6 @@ function originForm(target: string): string {
   if (!match) return target;
   const rest = match[1] ?? '';
   return rest.startsWith('/') ? rest : `/${rest}`;
-}
-
-/** Raises a stream's buffer limits both ways (the states' fields are what Node's own constructors set). */
-function raiseHighWaterMark(stream: Duplex, bytes: number): void {
-  const states = stream as unknown as { _readableState?: { highWaterMark: number }; _writableState?: { highWaterMark: number } };
-  if (states._readableState && states._readableState.highWaterMark < bytes) states._readableState.highWaterMark = bytes;
-  if (states._writableState && states._writableState.highWaterMark < bytes) states._writableState.highWaterMark = bytes;
 }
 
 /** Whether a worker answers GET /v2/ on its socket within 2 seconds. */
