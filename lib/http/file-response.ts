@@ -170,18 +170,26 @@ export function sendStreamResponse(stream: Readable, status: number, headers: Ou
  */
 function coalesceTurns(stream: Readable, res: ServerResponse): void {
   raiseHighWaterMark(res.socket!, COALESCE_SOCKET_BUFFER);
+  corkEachTurn(stream, res);
+}
+
+/**
+ * Corks `target` at the first chunk `source` emits in an event-loop turn and uncorks it after the
+ * turn (setImmediate), at the end, or when the source closes: a turn's writes leave as one writev.
+ */
+export function corkEachTurn(source: Readable, target: { cork(): void; uncork(): void }): void {
   let corked = false;
   const flush = (): void => {
     if (!corked) return;
     corked = false;
-    res.uncork();
+    target.uncork();
   };
-  stream.on('data', () => {
+  source.on('data', () => {
     if (corked) return;
     corked = true;
-    res.cork();
+    target.cork();
     setImmediate(flush);
   });
-  stream.once('end', flush);
-  stream.once('close', flush);
+  source.once('end', flush);
+  source.once('close', flush);
 }

@@ -1,5 +1,6 @@
 import type { IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
+import { corkEachTurn } from '../../../lib/http/file-response.js';
 
 /**
  * Worker answers larger than this have their writes to the client coalesced; smaller ones (one or
@@ -23,19 +24,5 @@ export function coalesceWrites(proxyRes: IncomingMessage, client: Socket | null)
   if (!client) return;
   const declared = Number(proxyRes.headers['content-length']);
   if (Number.isSafeInteger(declared) && declared < COALESCE_MIN_BYTES) return;
-  let corked = false;
-  const flush = (): void => {
-    if (!corked) return;
-    corked = false;
-    client.uncork();
-  };
-  proxyRes.on('data', () => {
-    if (corked) return;
-    corked = true;
-    client.cork();
-    setImmediate(flush);
-  });
-  // The last chunk goes out now, not a turn later; an aborted answer leaves nothing corked.
-  proxyRes.once('end', flush);
-  proxyRes.once('close', flush);
+  corkEachTurn(proxyRes, client);
 }
