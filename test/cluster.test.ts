@@ -1,5 +1,7 @@
 import assert from 'node:assert/strict';
 import { mkdtemp, rm } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { request as httpsRequest } from 'node:https';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { parseDigest } from '../lib/oci/digest.js';
@@ -9,7 +11,8 @@ import { readServedTimes } from '../lib/storage/served-index.js';
 import { expected, layoutOf, MANIFEST_ACCEPT, mustRun, run, sha256, sleep } from './helpers/appliance.js';
 import { haproxyInstalled, startCluster, type Cluster, type ClusterMember, type HaproxyServerState } from './helpers/cluster.js';
 import { buildImage, readPulledLayout, type BuiltImage } from './helpers/oci-image.js';
-import { distributionRequests, STEVEDORE_BIN, tempDir } from './helpers/processes.js';
+import { distributionRequests, startDistribution, STEVEDORE_BIN, tempDir } from './helpers/processes.js';
+import { startThrottledRelay } from './helpers/faults.js';
 import { seed as seedUpstream } from './helpers/proxy-fixtures.js';
 import { containerdUnavailable, startContainerd, writeHostsToml } from './helpers/containerd.js';
 import { cephInstalled, testStorage, type TestStorage } from './helpers/storage-targets.js';
@@ -30,6 +33,8 @@ describe('three appliances on one S3 store behind HAProxy', { skip }, () => {
   let work: string;
   let storage: TestStorage;
   let cluster: Cluster;
+  let upstream: Awaited<ReturnType<typeof startDistribution>>;
+  let relay: Awaited<ReturnType<typeof startThrottledRelay>>;
   let A: ClusterMember, B: ClusterMember, C: ClusterMember;
   const startedAt = Date.now();
 
@@ -56,6 +61,27 @@ describe('three appliances on one S3 store behind HAProxy', { skip }, () => {
     const res = await member.call('GET', `/v2/${name}/blobs/${digest}`, { auth: cluster.reader.auth });
     return res.status === 200 ? sha256(res.body) : res.status;
   };
+  /** A GET of `path` through one appliance, streamed (never buffered): bytes so far, then the outcome. */
+  const streamOver = (member: ClusterMember, path: string) => {
+    let received = 0;
+    const hash = createHash('sha256');
+    const done = new Promise<{ status: number; received: number; digest: string }>((resolve) => {
+      let settled = false;
+      const finish = (status: number) => {
+        if (settled) return;
+        settled = true;
+        resolve({ status, received, digest: `sha256:${hash.digest('hex')}` });
+      };
+      const req = httpsRequest(`${member.url}${path}`, { headers: { authorization: cluster.reader.auth }, rejectUnauthorized: false, agent: false }, (res) => {
+        res.on('data', (chunk: Buffer) => { received += chunk.length; hash.update(chunk); });
+        res.on('close', () => finish(res.statusCode ?? 0));
+        res.on('error', () => {});
+      });
+      req.on('error', () => finish(0));
+      req.end();
+    });
+    return { received: () => received, done };
+  };
   const tags = async (member: ClusterMember, name: string): Promise<string[]> => {
     const res = await member.call('GET', `/v2/${name}/tags/list`, { auth: cluster.reader.auth });
     assert.equal(res.status, 200, `${member.name} tags/list: ${res.text()}`);
@@ -70,7 +96,13 @@ describe('three appliances on one S3 store behind HAProxy', { skip }, () => {
     work = await tempDir('stevedore-cluster-test-');
     storage = await testStorage('s3');
     // The logger writes the served index every second (30 s by default on S3): the eviction test reads it.
-    cluster = await startCluster({ storage, env: { LOGGER_FLUSH_TIME: '1s' } });
+    // The upstream is reached through a 20 MB/s link (per connection), so a fill lasts long enough to
+    // kill its appliance mid-way; a fill lease of 3 s keeps the takeover quick.
+    upstream = await startDistribution();
+    relay = await startThrottledRelay(upstream.port!, 20_000_000);
+    cluster = await startCluster({
+      storage, upstream: { ...upstream, port: relay.port }, env: { LOGGER_FLUSH_TIME: '1s', STEVEDORE_FILL_LEASE_TIME: '3s' },
+    });
     [A, B, C] = cluster.members as [ClusterMember, ClusterMember, ClusterMember];
     process.stdout.write(`# cluster of 3 appliances + haproxy ready in ${Date.now() - startedAt} ms\n`);
   });
@@ -78,6 +110,8 @@ describe('three appliances on one S3 store behind HAProxy', { skip }, () => {
   after(async () => {
     const stopping = Date.now();
     await cluster?.stop();
+    await relay?.stop();
+    await upstream?.stop();
     const stopped = Date.now();
     await storage?.cleanup();
     process.stdout.write(`# cluster stopped in ${stopped - stopping} ms, store emptied in ${Date.now() - stopped} ms\n`);
@@ -261,6 +295,36 @@ describe('three appliances on one S3 store behind HAProxy', { skip }, () => {
     }
     const gets = distributionRequests(cluster.upstream.output().slice(mark)).filter((r) => r.method === 'GET' && r.path.includes('/blobs/'));
     for (const blob of [image.config, ...image.layers]) assert.equal(gets.filter((r) => r.path.endsWith(blob.digest)).length, 1, `upstream GETs of ${blob.digest}`);
+  });
+
+  it('the appliance filling a blob is SIGKILLed mid-fill: the two streaming it from there finish it, verified, and the store has it whole', async () => {
+    const image = buildImage({ layerSizes: [40 * 1024 * 1024], seed: 'cluster-kill-fill' });
+    const layer = image.layers[0]!;
+    await seedUpstream(cluster.upstream.url, 'team/killfill:v1', [image]);
+    const mark = cluster.upstream.output().length;
+    const path = `/v2/up/team/killfill/blobs/${layer.digest}`;
+    // A misses first and fills (it holds the lease); B and C then stream A's fill through A's gateway.
+    const a = streamOver(A, path);
+    while (a.received() < 2 * 1024 * 1024) await sleep(20);
+    const b = streamOver(B, path);
+    const c = streamOver(C, path);
+    while (b.received() < 1024 * 1024 || c.received() < 1024 * 1024) await sleep(20);
+    assert.ok(a.received() < layer.size / 2, `A is mid-fill (${a.received()} of ${layer.size})`);
+    await A.kill('SIGKILL');
+    const [fromA, fromB, fromC] = await Promise.all([a.done, b.done, c.done]);
+    assert.notEqual(fromA.received, layer.size, 'A\'s own client lost its transfer with A');
+    for (const [who, t] of [['B', fromB], ['C', fromC]] as const) {
+      assert.equal(t.status, 200, who);
+      assert.equal(t.received, layer.size, `${who} got every byte`);
+      assert.equal(t.digest, layer.digest, `${who} got the right bytes`);
+    }
+    // Whole and right in the store, served by an appliance that never filled it.
+    assert.equal(await blobDigest(C, 'up/team/killfill', layer.digest), layer.digest);
+    // A's GET (cut off with A) and one by whichever of B and C took the lease over.
+    const gets = distributionRequests(cluster.upstream.output().slice(mark)).filter((r) => r.method === 'GET' && r.path.endsWith(layer.digest));
+    assert.equal(gets.length, 2, JSON.stringify(gets));
+    await A.restart();
+    await cluster.waitServerStatus(A.name, 'UP');
   });
 
   it('one appliance SIGKILLed: connections HAProxy still sends it go to another, it leaves the rotation within ~1 s, and 10 consecutive pulls through HAProxy all succeed; restarted, it serves again', async () => {
