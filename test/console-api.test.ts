@@ -142,10 +142,19 @@ describe('console API: /api/v1 on the appliance', () => {
   });
 
   it('next to evict is the plan `stevedore clean --dry-run` prints', async () => {
-    const dry = await f.app.cli(['clean', '--dry-run']);
-    assert.equal(dry.code, 0, dry.stderr);
-    const printed = dry.stdout.split('\n').filter((l) => l.startsWith('would evict ')).map((l) => l.split(' ')[2]);
-    const api = await getJson<{ items: Array<{ digest: string }>; total: number }>('/api/v1/evictions?per_page=500&fresh=1');
+    // Both read the served index, which the logger updates every second: the fixture's last pulls
+    // may land between the two reads, so they are compared again (at most twice) once it has settled.
+    let dry: Awaited<ReturnType<typeof f.app.cli>>;
+    let printed: string[];
+    let api: { items: Array<{ digest: string }>; total: number };
+    for (let attempt = 0; ; attempt++) {
+      dry = await f.app.cli(['clean', '--dry-run']);
+      assert.equal(dry.code, 0, dry.stderr);
+      printed = dry.stdout.split('\n').filter((l) => l.startsWith('would evict ')).map((l) => l.split(' ')[2]!);
+      api = await getJson<{ items: Array<{ digest: string }>; total: number }>('/api/v1/evictions?per_page=500&fresh=1');
+      if (attempt === 2 || JSON.stringify(api.items.map((b) => b.digest)) === JSON.stringify(printed)) break;
+      await new Promise((resolve) => setTimeout(resolve, 1500));
+    }
     assert.ok(printed.length > 0, dry.stdout);
     assert.deepEqual(api.items.map((b) => b.digest), printed);
     assert.equal(api.total, printed.length);
