@@ -1,7 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from '../log.js';
 import type { StorageDriver } from './driver/driver.js';
-import { acquireLease, leaseKey, readLeaseRecord, type HeldLease } from './lease.js';
+import { acquireLease, readLeaseRecord, type HeldLease } from './lease.js';
 
 /**
  * A single flight across the appliances sharing a store: work whose result lands in the store (a
@@ -10,7 +10,7 @@ import { acquireLease, leaseKey, readLeaseRecord, type HeldLease } from './lease
  *
  *   tryLocal() answers → done (no lease request at all).
  *   Lease acquired → tryLocal() again (a flight may have ended since), else fetch() with the lease
- *     renewed meanwhile; then the lease key is DELETED, success or failure (see finish()).
+ *     renewed meanwhile; then the lease key is DELETED, success or failure (see runHeld()).
  *   Lease held by another → whileHeld() may answer at once (a stale copy); else poll tryLocal() every
  *     pollMs (backing off to maxPollMs) until it answers. Meanwhile:
  *       - the lease key vanished: its holder finished. Its result is in the store before the delete, so
@@ -57,7 +57,7 @@ export async function storeFlight<T>(driver: StorageDriver, leaseName: string, o
   let tookOver = false;
   for (;;) {
     const attempt = await acquireLease(driver, leaseName, { ttlMs: options.ttlMs, now });
-    if (attempt.acquired) return runHeld(driver, attempt.lease, options, tookOver ? 'took-over' : 'fetched');
+    if (attempt.acquired) return runHeld(attempt.lease, options, tookOver ? 'took-over' : 'fetched');
     if (whileHeld) {
       const answer = await whileHeld();
       if (answer !== undefined) return { value: answer, outcome: 'held-answer' };
@@ -88,46 +88,20 @@ export async function storeFlight<T>(driver: StorageDriver, leaseName: string, o
   }
 }
 
-async function runHeld<T>(driver: StorageDriver, lease: HeldLease, options: StoreFlightOptions<T>, outcome: 'fetched' | 'took-over'): Promise<StoreFlightResult<T>> {
-  // Renewed by a loop of our own rather than keepRenewed(), which only release() stops, and release()
-  // leaves an expired record behind where this flight deletes the key.
-  let renewing = true;
-  let timer: NodeJS.Timeout | undefined;
-  const renewLater = () => {
-    timer = setTimeout(() => {
-      lease.renew().then((held) => {
-        if (!held) options.log?.warn({ lease: lease.name }, 'store flight: lease taken over during the fetch (it outlasted the lease time); finishing anyway');
-        else if (renewing) renewLater();
-      }, () => { if (renewing) renewLater(); });
-    }, Math.max(10, Math.floor(lease.ttlMs / 3)));
-    timer.unref();
-  };
-  renewLater();
+async function runHeld<T>(lease: HeldLease, options: StoreFlightOptions<T>, outcome: 'fetched' | 'took-over'): Promise<StoreFlightResult<T>> {
+  lease.keepRenewed(() => options.log?.warn({ lease: lease.name }, 'store flight: lease taken over during the fetch (it outlasted the lease time); finishing anyway'));
   try {
     const again = await options.tryLocal();
     if (again !== undefined) return { value: again, outcome: 'local' };
     return { value: await options.fetch(), outcome };
   } finally {
-    renewing = false;
-    clearTimeout(timer);
-    await finish(driver, lease, options.log);
-  }
-}
-
-/**
- * Deletes the lease key of a finished flight, so the store does not keep one key per manifest or tag
- * ever fetched (release() would leave an expired record each time). The delete is unconditional (the
- * store has no conditional delete): if our lease expired during a very slow fetch and another appliance
- * took it over, we may delete THEIR record. The cost is bounded and benign: a third appliance may then
- * fetch the same manifest or HEAD the same tag once more; results are content-addressed (manifests) or
- * the upstream's current answer (tags), so nothing wrong is stored. A lease we know we lost is left alone.
- */
-async function finish(driver: StorageDriver, lease: HeldLease, log: Logger | undefined): Promise<void> {
-  if (lease.lost) return;
-  try {
-    await driver.delete(leaseKey(lease.name));
-  } catch (err) {
-    // Left behind, the record expires within its ttl and the next flight replaces it.
-    log?.warn({ lease: lease.name, err }, 'store flight: could not delete the finished lease');
+    // Deleted, not released: the store does not keep one key per manifest or tag ever fetched. The
+    // delete is unconditional (HeldLease.releaseByDelete: only while the lease is ours and live); if
+    // another appliance took it over after all, the cost is one more identical fetch: results are
+    // content-addressed (manifests) or the upstream's current answer (tags).
+    await lease.releaseByDelete().catch((err: unknown) => {
+      // Left behind, the record expires within its ttl and the next flight replaces it.
+      options.log?.warn({ lease: lease.name, err }, 'store flight: could not delete the finished lease');
+    });
   }
 }
