@@ -49,7 +49,7 @@ import type { StorageDriver } from '../lib/storage/driver/driver.js';
 import { openStorageDriver } from '../lib/storage/driver/open.js';
 import { startCephRgw, type CephRgw } from '../test/helpers/ceph.js';
 import { buildImage, writeOciLayout } from '../test/helpers/oci-image.js';
-import { DISTRIBUTION_BIN, REPO_ROOT, STEVEDORE_BIN, distributionRequests, freePort, startDistribution } from '../test/helpers/processes.js';
+import { DISTRIBUTION_BIN, REPO_ROOT, STEVEDORE_BIN, distributionConfig, distributionRequests, freePort, startDistribution } from '../test/helpers/processes.js';
 import { children, cleanup, logger, newTempDir, run, runBenchmark, stopProcess } from './harness.js';
 import { numberOption, option } from './options.js';
 import { capture, curlGet, fmt, makeBlob, MANIFEST_TYPE, pushMonolithic, REPO, seedImage, waitReady, wrk, type Server } from './registry-bench.js';
@@ -134,34 +134,23 @@ async function startStevedore(prefix: string, role: string, upstream?: string): 
 
 /** distribution's config: the s3 driver on the bench's RGW under `/PREFIX`, quiet (warn, no access log). */
 function distributionS3Config(port: number, prefix: string, upstream?: string): string {
-  const lines = [
-    'version: 0.1',
-    'log:',
-    '  level: warn',
-    '  accesslog:',
-    '    disabled: true',
-    'storage:',
-    '  s3:',
-    `    accesskey: ${rgw!.accessKeyId}`,
-    `    secretkey: ${rgw!.secretAccessKey}`,
-    `    region: ${rgw!.region}`,
-    `    regionendpoint: ${rgw!.endpoint}`,
-    '    forcepathstyle: true',
-    `    bucket: ${rgw!.bucket}`,
-    `    rootdirectory: /${prefix}`,
-    '    secure: false',
-    '    v4auth: true',
-    '  redirect:',
-    `    disable: ${OPTS.distRedirect ? 'false' : 'true'}`,
-    '  delete:',
-    '    enabled: true',
-    '  cache:',
-    '    blobdescriptor: inmemory',
-    'http:',
-    `  addr: 127.0.0.1:${port}`,
-  ];
-  if (upstream) lines.push('proxy:', `  remoteurl: ${upstream}`);
-  return `${lines.join('\n')}\n`;
+  return distributionConfig({
+    port, quiet: true, ...(upstream ? { proxy: { remoteurl: upstream } } : {}),
+    storage: [
+      '  s3:',
+      `    accesskey: ${rgw!.accessKeyId}`,
+      `    secretkey: ${rgw!.secretAccessKey}`,
+      `    region: ${rgw!.region}`,
+      `    regionendpoint: ${rgw!.endpoint}`,
+      '    forcepathstyle: true',
+      `    bucket: ${rgw!.bucket}`,
+      `    rootdirectory: /${prefix}`,
+      '    secure: false',
+      '    v4auth: true',
+      '  redirect:',
+      `    disable: ${OPTS.distRedirect ? 'false' : 'true'}`,
+    ],
+  });
 }
 
 async function startDistributionS3(prefix: string, upstream?: string): Promise<S3Server> {

@@ -46,6 +46,15 @@ for (const kind of STORAGE_KINDS) {
     let largeDigest: string;
     let smallDigest: string;
 
+    /** The gateway's answer to a GET is the worker's: status, content headers and bytes. */
+    const assertAnsweredAsWorker = async (c: { path: string; headers?: Record<string, string> }) => {
+      const viaGateway = await call(url, 'GET', c.path, { headers: c.headers ?? {} });
+      const fromWorker = await callSocket(plan.hosted.socketPath, 'GET', c.path, c.headers);
+      assert.equal(viaGateway.status, fromWorker.status, c.path);
+      assert.deepEqual(contentHeaders(viaGateway.headers), contentHeaders(fromWorker.headers), `${c.path} ${JSON.stringify(c.headers)}`);
+      assert.ok(viaGateway.body.equals(fromWorker.body), `${c.path}: same bytes`);
+    };
+
     before(async () => {
       dir = await tempDir('gateway-blob-direct-');
       storage = await testStorage(kind);
@@ -69,11 +78,7 @@ for (const kind of STORAGE_KINDS) {
         { path: `/v2/team/app/blobs/${largeDigest}?ns=elsewhere.example` },
       ];
       for (const c of cases) {
-        const viaGateway = await call(url, 'GET', c.path, { headers: c.headers ?? {} });
-        const fromWorker = await callSocket(plan.hosted.socketPath, 'GET', c.path, c.headers);
-        assert.equal(viaGateway.status, fromWorker.status, c.path);
-        assert.deepEqual(contentHeaders(viaGateway.headers), contentHeaders(fromWorker.headers), `${c.path} ${JSON.stringify(c.headers)}`);
-        assert.ok(viaGateway.body.equals(fromWorker.body), `${c.path}: same bytes`);
+        await assertAnsweredAsWorker(c);
       }
       const full = await call(url, 'GET', `/v2/team/app/blobs/${largeDigest}`);
       assert.ok(full.body.equals(large));
@@ -139,11 +144,7 @@ for (const kind of STORAGE_KINDS) {
       ];
       for (let round = 0; round < 2; round++) { // read from disk, then from memory
         for (const c of cases) {
-          const viaGateway = await call(url, 'GET', c.path, { headers: c.headers ?? {} });
-          const fromWorker = await callSocket(plan.hosted.socketPath, 'GET', c.path, c.headers);
-          assert.equal(viaGateway.status, fromWorker.status, c.path);
-          assert.deepEqual(contentHeaders(viaGateway.headers), contentHeaders(fromWorker.headers), `${c.path} ${JSON.stringify(c.headers)}`);
-          assert.ok(viaGateway.body.equals(fromWorker.body), `${c.path}: same bytes`);
+          await assertAnsweredAsWorker(c);
         }
       }
       let entry;

@@ -141,11 +141,13 @@ export interface DistributionOptions {
 export const DISTRIBUTION_BIN = '/usr/bin/docker-registry';
 
 /**
- * distribution's config.yml for `options` (root and port given): access log on at level info, as the
+ * distribution's config.yml for `options` (port, and a root or another storage driver's block, given): access log on at level info, as the
  * tests read it; `quiet` (benchmarks) logs warnings only, without access log.
  */
-export function distributionConfig(options: DistributionOptions & { root: string; port: number; quiet?: boolean }): string {
-  const { root, port } = options;
+export function distributionConfig(options: DistributionOptions & { port: number; quiet?: boolean } & ({ root: string } | { storage: string[] })): string {
+  const { port } = options;
+  // The storage driver's block (under `storage:`): the filesystem at `root`, or the caller's (e.g. s3).
+  const driver = 'storage' in options ? options.storage : ['  filesystem:', `    rootdirectory: ${options.root}`];
   const lines = [
     'version: 0.1',
     'log:',
@@ -153,8 +155,7 @@ export function distributionConfig(options: DistributionOptions & { root: string
     '  accesslog:',
     `    disabled: ${options.quiet ? 'true' : 'false'}`,
     'storage:',
-    '  filesystem:',
-    `    rootdirectory: ${root}`,
+    ...driver,
     '  delete:',
     '    enabled: true',
     '  cache:',
