@@ -63,6 +63,20 @@ export interface InProcessGateway {
   close(): Promise<void>;
 }
 
+/** Starts `stevedore registry` on the unix socket the gateway reaches it at; resolves once it listens. */
+export async function startSocketWorker(socketPath: string, args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ worker: ChildProcess; output(): string }> {
+  const worker = spawn(process.execPath, [STEVEDORE_BIN, 'registry', '--listen', socketPath, ...args, '--log-level', 'info'], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, ...env },
+  });
+  let output = '';
+  worker.stdout!.on('data', (c: Buffer) => { output += c.toString(); });
+  worker.stderr!.on('data', (c: Buffer) => { output += c.toString(); });
+  for (let i = 0; i < 150 && !output.includes('"registry listening"'); i++) await sleep(100);
+  assert.ok(output.includes('"registry listening"'), `worker did not start: ${output}`);
+  return { worker, output: () => output };
+}
+
 /**
  * A gateway in this process with a real hosted worker on a unix socket, and one cache worker
  * (`up.example:5000`, alias `up`) in the plan that never runs: what it would serve is written to
@@ -74,15 +88,9 @@ export async function startGatewayWithHostedWorker(dir: string, options: { tagTt
   const run = join(dir, 'run');
   await mkdir(run, { mode: 0o700 });
   const plan = testPlan(run);
-  const worker = spawn(process.execPath, [STEVEDORE_BIN, 'registry', '--listen', plan.hosted.socketPath, '--root', root, ...(options.storage?.args ?? []), '--log-level', 'info'], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, ...options.storage?.env, ...(options.sharedStore !== undefined ? { STEVEDORE_SHARED_STORE: String(options.sharedStore) } : {}) },
+  const { worker } = await startSocketWorker(plan.hosted.socketPath, ['--root', root, ...(options.storage?.args ?? [])], {
+    ...options.storage?.env, ...(options.sharedStore !== undefined ? { STEVEDORE_SHARED_STORE: String(options.sharedStore) } : {}),
   });
-  let output = '';
-  worker.stdout!.on('data', (c: Buffer) => { output += c.toString(); });
-  worker.stderr!.on('data', (c: Buffer) => { output += c.toString(); });
-  for (let i = 0; i < 150 && !output.includes('"registry listening"'); i++) await sleep(100);
-  assert.ok(output.includes('"registry listening"'), `worker did not start: ${output}`);
 
   const accessLogPath = join(dir, 'logs', 'access.log');
   const accessLog = new AccessLogWriter(accessLogPath);

@@ -1,5 +1,4 @@
-import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { mkdir } from 'node:fs/promises';
 import type { Server } from 'node:http';
 import { join } from 'node:path';
@@ -8,7 +7,8 @@ import { createLogger } from '../../lib/log.js';
 import { AccessLogWriter } from '../../services/gateway/src/access-log.js';
 import { GatewayMetrics } from '../../services/gateway/src/metrics.js';
 import { createGateway } from '../../services/gateway/src/server.js';
-import { freePort, STEVEDORE_BIN, tempDir } from './processes.js';
+import { startSocketWorker } from './gateway.js';
+import { freePort, tempDir } from './processes.js';
 import type { TestStorage } from './storage-targets.js';
 
 /**
@@ -29,8 +29,6 @@ export interface PeerAppliance {
   close(): Promise<void>;
 }
 
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-
 export async function startPeerAppliance(storage: TestStorage, upstreamUrl: string, env: Record<string, string> = {}): Promise<PeerAppliance> {
   const dir = await tempDir('stevedore-peer-');
   const root = join(dir, 'root');
@@ -50,24 +48,16 @@ export async function startPeerAppliance(storage: TestStorage, upstreamUrl: stri
     storage: storage.driver, sharedStore: true, peerToken: PEER_TOKEN, workerWaitMs: 1_000,
   });
   await new Promise<void>((resolve) => gateway.listen(port, '127.0.0.1', resolve));
-  const worker = spawn(process.execPath, [STEVEDORE_BIN, 'registry', '--listen', socketPath, '--root', root, '--upstream', upstreamUrl, ...storage.args, '--log-level', 'info'], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: {
-      ...process.env, ...storage.env, STEVEDORE_SHARED_STORE: 'true', STEVEDORE_PEER_URL: url, STEVEDORE_PEER_TOKEN: PEER_TOKEN, ...env,
-    },
+  const { worker, output } = await startSocketWorker(socketPath, ['--root', root, '--upstream', upstreamUrl, ...storage.args], {
+    ...storage.env, STEVEDORE_SHARED_STORE: 'true', STEVEDORE_PEER_URL: url, STEVEDORE_PEER_TOKEN: PEER_TOKEN, ...env,
   });
-  let output = '';
-  worker.stdout!.on('data', (c: Buffer) => { output += c.toString(); });
-  worker.stderr!.on('data', (c: Buffer) => { output += c.toString(); });
-  for (let i = 0; i < 150 && !output.includes('"registry listening"'); i++) await sleep(100);
-  assert.ok(output.includes('"registry listening"'), `worker did not start: ${output}`);
   const exited = new Promise((resolve) => worker.once('exit', resolve));
   const stopWorker = async (signal: NodeJS.Signals) => {
     if (worker.exitCode === null && worker.signalCode === null) worker.kill(signal);
     await exited;
   };
   return {
-    url, worker, output: () => output,
+    url, worker, output,
     async kill() {
       gateway.closeAllConnections();
       gateway.close();
