@@ -10,6 +10,7 @@ import { buildIndex, MANIFEST_ACCEPT, writeOciLayout, type BuiltImage, type Pull
 
 export { MANIFEST_ACCEPT };
 import { freePort, STEVEDORE_BIN } from './processes.js';
+import { sleep } from './wait.js';
 
 /**
  * The whole appliance (`stevedore start`: pm2-runtime, gateway, workers) in a temp dir, for the
@@ -20,7 +21,7 @@ import { freePort, STEVEDORE_BIN } from './processes.js';
 
 export const sha256 = (data: Buffer | string): string => `sha256:${createHash('sha256').update(data).digest('hex')}`;
 export const basic = (user: string, pass: string): string => `Basic ${Buffer.from(`${user}:${pass}`).toString('base64')}`;
-export const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+export { sleep };
 
 export interface CommandResult {
   code: number;

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 
 /** Pieces of the fault suite (test/fault-*.test.ts): a throttled link, streaming blob GETs, keep-alive clients, store checks. */
 
-export const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+export { sleep } from './wait.js';
 
 /**
  * A TCP relay to `targetPort` that passes the target's answers at `bytesPerSecond` per connection,
