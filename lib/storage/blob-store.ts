@@ -3,6 +3,7 @@ import type { Readable } from 'node:stream';
 import type { Digest, DigestAlgorithm } from '../oci/digest.js';
 import { SMALL_BLOB_MAX } from '../http/file-response.js';
 import { BoundedMap } from './bounded-map.js';
+import { writeBatched } from './write-batched.js';
 import { FreshReads } from './fresh-reads.js';
 import { isStorageNotFound, readOpened, storageUnavailable, type BlobWriter, type StorageDriver } from './driver/driver.js';
 import { FilesystemDriver } from './driver/filesystem.js';
@@ -18,11 +19,6 @@ const LINK_RECHECK_MS = 5_000;
 const STAT_RECHECK_MS = 5_000;
 /** Small blobs (SMALL_BLOB_MAX: configs, small layers) are kept in memory once read, up to this many bytes in all. */
 const SMALL_BLOB_CACHE_BYTES = 8 * 1024 * 1024;
-/**
- * Bytes gathered from a request before one write to the store: one write per ~1 MiB instead of one
- * per received 64 KiB chunk (fewer syscalls on disk; S3 packs parts itself).
- */
-export const WRITE_BUFFER = 1024 * 1024;
 
 /** How a BlobStore caches links (mutable: a blob DELETE removes them). */
 export interface LinkCaching {
@@ -226,30 +222,4 @@ export class BlobStore {
     for await (const info of this.driver.walk(prefix)) digests.push(`${algorithm}:${info.key.slice(prefix.length)}`);
     return digests.sort();
   }
-}
-
-/**
- * Writes `source` to `writer` in batches of about WRITE_BUFFER bytes, one write in flight while the
- * next batch is gathered (the write's promise is the backpressure).
- */
-export async function writeBatched(writer: BlobWriter, source: AsyncIterable<Buffer>): Promise<void> {
-  let batch: Buffer[] = [];
-  let batched = 0;
-  let pending: Promise<void> | undefined;
-  const flush = async () => {
-    const data = batch.length === 1 ? batch[0]! : Buffer.concat(batch, batched);
-    batch = [];
-    batched = 0;
-    if (pending) await pending;
-    pending = writer.write(data);
-    // A failed write is seen by the next await of `pending`; meanwhile it must not be unhandled.
-    pending.catch(() => {});
-  };
-  for await (const chunk of source) {
-    batch.push(chunk);
-    batched += chunk.length;
-    if (batched >= WRITE_BUFFER) await flush();
-  }
-  if (batched > 0) await flush();
-  if (pending) await pending;
 }
