@@ -7,6 +7,7 @@ import type { Logger } from '../../../lib/log.js';
 import { RegistryError, isRegistryError } from '../../../lib/oci/errors.js';
 import type { AccessLogWriter } from './access-log.js';
 import { DirectBlobs } from './blob-direct.js';
+import { tryParseDigest } from '../../../lib/oci/digest.js';
 import type { StorageDriver } from '../../../lib/storage/driver/driver.js';
 import { FilesystemDriver } from '../../../lib/storage/driver/filesystem.js';
 import type { RemoteBlobSettings } from '../../../lib/storage/remote-blob-source.js';
@@ -18,6 +19,7 @@ import { addPrefix, prefixIndex, routeRequest } from './router.js';
 import { sendError } from './send-error.js';
 import { readForwardBody, WorkerForwarder } from './worker-forward.js';
 import { raiseHighWaterMark } from '../../../lib/http/file-response.js';
+import { FillFollowers } from './fill-followers.js';
 
 export interface GatewayOptions {
   plan: AppliancePlan;
@@ -84,6 +86,7 @@ export function createGateway(options: GatewayOptions): Server {
   const challenge = `Basic realm="${realm}"`;
   const storage = options.storage ?? (options.root ? new FilesystemDriver(options.root) : undefined);
   const directBlobs = storage ? new DirectBlobs(storage, plan, options.remoteBlobs, options.sharedStore) : undefined;
+  const fillFollowers = new FillFollowers();
   const directManifests = storage ? new DirectManifests(storage, plan, options.tagTtlMs ?? 0, options.sharedStore) : undefined;
 
   /** A write (manifest push, tag, delete; blob delete) reached a worker: what the gateway cached of the repository is stale. */
@@ -229,8 +232,13 @@ export function createGateway(options: GatewayOptions): Server {
         }
       }
       if (directBlobs && route.resource === 'blob' && req.method === 'GET' && route.repository && route.reference) {
-        const prepared = directBlobs.prepare(route.worker, route.repository, route.reference, req.headers, route.url);
-        const blob = prepared instanceof Promise ? await prepared : prepared;
+        const { worker, repository, reference } = route;
+        const prepare = () => directBlobs.prepare(worker, repository, reference, req.headers, route.url);
+        const prepared = prepare();
+        let blob = prepared instanceof Promise ? await prepared : prepared;
+        // Not stored yet: a later client of a blob being fetched is served from the store once it is there.
+        if (!blob && !peer && worker.kind === 'proxy' && tryParseDigest(reference)) blob = await fillFollowers.follow(`${worker.name}\0${reference}`, res, prepare);
+        if (res.destroyed) return;
         if (blob) {
           // What the worker would answer, without the second hop; a cache worker would report a hit.
           if (route.worker.kind === 'proxy') {
