@@ -95,7 +95,7 @@ let rgwLog: RgwLog;
 const runId = randomBytes(3).toString('hex');
 
 /** A driver on `prefix` of the bench bucket: to see what a server stored. */
-function storeAt(prefix: string): StorageDriver {
+function storeAt(prefix: string): Promise<StorageDriver> {
   return openStorageDriver({ kind: 's3', bucket: rgw!.bucket, prefix }, { s3: { endpoint: rgw!.endpoint, region: rgw!.region, forcePathStyle: true } });
 }
 
@@ -208,7 +208,7 @@ async function s3Since(mark: number, servers: S3Server[]): Promise<Record<string
 async function storedOnS3(prefix: string): Promise<{ objects: number; bytes: number }> {
   let objects = 0;
   let bytes = 0;
-  for await (const key of storeAt(prefix).walk('')) {
+  for await (const key of (await storeAt(prefix)).walk('')) {
     objects++;
     bytes += key.size;
   }
@@ -376,7 +376,7 @@ async function largeBlob(servers: S3Server[]): Promise<void> {
   for (let r = 0; r < OPTS.runs; r++) {
     const seconds = await timedS(async () => {
       let bytes = 0;
-      for await (const chunk of await storeAt(stevedore.prefix).reader(`blobs/sha256/${hex.slice(0, 2)}/${hex}`)) bytes += (chunk as Buffer).length;
+      for await (const chunk of await (await storeAt(stevedore.prefix)).reader(`blobs/sha256/${hex.slice(0, 2)}/${hex}`)) bytes += (chunk as Buffer).length;
       if (bytes !== size) throw new Error(`SDK read ${bytes} of ${size} bytes`);
     }).catch(() => NaN);
     sdk.push(size / 1e6 / seconds);
@@ -490,7 +490,7 @@ async function coldPulls(work: string): Promise<void> {
 /** Waits (at most 120 s) until a cache holds every blob on S3 (distribution: its known key layout). */
 async function waitStored(server: S3Server, blobs: Array<{ digest: string }>): Promise<void> {
   if (server.side !== 'distribution') return;
-  const store = storeAt(server.prefix);
+  const store = await storeAt(server.prefix);
   const deadline = Date.now() + 120_000;
   for (;;) {
     let missing = 0;

@@ -77,7 +77,7 @@ async function measure(nodelay: '0' | '1'): Promise<string[]> {
   rgw = await startCephRgw();
   try {
     const rgwLog = new RgwLog(rgw.dir);
-    const driver = openStorageDriver({ kind: 's3', bucket: rgw.bucket, prefix: 'latency' }, {
+    const driver = await openStorageDriver({ kind: 's3', bucket: rgw.bucket, prefix: 'latency' }, {
       s3: { endpoint: rgw.endpoint, region: rgw.region, forcePathStyle: true },
     }) as S3Driver;
     const small = Buffer.alloc(200, 'x');

@@ -27,7 +27,7 @@ export async function runExport(argv: readonly string[]): Promise<number> {
     say(`stevedore export: --store ${config.store.root} is not a directory`);
     return 2;
   }
-  const target = openStoreTarget(config.store, config);
+  const target = await openStoreTarget(config.store, config);
   const started = Date.now();
   try {
     const summary = await exportStore(target, config.out);

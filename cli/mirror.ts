@@ -222,7 +222,7 @@ export async function runMirror(argv: readonly string[]): Promise<number> {
     return 2;
   }
 
-  const target = openStoreTarget(config.store, config);
+  const target = await openStoreTarget(config.store, config);
   const storeDir = target.location;
   let writer: StoreWriter;
   try {

@@ -61,7 +61,7 @@ export async function runSeed(argv: readonly string[]): Promise<number> {
     say(`stevedore seed: ${(err as Error).message}`);
     return 2;
   }
-  const target = openStoreTarget(config.store, config);
+  const target = await openStoreTarget(config.store, config);
   const storeDir = target.location;
   let writer: StoreWriter;
   try {

@@ -8,8 +8,8 @@ import type { StorageLocation } from '../lib/storage/driver/location.js';
 const STALE_TEMP_MS = 24 * 3_600_000;
 
 /** The store of an air-gap command (`--store` / `--storage`: a directory or s3://…), on its driver. */
-export function openStoreTarget(location: StorageLocation, settings: StorageSettings): StoreTarget {
-  return new DriverStoreTarget(openConfiguredStorage(location, settings));
+export async function openStoreTarget(location: StorageLocation, settings: StorageSettings): Promise<StoreTarget> {
+  return new DriverStoreTarget(await openConfiguredStorage(location, settings));
 }
 
 /**

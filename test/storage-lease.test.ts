@@ -59,7 +59,7 @@ for (const kind of STORAGE_KINDS) {
 
     before(async () => {
       storage = await testStorage(kind);
-      second = openConfiguredStorage(storage.location, storage.settings);
+      second = await openConfiguredStorage(storage.location, storage.settings);
     });
     after(async () => {
       for (const proc of children) await killed(proc, 'SIGKILL');
@@ -145,7 +145,7 @@ for (const kind of STORAGE_KINDS) {
         import { openConfiguredStorage } from ${JSON.stringify(join(REPO_ROOT, 'dist/lib/storage/driver/open.js'))};
         import { acquireLease } from ${JSON.stringify(join(REPO_ROOT, 'dist/lib/storage/lease.js'))};
         const config = loadCleanerConfig(['--root', ${JSON.stringify(storage.root)}]);
-        const driver = openConfiguredStorage(storageLocationOf(config, config.root), config);
+        const driver = await openConfiguredStorage(storageLocationOf(config, config.root), config);
         const attempt = await acquireLease(driver, 'cleaner', { ttlMs: ${LEASE_TIME_MS}, holder: 'killed-holder' });
         if (!attempt.acquired) { console.log('not acquired'); process.exit(1); }
         attempt.lease.keepRenewed(() => console.log('lost'));

@@ -55,7 +55,7 @@ for (const kind of STORAGE_KINDS) {
 
     before(async () => {
       storage = await testStorage(kind);
-      second = openConfiguredStorage(storage.location, storage.settings);
+      second = await openConfiguredStorage(storage.location, storage.settings);
     });
     after(async () => {
       await storage?.cleanup();

@@ -89,7 +89,7 @@ export async function testStorage(kind: StorageKind): Promise<TestStorage> {
     const settings = defaultStorageConfig();
     return {
       kind, root, location, storage: root, args: [], env: {}, settings,
-      driver: openConfiguredStorage(location, settings),
+      driver: await openConfiguredStorage(location, settings),
       cleanup: () => rm(root, { recursive: true, force: true }),
     };
   }
@@ -97,7 +97,7 @@ export async function testStorage(kind: StorageKind): Promise<TestStorage> {
   const location: StorageLocation = { kind: 's3', bucket: store.bucket, prefix: `t-${randomUUID()}` };
   const storage = formatStorageLocation(location);
   const settings: StorageConfig = { ...defaultStorageConfig(), storage: location, s3Endpoint: store.endpoint, s3Region: store.aws.AWS_REGION };
-  const driver = openConfiguredStorage(location, settings);
+  const driver = await openConfiguredStorage(location, settings);
   return {
     kind, root, location, storage, settings, driver, rgwDir: store.dir,
     args: ['--storage', storage],

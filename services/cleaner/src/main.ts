@@ -10,7 +10,7 @@ import { acquireLease, type HeldLease, type LeaseRecord } from '../../../lib/sto
 import { compactServedIndex } from '../../../lib/storage/served-index.js';
 import { collectGarbage } from './gc.js';
 
-function openStore(config: CleanerConfig): StorageDriver {
+function openStore(config: CleanerConfig): Promise<StorageDriver> {
   return openConfiguredStorage(storageLocationOf(config, config.root), config);
 }
 
@@ -87,7 +87,7 @@ export async function runCleanerService(argv: readonly string[]): Promise<number
   const config = load('cleaner', argv);
   if (typeof config === 'number') return config;
   const log = createLogger('cleaner', config.logLevel);
-  const driver = openStore(config);
+  const driver = await openStore(config);
   log.info({ root: config.root, store: driver.location, maxSize: humanSize(config.maxSize), threshold: config.thresholdPercentage, runEvery: formatDuration(config.runEvery), grace: formatDuration(config.grace), dryRun: config.dryRun }, 'cleaner started');
   process.send?.('ready');
   let stopped = false;
@@ -135,7 +135,7 @@ export async function runClean(argv: readonly string[]): Promise<number> {
   const config = load('clean', argv);
   if (typeof config === 'number') return config;
   const log = createLogger('cleaner', config.logLevel);
-  const driver = openStore(config);
+  const driver = await openStore(config);
   if (config.dryRun) return cleanCommand(config, driver, log);
   const outcome = await withCleanerLease(driver, config, log, 'clean', (lease) => cleanCommand(config, driver, log, lease));
   if (outcome.ran) return outcome.value;
@@ -173,7 +173,7 @@ export async function runGc(argv: readonly string[]): Promise<number> {
   const config = load('gc', argv);
   if (typeof config === 'number') return config;
   const log = createLogger('gc', config.logLevel);
-  const driver = openStore(config);
+  const driver = await openStore(config);
   const gc = (lease?: HeldLease) => collectGarbage(driver, { graceMs: config.grace, uploadTtlMs: config.uploadTtl, dryRun: config.dryRun, log, stillHeld: () => !lease?.lost });
   let result: Awaited<ReturnType<typeof gc>>;
   if (config.dryRun) result = await gc();

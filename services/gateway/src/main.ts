@@ -44,7 +44,7 @@ export async function runGateway(argv: readonly string[]): Promise<number> {
     log.warn('REGISTRY_AUTH is not htpasswd: anyone who reaches the gateway may pull, push and delete');
   }
   const accessLog = new AccessLogWriter(accessLogPathOf(config));
-  const storage = openConfiguredStorage(storageLocationOf(config, config.root), config);
+  const storage = await openConfiguredStorage(storageLocationOf(config, config.root), config);
   const metrics = new GatewayMetrics(storage);
   const remoteBlobs = await openRemoteBlobSettings(config);
   const server = createGateway({ plan, log, users, realm: config.realm, accessLog, metrics, root: config.root, storage, sharedStore: isSharedStore(config), remoteBlobs, peerToken: config.peerToken, tagTtlMs: config.tagTtl, workerWaitMs: config.workerWait,

@@ -29,7 +29,8 @@ export interface AccessLogFollower {
 }
 
 /** Starts following the access log; the saved position is written after each flushed batch. */
-export async function followAccessLog(config: LoggerConfig, log: Logger, driver: StorageDriver = openConfiguredStorage(storageLocationOf(config, config.root), config)): Promise<AccessLogFollower> {
+export async function followAccessLog(config: LoggerConfig, log: Logger, storeDriver?: StorageDriver): Promise<AccessLogFollower> {
+  const driver = storeDriver ?? await openConfiguredStorage(storageLocationOf(config, config.root), config);
   const logPath = accessLogPathOf(config);
   const statePath = config.statePath ?? resolve(config.root, 'logs', 'logger-state.json');
   const saved = await readFile(statePath, 'utf8').then((t) => JSON.parse(t) as TailPosition, () => undefined);
@@ -102,7 +103,7 @@ export async function runLoggerService(argv: readonly string[]): Promise<number>
     return err instanceof ConfigError ? 2 : 1;
   }
   const log = createLogger('logger', config.logLevel);
-  const driver = openConfiguredStorage(storageLocationOf(config, config.root), config);
+  const driver = await openConfiguredStorage(storageLocationOf(config, config.root), config);
   const follower = await followAccessLog(config, log, driver);
   log.info({ accessLog: accessLogPathOf(config), store: driver.location, instance: follower.recorder.instanceId, flushEvery: config.flushEvery ?? defaultFlushEvery(driver), resumeAt: follower.tailer.current }, 'logger following the access log');
   process.send?.('ready');

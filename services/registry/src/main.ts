@@ -48,7 +48,7 @@ export async function runRegistry(argv: readonly string[]): Promise<number> {
       return 2;
     }
   }
-  const driver = openConfiguredStorage(storageLocationOf(config, config.root), config);
+  const driver = await openConfiguredStorage(storageLocationOf(config, config.root), config);
   const remoteBlobs = await openRemoteBlobSettings(config);
   const peer = { url: config.peerUrl, token: config.peerToken, caPath: config.peerCa, leaseTtlMs: config.fillLeaseTime };
   const { app, context } = buildRegistry({ config, log, sharedStore: isSharedStore(config), driver, remoteBlobs, upstreamCredentials, peer });
