@@ -24,6 +24,13 @@ export const PEER_TOKEN_HEADER = 'x-stevedore-peer-token';
  * from its store or from a fill in progress, and never starts a fill for it. Removed from clients' requests.
  */
 export const PEER_FILL_HEADER = 'x-stevedore-peer-fill';
+/**
+ * Set by the gateway (only) on a blob GET to a cache worker: if the blob is being fetched into a local
+ * spool file, answer with the fill's progress (BlobFill.spoolEvents, this header set to `events`)
+ * instead of its bytes, and the gateway reads them from the spool itself; if not, `none` (204). Removed
+ * from clients' requests.
+ */
+export const FILL_SPOOL_HEADER = 'x-stevedore-fill-spool';
 
 /** One registry worker of the appliance: the hosted registry, or the cache of one upstream. */
 export interface WorkerPlan {

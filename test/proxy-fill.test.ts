@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { request as httpRequest, type IncomingMessage } from 'node:http';
 import { after, before, describe, it } from 'node:test';
 import { buildImage } from './helpers/oci-image.js';
@@ -122,6 +122,63 @@ for (const kind of STORAGE_KINDS) {
       assert.equal(blobGets(upstream.output(), 'team/slow').get(layer.digest), 1);
       for (let i = 0; i < 40 && (await fillLeftovers(cache.storage)).length > 0; i++) await sleep(50);
       assert.deepEqual(await fillLeftovers(cache.storage), [], 'the spool is gone once the slow client is served');
+    });
+  });
+}
+
+for (const kind of STORAGE_KINDS) {
+  describe(`cache fill on ${kind}: the gateway's spool request (x-stevedore-fill-spool)`, () => {
+    let upstream: RunningProcess & { root: string };
+    const image = buildImage({ layerSizes: [3 * 1024 * 1024], seed: `fill-spool-${kind}` });
+    const layer = image.layers[0]!;
+
+    before(async () => {
+      upstream = await startDistribution();
+      cleanup.push(() => upstream.stop());
+      await seed(upstream.url, 'team/spool:v1', [image]);
+    });
+
+    it('a cold blob: the spool path and size, the spool growing with the blob\'s bytes, then verified; a stored blob: 204 none', async () => {
+      // 4 MB/s: the fill lasts ~0.8 s.
+      const relay = await startSlowRelay(upstream.port, 4_000_000);
+      cleanup.push(() => relay.stop());
+      const cache = await startCache(kind, relay.url);
+      const url = `${cache.url}/v2/team/spool/blobs/${layer.digest}`;
+      const res = await fetch(url, { headers: { 'x-stevedore-fill-spool': '1' } });
+      assert.equal(res.status, 200);
+      assert.equal(res.headers.get('x-stevedore-fill-spool'), 'events');
+      assert.match(String(res.headers.get('content-type')), /^application\/x-ndjson/);
+      const events: Array<{ spool?: string; size?: number; written?: number; verified?: boolean; error?: string }> = [];
+      let checkedSpool = false;
+      let pending = '';
+      for await (const chunk of res.body!) {
+        pending += Buffer.from(chunk).toString('utf8');
+        let newline: number;
+        while ((newline = pending.indexOf('\n')) !== -1) {
+          events.push(JSON.parse(pending.slice(0, newline)) as (typeof events)[number]);
+          pending = pending.slice(newline + 1);
+          const last = events.at(-1)!;
+          // While the fill runs, the spool holds the blob's bytes as far as announced.
+          if (!checkedSpool && last.written !== undefined && last.written > 0 && last.written < layer.size) {
+            const spooled = await readFile(events[0]!.spool!);
+            assert.ok(spooled.length >= last.written);
+            assert.ok(spooled.subarray(0, last.written).equals(layer.data.subarray(0, last.written)), 'the spool holds the blob\'s bytes');
+            checkedSpool = true;
+          }
+        }
+      }
+      assert.deepEqual(events[0], { spool: events[0]!.spool, size: layer.size });
+      assert.ok(checkedSpool, `the spool was read while the fill ran: ${JSON.stringify(events)}`);
+      const written = events.slice(1, -1).map((e) => e.written!);
+      assert.ok(written.every((w, i) => i === 0 || w >= written[i - 1]!), `written grows: ${written.join(' ')}`);
+      assert.equal(written.at(-1), layer.size);
+      assert.deepEqual(events.at(-1), { verified: true });
+
+      assert.equal(await waitStored(cache.storage, layer.digest), true);
+      const stored = await fetch(url, { headers: { 'x-stevedore-fill-spool': '1' } });
+      assert.equal(stored.status, 204);
+      assert.equal(stored.headers.get('x-stevedore-fill-spool'), 'none');
+      assert.equal(blobGets(upstream.output(), 'team/spool').get(layer.digest), 1);
     });
   });
 }

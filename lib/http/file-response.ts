@@ -44,7 +44,7 @@ export function isClientGone(err: unknown): boolean {
  * registry workers and by the gateway's direct blob path. Throws on failure (the caller destroys
  * the response: a broken transfer, never a short one).
  */
-export async function copyFileToResponse(handle: FileHandle, res: ServerResponse, start: number, end: number, sent?: (bytes: number) => void): Promise<void> {
+export async function copyFileToResponse(handle: FileHandle, res: ServerResponse, start: number, end: number, sent?: (bytes: number) => void, available?: GrowingFile): Promise<void> {
   const total = end - start + 1;
   const pooled = total >= FILE_CHUNK;
   const size = pooled ? FILE_CHUNK : total;
@@ -68,7 +68,19 @@ export async function copyFileToResponse(handle: FileHandle, res: ServerResponse
       const buffer = buffers[turn]!;
       const pending = writes[turn];
       if (pending) await Promise.race([pending, closed]);
-      const want = Math.min(buffer.length, end - position + 1);
+      let want = Math.min(buffer.length, end - position + 1);
+      if (available) {
+        let limit: number;
+        try {
+          limit = await Promise.race([available(position), closed]);
+        } catch (err) {
+          // The file will not be complete (a fill that failed verification): what was read goes out
+          // before the caller breaks the transfer, as when the worker streams it.
+          if (!(err instanceof ClientGoneError)) await Promise.race([Promise.all(writes), closed]).catch(() => {});
+          throw err;
+        }
+        want = Math.min(want, limit - position);
+      }
       const { bytesRead } = await handle.read(buffer, 0, want, position);
       if (bytesRead === 0) throw new Error(`file ended at ${position}, expected ${end + 1} bytes`);
       if (res.destroyed) throw new ClientGoneError('client closed the connection');
@@ -90,6 +102,12 @@ export async function copyFileToResponse(handle: FileHandle, res: ServerResponse
   }
 }
 
+/**
+ * For a file still being written (a cache fill's spool): resolves with how far the file may be read
+ * (exclusive, above `position`) once it is; rejects if the file will never be complete.
+ */
+export type GrowingFile = (position: number) => Promise<number>;
+
 /** A prepared file response: the open file, the status and headers, and the inclusive byte range to send. */
 export interface FileResponse {
   handle: FileHandle;
@@ -97,6 +115,8 @@ export interface FileResponse {
   headers: OutgoingHttpHeaders;
   start: number;
   end: number;
+  /** The file is still being written: read only as far as this allows. */
+  available?: GrowingFile;
 }
 
 /**
@@ -107,7 +127,7 @@ export interface FileResponse {
 export async function sendFileResponse(file: FileResponse, res: ServerResponse, sent?: (bytes: number) => void): Promise<Error | undefined> {
   try {
     res.writeHead(file.status, file.headers);
-    await copyFileToResponse(file.handle, res, file.start, file.end, sent);
+    await copyFileToResponse(file.handle, res, file.start, file.end, sent, file.available);
     return undefined;
   } catch (err) {
     res.destroy();

@@ -211,7 +211,7 @@ function fromMemory(body: Buffer, digest: Digest, headers: IncomingHttpHeaders, 
 }
 
 /** The worker's headers for a blob GET (app.ts, routes/blobs.ts), in its order. */
-function blobHeaders(digest: Digest, size: number, range: [number, number] | undefined, url: string): OutgoingHttpHeaders {
+export function blobHeaders(digest: Digest, size: number, range: [number, number] | undefined, url: string): OutgoingHttpHeaders {
   const out: OutgoingHttpHeaders = { 'docker-distribution-api-version': 'registry/2.0' };
   const ns = namespaceHeader(url);
   if (ns) out['oci-namespace'] = ns;

@@ -2,7 +2,7 @@ import { Agent, request as httpRequest, createServer as createHttpServer, type I
 import { createServer as createHttpsServer } from 'node:https';
 import type { Duplex } from 'node:stream';
 import { timingSafeEqual } from 'node:crypto';
-import { CACHE_RESULT_HEADER, PEER_FILL_HEADER, PEER_TOKEN_HEADER, type AppliancePlan, type WorkerPlan } from '../../../lib/appliance.js';
+import { CACHE_RESULT_HEADER, FILL_SPOOL_HEADER, PEER_FILL_HEADER, PEER_TOKEN_HEADER, type AppliancePlan, type WorkerPlan } from '../../../lib/appliance.js';
 import type { Logger } from '../../../lib/log.js';
 import { RegistryError, isRegistryError } from '../../../lib/oci/errors.js';
 import type { AccessLogWriter } from './access-log.js';
@@ -18,7 +18,8 @@ import { isConsolePath, WebConsole, type CleanerSettings } from './console/conso
 import { addPrefix, prefixIndex, routeRequest } from './router.js';
 import { sendError } from './send-error.js';
 import { readForwardBody, WorkerForwarder } from './worker-forward.js';
-import { raiseHighWaterMark } from '../../../lib/http/file-response.js';
+import { raiseHighWaterMark, sendFileResponse } from '../../../lib/http/file-response.js';
+import { openFillSpool, relayWorkerAnswer } from './fill-spool.js';
 import { FillFollowers } from './fill-followers.js';
 
 export interface GatewayOptions {
@@ -175,6 +176,7 @@ export function createGateway(options: GatewayOptions): Server {
     });
     // Only the gateway says a request is a peer's.
     delete req.headers[PEER_FILL_HEADER];
+    delete req.headers[FILL_SPOOL_HEADER];
     try {
       const peer = isPeerRequest(req);
       if (peer) ctx.user = 'peer';
@@ -237,8 +239,22 @@ export function createGateway(options: GatewayOptions): Server {
         const prepared = prepare();
         let blob = prepared instanceof Promise ? await prepared : prepared;
         // Not stored yet: a later client of a blob being fetched is served from the store once it is there.
-        if (!blob && !peer && worker.kind === 'proxy' && tryParseDigest(reference)) blob = await fillFollowers.follow(`${worker.name}\0${reference}`, res, prepare);
+        const digest = !peer && worker.kind === 'proxy' ? tryParseDigest(reference) : undefined;
+        if (!blob && digest) blob = await fillFollowers.follow(`${worker.name}\0${reference}`, res, prepare);
         if (res.destroyed) return;
+        // Still not stored: the cache worker fetches it, and the gateway sends it from the worker's spool.
+        if (!blob && digest && !options.sharedStore) {
+          const spool = await openFillSpool(forwarder.pool, worker, route.url, digest, req.headers.range);
+          if (spool.kind === 'answer') return relayWorkerAnswer(spool.response, res, (bytes) => { ctx.bytes += bytes; });
+          if (spool.kind === 'spool') {
+            metrics.cache.inc({ upstream: ctx.upstream, result: 'miss' });
+            ctx.cacheResult = 'miss';
+            const failure = await sendFileResponse(spool.file, res, (bytes) => { ctx.bytes += bytes; });
+            spool.close();
+            if (failure) log.warn({ err: failure, repository: route.repository, digest: route.reference }, 'blob transfer failed');
+            return;
+          }
+        }
         if (blob) {
           // What the worker would answer, without the second hop; a cache worker would report a hit.
           if (route.worker.kind === 'proxy') {

@@ -264,6 +264,8 @@ export class BlobFill {
         dropped++;
       }
       if (dropped > 0) this.chunks.splice(0, dropped);
+      // Spool followers (spoolEvents) read up to `written`.
+      this.notify();
       this.resumeIfCaughtUp();
       this.write();
     }, (err: Error) => {
@@ -363,6 +365,61 @@ export class BlobFill {
         if (stream.push(bytesRead === length ? buffer : buffer.subarray(0, bytesRead))) pump();
       });
     }
+    stream.on('end', release);
+    return stream;
+  }
+
+  /**
+   * For a reader of the spool file in another process (the gateway: services/gateway/src/fill-spool.ts):
+   * newline-delimited JSON, first `{"spool":<path>,"size":<bytes>}`, then `{"written":<bytes>}` as the
+   * spool grows (bytes [0, written) are in the file), and last `{"verified":true}` (every byte may go
+   * out) or `{"error":<message>}` (the blob must not reach any client whole). Undefined when this fill
+   * has no spool to follow (not open yet, or over). It counts as a reader until it is destroyed: the
+   * spool stays while the other process may still open it.
+   */
+  spoolEvents(): Readable | undefined {
+    const path = this.sink?.spoolPath;
+    if (path === undefined || this.size === undefined || this.ended || this.error) return undefined;
+    this.readers++;
+    clearTimeout(this.abandonTimer);
+    let released = false;
+    const release = () => {
+      if (released) return;
+      released = true;
+      this.readers--;
+      this.armAbandonTimer();
+      this.releaseFileIfIdle();
+    };
+    let sentWritten = -1;
+    let over = false;
+    const stream = new Readable({
+      read() {},
+      destroy(err, callback) {
+        release();
+        callback(err);
+      },
+    });
+    const update = () => {
+      if (over || stream.destroyed) return;
+      // What is spooled first, even when the fill failed: clients get those bytes (never the last one).
+      if (this.written !== sentWritten) {
+        sentWritten = this.written;
+        stream.push(`{"written":${sentWritten}}\n`);
+      }
+      if (this.error) {
+        over = true;
+        stream.push(`${JSON.stringify({ error: this.error.message })}\n`);
+        return void stream.push(null);
+      }
+      if (this.verified) {
+        over = true;
+        stream.push('{"verified":true}\n');
+        return void stream.push(null);
+      }
+      this.waiters.add(update);
+    };
+    stream.push(`${JSON.stringify({ spool: path, size: this.size })}\n`);
+    update();
     stream.on('end', release);
     return stream;
   }

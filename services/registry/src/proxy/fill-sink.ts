@@ -40,6 +40,8 @@ export interface FillSink {
   cancel(): Promise<void>;
   /** The fill ended and no client reads the spool any more (its fd is closed). */
   release(): Promise<void>;
+  /** The spool file's path once open() created it (the gateway may read a fill from it: fill-spool). */
+  readonly spoolPath: string | undefined;
 }
 
 /** One hashing thread for every filesystem fill of this process. */
@@ -80,7 +82,7 @@ export function fillSink(target: FillTarget, digest: Digest): FillSink {
  */
 class FilesystemFillSink implements FillSink {
   readonly store = undefined;
-  private path: string | undefined;
+  spoolPath: string | undefined;
   private hash: FileHashJob | undefined;
   private committed = false;
 
@@ -88,7 +90,7 @@ class FilesystemFillSink implements FillSink {
 
   async open(): Promise<number> {
     const { path, fd } = await createFile(this.driver.tmpDir, 'fill');
-    this.path = path;
+    this.spoolPath = path;
     this.hash = hasher.start(this.digest.algorithm, path);
     return fd;
   }
@@ -105,13 +107,13 @@ class FilesystemFillSink implements FillSink {
 
   async persist(fd: number): Promise<void> {
     await fsyncP(fd);
-    await commitFile(this.path!, this.driver.path(this.key));
+    await commitFile(this.spoolPath!, this.driver.path(this.key));
     this.committed = true;
   }
 
   async cancel(): Promise<void> {
     this.hash?.cancel();
-    if (this.path && !this.committed) await unlink(this.path).catch(() => {});
+    if (this.spoolPath && !this.committed) await unlink(this.spoolPath).catch(() => {});
   }
 
   async release(): Promise<void> {
@@ -126,7 +128,7 @@ class FilesystemFillSink implements FillSink {
  */
 class DriverFillSink implements FillSink {
   readonly store: (chunk: Buffer) => Promise<void>;
-  private spoolPath: string | undefined;
+  spoolPath: string | undefined;
   private writer: BlobWriter | undefined;
 
   constructor(private readonly target: FillTarget, private readonly digest: Digest) {

@@ -6,7 +6,7 @@ import { isValidTag, type Reference } from '../../../../lib/oci/reference.js';
 import { parseRange } from '../../../../lib/http/range.js';
 import { upstreamRepository } from '../../../../lib/upstreams.js';
 import { Readable } from 'node:stream';
-import { CACHE_RESULT_HEADER, PEER_FILL_HEADER } from '../../../../lib/appliance.js';
+import { CACHE_RESULT_HEADER, FILL_SPOOL_HEADER, PEER_FILL_HEADER } from '../../../../lib/appliance.js';
 import type { HeldLease } from '../../../../lib/storage/lease.js';
 import type { RegistryContext } from '../context.js';
 import { getBlob, rangeNotSatisfiable, sendBlobHeaders } from '../routes/blobs.js';
@@ -360,7 +360,9 @@ export class ProxyCache {
 
   async getBlob(name: string, rawDigest: string, req: FastifyRequest, reply: FastifyReply): Promise<void> {
     const digest = parseDigest(rawDigest);
+    const spoolRequest = req.headers[FILL_SPOOL_HEADER] === '1' && req.method === 'GET' && !this.shared;
     if (await this.ctx.blobs.stat(digest)) {
+      if (spoolRequest) return noSpool(reply);
       // Blobs are shared by digest across the cache; a repository that asks for one gets a link.
       if (!(await this.ctx.blobs.isLinked(name, digest))) await this.ctx.blobs.link(name, digest);
       reply.header(CACHE_RESULT_HEADER, 'hit');
@@ -397,8 +399,15 @@ export class ProxyCache {
     if (fill.size === undefined) await fill.finished;
     if (fill.done || fill.size === undefined) {
       if (fill.error) throw fill.error;
+      if (spoolRequest) return noSpool(reply);
       reply.header(CACHE_RESULT_HEADER, 'miss');
       return getBlob(this.ctx, name, rawDigest, req, reply);
+    }
+    if (spoolRequest) {
+      const events = fill.spoolEvents();
+      if (!events) return noSpool(reply);
+      reply.code(200).header(FILL_SPOOL_HEADER, 'events').header(CACHE_RESULT_HEADER, 'miss').header('content-type', 'application/x-ndjson');
+      return void reply.send(events);
     }
     const size = fill.size;
     const { start, end } = sendFillHeaders(req, reply, digest, size);
@@ -590,4 +599,9 @@ export class ProxyCache {
     }
     reply.code(200).headers({ ...headers, 'content-type': MediaType.OciIndex }).send(body);
   }
+}
+
+/** The gateway asked for a fill's spool, and there is none to follow (stored, or over): it forwards the GET as usual. */
+function noSpool(reply: FastifyReply): void {
+  reply.code(204).header(FILL_SPOOL_HEADER, 'none').send();
 }
