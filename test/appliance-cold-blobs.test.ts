@@ -77,31 +77,29 @@ for (const kind of STORAGE_KINDS) describe(`appliance: blobs being fetched, thro
     }));
   };
 
-  it('6 clients of a blob being fetched: each gets it whole and verified, one upstream GET; the 5 later ones are served from the store', async () => {
-    const layer = quick.layers[0]!;
+  /**
+   * `count` clients of `layer` (of `repo`), `staggerMs` apart: each gets it whole and verified, the
+   * upstream is asked once; returns how many the gateway counted as cache hits and misses. Through the
+   * worker (or its spool) a client of a fill is a miss; from the store (the gateway), a hit.
+   */
+  const clientsOfOneFill = async (repo: string, layer: { digest: string }, count: number, staggerMs: number) => {
     const [mark, before] = [upstream.output().length, await cacheCounts()];
-    const results = await concurrentGets(`/v2/up/team/quick/blobs/${layer.digest}`, 6, 40);
+    const results = await concurrentGets(`/v2/up/${repo}/blobs/${layer.digest}`, count, staggerMs);
     for (const r of results) {
       assert.equal(r.status, 200, r.text);
       assert.equal(r.digest, layer.digest);
     }
     assert.equal(blobGets(mark, layer.digest), 1);
     const counts = await cacheCounts();
-    // Through the worker, a client joining a fill is a miss; from the store (the gateway), a hit.
-    assert.deepEqual({ hit: counts.hit - before.hit, miss: counts.miss - before.miss }, { hit: 5, miss: 1 });
+    return { hit: counts.hit - before.hit, miss: counts.miss - before.miss };
+  };
+
+  it('6 clients of a blob being fetched: each gets it whole and verified, one upstream GET; the 5 later ones are served from the store', async () => {
+    assert.deepEqual(await clientsOfOneFill('team/quick', quick.layers[0]!, 6, 40), { hit: 5, miss: 1 });
   });
 
-  it('a fill longer than the wait: the later clients join it through the worker; one upstream GET', async () => {
-    const layer = slow.layers[0]!;
-    const [mark, before] = [upstream.output().length, await cacheCounts()];
-    const results = await concurrentGets(`/v2/up/team/slow/blobs/${layer.digest}`, 3, 100);
-    for (const r of results) {
-      assert.equal(r.status, 200, r.text);
-      assert.equal(r.digest, layer.digest);
-    }
-    assert.equal(blobGets(mark, layer.digest), 1);
-    const counts = await cacheCounts();
-    assert.deepEqual({ hit: counts.hit - before.hit, miss: counts.miss - before.miss }, { hit: 0, miss: 3 });
+  it('a fill longer than the wait: the later clients join it; one upstream GET', async () => {
+    assert.deepEqual(await clientsOfOneFill('team/slow', slow.layers[0]!, 3, 100), { hit: 0, miss: 3 });
   });
 
   it('a first request that fails (a blob the upstream lacks) does not hold the later ones: each gets its 404 at once', async () => {

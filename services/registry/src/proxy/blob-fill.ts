@@ -301,19 +301,10 @@ export class BlobFill {
    * fill runs: once `done`, serve the committed blob from the store instead.
    */
   createReader(start: number, end: number): Readable {
-    this.readers++;
-    clearTimeout(this.abandonTimer);
+    const release = this.addReader();
     let position = start;
-    let released = false;
     let reading = false;
     let waiting = false;
-    const release = () => {
-      if (released) return;
-      released = true;
-      this.readers--;
-      this.armAbandonTimer();
-      this.releaseFileIfIdle();
-    };
     const fill = this;
     const stream = new Readable({
       highWaterMark: CLIENT_BUFFER,
@@ -380,16 +371,7 @@ export class BlobFill {
   spoolEvents(): Readable | undefined {
     const path = this.sink?.spoolPath;
     if (path === undefined || this.size === undefined || this.ended || this.error) return undefined;
-    this.readers++;
-    clearTimeout(this.abandonTimer);
-    let released = false;
-    const release = () => {
-      if (released) return;
-      released = true;
-      this.readers--;
-      this.armAbandonTimer();
-      this.releaseFileIfIdle();
-    };
+    const release = this.addReader();
     let sentWritten = -1;
     let over = false;
     const stream = new Readable({
@@ -422,6 +404,23 @@ export class BlobFill {
     update();
     stream.on('end', release);
     return stream;
+  }
+
+  /**
+   * One more reader of this fill (a client's stream, a spool follower): while any reads, the fill is
+   * not abandoned and the spool stays open. Returns its release (idempotent).
+   */
+  private addReader(): () => void {
+    this.readers++;
+    clearTimeout(this.abandonTimer);
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      this.readers--;
+      this.armAbandonTimer();
+      this.releaseFileIfIdle();
+    };
   }
 
   /** The received bytes from `position` (>= chunksStart) up to `limit`, as a view of one chunk. */
