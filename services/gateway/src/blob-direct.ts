@@ -99,6 +99,12 @@ export class DirectBlobs {
     return undefined;
   }
 
+  /** A prepared blob that will not be sent (its client left): its file closed, its stream ended. */
+  discard(blob: DirectBlob): void {
+    if ('handle' in blob) void blob.handle.close().catch(() => {});
+    else if ('stream' in blob) blob.stream.destroy();
+  }
+
   /** The filesystem fast path: the link checked and the blob opened as files. */
   private async prepareFromDisk(driver: FilesystemDriver, worker: WorkerPlan, layout: StorageLayout, repository: string, digest: Digest, headers: IncomingHttpHeaders, url: string): Promise<DirectBlob | undefined> {
     let handle: FileHandle | undefined;

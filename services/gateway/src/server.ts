@@ -241,7 +241,7 @@ export function createGateway(options: GatewayOptions): Server {
         // Not stored yet: a later client of a blob being fetched is served from the store once it is there.
         const digest = !peer && worker.kind === 'proxy' ? tryParseDigest(reference) : undefined;
         if (!blob && digest) blob = await fillFollowers.follow(`${worker.name}\0${reference}`, res, prepare);
-        if (res.destroyed) return;
+        if (res.destroyed) return blob && directBlobs.discard(blob);
         // Still not stored: the cache worker fetches it, and the gateway sends it from the worker's spool.
         if (!blob && digest && !options.sharedStore) {
           const spool = await openFillSpool(forwarder.pool, worker, route.url, digest, req.headers.range);
