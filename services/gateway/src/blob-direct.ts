@@ -123,14 +123,12 @@ export class DirectBlobs {
         this.rememberLink(worker, repository, digest, checkedAt);
         return fromMemory(body, digest, headers, url);
       }
-      const range = parseRange(headers.range, size);
-      if (range.kind === 'unsatisfiable') {
+      const answer = rangedAnswer(digest, size, headers.range, url);
+      if (!answer) {
         await handle.close();
         return undefined;
       }
-      const start = range.kind === 'partial' ? range.range.start : 0;
-      const end = range.kind === 'partial' ? range.range.end : size - 1;
-      return { handle, status: range.kind === 'partial' ? 206 : 200, headers: blobHeaders(digest, size, range.kind === 'partial' ? [start, end] : undefined, url), start, end };
+      return { handle, ...answer };
     } catch {
       // Not linked, not stored (ENOENT), or unreadable: the worker answers (and logs what it must).
       await handle?.close().catch(() => {});
@@ -163,12 +161,9 @@ export class DirectBlobs {
       }
       // STEVEDORE_S3_REDIRECT: the worker answers with the redirect (one small answer through the hop).
       if (this.remote.redirects) return undefined;
-      const range = parseRange(headers.range, size);
-      if (range.kind === 'unsatisfiable') return undefined;
-      const start = range.kind === 'partial' ? range.range.start : 0;
-      const end = range.kind === 'partial' ? range.range.end : size - 1;
-      const status = range.kind === 'partial' ? 206 : 200;
-      const out = blobHeaders(digest, size, range.kind === 'partial' ? [start, end] : undefined, url);
+      const answer = rangedAnswer(digest, size, headers.range, url);
+      if (!answer) return undefined;
+      const { status, headers: out, start, end } = answer;
       const body = await this.remote.body(key, digest, size, start, end);
       if (body.kind === 'file') return { handle: body.handle, status, headers: out, start: body.start, end: body.end };
       return { stream: body.stream, length: end - start + 1, status, headers: out };
@@ -209,15 +204,25 @@ export class DirectBlobs {
 
 /** A small blob's answer from its bytes in memory: 200, or 206 for a satisfiable Range; undefined (the worker answers) otherwise. */
 function fromMemory(body: Buffer, digest: Digest, headers: IncomingHttpHeaders, url: string): DirectBlob | undefined {
-  const range = parseRange(headers.range, body.length);
+  const answer = rangedAnswer(digest, body.length, headers.range, url);
+  if (!answer) return undefined;
+  return { status: answer.status, headers: answer.headers, body: answer.status === 200 ? body : body.subarray(answer.start, answer.end + 1) };
+}
+
+/**
+ * The worker's answer to a GET of a `size`-byte blob with this Range header: 200 or 206, its headers
+ * and the inclusive byte range to send; undefined for an unsatisfiable range (the worker answers 416).
+ */
+export function rangedAnswer(digest: Digest, size: number, rangeHeader: string | undefined, url: string): { status: 200 | 206; headers: OutgoingHttpHeaders; start: number; end: number } | undefined {
+  const range = parseRange(rangeHeader, size);
   if (range.kind === 'unsatisfiable') return undefined;
-  if (range.kind === 'full') return { status: 200, headers: blobHeaders(digest, body.length, undefined, url), body };
+  if (range.kind === 'full') return { status: 200, headers: blobHeaders(digest, size, undefined, url), start: 0, end: size - 1 };
   const { start, end } = range.range;
-  return { status: 206, headers: blobHeaders(digest, body.length, [start, end], url), body: body.subarray(start, end + 1) };
+  return { status: 206, headers: blobHeaders(digest, size, [start, end], url), start, end };
 }
 
 /** The worker's headers for a blob GET (app.ts, routes/blobs.ts), in its order. */
-export function blobHeaders(digest: Digest, size: number, range: [number, number] | undefined, url: string): OutgoingHttpHeaders {
+function blobHeaders(digest: Digest, size: number, range: [number, number] | undefined, url: string): OutgoingHttpHeaders {
   const out: OutgoingHttpHeaders = { 'docker-distribution-api-version': 'registry/2.0' };
   const ns = namespaceHeader(url);
   if (ns) out['oci-namespace'] = ns;

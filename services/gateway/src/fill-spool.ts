@@ -3,9 +3,8 @@ import { request as httpRequest, type Agent, type IncomingMessage, type ServerRe
 import { pipeline } from 'node:stream';
 import { CACHE_RESULT_HEADER, FILL_SPOOL_HEADER, type WorkerPlan } from '../../../lib/appliance.js';
 import type { FileResponse } from '../../../lib/http/file-response.js';
-import { parseRange } from '../../../lib/http/range.js';
 import type { Digest } from '../../../lib/oci/digest.js';
-import { blobHeaders } from './blob-direct.js';
+import { rangedAnswer } from './blob-direct.js';
 
 /**
  * A cold blob GET through the gateway, read from the cache worker's spool file instead of relayed.
@@ -50,16 +49,14 @@ export async function openFillSpool(agent: Agent, worker: WorkerPlan, url: strin
   let handle: FileHandle | undefined;
   try {
     const { path, size } = await progress.opened;
-    const wanted = parseRange(range, size);
+    const answer = rangedAnswer(digest, size, range, url);
     // 416: the worker's answer, through the usual forward.
-    if (wanted.kind === 'unsatisfiable') throw new Error('unsatisfiable range');
+    if (!answer) throw new Error('unsatisfiable range');
     // Opened while the fill runs; a fill that finished meanwhile (renamed or removed) is served from the store instead.
     handle = await open(path, 'r');
-    const [start, end] = wanted.kind === 'partial' ? [wanted.range.start, wanted.range.end] : [0, size - 1];
-    const status = wanted.kind === 'partial' ? 206 : 200;
     return {
       kind: 'spool',
-      file: { handle, status, headers: blobHeaders(digest, size, wanted.kind === 'partial' ? [start, end] : undefined, url), start, end, available: (position) => progress.available(position) },
+      file: { handle, ...answer, available: (position) => progress.available(position) },
       close: () => response.destroy(),
     };
   } catch {

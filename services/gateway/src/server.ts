@@ -242,30 +242,31 @@ export function createGateway(options: GatewayOptions): Server {
         const digest = !peer && worker.kind === 'proxy' ? tryParseDigest(reference) : undefined;
         if (!blob && digest) blob = await fillFollowers.follow(`${worker.name}\0${reference}`, res, prepare);
         if (res.destroyed) return blob && directBlobs.discard(blob);
+        const counted = (bytes: number) => { ctx.bytes += bytes; };
+        /** Sends a blob the gateway answers itself; `cacheResult`: what the cache worker would have reported. */
+        const sendDirect = async (send: (sent: (bytes: number) => void) => Promise<Error | undefined> | undefined, cacheResult: 'hit' | 'miss' | undefined) => {
+          if (cacheResult) {
+            metrics.cache.inc({ upstream: ctx.upstream, result: cacheResult });
+            ctx.cacheResult = cacheResult;
+          }
+          const sending = send(counted);
+          const failure = sending && await sending;
+          if (failure) log.warn({ err: failure, repository, digest: reference }, 'blob transfer failed');
+        };
         // Still not stored: the cache worker fetches it, and the gateway sends it from the worker's spool.
         if (!blob && digest && !options.sharedStore) {
           const spool = await openFillSpool(forwarder.pool, worker, route.url, digest, req.headers.range);
-          if (spool.kind === 'answer') return relayWorkerAnswer(spool.response, res, (bytes) => { ctx.bytes += bytes; });
+          if (spool.kind === 'answer') return relayWorkerAnswer(spool.response, res, counted);
           if (spool.kind === 'spool') {
-            metrics.cache.inc({ upstream: ctx.upstream, result: 'miss' });
-            ctx.cacheResult = 'miss';
-            const failure = await sendFileResponse(spool.file, res, (bytes) => { ctx.bytes += bytes; });
-            spool.close();
-            if (failure) log.warn({ err: failure, repository: route.repository, digest: route.reference }, 'blob transfer failed');
-            return;
+            try {
+              return await sendDirect((sent) => sendFileResponse(spool.file, res, sent), 'miss');
+            } finally {
+              spool.close();
+            }
           }
         }
-        if (blob) {
-          // What the worker would answer, without the second hop; a cache worker would report a hit.
-          if (route.worker.kind === 'proxy') {
-            metrics.cache.inc({ upstream: ctx.upstream, result: 'hit' });
-            ctx.cacheResult = 'hit';
-          }
-          const sending = directBlobs.send(blob, res, (bytes) => { ctx.bytes += bytes; });
-          const failure = sending && await sending;
-          if (failure) log.warn({ err: failure, repository: route.repository, digest: route.reference }, 'blob transfer failed');
-          return;
-        }
+        // What the worker would answer, without the second hop; a cache worker would report a hit.
+        if (blob) return sendDirect((sent) => directBlobs.send(blob, res, sent), worker.kind === 'proxy' ? 'hit' : undefined);
       }
       req.url = route.url;
       // Workers trust the gateway; the client's credentials go no further.
