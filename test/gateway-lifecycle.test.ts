@@ -6,6 +6,7 @@ import { after, before, describe, it } from 'node:test';
 import { parseAccessLogLine } from '../lib/access-log.js';
 import { fileSize, slowPatch, spawnCli, type CliProcess } from './helpers/hosted.js';
 import { freePort, tempDir } from './helpers/processes.js';
+import { sleep } from './helpers/wait.js';
 
 /**
  * `stevedore gateway` as a process (no PM2): on SIGTERM it stops accepting, lets an in-flight
@@ -13,7 +14,6 @@ import { freePort, tempDir } from './helpers/processes.js';
  * 120 s otherwise), writes the access log and exits 0 promptly.
  */
 
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 describe('gateway process: graceful stop', () => {
   let dir: string;

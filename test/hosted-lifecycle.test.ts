@@ -8,6 +8,7 @@ import { after, before, describe, it } from 'node:test';
 import { startStevedoreRegistry, tempDir, type RunningProcess } from './helpers/processes.js';
 import { STORAGE_KINDS, testStorage } from './helpers/storage-targets.js';
 import { assertOciError, fetchText, fileSize, raw, sha256, slowPatch, spawnCli } from './helpers/hosted.js';
+import { sleep } from './helpers/wait.js';
 
 /**
  * The hosted worker as a process: crash safety of uploads (kill -9 mid-chunk), stale sessions
@@ -33,7 +34,6 @@ async function start(root: string, args: string[] = [], env: Record<string, stri
 }
 
 const exists = (path: string): Promise<boolean> => stat(path).then(() => true, () => false);
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 async function waitUntil(what: string, check: () => Promise<boolean> | boolean, ms = 10_000): Promise<void> {
   const deadline = Date.now() + ms;

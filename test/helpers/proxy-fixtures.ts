@@ -14,6 +14,7 @@ import type { TestStorage } from './storage-targets.js';
 import { parseDigest } from '../../lib/oci/digest.js';
 import { isStorageNotFound } from '../../lib/storage/driver/driver.js';
 import { StorageLayout } from '../../lib/storage/layout.js';
+import { sleep } from './wait.js';
 
 /** Shared pieces of the pull-through cache end-to-end tests (test/proxy-*.test.ts). */
 
@@ -21,7 +22,7 @@ const execFileP = promisify(execFile);
 
 export const sha256 = (data: Buffer | string): string => `sha256:${createHash('sha256').update(data).digest('hex')}`;
 export const basicAuth = (user: string, pass: string): string => `Basic ${Buffer.from(`${user}:${pass}`).toString('base64')}`;
-export const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+export { sleep };
 /** `127.0.0.1:PORT` of a URL: how skopeo and auths files name a registry. */
 export const hostOf = (url: string): string => new URL(url).host;
 

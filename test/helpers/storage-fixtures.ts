@@ -13,7 +13,7 @@ const execFileP = promisify(execFile);
 
 export const sha256 = (data: Buffer | string): string => `sha256:${createHash('sha256').update(data).digest('hex')}`;
 export const hostOf = (url: string): string => new URL(url).host;
-export const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+export { sleep } from './wait.js';
 
 /** skopeo with TLS off for loopback registries; throws with skopeo's stderr when it fails. */
 export async function skopeo(args: string[], timeoutMs = 60_000): Promise<string> {
