@@ -61,7 +61,8 @@ export class FilesystemUploads implements UploadSessions {
       let size = offset;
       try {
         await handle.truncate(offset);
-        // Batched: one positioned write per ~1 MiB instead of one thread-pool round trip per socket chunk.
+        // Batched (writeBatched): the chunks that arrive while a write is in flight go out in the next
+        // positioned write, instead of one thread-pool round trip per socket chunk.
         await writeBatched({
           write: async (data) => {
             hash?.update(data);
