@@ -6,8 +6,9 @@ import { parseDigest } from '../lib/oci/digest.js';
 import type { StorageDriver } from '../lib/storage/driver/driver.js';
 import { leaseKey, readLeaseRecord } from '../lib/storage/lease.js';
 import { StorageLayout } from '../lib/storage/layout.js';
-import { buildImage, MANIFEST_ACCEPT } from './helpers/oci-image.js';
-import { hostOf, requestCounts, seed, sha256 } from './helpers/proxy-fixtures.js';
+import { servedManifestDigest } from './helpers/hosted.js';
+import { buildImage } from './helpers/oci-image.js';
+import { hostOf, requestCounts, seed } from './helpers/proxy-fixtures.js';
 import { startDistribution, startStevedoreRegistry, tempDir, type RunningProcess } from './helpers/processes.js';
 import { cephInstalled, STORAGE_KINDS, testStorage, type TestStorage } from './helpers/storage-targets.js';
 
@@ -21,19 +22,10 @@ import { cephInstalled, STORAGE_KINDS, testStorage, type TestStorage } from './h
  */
 
 const TAG_TTL_MS = 3000;
-const ACCEPT = { accept: MANIFEST_ACCEPT };
-
-async function getManifest(base: string, name: string, reference: string): Promise<string | number> {
-  const res = await fetch(`${base}/v2/${name}/manifests/${reference}`, { headers: ACCEPT });
-  const body = Buffer.from(await res.arrayBuffer());
-  if (res.status !== 200) return res.status;
-  assert.equal(res.headers.get('docker-content-digest'), sha256(body));
-  return sha256(body);
-}
 
 /** `count` GETs at once, spread round-robin over `bases`: the digests they answered. */
 function spread(bases: string[], count: number, name: string, reference: string): Promise<Array<string | number>> {
-  return Promise.all(Array.from({ length: count }, (_, i) => getManifest(bases[i % bases.length]!, name, reference)));
+  return Promise.all(Array.from({ length: count }, (_, i) => servedManifestDigest(bases[i % bases.length]!, name, reference)));
 }
 
 /** The cache's upstream requests (method) per manifest reference of `name`, once the access log has them. */
@@ -172,10 +164,10 @@ for (const kind of STORAGE_KINDS) {
       for (const name of names) await foreignLease(storage.driver, name, 60_000);
       const before = await leaseKeys(storage.driver);
       const started = Date.now();
-      assert.equal(await getManifest(cache.url, 'team/single', 'v1'), image.manifest.digest);
+      assert.equal(await servedManifestDigest(cache.url, 'team/single', 'v1'), image.manifest.digest);
       await sleep(1200); // past the TTL: a revalidation
-      assert.equal(await getManifest(cache.url, 'team/single', 'v1'), image.manifest.digest);
-      assert.equal(await getManifest(cache.url, 'team/single', image.manifest.digest), image.manifest.digest);
+      assert.equal(await servedManifestDigest(cache.url, 'team/single', 'v1'), image.manifest.digest);
+      assert.equal(await servedManifestDigest(cache.url, 'team/single', image.manifest.digest), image.manifest.digest);
       assert.ok(Date.now() - started < 15_000, 'no wait for the foreign leases (a flight would wait 30 s)');
       assert.deepEqual(await upstreamCounts(upstream, 'GET', 'team/single'), { v1: 1 });
       assert.deepEqual(await upstreamCounts(upstream, 'HEAD', 'team/single'), { v1: 1 });

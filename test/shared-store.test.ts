@@ -1,8 +1,8 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { rm } from 'node:fs/promises';
-import { buildImage, MANIFEST_ACCEPT, type BuiltImage } from './helpers/oci-image.js';
-import { pushImage, sha256 } from './helpers/hosted.js';
+import { buildImage, type BuiltImage } from './helpers/oci-image.js';
+import { pushImage, servedManifestDigest, sha256 } from './helpers/hosted.js';
 import { startStevedoreRegistry, tempDir, type RunningProcess } from './helpers/processes.js';
 import { startGatewayWithHostedWorker } from './helpers/gateway.js';
 import { cephInstalled, STORAGE_KINDS, testStorage, type TestStorage } from './helpers/storage-targets.js';
@@ -14,15 +14,6 @@ import { cephInstalled, STORAGE_KINDS, testStorage, type TestStorage } from './h
  * The shared-store mode is asked for (STEVEDORE_SHARED_STORE=true), as N appliances on one store must.
  */
 
-const ACCEPT = { accept: MANIFEST_ACCEPT };
-
-async function manifestDigest(base: string, name: string, reference: string): Promise<string | number> {
-  const res = await fetch(`${base}/v2/${name}/manifests/${reference}`, { headers: ACCEPT });
-  const body = Buffer.from(await res.arrayBuffer());
-  if (res.status !== 200) return res.status;
-  assert.equal(res.headers.get('docker-content-digest'), sha256(body));
-  return sha256(body);
-}
 
 async function blobDigest(base: string, name: string, digest: string): Promise<string | number> {
   const res = await fetch(`${base}/v2/${name}/blobs/${digest}`);
@@ -37,8 +28,8 @@ async function tags(base: string, name: string): Promise<string[]> {
 }
 
 async function assertPullable(base: string, name: string, tag: string, image: BuiltImage): Promise<void> {
-  assert.equal(await manifestDigest(base, name, tag), image.manifest.digest, `${base} ${name}:${tag}`);
-  assert.equal(await manifestDigest(base, name, image.manifest.digest), image.manifest.digest);
+  assert.equal(await servedManifestDigest(base, name, tag), image.manifest.digest, `${base} ${name}:${tag}`);
+  assert.equal(await servedManifestDigest(base, name, image.manifest.digest), image.manifest.digest);
   for (const blob of [image.config, ...image.layers]) assert.equal(await blobDigest(base, name, blob.digest), blob.digest, `${base} blob`);
 }
 
@@ -78,19 +69,19 @@ for (const kind of STORAGE_KINDS) {
 
       // B and C now hold v1 -> first; A moves it.
       await pushImage(A, name, 'v1', second);
-      assert.equal(await manifestDigest(B, name, 'v1'), second.manifest.digest);
-      assert.equal(await manifestDigest(C, name, 'v1'), second.manifest.digest);
+      assert.equal(await servedManifestDigest(B, name, 'v1'), second.manifest.digest);
+      assert.equal(await servedManifestDigest(C, name, 'v1'), second.manifest.digest);
 
       // A tag delete: B had just served it.
       const del = await fetch(`${A}/v2/${name}/manifests/v1`, { method: 'DELETE' });
       assert.equal(del.status, 202);
-      assert.equal(await manifestDigest(B, name, 'v1'), 404);
+      assert.equal(await servedManifestDigest(B, name, 'v1'), 404);
       assert.deepEqual(await tags(C, name), []);
 
       // A manifest delete by digest: B served it by digest above.
-      assert.equal(await manifestDigest(B, name, first.manifest.digest), first.manifest.digest);
+      assert.equal(await servedManifestDigest(B, name, first.manifest.digest), first.manifest.digest);
       assert.equal((await fetch(`${A}/v2/${name}/manifests/${first.manifest.digest}`, { method: 'DELETE' })).status, 202);
-      assert.equal(await manifestDigest(B, name, first.manifest.digest), 404);
+      assert.equal(await servedManifestDigest(B, name, first.manifest.digest), 404);
 
       // A blob delete (the repository's link): B served the blob above.
       const layer = first.layers[1]!;
@@ -160,9 +151,9 @@ describe('a gateway on a shared S3 store sees writes made through another applia
       await pushImage(other.url, name, 'v1', first);
       for (let i = 0; i < 3; i++) await assertPullable(gateway.url, name, 'v1', first); // cached in the gateway now
       await pushImage(other.url, name, 'v1', second);
-      assert.equal(await manifestDigest(gateway.url, name, 'v1'), second.manifest.digest);
+      assert.equal(await servedManifestDigest(gateway.url, name, 'v1'), second.manifest.digest);
       assert.equal((await fetch(`${other.url}/v2/${name}/manifests/v1`, { method: 'DELETE' })).status, 202);
-      assert.equal(await manifestDigest(gateway.url, name, 'v1'), 404);
+      assert.equal(await servedManifestDigest(gateway.url, name, 'v1'), 404);
       const config = second.config.digest;
       assert.equal(await blobDigest(gateway.url, name, config), config);
       assert.equal((await fetch(`${other.url}/v2/${name}/blobs/${config}`, { method: 'DELETE' })).status, 202);

@@ -4,7 +4,7 @@ import { createHash } from 'node:crypto';
 import { request, type Agent, type ClientRequest, type IncomingHttpHeaders, type IncomingMessage } from 'node:http';
 import { stat } from 'node:fs/promises';
 import { connect } from 'node:net';
-import type { BuiltImage } from './oci-image.js';
+import { MANIFEST_ACCEPT, type BuiltImage } from './oci-image.js';
 import { STEVEDORE_BIN } from './processes.js';
 
 /** Small clients for the hosted-registry end-to-end tests: raw HTTP (no URL normalisation), skopeo, the CLI. */
@@ -215,4 +215,16 @@ export function rawSocket(port: number, request: string): Promise<RawResponse> {
     // Every request here asks the server to close; this only bounds a server that would not.
     socket.setTimeout(10_000, () => socket.destroy(new Error('no answer within 10 s')));
   });
+}
+
+/**
+ * GET of a manifest: the digest of the bytes served (checked against Docker-Content-Digest), or the
+ * status when it is not 200.
+ */
+export async function servedManifestDigest(base: string, name: string, reference: string): Promise<string | number> {
+  const res = await fetch(`${base}/v2/${name}/manifests/${reference}`, { headers: { accept: MANIFEST_ACCEPT } });
+  const body = Buffer.from(await res.arrayBuffer());
+  if (res.status !== 200) return res.status;
+  assert.equal(res.headers.get('docker-content-digest'), sha256(body));
+  return sha256(body);
 }
