@@ -36,6 +36,15 @@ const WORKER_SOCKET_HIGH_WATER_MARK = 1024 * 1024;
 const NOT_LISTENING = new Set(['ECONNREFUSED', 'ENOENT']);
 /** Errors of a connection that failed under a request: a reused connection the worker had closed. */
 const CONNECTION_LOST = new Set(['ECONNRESET', 'EPIPE']);
+/**
+ * How often a request whose connection was lost before any answer is sent again. The first retry
+ * (a stale pooled connection) goes at once; later ones wait RETRY_STEP_MS more each time: a worker
+ * killed a moment ago still has its listening socket until the kernel has torn the process down,
+ * so a fresh connection can be accepted and then reset once or twice before connections are refused
+ * (and then waited for until PM2 has it back).
+ */
+const CONNECTION_LOST_RETRIES = 4;
+const RETRY_STEP_MS = 100;
 
 export interface ForwardOptions {
   log: Logger;
@@ -112,7 +121,8 @@ export class WorkerForwarder {
     return this.agent;
   }
 
-  async forward(req: IncomingMessage, res: ServerResponse, worker: WorkerPlan, body: ForwardBody, retried = false): Promise<void> {
+  async forward(req: IncomingMessage, res: ServerResponse, worker: WorkerPlan, body: ForwardBody, retries = 0): Promise<void> {
+    if (retries > 1) await new Promise<void>((resolve) => setTimeout(resolve, RETRY_STEP_MS * (retries - 1)));
     const ready = this.availability.ready(worker);
     if (!(ready === true || await ready)) return this.unavailable(res, worker, `not accepting connections after ${this.options.workerWaitMs} ms`);
     if (res.destroyed) return;
@@ -129,7 +139,7 @@ export class WorkerForwarder {
     delete req.headers['keep-alive'];
     this.proxy.web(req, res, {
       target,
-      agent: retried ? this.freshAgent : this.agent,
+      agent: retries > 0 ? this.freshAgent : this.agent,
       ...(body.kind === 'buffered' ? { buffer: Readable.from([body.data]) } : {}),
     }, (err: NodeJS.ErrnoException) => {
       if (attempt.responded) return; // the answer is on its way; a late write error changes nothing
@@ -137,10 +147,10 @@ export class WorkerForwarder {
       const replayable = body.kind !== 'stream';
       if (NOT_LISTENING.has(code)) this.availability.markDown(worker);
       else this.options.onForwarded(req);
-      const retry = replayable && !res.headersSent && !res.destroyed && (NOT_LISTENING.has(code) || (!retried && (CONNECTION_LOST.has(code) || err.message === 'socket hang up')));
+      const retry = replayable && !res.headersSent && !res.destroyed && (NOT_LISTENING.has(code) || (retries < CONNECTION_LOST_RETRIES && (CONNECTION_LOST.has(code) || err.message === 'socket hang up')));
       if (retry) {
         this.options.log.debug({ worker: worker.name, err: err.message }, 'worker connection failed before an answer: sending the request again');
-        this.forward(req, res, worker, body, true).catch((e: unknown) => {
+        this.forward(req, res, worker, body, NOT_LISTENING.has(code) ? Math.max(retries, 1) : retries + 1).catch((e: unknown) => {
           this.options.log.error({ err: e }, 'gateway request failed');
           res.destroy();
         });
