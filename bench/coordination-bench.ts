@@ -4,7 +4,9 @@
  * shared (STEVEDORE_SHARED_STORE: one fill lease per blob, peers stream the holder's fill) and, for
  * reference, 3 appliances that do not coordinate (each fetches every blob, as distribution's replicas
  * do). Prints wall time, upstream GETs per blob (the upstream's access log), and the time of the
- * lease operations a fill adds (acquire + delete by the filler; a failed acquire by a peer).
+ * lease operations a fill adds (acquire + delete by the filler; a failed acquire by a peer), and the
+ * S3 requests (Ceph RGW's access log, every request of every appliance, background services
+ * included) of the cold pulls and of one warm pull afterwards.
  *
  *   npm run bench:cluster -- [LAYERS=4] [LAYER_MIB=16] [PULLS=8]
  */
@@ -15,11 +17,23 @@ import { buildImage } from '../test/helpers/oci-image.js';
 import { startPeerAppliance, type PeerAppliance } from '../test/helpers/peer-appliances.js';
 import { startDistribution } from '../test/helpers/processes.js';
 import { blobGets, pull, seed } from '../test/helpers/proxy-fixtures.js';
+import { RgwLog, type S3RequestStats } from '../test/helpers/rgw-log.js';
 import { testStorage } from '../test/helpers/storage-targets.js';
 
 const layers = Number(process.argv[2] ?? 4);
 const layerMiB = Number(process.argv[3] ?? 16);
 const pulls = Number(process.argv[4] ?? 8);
+
+/** All S3 requests since `mark` (every prefix: the bench's appliances are the store's only users), by operation. */
+async function s3Requests(log: RgwLog, mark: number): Promise<{ total: number; byOperation: Record<string, number> }> {
+  const byOperation: Record<string, number> = {};
+  let total = 0;
+  for (const stats of (await log.since(mark)).values() as Iterable<S3RequestStats>) {
+    total += stats.requests;
+    for (const [op, n] of Object.entries(stats.byOperation)) byOperation[op] = (byOperation[op] ?? 0) + n;
+  }
+  return { total, byOperation };
+}
 
 const median = (values: number[]): number => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!;
 
@@ -41,14 +55,25 @@ try {
       const image = buildImage({ layerSizes: Array.from({ length: layers }, () => layerMiB * 1024 * 1024), seed: `coordination-${i}-${Date.now()}` });
       const repo = `bench/app${i}`;
       await seed(upstream.url, `${repo}:v1`, [image]);
+      const rgwLog = new RgwLog(storage.rgwDir!);
+      const coldMark = await rgwLog.mark();
       const t0 = performance.now();
       await Promise.all(Array.from({ length: pulls }, (_, p) => pull(started[p % started.length]!.url, `up/${repo}:v1`, { timeoutMs: 300_000 })));
       const ms = performance.now() - t0;
+      const cold = await s3Requests(rgwLog, coldMark);
+      // A warm pull (everything cached) through one appliance: what a hit costs the store.
+      const warmMark = await rgwLog.mark();
+      const w0 = performance.now();
+      await pull(started[0]!.url, `up/${repo}:v1`, { timeoutMs: 300_000 });
+      const warmMs = performance.now() - w0;
+      const warm = await s3Requests(rgwLog, warmMark);
       const gets = blobGets(upstream.output(), repo);
       const counts = [image.config, ...image.layers].map((b) => gets.get(b.digest) ?? 0);
       rows.push({
         scenario: scenario.name, pulls, imageMiB: layers * layerMiB, ms: Math.round(ms),
         upstreamBlobGets: counts.reduce((s, n) => s + n, 0), blobs: counts.length, maxGetsPerBlob: Math.max(...counts),
+        s3RequestsColdPulls: cold.total, s3ColdByOperation: cold.byOperation,
+        warmPullMs: Math.round(warmMs), s3RequestsWarmPull: warm.total, s3WarmByOperation: warm.byOperation,
       });
     } finally {
       await Promise.all(started.map((a) => a.close()));
