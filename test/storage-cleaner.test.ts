@@ -181,7 +181,12 @@ describe('cleaner end to end: LRU eviction of content filled by real pulls', () 
         const added = (gets.get(blob.digest) ?? 0) - (before.get(i)!.get(blob.digest) ?? 0);
         assert.equal(added, [2, 3, 4, 5].includes(i) ? 1 : 0, `img${i} blob ${blob.digest}: ${added} new upstream GET(s)`);
       }
-      assert.ok(await eventually(() => allPresent(images[i]!)), `img${i} is not all back in the store`);
+      if (!await eventually(() => allPresent(images[i]!))) {
+        const kinds = new Map([[images[i]!.manifest.digest, 'manifest'], [images[i]!.config.digest, 'config'], ...images[i]!.layers.map((l, n) => [l.digest, `layer ${n}`] as [string, string])]);
+        const missing = [];
+        for (const d of imageDigests(images[i]!)) if (!await exists(blobPathOf(root, d))) missing.push(`${kinds.get(d) ?? '?'} ${d}`);
+        assert.fail(`img${i} is not all back in the store 5 s after its pull; missing: ${missing.join(', ')}\n${cache.output().slice(-4000)}`);
+      }
     }
     const pulled = await pullImage(hosted.url, 'team/hosted:v1');
     assert.equal(pulled.manifest, hostedImage.manifest.digest);

@@ -86,6 +86,9 @@ export async function applyEviction(driver: StorageDriver, plan: EvictionPlan, l
   const [hostedNow, servedNow] = await Promise.all([hostedDigests(driver), readServedTimes(driver)]);
   const gone = new Set<string>();
   for (let i = 0; i < plan.evict.length; i += BATCH) {
+    // Each batch: the re-checks at once, then one delete request for what is still to go (S3:
+    // DeleteObjects), right after its checks.
+    const doomed: EvictionPlan['evict'] = [];
     await Promise.all(plan.evict.slice(i, i + BATCH).map(async (blob) => {
       const info = await driver.stat(blob.key).catch((err: unknown) => (isStorageNotFound(err) ? undefined : Promise.reject(err)));
       if (!info) {
@@ -96,10 +99,13 @@ export async function applyEviction(driver: StorageDriver, plan: EvictionPlan, l
         kept++;
         return;
       }
-      await driver.delete(blob.key);
+      doomed.push(blob);
+    }));
+    await driver.deleteMany(doomed.map((blob) => blob.key));
+    for (const blob of doomed) {
       gone.add(blob.digest.value);
       freed += blob.size;
-    }));
+    }
   }
   const pruned = await pruneDanglingCacheEntries(driver, { gone, stored: plan.stored });
   log.info({
@@ -133,12 +139,13 @@ export async function pruneDanglingCacheEntries(driver: StorageDriver, known?: {
       const goneRevisions = new Set<string>();
       const links = [...repository.layers, ...repository.revisions];
       for (let i = 0; i < links.length; i += BATCH) {
+        const dangling: typeof links = [];
         await Promise.all(links.slice(i, i + BATCH).map(async (link) => {
-          if (!await isGone(link.digest)) return;
-          await driver.delete(link.key);
-          if (repository.revisions.includes(link)) goneRevisions.add(link.digest.value);
-          pruned++;
+          if (await isGone(link.digest)) dangling.push(link);
         }));
+        await driver.deleteMany(dangling.map((link) => link.key));
+        for (const link of dangling) if (repository.revisions.includes(link)) goneRevisions.add(link.digest.value);
+        pruned += dangling.length;
       }
       if (goneRevisions.size === 0) continue;
       for (const tag of repository.tags) {

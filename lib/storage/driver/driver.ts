@@ -57,6 +57,8 @@ export interface StorageDriver {
   walk(prefix: string): AsyncIterable<KeyInfo>;
   /** Removes a key; removing a missing key is not an error. */
   delete(key: string): Promise<void>;
+  /** Removes these keys (missing ones are not an error): on S3 up to 1,000 per request. */
+  deleteMany(keys: readonly string[]): Promise<void>;
   /** Removes every key under `prefix` (which must end with `/`); how many were removed. */
   deletePrefix(prefix: string): Promise<number>;
 

@@ -44,6 +44,9 @@ export interface FilesystemDriverOptions {
   tmpDir?: string;
 }
 
+/** Keys deleteMany removes at once. */
+const DELETE_CONCURRENCY = 16;
+
 /**
  * The storage driver over a directory: a key is the file `<root>/<key>`, so layout keys give today's
  * on-disk layout byte for byte. Writes go to a temp file in `tmpDir`, are fsynced and renamed (or
@@ -260,6 +263,13 @@ export class FilesystemDriver implements StorageDriver {
       throw err;
     }
     await this.pruneEmptyDirs(dirname(path));
+  }
+
+  async deleteMany(keys: readonly string[]): Promise<void> {
+    // A few at a time: each is an unlink and a walk up its empty directories.
+    for (let i = 0; i < keys.length; i += DELETE_CONCURRENCY) {
+      await Promise.all(keys.slice(i, i + DELETE_CONCURRENCY).map((key) => this.delete(key)));
+    }
   }
 
   async deletePrefix(prefix: string): Promise<number> {

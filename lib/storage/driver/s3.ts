@@ -26,6 +26,8 @@ export interface S3DriverOptions {
   partConcurrency?: number;
 }
 
+/** Keys in one DeleteObjects request (S3's limit). */
+const DELETE_BATCH = 1000;
 /** Largest source of one CopyObject / UploadPartCopy request (S3's limit is 5 GiB). */
 const MAX_COPY_SIZE = 5 * 1024 * 1024 * 1024;
 /** Ranges a large chunk is copied in: well under MAX_COPY_SIZE, well over MIN_PART_SIZE. */
@@ -195,19 +197,29 @@ export class S3Driver implements StorageDriver {
     if (!prefix.endsWith('/') || prefix === '/') throw new Error(`deletePrefix needs a prefix ending with "/": "${prefix}"`);
     let removed = 0;
     let batch: string[] = [];
-    const flush = async () => {
-      if (batch.length === 0) return;
-      const objects = batch.map((k) => ({ Key: this.objectKey(k) }));
-      batch = [];
-      await this.call(prefix, () => this.client.send(new DeleteObjectsCommand({ Bucket: this.bucket, Delete: { Objects: objects, Quiet: true } })));
-      removed += objects.length;
-    };
     for await (const info of this.walk(prefix)) {
       batch.push(info.key);
-      if (batch.length === 1000) await flush();
+      if (batch.length === DELETE_BATCH) {
+        await this.deleteMany(batch);
+        removed += batch.length;
+        batch = [];
+      }
     }
-    await flush();
-    return removed;
+    await this.deleteMany(batch);
+    return removed + batch.length;
+  }
+
+  async deleteMany(keys: readonly string[]): Promise<void> {
+    for (let i = 0; i < keys.length; i += DELETE_BATCH) {
+      const objects = keys.slice(i, i + DELETE_BATCH).map((k) => ({ Key: this.objectKey(k) }));
+      const out = await this.call(keys[i]!, () => this.client.send(new DeleteObjectsCommand({ Bucket: this.bucket, Delete: { Objects: objects, Quiet: true } })));
+      // DeleteObjects answers 200 and lists the keys it could not remove: those are failures too.
+      const failed = out.Errors ?? [];
+      if (failed.length > 0) {
+        const first = failed[0]!;
+        throw new Error(`S3 DeleteObjects could not remove ${failed.length} of ${objects.length} keys (first: ${first.Key}: ${first.Code} ${first.Message})`);
+      }
+    }
   }
 
   async blobWriter(key: string, algorithm: DigestAlgorithm = 'sha256'): Promise<S3BlobWriter> {
