@@ -27,7 +27,8 @@
  * Measured 2026-12-03 (2 shared CPUs under heavy load from other jobs, Ceph RGW from scripts/ceph-rgw.sh),
  * --storage s3 --blobs 100000: cleaner scan (plan) 14.1 s, re-scan 7.5 s (target < 30 s); eviction of
  * 15,012 blobs + pruning 324 s (one DELETE per key; 2026-12-04 on a quiet machine, with deletes
- * batched by DeleteObjects: 41.6 s, scan 4.0 s); GC dry run 15.9 s, real run 94 s (20,025 removed);
+ * batched by DeleteObjects: 41.6 s, scan 4.0 s); GC dry run 15.9 s, real run 94 s (20,025 removed;
+ * 2026-12-04: 48.5 s with one DELETE per key, 40.2 s with DeleteObjects);
  * the store build (~170,000 PUTs) 33 min. `stevedore clean --dry-run` on that store: 11.4 s end to end.
  * Logger on S3 (--blobs 2400 --lines 100000): 139,766 lines/s, 1 batch (one PUT) per flush.
  */

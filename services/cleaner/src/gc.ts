@@ -109,10 +109,10 @@ export async function collectGarbage(driver: StorageDriver, options: {
   }
   if (!options.dryRun && removed.length > 0) {
     const gone = new Set(removed.map((b) => b.digest.value));
-    for (let i = 0; i < removed.length; i += BATCH) await Promise.all(removed.slice(i, i + BATCH).map((b) => driver.delete(b.key)));
+    await driver.deleteMany(removed.map((b) => b.key));
     // Links to swept blobs would make a repository claim content it cannot serve.
     const dangling = hostedNow.flatMap((repository) => repository.layers.filter((link) => gone.has(link.digest.value)));
-    for (let i = 0; i < dangling.length; i += BATCH) await Promise.all(dangling.slice(i, i + BATCH).map((link) => driver.delete(link.key)));
+    await driver.deleteMany(dangling.map((link) => link.key));
   }
   const removedBytes = removed.reduce((sum, b) => sum + b.size, 0);
   options.log.info({ store: driver.location, removed: removed.length, removedBytes, spared, staleUploads, abortedWrites, dryRun: options.dryRun }, 'garbage collection done');
