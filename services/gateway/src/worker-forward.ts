@@ -1,5 +1,6 @@
 import { Agent, type AgentOptions, type ClientRequest, type IncomingMessage, type ServerResponse } from 'node:http';
 import { Readable } from 'node:stream';
+import { setTimeout as wait } from 'node:timers/promises';
 import './http-proxy-compat.js';
 import httpProxy from 'http-proxy';
 import type { WorkerPlan } from '../../../lib/appliance.js';
@@ -122,7 +123,6 @@ export class WorkerForwarder {
   }
 
   async forward(req: IncomingMessage, res: ServerResponse, worker: WorkerPlan, body: ForwardBody, retries = 0): Promise<void> {
-    if (retries > 1) await new Promise<void>((resolve) => setTimeout(resolve, RETRY_STEP_MS * (retries - 1)));
     const ready = this.availability.ready(worker);
     if (!(ready === true || await ready)) return this.unavailable(res, worker, `not accepting connections after ${this.options.workerWaitMs} ms`);
     if (res.destroyed) return;
@@ -145,12 +145,16 @@ export class WorkerForwarder {
       if (attempt.responded) return; // the answer is on its way; a late write error changes nothing
       const code = err.code ?? '';
       const replayable = body.kind !== 'stream';
-      if (NOT_LISTENING.has(code)) this.availability.markDown(worker);
+      const notListening = NOT_LISTENING.has(code);
+      if (notListening) this.availability.markDown(worker);
       else this.options.onForwarded(req);
-      const retry = replayable && !res.headersSent && !res.destroyed && (NOT_LISTENING.has(code) || (retries < CONNECTION_LOST_RETRIES && (CONNECTION_LOST.has(code) || err.message === 'socket hang up')));
+      const lost = CONNECTION_LOST.has(code) || err.message === 'socket hang up';
+      const retry = replayable && !res.headersSent && !res.destroyed && (notListening || (lost && retries < CONNECTION_LOST_RETRIES));
       if (retry) {
         this.options.log.debug({ worker: worker.name, err: err.message }, 'worker connection failed before an answer: sending the request again');
-        this.forward(req, res, worker, body, NOT_LISTENING.has(code) ? Math.max(retries, 1) : retries + 1).catch((e: unknown) => {
+        // A refused connection is waited for by the availability probe; a lost one waits here.
+        const delay = notListening ? 0 : RETRY_STEP_MS * retries;
+        wait(delay).then(() => this.forward(req, res, worker, body, notListening ? Math.max(retries, 1) : retries + 1)).catch((e: unknown) => {
           this.options.log.error({ err: e }, 'gateway request failed');
           res.destroy();
         });
