@@ -126,11 +126,23 @@ EOF
   monmaptool --create --fsid "$fsid" --addv a "[v1:127.0.0.1:$mon_port]" "$dir/monmap" >/dev/null
   ceph-mon "${c[@]}" --mkfs -i a --monmap "$dir/monmap" >/dev/null 2>&1
   ceph-mon "${c[@]}" -i a 2>>"$dir/log/daemons.err"
-  wait_until 300 ceph "${c[@]}" --connect-timeout 2 mon stat
+  # Our monitor, not another cluster's that won a race for the port: it must report our fsid.
+  wait_until 300 bash -c "ceph -c '$conf' --connect-timeout 2 fsid 2>/dev/null | grep -q '$fsid'"
 
-  local osd_uuid osd_id
+  local osd_uuid osd_id=""
   osd_uuid="$(uuidgen)"
-  osd_id="$(ceph "${c[@]}" osd new "$osd_uuid")"
+  # Retried (the same uuid gives the same id): a monitor that just answered may still refuse commands
+  # for a moment ("Error EPERM: problem getting command descriptions from mon", seen once in CI).
+  for _ in $(seq 1 100); do
+    osd_id="$(ceph "${c[@]}" --connect-timeout 2 osd new "$osd_uuid" 2>>"$dir/log/cli.err")" && break
+    osd_id=""
+    sleep 0.1
+  done
+  if [ -z "$osd_id" ]; then
+    echo "ceph-rgw: \`ceph osd new\` kept failing:" >&2
+    tail -n 5 "$dir/log/cli.err" >&2
+    exit 1
+  fi
   mkdir -p "$dir/osd/$osd_id"
   ceph-osd "${c[@]}" -i "$osd_id" --mkfs --osd-uuid "$osd_uuid" >/dev/null 2>&1
   # Placing the OSD ourselves avoids a start-up race ("wrong fsid").

@@ -37,6 +37,16 @@ export function parseCephEnv(text: string): Record<string, string> {
  * finds it as a deployed service would. Call stop() in after(): it kills the daemons by pid file.
  */
 export async function startCephRgw(): Promise<CephRgw> {
+  // A start that fails (a daemon losing a race for its port to a cluster another test file starts at
+  // the same moment) is retried once in a fresh directory with fresh ports.
+  try {
+    return await startCephRgwOnce();
+  } catch {
+    return startCephRgwOnce();
+  }
+}
+
+async function startCephRgwOnce(): Promise<CephRgw> {
   const dir = await tempDir('stevedore-ceph-');
   let stdout: string;
   try {
