@@ -55,6 +55,7 @@ import { numberOption, option } from './options.js';
 import { capture, curlGet, fmt, makeBlob, MANIFEST_TYPE, pushMonolithic, REPO, seedImage, waitReady, wrk, type Server } from './registry-bench.js';
 import { describeS3Requests, describeS3Shapes, RgwLog, type S3RequestStats } from '../test/helpers/rgw-log.js';
 import { summarizeCpuProfiles } from './cpu-profile.js';
+import { workerNodeArgs } from '../lib/ecosystem.js';
 
 const MiB = 1024 * 1024;
 const flag = (name: string, env: string) => ['1', 'true', 'yes'].includes(option(name, env, 'false').toLowerCase());
@@ -116,7 +117,8 @@ const roles = new Map<number, string>();
 async function startStevedore(prefix: string, role: string, upstream?: string): Promise<S3Server> {
   const dir = await newTempDir('s3-bench-stevedore-');
   const port = await freePort();
-  const nodeArgs = OPTS.profile ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : [];
+  // The node options the appliance gives its workers on S3 (PM2's node_args), so this measures what it runs.
+  const nodeArgs = [...workerNodeArgs({ kind: 's3', bucket: rgw!.bucket, prefix }), ...(OPTS.profile ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : [])];
   const args = [...nodeArgs, STEVEDORE_BIN, 'registry', '--listen', `127.0.0.1:${port}`, '--root', join(dir, 'root'),
     '--storage', `s3://${rgw!.bucket}/${prefix}`, '--log-level', process.env.BENCH_STEVEDORE_LOG_LEVEL || 'warn',
     ...(upstream ? ['--upstream', upstream] : [])];

@@ -24,15 +24,31 @@ export interface PM2App {
    * ~17 -> ~6); the appliance's own metrics are at /metrics.
    */
   pmx: boolean;
+  /** Arguments to node itself (V8 settings), before the script. */
+  node_args: string[];
 }
 
 const STEVEDORE_BIN = fileURLToPath(new URL('../../bin/stevedore.js', import.meta.url));
 
-function app(name: string, args: string[], env: Record<string, string>): PM2App {
+function app(name: string, args: string[], env: Record<string, string>, nodeArgs: string[] = []): PM2App {
   return {
     name, script: STEVEDORE_BIN, args, interpreter: process.execPath, exec_mode: 'fork', env,
     kill_timeout: 60_000, wait_ready: true, listen_timeout: 15_000, exp_backoff_restart_delay: 100, autorestart: true, pmx: false,
+    node_args: nodeArgs,
   };
+}
+
+/**
+ * Node options of the registry workers. On a remote store (S3) every blob byte a worker serves or
+ * receives passes through a fresh Buffer (a socket read of the store's answer, a multipart part), and
+ * V8 counts those buffers against the old generation's limit, which for a worker's small heap (~20 MB)
+ * is reached after a few MB: a push of 10 x 20 MiB cost 13-27 full collections and the pull right
+ * after it 7-10 more. Starting the old generation at 64 MB: 0-1 each, worker CPU per push 1.3-1.9 ->
+ * 1.0-1.1 s and per pull 0.40-0.54 -> 0.20-0.25 s, for ~15 MB more RSS. Not on the filesystem: there
+ * the worker serves from files with reused buffers and the appliance's RSS stays under its bound.
+ */
+export function workerNodeArgs(storage: StorageConfig['storage']): string[] {
+  return storage?.kind === 's3' ? ['--initial-old-space-size=64'] : [];
 }
 
 /**
@@ -104,8 +120,9 @@ export function buildEcosystem(env: NodeJS.ProcessEnv = process.env): { apps: PM
   if ((runDirMode & 0o777) !== 0o700) chmodSync(config.runDir, 0o700);
   mkdirSync(config.root, { recursive: true });
   const apps: PM2App[] = [app('gateway', ['gateway'], { ...storageEnv(config), ...servingEnv(config), ...peerEnv(config) })];
-  apps.push(app(plan.hosted.name, ['registry'], workerEnv(plan.hosted, config, config.hostedReadOnly)));
-  for (const proxy of plan.proxies) apps.push(app(proxy.name, ['registry'], workerEnv(proxy, config, false)));
+  const nodeArgs = workerNodeArgs(config.storage);
+  apps.push(app(plan.hosted.name, ['registry'], workerEnv(plan.hosted, config, config.hostedReadOnly), nodeArgs));
+  for (const proxy of plan.proxies) apps.push(app(proxy.name, ['registry'], workerEnv(proxy, config, false), nodeArgs));
   apps.push(app('logger', ['logger'], storageEnv(config)));
   apps.push(app('cleaner', ['cleaner'], storageEnv(config)));
   return { apps };
