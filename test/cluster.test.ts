@@ -257,10 +257,11 @@ describe('three appliances on one S3 store behind HAProxy', { skip }, () => {
   });
 
   it('8 concurrent cold pulls (skopeo) through HAProxy over the three appliances fetch each blob and manifest from the upstream once in total', async () => {
-    // The 12 MiB layer takes ~0.6 s through the 20 MB/s link: the pulls, which start over a few
-    // hundred ms on a loaded machine, meet its fill in progress on another appliance (a 2 MiB one
-    // was sometimes done before another appliance asked, and then read from the store).
-    const image = buildImage({ layerSizes: [12 * 1024 * 1024, 1024 * 1024, 4096], seed: 'cluster-fetched-once' });
+    // The 32 MiB layer takes ~1.7 s through the 20 MB/s link: the 8 skopeo processes, whose start-ups
+    // spread over up to a second on 2 loaded cores, meet its fill in progress on another appliance
+    // (with 2 MiB, and once in ~10 full runs with 12 MiB, the fill was over before another appliance
+    // asked, which then read the blob from the store and no peer request happened).
+    const image = buildImage({ layerSizes: [32 * 1024 * 1024, 1024 * 1024, 4096], seed: 'cluster-fetched-once' });
     await seedUpstream(cluster.upstream.url, 'team/fill:v1', [image]);
     const mark = cluster.upstream.output().length;
     const sessionsBefore = new Map((await cluster.haproxyServers()).map((server) => [server.name, server.sessions]));
