@@ -132,7 +132,7 @@ EOF
   local osd_uuid osd_id=""
   osd_uuid="$(uuidgen)"
   # Retried (the same uuid gives the same id): a monitor that just answered may still refuse commands
-  # for a moment ("Error EPERM: problem getting command descriptions from mon", seen once in CI).
+  # for a moment ("Error EPERM: problem getting command descriptions from mon", seen in a local test run).
   for _ in $(seq 1 100); do
     osd_id="$(ceph "${c[@]}" --connect-timeout 2 osd new "$osd_uuid" 2>>"$dir/log/cli.err")" && break
     osd_id=""
