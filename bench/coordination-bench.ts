@@ -17,7 +17,7 @@ import { buildImage } from '../test/helpers/oci-image.js';
 import { startPeerAppliance, type PeerAppliance } from '../test/helpers/peer-appliances.js';
 import { startDistribution } from '../test/helpers/processes.js';
 import { blobGets, pull, seed } from '../test/helpers/proxy-fixtures.js';
-import { RgwLog, type S3RequestStats } from '../test/helpers/rgw-log.js';
+import { RgwLog } from '../test/helpers/rgw-log.js';
 import { testStorage } from '../test/helpers/storage-targets.js';
 
 const layers = Number(process.argv[2] ?? 4);
@@ -28,7 +28,7 @@ const pulls = Number(process.argv[4] ?? 8);
 async function s3Requests(log: RgwLog, mark: number): Promise<{ total: number; byOperation: Record<string, number> }> {
   const byOperation: Record<string, number> = {};
   let total = 0;
-  for (const stats of (await log.since(mark)).values() as Iterable<S3RequestStats>) {
+  for (const stats of (await log.since(mark)).values()) {
     total += stats.requests;
     for (const [op, n] of Object.entries(stats.byOperation)) byOperation[op] = (byOperation[op] ?? 0) + n;
   }
