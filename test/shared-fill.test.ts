@@ -95,6 +95,7 @@ describe('cache fills shared by the appliances on one store', { skip: cephInstal
     const blob = `/v2/team/app/blobs/sha256:${'0'.repeat(64)}?ns=${new URL(relay.url).host}`;
     const wrong = await fetch(`${A.url}${blob}`, { headers: { 'x-stevedore-peer-token': 'not-the-token-0123456789' } });
     assert.equal(wrong.status, 401);
+    assert.match(wrong.headers.get('www-authenticate') ?? '', /^Basic realm=/, 'a 401 carries a challenge');
     assert.equal(((await wrong.json()) as { errors: Array<{ code: string }> }).errors[0]!.code, 'UNAUTHORIZED');
     const put = await fetch(`${A.url}/v2/up/team/app/manifests/v9`, { method: 'PUT', headers: { 'x-stevedore-peer-token': PEER_TOKEN }, body: '{}' });
     assert.equal(put.status, 403);

@@ -289,7 +289,8 @@ export function createGateway(options: GatewayOptions): Server {
     delete req.headers[PEER_TOKEN_HEADER];
     const given = Buffer.from(Array.isArray(presented) ? presented.join(',') : presented);
     if (!peerToken || given.length !== peerToken.length || !timingSafeEqual(given, peerToken)) {
-      throw new RegistryError('UNAUTHORIZED', undefined, { message: 'invalid peer token' });
+      // A 401 names a scheme (RFC 9110): the one clients authenticate with; peers only retry with the right token.
+      throw new RegistryError('UNAUTHORIZED', undefined, { message: 'invalid peer token', headers: { 'www-authenticate': challenge } });
     }
     return true;
   }
