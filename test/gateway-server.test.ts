@@ -50,6 +50,13 @@ function fakeWorker(name: string, socketPath: string): Promise<Server> {
         res.end('{}');
         return;
       }
+      if (req.url!.includes('/refused/')) {
+        // As a cache worker answers when its upstream refuses the configured credentials: no challenge of its own.
+        const refused = JSON.stringify({ errors: [{ code: 'UNAUTHORIZED', message: 'upstream rejected the configured credentials' }] });
+        res.writeHead(401, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(refused) });
+        res.end(req.method === 'HEAD' ? undefined : refused);
+        return;
+      }
       res.writeHead(req.method === 'POST' ? 202 : 200, headers);
       res.end(req.method === 'HEAD' ? undefined : body);
     });
@@ -203,6 +210,11 @@ describe('gateway (in-process, fake workers on unix sockets)', () => {
       assert.equal(res.status, 404, path);
       assert.equal(ociError(res).code, 'NAME_UNKNOWN');
     }
+    // A worker's 401 leaves with the gateway's challenge too.
+    const refused = await call(url, 'GET', '/v2/up/refused/img/manifests/v1', { auth: reader });
+    assert.equal(refused.status, 401);
+    assert.equal(refused.headers['www-authenticate'], 'Basic realm="Test Realm"');
+    assert.equal(ociError(refused).code, 'UNAUTHORIZED');
     const ping = await call(url, 'HEAD', '/v2/', { auth: reader });
     assert.equal(ping.status, 200);
     assert.equal(ping.headers['docker-distribution-api-version'], 'registry/2.0');

@@ -84,7 +84,10 @@ const CLIENT_SOCKET_HIGH_WATER_MARK = 1024 * 1024;
 export function createGateway(options: GatewayOptions): Server {
   const { plan, log, users, realm, accessLog, metrics } = options;
   const byPrefix = prefixIndex(plan);
+  // Every 401 leaving the gateway names how to authenticate (RFC 9110), its own (bad credentials, a
+  // wrong peer token) and a worker's (an upstream that refused the configured credentials) alike.
   const challenge = `Basic realm="${realm}"`;
+  const challengeHeaders = { 'www-authenticate': challenge };
   const storage = options.storage ?? (options.root ? new FilesystemDriver(options.root) : undefined);
   const directBlobs = storage ? new DirectBlobs(storage, plan, options.remoteBlobs, options.sharedStore) : undefined;
   const fillFollowers = new FillFollowers();
@@ -112,6 +115,7 @@ export function createGateway(options: GatewayOptions): Server {
       // The worker's keep-alive terms are for the gateway's own pooled connection to it; the client
       // is told the gateway's.
       if (proxyRes.headers['keep-alive'] !== undefined) proxyRes.headers['keep-alive'] = KEEP_ALIVE_HEADER;
+      if (proxyRes.statusCode === 401) proxyRes.headers['www-authenticate'] ??= challenge;
       const cache = proxyRes.headers[CACHE_RESULT_HEADER];
       if (typeof cache === 'string') {
         metrics.cache.inc({ upstream: ctx.upstream, result: cache });
@@ -187,7 +191,6 @@ export function createGateway(options: GatewayOptions): Server {
         if (!user) {
           throw new RegistryError('UNAUTHORIZED', undefined, {
             message: req.headers.authorization ? 'invalid username or password' : 'authentication required',
-            headers: { 'www-authenticate': challenge },
           });
         }
         ctx.user = user.name;
@@ -275,7 +278,7 @@ export function createGateway(options: GatewayOptions): Server {
       if (!body) return; // the client went away while sending
       await forwarder.forward(req, res, route.worker, body);
     } catch (err) {
-      if (isRegistryError(err)) return sendError(res, err);
+      if (isRegistryError(err)) return sendError(res, err, err.status === 401 ? challengeHeaders : {});
       log.error({ err }, 'gateway request failed');
       sendError(res, new RegistryError('UNKNOWN', undefined, { message: 'internal server error' }));
     }
@@ -289,8 +292,7 @@ export function createGateway(options: GatewayOptions): Server {
     delete req.headers[PEER_TOKEN_HEADER];
     const given = Buffer.from(Array.isArray(presented) ? presented.join(',') : presented);
     if (!peerToken || given.length !== peerToken.length || !timingSafeEqual(given, peerToken)) {
-      // A 401 names a scheme (RFC 9110): the one clients authenticate with; peers only retry with the right token.
-      throw new RegistryError('UNAUTHORIZED', undefined, { message: 'invalid peer token', headers: { 'www-authenticate': challenge } });
+      throw new RegistryError('UNAUTHORIZED', undefined, { message: 'invalid peer token' });
     }
     return true;
   }
