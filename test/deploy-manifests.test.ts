@@ -20,6 +20,8 @@ const CONFIG_VARIABLES = new Set([APPLIANCE_OPTIONS, REGISTRY_OPTIONS, CLEANER_O
 /** Stand-ins for what the cluster fills in: the pod's IP (downward API) and the secrets' values. */
 const POD_IP = '10.42.0.7';
 const SECRET_VALUES: Record<string, string> = { STEVEDORE_PEER_TOKEN: 'a'.repeat(64), AWS_ACCESS_KEY_ID: 'AKIAEXAMPLE', AWS_SECRET_ACCESS_KEY: 'secret' };
+/** Kubernetes' dependent-variable syntax in an env value: `$(POD_IP)`. */
+const REFERENCE = /\$\(([A-Z0-9_]+)\)/g;
 
 type Node = Record<string, unknown>;
 const asNode = (value: unknown): Node => (value ?? {}) as Node;
@@ -62,7 +64,7 @@ function environmentOf(m: Manifest): Record<string, string> {
       assert.equal(asNode(asNode(entry.valueFrom).fieldRef).fieldPath, 'status.podIP', `${m.file}: ${name} from an unexpected source`);
       env[name] = POD_IP;
     } else {
-      env[name] = String(entry.value).replace(/\$\(([A-Z0-9_]+)\)/g, (_, ref: string) => {
+      env[name] = String(entry.value).replace(REFERENCE, (_, ref: string) => {
         assert.ok(ref in env, `${m.file}: ${name} refers to $(${ref}), defined after it or not at all`);
         return env[ref]!;
       });
@@ -99,7 +101,7 @@ describe('deploy/ manifests', () => {
     it(`${file}: every variable is one the appliance or the AWS SDK reads, and every value passes validation`, () => {
       const m = readManifest(file);
       const env = environmentOf(m);
-      const referenced = new Set(asList(m.container.env).flatMap((e) => [...String(e.value ?? '').matchAll(/\$\(([A-Z0-9_]+)\)/g)].map((x) => x[1]!)));
+      const referenced = new Set(asList(m.container.env).flatMap((e) => [...String(e.value ?? '').matchAll(REFERENCE)].map((x) => x[1]!)));
       for (const name of Object.keys(env)) {
         assert.ok(CONFIG_VARIABLES.has(name) || SDK_VARIABLES.has(name) || referenced.has(name), `${file}: ${name} is read by nothing`);
       }
