@@ -22,6 +22,21 @@ describe('writeBatched', () => {
     assert.ok(writes.every((w) => w.length <= WRITE_BUFFER + chunk));
   });
 
+  it('a writer with writev gets each batch as the chunks that came, uncopied, in order', async () => {
+    const source: Buffer[] = [];
+    for await (const c of chunks(100, 64 * 1024)) source.push(c);
+    const written: Buffer[] = [];
+    let batches = 0;
+    await writeBatched({
+      write: async (data) => { written.push(data); await sleep(5); },
+      writev: async (batch) => { batches++; written.push(...batch); await sleep(5); },
+    }, (async function* () { yield* source; })());
+    assert.ok(batches > 0 && batches < 30, `${batches} writev calls`);
+    assert.equal(written.length, source.length);
+    // The very buffers the source yielded: nothing was concatenated.
+    assert.ok(written.every((b, i) => b === source[i]));
+  });
+
   it('a slow source: each chunk is written as it comes, not held back for a batch', async () => {
     const writtenAt: number[] = [];
     const started = Date.now();

@@ -124,6 +124,8 @@ export interface BlobWriter {
   readonly size: number;
   /** Appends a chunk; resolves when it is accepted (applies backpressure on S3 part uploads). */
   write(chunk: Buffer): Promise<void>;
+  /** Appends several chunks in one write (optional: lib/storage/write-batched.ts copies them into one buffer without it). */
+  writev?(chunks: Buffer[]): Promise<void>;
   /**
    * Verifies `expected` (and `expectedSize`) against what was written and makes the key visible.
    * On a mismatch nothing becomes visible and it throws DIGEST_INVALID / SIZE_INVALID; the writer is

@@ -70,6 +70,14 @@ export class FilesystemUploads implements UploadSessions {
             size += data.length;
             await handle.write(data, 0, data.length, at);
           },
+          writev: async (chunks) => {
+            const at = size;
+            for (const chunk of chunks) {
+              hash?.update(chunk);
+              size += chunk.length;
+            }
+            await handle.writev(chunks, at);
+          },
         }, body);
         // No fsync per chunk (distribution does none either): a chunk lost to a power cut costs the
         // client its upload, never a corrupt blob, since finish() fsyncs the whole file and checks the

@@ -406,6 +406,15 @@ class FilesystemBlobWriter implements BlobWriter {
     await this.handle.write(chunk);
   }
 
+  async writev(chunks: Buffer[]): Promise<void> {
+    if (this.done) throw new Error('blob writer already finished');
+    for (const chunk of chunks) {
+      this.hash.update(chunk);
+      this.size += chunk.length;
+    }
+    await this.handle.writev(chunks);
+  }
+
   async commit(expected: Digest, expectedSize?: number): Promise<void> {
     if (this.done) throw new Error('blob writer already finished');
     try {
