@@ -9,7 +9,9 @@
  *   (b) warm pull of the same image (best of --warm-runs),
  *   (c) --concurrency simultaneous cold pulls against a fresh cache: wall time, and how many times
  *       the upstream was asked for each blob (its access log), the target being exactly once.
- * The appliance's per-process peak RSS during its cold pulls is printed too, and the load average.
+ * The appliance's per-process peak RSS during its cold pulls is printed too, and the load average,
+ * and the CPU time of every party of a cold pull (skopeo, the upstream, the cache) with the floor
+ * that total puts under the cold/direct ratio on this machine's cores.
  *
  * Pulls are `skopeo copy docker://proxy/bench/app:latest dir:<fresh dir>`.
  *
@@ -33,7 +35,7 @@
  */
 import { spawn } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
-import { loadavg } from 'node:os';
+import { availableParallelism, loadavg } from 'node:os';
 import { mkdir, readdir, rm, stat } from 'node:fs/promises';
 import http from 'node:http';
 import { dirname, join } from 'node:path';
@@ -113,6 +115,8 @@ interface Server {
   hasBlobs(digests: string[]): Promise<boolean>;
   /** The processes serving (the appliance's): for RSS. */
   processes?: () => Array<{ pid: number; name: string }>;
+  /** Every process doing the server's work: for CPU time. */
+  pids: () => number[];
 }
 
 function hostPortOf(url: string): string {
@@ -127,6 +131,7 @@ async function startUpstream(): Promise<Server> {
     kind: 'distribution', url: d.url, hostPort: hostPortOf(d.url), output: d.output,
     stop: async () => { await d.stop(); children.delete(d.proc); },
     hasBlobs: async () => true,
+    pids: () => [d.proc.pid!],
   };
 }
 
@@ -146,6 +151,7 @@ async function startDistributionProxy(upstreamUrl: string): Promise<Server> {
       const hex = digest.slice('sha256:'.length);
       return existsSync(join(d.root, 'docker', 'registry', 'v2', 'blobs', 'sha256', hex.slice(0, 2), hex, 'data'));
     }),
+    pids: () => [d.proc.pid!],
   };
 }
 
@@ -179,6 +185,7 @@ async function startStevedoreProxy(upstreamUrl: string): Promise<Server> {
       tempDirs.delete(dir);
     },
     hasBlobs: async () => true,
+    pids: () => [proc.pid!],
   };
 }
 
@@ -200,6 +207,7 @@ async function startApplianceProxy(upstreamUrl: string): Promise<Server> {
     stop,
     hasBlobs: async () => true,
     processes: () => appliance.processes().map((p) => ({ pid: p.pid, name: p.name ?? (p.pid === appliance.proc.pid ? 'stevedore start' : 'pm2') })),
+    pids: () => appliance.processes().map((p) => p.pid),
   };
 }
 
@@ -355,12 +363,40 @@ interface KindResult {
   complaints: string[];
   /** Peak RSS (MB) per process during the cold pulls (the appliance's processes). */
   rss: Record<string, number>;
+  /** CPU seconds per cold pull: the client (skopeo), the upstream, the cache (until it settled). */
+  coldCpu: PullCpu[];
+}
+
+interface PullCpu {
+  client: number;
+  upstream: number;
+  cache: number;
+}
+
+/** CPU seconds (user + system) used so far by `pids` (a process that is gone counts 0); Linux ticks are 10 ms. */
+function cpuSeconds(pids: number[]): number {
+  let ticks = 0;
+  for (const pid of pids) {
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      ticks += Number(fields[11]) + Number(fields[12]);
+    } catch { /* gone */ }
+  }
+  return ticks / 100;
+}
+
+/** CPU seconds of this process's children that exited and were waited for (skopeo, after its pull). */
+function childrenCpuSeconds(): number {
+  const stat = readFileSync('/proc/self/stat', 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(fields[13]) + Number(fields[14])) / 100;
 }
 
 function emptyResult(): KindResult {
   return {
     coldSeconds: [], coldUpstream: [], warmSeconds: [], concurrentWallSeconds: NaN, concurrentPullSeconds: [],
-    concurrentUpstream: undefined, concurrentFailed: 0, failures: [], complaints: [], rss: {},
+    concurrentUpstream: undefined, concurrentFailed: 0, failures: [], complaints: [], rss: {}, coldCpu: [],
   };
 }
 
@@ -413,7 +449,7 @@ async function runShape(layers: number, layerMiB: number, work: string): Promise
   const start = (kind: Kind) => (kind === 'stevedore' ? startStevedoreProxy(upstream.url)
     : kind === 'appliance' ? startApplianceProxy(upstream.url) : startDistributionProxy(upstream.url));
   const results = Object.fromEntries(KINDS.map((k) => [k, emptyResult()])) as Record<Kind, KindResult>;
-  const direct: { seconds: number[]; failures: string[] } = { seconds: [], failures: [] };
+  const direct: DirectResult = { seconds: [], failures: [], cpu: [] };
   const noteComplaints = (server: Server) => {
     if (server.kind !== 'distribution') results[server.kind].complaints.push(...stevedoreComplaints(server.output()));
     else results.distribution.complaints.push(...server.output().split('\n').filter((l) => l.includes('level=error')));
@@ -423,8 +459,10 @@ async function runShape(layers: number, layerMiB: number, work: string): Promise
   // the last instances stay up for (b).
   const warmServers: Partial<Record<Kind, Server>> = {};
   for (let round = 0; round < OPTS.coldRuns; round++) {
+    const [client0, upstream0] = [childrenCpuSeconds(), cpuSeconds(upstream.pids())];
     const seconds = await pull(upstream, work, direct.failures);
     direct.seconds.push(seconds);
+    direct.cpu.push({ client: childrenCpuSeconds() - client0, upstream: cpuSeconds(upstream.pids()) - upstream0, cache: 0 });
     log(`direct pull ${round + 1}/${OPTS.coldRuns} from the upstream: ${seconds.toFixed(2)} s (load ${load()})`);
     const order = round % 2 === 0 ? KINDS : [...KINDS].reverse();
     for (const kind of order) {
@@ -433,9 +471,13 @@ async function runShape(layers: number, layerMiB: number, work: string): Promise
       const mark = upstream.output().length;
       const failed = results[kind].failures.length;
       const stopRss = server.processes ? sampleRss(server.processes()) : undefined;
+      const cpu0 = { client: childrenCpuSeconds(), upstream: cpuSeconds(upstream.pids()), cache: cpuSeconds(server.pids()) };
       const seconds = await pull(server, work, results[kind].failures);
+      const client = childrenCpuSeconds() - cpu0.client;
       if (stopRss) for (const [name, mb] of Object.entries(stopRss())) results[kind].rss[name] = Math.max(results[kind].rss[name] ?? 0, mb);
       await settle([upstream, server], server, results[kind].failures.length === failed);
+      // The cache's and upstream's CPU until it settled: distribution's proxy goes on storing after it answered.
+      results[kind].coldCpu.push({ client, upstream: cpuSeconds(upstream.pids()) - cpu0.upstream, cache: cpuSeconds(server.pids()) - cpu0.cache });
       const counts = countUpstream(upstream.output().slice(mark));
       results[kind].coldSeconds.push(seconds);
       results[kind].coldUpstream.push(counts);
@@ -512,7 +554,24 @@ const min = (xs: number[]) => {
 const fmtS = (s: number) => (Number.isFinite(s) ? `${s.toFixed(2)} s` : 'n/a');
 const ratio = (a: number, b: number) => (Number.isFinite(a) && Number.isFinite(b) && b > 0 ? (a / b).toFixed(2) : 'n/a');
 
-function report(results: Record<Kind, KindResult>, direct: { seconds: number[]; failures: string[] }, imageBytes: number, layers: number, layerMiB: number, loadStart: string): string {
+interface DirectResult {
+  seconds: number[];
+  failures: string[];
+  cpu: PullCpu[];
+}
+
+const median = (xs: number[]) => {
+  const sorted = xs.filter(Number.isFinite).sort((a, b) => a - b);
+  return sorted.length === 0 ? NaN : sorted.length % 2 === 1 ? sorted[(sorted.length - 1) / 2]! : (sorted[sorted.length / 2 - 1]! + sorted[sorted.length / 2]!) / 2;
+};
+
+/** Median CPU seconds per pull, by party, and their sum. */
+function cpuOf(list: PullCpu[]): PullCpu & { total: number } {
+  const [client, upstream, cache] = [median(list.map((c) => c.client)), median(list.map((c) => c.upstream)), median(list.map((c) => c.cache))];
+  return { client, upstream, cache, total: client + upstream + cache };
+}
+
+function report(results: Record<Kind, KindResult>, direct: DirectResult, imageBytes: number, layers: number, layerMiB: number, loadStart: string): string {
   const n = expectedBlobs.length;
   const perBlob = (c: UpstreamCounts | undefined) => (c ? `${c.blobGetsTotal} (${c.blobGetsMin}..${c.blobGetsMax}/blob)` : 'n/a');
   const exactlyOnce = (c: UpstreamCounts | undefined) => c !== undefined && c.blobGetsMin === 1 && c.blobGetsMax === 1;
@@ -521,11 +580,18 @@ function report(results: Record<Kind, KindResult>, direct: { seconds: number[]; 
   const withFailed = (text: string, failed: number) => (failed > 0 ? `${text} (${failed} failed)` : text);
   const directBest = min(direct.seconds);
   const dist = results.distribution;
+  const cores = availableParallelism();
+  const cpuCell = (c: PullCpu & { total: number }) => (Number.isFinite(c.total) ? `${c.client.toFixed(2)}+${c.upstream.toFixed(2)}+${c.cache.toFixed(2)}=${c.total.toFixed(2)}` : 'n/a');
+  // With every process's CPU perfectly spread over the cores, a pull cannot take less than total/cores:
+  // that floor over the direct pull's time is the best ratio this machine allows.
+  const floor = (c: PullCpu & { total: number }) => ratio(c.total / cores, directBest);
   const header = ['metric', ...KINDS, 'direct from upstream'];
   const rows: string[][] = [
     [`cold pull, best of ${OPTS.coldRuns} (fresh cache each)`, ...KINDS.map((k) => fmtS(min(results[k].coldSeconds))), fmtS(directBest)],
     ['  cold / direct (goal <= 1.2 for 1 big layer, <= 1.10 for 10)', ...KINDS.map((k) => ratio(min(results[k].coldSeconds), directBest)), '1.00'],
     ['  cold / distribution\'s proxy', ...KINDS.map((k) => ratio(min(results[k].coldSeconds), min(dist?.coldSeconds ?? []))), '-'],
+    [`  CPU s per cold pull, median: skopeo+upstream+cache=total`, ...KINDS.map((k) => cpuCell(cpuOf(results[k].coldCpu))), cpuCell(cpuOf(direct.cpu))],
+    [`  CPU-bound floor: (total / ${cores} cores) / direct wall`, ...KINDS.map((k) => floor(cpuOf(results[k].coldCpu))), floor(cpuOf(direct.cpu))],
     [`upstream blob GETs per cold pull (${n} blobs; worst run)`, ...KINDS.map((k) => perBlob(worst(results[k].coldUpstream))), '-'],
     [`warm pull, best of ${OPTS.warmRuns}`, ...KINDS.map((k) => fmtS(min(results[k].warmSeconds))), '-'],
     [`${OPTS.concurrency} concurrent cold pulls, wall`, ...KINDS.map((k) => withFailed(fmtS(results[k].concurrentWallSeconds), results[k].concurrentFailed)), '-'],
