@@ -24,7 +24,6 @@
  *                                    started for the run, as the tests do; the blob key is deleted between runs)
  */
 import { spawn } from 'node:child_process';
-import { readFileSync } from 'node:fs';
 import { rm, writeFile } from 'node:fs/promises';
 import { loadavg } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -33,7 +32,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { startAppliance, type Appliance } from '../test/helpers/appliance.js';
 import { STEVEDORE_BIN, distributionRequests, freePort, startDistribution } from '../test/helpers/processes.js';
 import { testStorage, type StorageKind, type TestStorage } from '../test/helpers/storage-targets.js';
-import { children, cleanup, logger, newTempDir, runBenchmark, stopProcess, tempDirs } from './harness.js';
+import { children, cleanup, cpuTimeMs, logger, newTempDir, runBenchmark, stopProcess, tempDirs } from './harness.js';
 import { numberOption, option } from './options.js';
 import { MiB, capture, curlGet, fmt, makeBlob, pushMonolithic, waitReady, type GeneratedBlob, type Server } from './registry-bench.js';
 
@@ -61,14 +60,7 @@ export interface ColdFillResult {
 
 /** CPU time (utime + stime, ms) of a process, from /proc. */
 function cpuMs(pid: number | undefined): number {
-  if (pid === undefined) return NaN;
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return (Number(fields[11]) + Number(fields[12])) * 10;
-  } catch {
-    return NaN;
-  }
+  return (pid === undefined ? undefined : cpuTimeMs(pid))?.total ?? NaN;
 }
 
 /** Appliances still running: stopped by stopAll() on a signal, a failure or the time limit too. */

@@ -46,7 +46,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { buildImage } from '../test/helpers/oci-image.js';
 import { startAppliance, type Appliance } from '../test/helpers/appliance.js';
 import { startStevedoreRegistry, tempDir } from '../test/helpers/processes.js';
-import { children, cleanup, logger, run, runBenchmark, stopProcess, tempDirs } from './harness.js';
+import { children, cleanup, cpuTimeMs, logger, run, runBenchmark, stopProcess, tempDirs } from './harness.js';
 import { numberOption, option } from './options.js';
 import {
   MANIFEST_TYPE, MiB, REPO, curlGet, expectStatus, fmt, makeBlob,
@@ -147,17 +147,9 @@ async function waitForQuiet(): Promise<{ waitedS: number; stillRunning: string[]
   return { waitedS, stillRunning: others };
 }
 
-/** CPU time of a process in ms, utime + stime and stime alone (clock ticks of 10 ms). */
+/** CPU time of a process in ms, utime + stime and stime alone. */
 function cpuMs(pid: number | undefined): { total: number; sys: number } | undefined {
-  if (pid === undefined) return undefined;
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    const sys = Number(fields[12]) * 10;
-    return { total: Number(fields[11]) * 10 + sys, sys };
-  } catch {
-    return undefined;
-  }
+  return pid === undefined ? undefined : cpuTimeMs(pid);
 }
 
 /** Peak VmRSS (MB) of each process, sampled every 20 ms until stop(). */

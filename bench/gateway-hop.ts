@@ -27,7 +27,7 @@ import { AccessLogWriter } from '../services/gateway/src/access-log.js';
 import { GatewayMetrics } from '../services/gateway/src/metrics.js';
 import { createGateway } from '../services/gateway/src/server.js';
 import { freePort } from '../test/helpers/processes.js';
-import { children, cleanup, logger, newTempDir, runBenchmark, stopProcess } from './harness.js';
+import { children, cleanup, cpuTimeMs, logger, newTempDir, runBenchmark, stopProcess } from './harness.js';
 import { numberOption } from './options.js';
 
 const execFileP = promisify(execFile);
@@ -66,9 +66,9 @@ function serveGateway(socketPath: string, dir: string, port: number, tls: boolea
 
 /** CPU time (utime + stime, ms) of a process. */
 function cpuMs(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return (Number(fields[11]) + Number(fields[12])) * 10;
+  const used = cpuTimeMs(pid);
+  if (!used) throw new Error(`process ${pid} is gone: no CPU time to read`);
+  return used.total;
 }
 
 /** One curl transfer: MB/s and curl's own CPU ms. */

@@ -1,5 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
+import { readFileSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { tempDir } from '../test/helpers/processes.js';
 
@@ -92,4 +93,30 @@ export async function runBenchmark(main: () => Promise<void>, options: { timeout
     await stop();
     clearTimeout(watchdog);
   }
+}
+
+/** The fields of a /proc/<pid>/stat line after the command name, which may itself hold spaces and parentheses. */
+function statFields(path: string): string[] {
+  const stat = readFileSync(path, 'utf8');
+  return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+}
+
+/**
+ * CPU time (ms) a process has used so far, user + system and system alone, from /proc (Linux clock
+ * ticks are 10 ms); undefined once the process is gone.
+ */
+export function cpuTimeMs(pid: number): { total: number; sys: number } | undefined {
+  try {
+    const fields = statFields(`/proc/${pid}/stat`);
+    const sys = Number(fields[12]) * 10;
+    return { total: Number(fields[11]) * 10 + sys, sys };
+  } catch {
+    return undefined;
+  }
+}
+
+/** CPU time (ms) of this process's children that exited and were waited for (cutime + cstime). */
+export function childrenCpuTimeMs(): number {
+  const fields = statFields('/proc/self/stat');
+  return (Number(fields[13]) + Number(fields[14])) * 10;
 }

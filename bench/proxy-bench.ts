@@ -44,7 +44,7 @@ import { buildImage, writeOciLayout } from '../test/helpers/oci-image.js';
 import { STEVEDORE_BIN, distributionRequests, freePort, startDistribution } from '../test/helpers/processes.js';
 import { startAppliance } from '../test/helpers/appliance.js';
 import { numberOption, option } from './options.js';
-import { children, cleanup, logger, newTempDir, run, runBenchmark, stopProcess, tempDirs } from './harness.js';
+import { children, childrenCpuTimeMs, cleanup, cpuTimeMs, logger, newTempDir, run, runBenchmark, stopProcess, tempDirs } from './harness.js';
 
 const MiB = 1024 * 1024;
 const REPO = 'bench/app';
@@ -373,25 +373,13 @@ interface PullCpu {
   cache: number;
 }
 
-/** CPU seconds (user + system) used so far by `pids` (a process that is gone counts 0); Linux ticks are 10 ms. */
+/** CPU seconds (user + system) used so far by `pids` (a process that is gone counts 0). */
 function cpuSeconds(pids: number[]): number {
-  let ticks = 0;
-  for (const pid of pids) {
-    try {
-      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      ticks += Number(fields[11]) + Number(fields[12]);
-    } catch { /* gone */ }
-  }
-  return ticks / 100;
+  return pids.reduce((sum, pid) => sum + (cpuTimeMs(pid)?.total ?? 0), 0) / 1000;
 }
 
 /** CPU seconds of this process's children that exited and were waited for (skopeo, after its pull). */
-function childrenCpuSeconds(): number {
-  const stat = readFileSync('/proc/self/stat', 'utf8');
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return (Number(fields[13]) + Number(fields[14])) / 100;
-}
+const childrenCpuSeconds = () => childrenCpuTimeMs() / 1000;
 
 function emptyResult(): KindResult {
   return {

@@ -50,7 +50,7 @@ import { openStorageDriver } from '../lib/storage/driver/open.js';
 import { startCephRgw, type CephRgw } from '../test/helpers/ceph.js';
 import { buildImage, writeOciLayout } from '../test/helpers/oci-image.js';
 import { DISTRIBUTION_BIN, REPO_ROOT, STEVEDORE_BIN, distributionConfig, distributionRequests, freePort, startDistribution } from '../test/helpers/processes.js';
-import { children, cleanup, logger, newTempDir, run, runBenchmark, stopProcess } from './harness.js';
+import { children, cleanup, cpuTimeMs, logger, newTempDir, run, runBenchmark, stopProcess } from './harness.js';
 import { numberOption, option } from './options.js';
 import { capture, curlGet, fmt, makeBlob, MANIFEST_TYPE, pushMonolithic, REPO, seedImage, waitReady, wrk, type Server } from './registry-bench.js';
 import { describeS3Requests, describeS3Shapes, RgwLog, type S3RequestStats } from '../test/helpers/rgw-log.js';
@@ -295,13 +295,7 @@ function blobsOf(image: ReturnType<typeof buildImage>): Array<{ digest: string; 
 
 /** CPU seconds (user + system) a process has used so far, from /proc: what a phase cost a server whatever the load. */
 function cpuSeconds(pid: number): number {
-  try {
-    // Fields after the command name `(…)`: utime and stime are the 12th and 13th, in clock ticks (100/s on Linux).
-    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /s, '').split(' ');
-    return (Number(fields[11]) + Number(fields[12])) / 100;
-  } catch {
-    return NaN;
-  }
+  return (cpuTimeMs(pid)?.total ?? NaN) / 1000;
 }
 
 /** Push then pull of a fresh image per run, on both sides in alternating order; best of --runs. */
