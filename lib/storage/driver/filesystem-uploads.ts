@@ -63,22 +63,15 @@ export class FilesystemUploads implements UploadSessions {
         await handle.truncate(offset);
         // Batched (writeBatched): the chunks that arrive while a write is in flight go out in the next
         // positioned write, instead of one thread-pool round trip per socket chunk.
-        await writeBatched({
-          write: async (data) => {
-            hash?.update(data);
-            const at = size;
-            size += data.length;
-            await handle.write(data, 0, data.length, at);
-          },
-          writev: async (chunks) => {
-            const at = size;
-            for (const chunk of chunks) {
-              hash?.update(chunk);
-              size += chunk.length;
-            }
-            await handle.writev(chunks, at);
-          },
-        }, body);
+        const appendChunks = async (chunks: Buffer[]) => {
+          const at = size;
+          for (const chunk of chunks) {
+            hash?.update(chunk);
+            size += chunk.length;
+          }
+          await handle.writev(chunks, at);
+        };
+        await writeBatched({ write: (data) => appendChunks([data]), writev: appendChunks }, body);
         // No fsync per chunk (distribution does none either): a chunk lost to a power cut costs the
         // client its upload, never a corrupt blob, since finish() fsyncs the whole file and checks the
         // digest (re-hashing the file after a restart) before the rename makes it visible.

@@ -400,10 +400,7 @@ class FilesystemBlobWriter implements BlobWriter {
   ) {}
 
   async write(chunk: Buffer): Promise<void> {
-    if (this.done) throw new Error('blob writer already finished');
-    this.hash.update(chunk);
-    this.size += chunk.length;
-    await this.handle.write(chunk);
+    await this.writev([chunk]);
   }
 
   async writev(chunks: Buffer[]): Promise<void> {
