@@ -32,7 +32,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { startAppliance, type Appliance } from '../test/helpers/appliance.js';
 import { STEVEDORE_BIN, distributionRequests, freePort, startDistribution } from '../test/helpers/processes.js';
 import { testStorage, type StorageKind, type TestStorage } from '../test/helpers/storage-targets.js';
-import { children, cleanup, cpuTimeMs, logger, newTempDir, runBenchmark, stopProcess, tempDirs } from './harness.js';
+import { children, cleanup, cpuTimeMs, logger, median, newTempDir, runBenchmark, stopProcess, tempDirs } from './harness.js';
 import { numberOption, option } from './options.js';
 import { MiB, capture, curlGet, fmt, makeBlob, pushMonolithic, waitReady, type GeneratedBlob, type Server } from './registry-bench.js';
 
@@ -182,10 +182,6 @@ export async function measureColdFill(options: { sizeMiB: number; runs: number; 
   return { sizeMiB: options.sizeMiB, runs, cpuMs: cpu, gatewayCpuMs: gatewayCpu, upstreamGets, loadStart, loadEnd: load(), storage: options.storage ?? 'filesystem' };
 }
 
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length === 0 ? NaN : s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
-};
 
 /** The table: best and median MB/s per target, ratios against distribution's proxy and the upstream direct. */
 export function coldFillReport(result: ColdFillResult): string {

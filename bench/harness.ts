@@ -115,6 +115,12 @@ export function cpuTimeMs(pid: number): { total: number; sys: number } | undefin
   }
 }
 
+/** The middle finite value (the mean of the two middle ones for an even count); NaN for none. */
+export function median(xs: number[]): number {
+  const s = xs.filter(Number.isFinite).sort((a, b) => a - b);
+  return s.length === 0 ? NaN : s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
+}
+
 /** CPU time (ms) of this process's children that exited and were waited for (cutime + cstime). */
 export function childrenCpuTimeMs(): number {
   const fields = statFields('/proc/self/stat');

@@ -44,7 +44,7 @@ import { buildImage, writeOciLayout } from '../test/helpers/oci-image.js';
 import { STEVEDORE_BIN, distributionRequests, freePort, startDistribution } from '../test/helpers/processes.js';
 import { startAppliance } from '../test/helpers/appliance.js';
 import { numberOption, option } from './options.js';
-import { children, childrenCpuTimeMs, cleanup, cpuTimeMs, logger, newTempDir, run, runBenchmark, stopProcess, tempDirs } from './harness.js';
+import { children, childrenCpuTimeMs, cleanup, cpuTimeMs, logger, median, newTempDir, run, runBenchmark, stopProcess, tempDirs } from './harness.js';
 
 const MiB = 1024 * 1024;
 const REPO = 'bench/app';
@@ -548,10 +548,6 @@ interface DirectResult {
   cpu: PullCpu[];
 }
 
-const median = (xs: number[]) => {
-  const sorted = xs.filter(Number.isFinite).sort((a, b) => a - b);
-  return sorted.length === 0 ? NaN : sorted.length % 2 === 1 ? sorted[(sorted.length - 1) / 2]! : (sorted[sorted.length / 2 - 1]! + sorted[sorted.length / 2]!) / 2;
-};
 
 /** Median CPU seconds per pull, by party, and their sum. */
 function cpuOf(list: PullCpu[]): PullCpu & { total: number } {

@@ -39,7 +39,7 @@
  */
 import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import { loadavg } from 'node:os';
 import { join } from 'node:path';
@@ -50,7 +50,7 @@ import { openStorageDriver } from '../lib/storage/driver/open.js';
 import { startCephRgw, type CephRgw } from '../test/helpers/ceph.js';
 import { buildImage, writeOciLayout } from '../test/helpers/oci-image.js';
 import { DISTRIBUTION_BIN, REPO_ROOT, STEVEDORE_BIN, distributionConfig, distributionRequests, freePort, startDistribution } from '../test/helpers/processes.js';
-import { children, cleanup, cpuTimeMs, logger, newTempDir, run, runBenchmark, stopProcess } from './harness.js';
+import { children, cleanup, cpuTimeMs, logger, median, newTempDir, run, runBenchmark, stopProcess } from './harness.js';
 import { numberOption, option } from './options.js';
 import { capture, curlGet, fmt, makeBlob, MANIFEST_TYPE, pushMonolithic, REPO, seedImage, waitReady, wrk, type Server } from './registry-bench.js';
 import { describeS3Requests, describeS3Shapes, RgwLog, type S3RequestStats } from '../test/helpers/rgw-log.js';
@@ -298,12 +298,27 @@ function cpuSeconds(pid: number): number {
   return (cpuTimeMs(pid)?.total ?? NaN) / 1000;
 }
 
+/**
+ * CPU seconds the object store itself (radosgw + the OSD, by the cluster's pid files) has used so far:
+ * a store that works harder for one side's object layout shows here, whatever the load.
+ */
+function storeCpuSeconds(): number {
+  let total = 0;
+  const runDir = join(rgw!.dir, 'run');
+  for (const name of readdirSync(runDir).filter((n) => /^(radosgw|osd\.\d+)\.pid$/.test(n))) {
+    const pid = Number.parseInt(readFileSync(join(runDir, name), 'utf8'), 10);
+    total += cpuTimeMs(pid)?.total ?? NaN;
+  }
+  return total / 1000;
+}
+
 /** Push then pull of a fresh image per run, on both sides in alternating order; best of --runs. */
 async function pushAndPull(servers: S3Server[], work: string): Promise<void> {
   const push: Record<Side, number[]> = { stevedore: [], distribution: [] };
   const pull: Record<Side, number[]> = { stevedore: [], distribution: [] };
   /** The server's own CPU seconds per pull: independent of how much else runs on the machine. */
   const pullCpu: Record<Side, number[]> = { stevedore: [], distribution: [] };
+  const pullStoreCpu: Record<Side, number[]> = { stevedore: [], distribution: [] };
   const pushMark = { stats: {} as Record<string, S3RequestStats | undefined> };
   const pullMark = { stats: {} as Record<string, S3RequestStats | undefined> };
   for (let r = 0; r < OPTS.runs; r++) {
@@ -319,8 +334,10 @@ async function pushAndPull(servers: S3Server[], work: string): Promise<void> {
       const dest = join(work, `pull-${server.side}-${r}`);
       mark = await rgwLog.mark();
       const cpuBefore = cpuSeconds(server.pid);
+      const storeCpuBefore = storeCpuSeconds();
       pull[server.side].push(await timedS(() => skopeo(['--src-tls-verify=false', ref, `dir:${dest}`], `pull from ${server.side}`)));
       pullCpu[server.side].push(cpuSeconds(server.pid) - cpuBefore);
+      pullStoreCpu[server.side].push(storeCpuSeconds() - storeCpuBefore);
       if (r === 0) Object.assign(pullMark.stats, await s3Since(mark, [server]));
       await verifyPulled(dest, blobsOf(image));
       await rm(dest, { recursive: true, force: true });
@@ -332,9 +349,11 @@ async function pushAndPull(servers: S3Server[], work: string): Promise<void> {
   compare(`push ${imageLabel} (skopeo oci: -> registry), best of ${OPTS.runs}`, 's', best(push.stevedore), best(push.distribution), { max: 1.0 });
   compare(`pull ${imageLabel} (skopeo registry -> dir:), best of ${OPTS.runs}`, 's', best(pull.stevedore), best(pull.distribution), { max: 1.0 });
   notes.push(`push runs (s): ${SIDES.map((s) => `${s} ${push[s].map((x) => x.toFixed(2)).join(', ')}`).join('; ')}`);
-  notes.push(`pull runs (s): ${SIDES.map((s) => `${s} ${pull[s].map((x) => x.toFixed(2)).join(', ')}`).join('; ')}`);
+  notes.push(`pull runs (s): ${SIDES.map((s) => `${s} ${pull[s].map((x) => x.toFixed(2)).join(', ')} (median ${median(pull[s]).toFixed(2)})`).join('; ')}`);
   notes.push(`server CPU per pull (s): ${SIDES.map((s) => `${s} ${pullCpu[s].map((x) => x.toFixed(2)).join(', ')}`).join('; ')}`);
   compare(`server CPU per pull of ${imageLabel}, best of ${OPTS.runs}`, 's', best(pullCpu.stevedore), best(pullCpu.distribution), undefined);
+  notes.push(`RGW CPU per pull (s, radosgw + OSD): ${SIDES.map((s) => `${s} ${pullStoreCpu[s].map((x) => x.toFixed(2)).join(', ')}`).join('; ')}`);
+  compare(`RGW CPU per pull of ${imageLabel}, best of ${OPTS.runs}`, 's', best(pullStoreCpu.stevedore), best(pullStoreCpu.distribution), undefined);
   addBreakdown(`push ${imageLabel} (run 1)`, pushMark.stats);
   addBreakdown(`pull ${imageLabel} (run 1)`, pullMark.stats);
 }
@@ -345,13 +364,16 @@ async function largeBlob(servers: S3Server[]): Promise<void> {
   const blob = makeBlob(7_000 + Number.parseInt(runId, 16) % 1000, size);
   const pushMBs: Record<string, number> = {};
   const getMBs: Record<string, number> = {};
+  const storeCpu: Record<string, number> = {};
   const stats: Record<string, S3RequestStats | undefined> = {};
   for (const server of servers) {
     pushMBs[server.side] = await pushMonolithic(server, REPO, blob);
     const mark = await rgwLog.mark();
     const results: number[] = [];
     const curlArgs = server.side === 'distribution' && OPTS.distRedirect ? ['-L'] : [];
+    const storeCpuBefore = storeCpuSeconds();
     for (let r = 0; r < OPTS.runs; r++) results.push(await curlGet(`${server.url}/v2/${REPO}/blobs/${blob.digest}`, size, curlArgs));
+    storeCpu[server.side] = (storeCpuSeconds() - storeCpuBefore) / OPTS.runs;
     Object.assign(stats, await s3Since(mark, [server]));
     getMBs[server.side] = Math.max(...results);
     log(`${server.side}: ${OPTS.blobMiB} MiB monolithic push ${fmt(pushMBs[server.side])} MB/s; GET ${results.map((v) => fmt(v)).join(', ')} MB/s`);
@@ -360,11 +382,13 @@ async function largeBlob(servers: S3Server[]): Promise<void> {
   const dist = servers.find((s) => s.side === 'distribution')!;
   const hex = blob.digest.slice(7);
   const objectUrl = `${rgw!.endpoint}/${rgw!.bucket}/${dist.prefix}/docker/registry/v2/blobs/sha256/${hex.slice(0, 2)}/${hex}/data`;
+  const signed = ['--aws-sigv4', `aws:amz:${rgw!.region}:s3`, '--user', `${rgw!.accessKeyId}:${rgw!.secretAccessKey}`, '-H', 'x-amz-content-sha256: UNSIGNED-PAYLOAD'];
   const direct: number[] = [];
-  for (let r = 0; r < OPTS.runs; r++) {
-    direct.push(await curlGet(objectUrl, size, ['--aws-sigv4', `aws:amz:${rgw!.region}:s3`, '--user', `${rgw!.accessKeyId}:${rgw!.secretAccessKey}`,
-      '-H', 'x-amz-content-sha256: UNSIGNED-PAYLOAD']));
-  }
+  for (let r = 0; r < OPTS.runs; r++) direct.push(await curlGet(objectUrl, size, signed));
+  // Stevedore's copy straight from RGW too: shows whether its object layout (multipart parts) reads slower.
+  const stevedoreObjectUrl = `${rgw!.endpoint}/${rgw!.bucket}/${servers.find((s) => s.side === 'stevedore')!.prefix}/blobs/sha256/${hex.slice(0, 2)}/${hex}`;
+  const directOwn: number[] = [];
+  for (let r = 0; r < OPTS.runs; r++) directOwn.push(await curlGet(stevedoreObjectUrl, size, signed));
   // The AWS SDK alone (the driver's reader, consumed in this node process): separates the SDK's
   // throughput from what the worker's route adds on top of it.
   const stevedore = servers.find((s) => s.side === 'stevedore')!;
@@ -379,7 +403,8 @@ async function largeBlob(servers: S3Server[]): Promise<void> {
   }
   compare(`large-blob GET ${OPTS.blobMiB} MiB (curl), best of ${OPTS.runs}`, 'MB/s', getMBs.stevedore!, getMBs.distribution!, undefined);
   rows.at(-1)!.target = `(info; RGW direct ${fmt(Math.max(...direct))}, SDK read ${sdk.some(Number.isFinite) ? fmt(Math.max(...sdk.filter(Number.isFinite))) : 'n/a'})`;
-  notes.push(`large-blob GET (MB/s): RGW direct by curl ${direct.map((v) => fmt(v)).join(', ')}; the driver's reader (AWS SDK) in the bench's node process ${sdk.map((v) => fmt(v)).join(', ')}`);
+  notes.push(`large-blob GET: RGW CPU per GET (radosgw + OSD) stevedore ${storeCpu.stevedore!.toFixed(2)} s, distribution ${storeCpu.distribution!.toFixed(2)} s`);
+  notes.push(`large-blob GET (MB/s): RGW direct by curl, distribution's object ${direct.map((v) => fmt(v)).join(', ')}, Stevedore's object ${directOwn.map((v) => fmt(v)).join(', ')}; the driver's reader (AWS SDK) in the bench's node process ${sdk.map((v) => fmt(v)).join(', ')}`);
   compare(`monolithic PUT ${OPTS.blobMiB} MiB (POST + PUT ?digest=)`, 'MB/s', pushMBs.stevedore!, pushMBs.distribution!, undefined);
   addBreakdown(`large-blob GET x${OPTS.runs}`, stats);
 }
