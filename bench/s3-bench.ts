@@ -3,7 +3,8 @@
  * the SAME throw-away Ceph RGW (scripts/ceph-rgw.sh, memstore), each under its own key prefix:
  *
  *   - push and pull of an image (default 10 x 20 MiB layers), skopeo oci: -> docker:// and back to dir:,
- *     with each server's own CPU seconds per pull (/proc: unlike the wall time, not moved by the load),
+ *     with each server's own CPU seconds per pull (/proc: unlike the wall time, not moved by the load)
+ *     and the store's (radosgw + OSD) per pull,
  *   - large-blob GET throughput (curl; the RGW itself, signed curl, as the ceiling),
  *   - manifest GET req/s (wrk),
  *   - N concurrent cold pulls through a pull-through cache (a Stevedore worker with --upstream and
@@ -300,7 +301,8 @@ function cpuSeconds(pid: number): number {
 
 /**
  * CPU seconds the object store itself (radosgw + the OSD, by the cluster's pid files) has used so far:
- * a store that works harder for one side's object layout shows here, whatever the load.
+ * a store that works harder for one side (its object layout, how it reads: RGW spends ~20 % more per
+ * byte on a reader held to 50 MB/s than on one at full speed) shows here, whatever the load.
  */
 function storeCpuSeconds(): number {
   let total = 0;
