@@ -301,8 +301,8 @@ function cpuSeconds(pid: number): number {
 
 /**
  * CPU seconds the object store itself (radosgw + the OSD, by the cluster's pid files) has used so far:
- * a store that works harder for one side (its object layout, how it reads: RGW spends ~20 % more per
- * byte on a reader held to 50 MB/s than on one at full speed) shows here, whatever the load.
+ * a store that works harder for one side (its object layout, its requests) shows here, whatever the
+ * load. Measured here, RGW's CPU per byte varies ±20 % from run to run: compare over several runs.
  */
 function storeCpuSeconds(): number {
   let total = 0;
