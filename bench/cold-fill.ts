@@ -182,7 +182,6 @@ export async function measureColdFill(options: { sizeMiB: number; runs: number; 
   return { sizeMiB: options.sizeMiB, runs, cpuMs: cpu, gatewayCpuMs: gatewayCpu, upstreamGets, loadStart, loadEnd: load(), storage: options.storage ?? 'filesystem' };
 }
 
-
 /** The table: best and median MB/s per target, ratios against distribution's proxy and the upstream direct. */
 export function coldFillReport(result: ColdFillResult): string {
   const { runs } = result;

@@ -57,8 +57,6 @@ const QUIET_MAX_MS = 90_000;
 // ---------------------------------------------------------------------------------------------
 // Options
 
-
-
 /** --quick (BENCH_QUICK=1): one cold and one warm run, 4 concurrent pulls, smaller shapes: a few minutes. */
 const QUICK = ['1', 'true', 'yes'].includes(option('quick', 'BENCH_QUICK', 'false').toLowerCase());
 
@@ -547,7 +545,6 @@ interface DirectResult {
   failures: string[];
   cpu: PullCpu[];
 }
-
 
 /** Median CPU seconds per pull, by party, and their sum. */
 function cpuOf(list: PullCpu[]): PullCpu & { total: number } {

@@ -388,12 +388,12 @@ async function largeBlob(servers: S3Server[]): Promise<void> {
   const direct: number[] = [];
   for (let r = 0; r < OPTS.runs; r++) direct.push(await curlGet(objectUrl, size, signed));
   // Stevedore's copy straight from RGW too: shows whether its object layout (multipart parts) reads slower.
-  const stevedoreObjectUrl = `${rgw!.endpoint}/${rgw!.bucket}/${servers.find((s) => s.side === 'stevedore')!.prefix}/blobs/sha256/${hex.slice(0, 2)}/${hex}`;
+  const stevedore = servers.find((s) => s.side === 'stevedore')!;
+  const stevedoreObjectUrl = `${rgw!.endpoint}/${rgw!.bucket}/${stevedore.prefix}/blobs/sha256/${hex.slice(0, 2)}/${hex}`;
   const directOwn: number[] = [];
   for (let r = 0; r < OPTS.runs; r++) directOwn.push(await curlGet(stevedoreObjectUrl, size, signed));
   // The AWS SDK alone (the driver's reader, consumed in this node process): separates the SDK's
   // throughput from what the worker's route adds on top of it.
-  const stevedore = servers.find((s) => s.side === 'stevedore')!;
   const sdk: number[] = [];
   for (let r = 0; r < OPTS.runs; r++) {
     const seconds = await timedS(async () => {
