@@ -1,4 +1,5 @@
 import { S3Client, S3ServiceException } from '@aws-sdk/client-s3';
+import { UndiciHttpHandler } from './s3-http-handler.js';
 import { storageUnavailable, StorageNotFoundError } from './driver.js';
 
 export { STORE_RETRY_AFTER_SECONDS } from './driver.js';
@@ -21,7 +22,8 @@ export interface S3ClientOptions {
 /**
  * The S3 client Stevedore uses. Checksums only where the API requires them: the SDK's default
  * (checksums on every request) makes streaming PutObject fail with 411 on Ceph RGW and others.
- * Credentials come from the SDK's own chain (env, profile, web identity).
+ * Credentials come from the SDK's own chain (env, profile, web identity); requests go out through
+ * undici (UndiciHttpHandler), not the SDK's node:http handler.
  */
 export function createS3Client(options: S3ClientOptions = {}): S3Client {
   const endpoint = options.endpoint;
@@ -32,13 +34,8 @@ export function createS3Client(options: S3ClientOptions = {}): S3Client {
     requestChecksumCalculation: 'WHEN_REQUIRED',
     responseChecksumValidation: 'WHEN_REQUIRED',
     maxAttempts: options.maxAttempts ?? 2,
-    requestHandler: {
-      connectionTimeout: options.connectTimeoutMs ?? 3000,
-      socketTimeout: options.idleTimeoutMs ?? 30_000,
-      // Blob fills and GETs run many requests at once: the SDK's default of 50 sockets would queue them.
-      httpAgent: { keepAlive: true, maxSockets: 256 },
-      httpsAgent: { keepAlive: true, maxSockets: 256 },
-    },
+    // Blob fills and GETs run many requests at once: 256 connections to the store, not the SDK's 50.
+    requestHandler: new UndiciHttpHandler({ connectTimeoutMs: options.connectTimeoutMs ?? 3000, idleTimeoutMs: options.idleTimeoutMs ?? 30_000, connections: 256 }),
   });
 }
 
@@ -46,7 +43,11 @@ export function httpStatusOf(err: unknown): number | undefined {
   return (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode;
 }
 
-const NETWORK_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN', 'ECONNABORTED']);
+const NETWORK_CODES = new Set([
+  'ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN', 'ECONNABORTED',
+  // undici's (UndiciHttpHandler): a connection closed mid-answer, and its timeouts.
+  'UND_ERR_SOCKET', 'UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT',
+]);
 
 /** True for failures of the store itself (unreachable, timed out, 5xx), as opposed to answers about a key. */
 export function isStoreUnavailable(err: unknown): boolean {
