@@ -37,7 +37,7 @@
 import { spawn } from 'node:child_process';
 import { randomBytes, createHash } from 'node:crypto';
 import { once } from 'node:events';
-import { readdirSync, readFileSync } from 'node:fs';
+import { readdirSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { loadavg } from 'node:os';
 import { join } from 'node:path';
@@ -46,7 +46,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { buildImage } from '../test/helpers/oci-image.js';
 import { startAppliance, type Appliance } from '../test/helpers/appliance.js';
 import { startStevedoreRegistry, tempDir } from '../test/helpers/processes.js';
-import { children, cleanup, cpuTimeMs, logger, run, runBenchmark, stopProcess, tempDirs } from './harness.js';
+import { children, cleanup, cpuTimeMs, logger, run, runBenchmark, samplePeakRss, stopProcess, tempDirs } from './harness.js';
 import { numberOption, option } from './options.js';
 import {
   MANIFEST_TYPE, MiB, REPO, curlGet, expectStatus, fmt, makeBlob,
@@ -154,21 +154,10 @@ function cpuMs(pid: number | undefined): { total: number; sys: number } | undefi
 
 /** Peak VmRSS (MB) of each process, sampled every 20 ms until stop(). */
 function sampleProcessesRss(processes: Array<{ pid: number; name: string }>): { stop: () => Array<{ name: string; pid: number; mb: number }> } {
-  const peak = new Map<number, number>();
-  const sample = () => {
-    for (const p of processes) {
-      try {
-        const kb = Number(/^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${p.pid}/status`, 'utf8'))?.[1] ?? 0);
-        peak.set(p.pid, Math.max(peak.get(p.pid) ?? 0, kb));
-      } catch { /* gone */ }
-    }
-  };
-  sample();
-  const timer = setInterval(sample, 20);
+  const sampler = samplePeakRss(processes.map((p) => p.pid), 20);
   return {
     stop: () => {
-      clearInterval(timer);
-      sample();
+      const peak = sampler.stop();
       return processes.map((p) => ({ name: p.name, pid: p.pid, mb: ((peak.get(p.pid) ?? 0) * 1024) / 1e6 }));
     },
   };

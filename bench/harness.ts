@@ -115,6 +115,36 @@ export function cpuTimeMs(pid: number): { total: number; sys: number } | undefin
   }
 }
 
+/** A `kB` field of /proc/<pid>/status (VmRSS, VmHWM); undefined when the process is gone or has no such line. */
+export function procStatusKb(pid: number, field: 'VmRSS' | 'VmHWM'): number | undefined {
+  try {
+    const match = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return match ? Number(match[1]) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Peak VmRSS (kB) of each process, sampled every `everyMs` until stop(); a process never read is absent. */
+export function samplePeakRss(pids: number[], everyMs: number): { stop: () => Map<number, number> } {
+  const peak = new Map<number, number>();
+  const sample = () => {
+    for (const pid of pids) {
+      const kb = procStatusKb(pid, 'VmRSS');
+      if (kb !== undefined) peak.set(pid, Math.max(peak.get(pid) ?? 0, kb));
+    }
+  };
+  sample();
+  const timer = setInterval(sample, everyMs);
+  return {
+    stop: () => {
+      clearInterval(timer);
+      sample();
+      return peak;
+    },
+  };
+}
+
 /** The middle finite value (the mean of the two middle ones for an even count); NaN for none. */
 export function median(xs: number[]): number {
   const s = xs.filter(Number.isFinite).sort((a, b) => a - b);

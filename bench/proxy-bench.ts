@@ -34,7 +34,7 @@
  * bench/cold-fill.ts (npm run bench:fill).
  */
 import { spawn } from 'node:child_process';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, writeFileSync } from 'node:fs';
 import { availableParallelism, loadavg } from 'node:os';
 import { mkdir, readdir, rm, stat } from 'node:fs/promises';
 import http from 'node:http';
@@ -44,7 +44,7 @@ import { buildImage, writeOciLayout } from '../test/helpers/oci-image.js';
 import { STEVEDORE_BIN, distributionRequests, freePort, startDistribution } from '../test/helpers/processes.js';
 import { startAppliance } from '../test/helpers/appliance.js';
 import { numberOption, option } from './options.js';
-import { children, childrenCpuTimeMs, cleanup, cpuTimeMs, logger, median, newTempDir, run, runBenchmark, stopProcess, tempDirs } from './harness.js';
+import { children, childrenCpuTimeMs, cleanup, cpuTimeMs, logger, median, newTempDir, run, runBenchmark, samplePeakRss, stopProcess, tempDirs } from './harness.js';
 
 const MiB = 1024 * 1024;
 const REPO = 'bench/app';
@@ -388,21 +388,16 @@ function emptyResult(): KindResult {
 
 const load = () => loadavg().map((l) => l.toFixed(1)).join(' ');
 
-/** Peak VmRSS (MB) of each process, sampled every 50 ms until stop(). */
+/** Peak VmRSS (MB) by process name (the highest of the processes sharing one), sampled every 50 ms until stop(). */
 function sampleRss(processes: Array<{ pid: number; name: string }>): () => Record<string, number> {
-  const peak: Record<string, number> = {};
-  const sample = () => {
-    for (const p of processes) {
-      try {
-        const kb = Number(/^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${p.pid}/status`, 'utf8'))?.[1] ?? 0);
-        peak[p.name] = Math.max(peak[p.name] ?? 0, (kb * 1024) / 1e6);
-      } catch { /* gone */ }
-    }
-  };
-  const timer = setInterval(sample, 50);
+  const sampler = samplePeakRss(processes.map((p) => p.pid), 50);
   return () => {
-    clearInterval(timer);
-    sample();
+    const peakKb = sampler.stop();
+    const peak: Record<string, number> = {};
+    for (const p of processes) {
+      const kb = peakKb.get(p.pid);
+      if (kb !== undefined) peak[p.name] = Math.max(peak[p.name] ?? 0, (kb * 1024) / 1e6);
+    }
     return peak;
   };
 }

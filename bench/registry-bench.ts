@@ -24,7 +24,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import { loadavg } from 'node:os';
@@ -34,7 +34,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { buildImage } from '../test/helpers/oci-image.js';
 import { DISTRIBUTION_BIN, STEVEDORE_BIN, distributionConfig, freePort, startDistribution, tempDir } from '../test/helpers/processes.js';
 import { numberOption, option } from './options.js';
-import { children, logger, run, runBenchmark, tempDirs } from './harness.js';
+import { children, logger, procStatusKb, run, runBenchmark, tempDirs } from './harness.js';
 
 export const MiB = 1024 * 1024;
 const GEN_CHUNK = MiB;
@@ -218,15 +218,6 @@ export async function startDist(): Promise<Server> {
 
 // ---------------------------------------------------------------------------------------------
 // RSS sampling from /proc/<pid>/status
-
-function procStatusKb(pid: number, field: 'VmRSS' | 'VmHWM'): number | undefined {
-  try {
-    const match = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-    return match ? Number(match[1]) : undefined;
-  } catch {
-    return undefined;
-  }
-}
 
 /** Samples VmRSS every 20 ms (and resets VmHWM first, where the kernel allows) until stopped; result in MB. */
 function sampleRss(pid: number): { before: number; stop: () => number } {
