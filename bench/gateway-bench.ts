@@ -46,7 +46,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { buildImage } from '../test/helpers/oci-image.js';
 import { startAppliance, type Appliance } from '../test/helpers/appliance.js';
 import { startStevedoreRegistry, tempDir } from '../test/helpers/processes.js';
-import { children, cleanup, cpuTimeMs, logger, run, runBenchmark, samplePeakRss, stopProcess, tempDirs } from './harness.js';
+import { children, cleanup, cpuTimeMs, logger, median, run, runBenchmark, samplePeakRss, stopProcess, tempDirs } from './harness.js';
 import { numberOption, option } from './options.js';
 import {
   MANIFEST_TYPE, MiB, REPO, curlGet, expectStatus, fmt, makeBlob,
@@ -477,24 +477,36 @@ async function main(): Promise<void> {
   // Pushes of a fresh blob through the plain gateway, straight to the worker, to distribution and
   // to a minimal hashing sink (hash + write + fsync, no framework): the limit of the machine.
   const pushes: Record<string, { mono: number[]; chunked: number[] }> = {};
+  /** CPU ms per GiB pushed, per run, of each process that handles the push (gateway + worker for the appliance). */
+  const pushCpu: Record<string, { mono: number[][]; chunked: number[][] }> = {};
   const pushMet: boolean[] = [];
   if (OPTS.pushMiB > 0) {
     const sink = await startHashingSink(scratch);
-    const pushTargets: Array<{ key: string; server: Server }> = [
-      { key: 'gateway-plain', server: asServer('gateway plain', plain.url, pidOf(plain, 'gateway') ?? 0) },
-      { key: 'direct', server: asServer('direct worker', direct.url, direct.proc.pid!) },
-      { key: 'distribution', server: asServer('distribution', dist.url, dist.pid) },
-      { key: 'sink', server: asServer('hashing sink', sink.url, sink.pid) },
+    const pushTargets: Array<{ key: string; server: Server; pids: number[] }> = [
+      { key: 'gateway-plain', server: asServer('gateway plain', plain.url, pidOf(plain, 'gateway') ?? 0), pids: [pidOf(plain, 'gateway') ?? 0, pidOf(plain, 'registry-hosted') ?? 0] },
+      { key: 'direct', server: asServer('direct worker', direct.url, direct.proc.pid!), pids: [direct.proc.pid!] },
+      { key: 'distribution', server: asServer('distribution', dist.url, dist.pid), pids: [dist.pid] },
+      { key: 'sink', server: asServer('hashing sink', sink.url, sink.pid), pids: [sink.pid] },
     ];
+    const cpuPerGiB = async (pids: number[], push: () => Promise<number>): Promise<{ mbs: number; cpu: number[] }> => {
+      const before = pids.map((pid) => cpuTimeMs(pid)?.total ?? NaN);
+      const mbs = await push();
+      return { mbs, cpu: pids.map((pid, k) => ((cpuTimeMs(pid)?.total ?? NaN) - before[k]!) / (OPTS.pushMiB / 1024)) };
+    };
     const pushSize = Math.round(OPTS.pushMiB * MiB);
     log(`pushes: ${OPTS.pushMiB} MiB monolithic and chunked (${OPTS.chunkMiB} MiB PATCHes), best of ${OPTS.pushRuns}`);
     for (let r = 0; r < OPTS.pushRuns; r++) {
       for (const [i, t] of pushTargets.map((t, i) => [i, pushTargets[(i + r) % pushTargets.length]!] as const)) {
         const entry = (pushes[t.key] ??= { mono: [], chunked: [] });
+        const cpuEntry = (pushCpu[t.key] ??= { mono: [], chunked: [] });
         await settle();
-        entry.mono.push(await pushMonolithic(t.server, REPO, makeBlob(1000 + r * 10 + i, pushSize)));
+        const mono = await cpuPerGiB(t.pids, () => pushMonolithic(t.server, REPO, makeBlob(1000 + r * 10 + i, pushSize)));
+        entry.mono.push(mono.mbs);
+        cpuEntry.mono.push(mono.cpu);
         await settle();
-        entry.chunked.push(await pushChunked(t.server, REPO, makeBlob(2000 + r * 10 + i, pushSize), Math.round(OPTS.chunkMiB * MiB)));
+        const chunked = await cpuPerGiB(t.pids, () => pushChunked(t.server, REPO, makeBlob(2000 + r * 10 + i, pushSize), Math.round(OPTS.chunkMiB * MiB)));
+        entry.chunked.push(chunked.mbs);
+        cpuEntry.chunked.push(chunked.cpu);
       }
       log(`  round ${r + 1}: ${pushTargets.map((t) => `${t.key} mono ${fmt(pushes[t.key]!.mono.at(-1))} chunked ${fmt(pushes[t.key]!.chunked.at(-1))}`).join(', ')} MB/s (load ${loadavg()[0]!.toFixed(1)})`);
     }
@@ -559,6 +571,13 @@ async function main(): Promise<void> {
     if (met !== undefined) pushMet.push(met);
     pushLines.push(`  ${kind === 'mono' ? 'monolithic' : `chunked (${OPTS.chunkMiB} MiB PATCHes)`} push ${OPTS.pushMiB} MiB, best of ${OPTS.pushRuns}, MB/s: ${cells.join(', ')}; `
       + `gateway >= ${MIN_PUSH_SINK_RATIO}x sink: ${met === undefined ? 'n/a' : met ? 'yes' : 'NO'}; all runs: ${Object.entries(pushes).map(([k, p]) => `${k} ${p[kind].map((v) => fmt(v)).join('/')}`).join(', ')}`);
+    // Medians over the runs: which process's CPU a push costs (on 2 cores shared with the client).
+    const cpuCell = (key: string) => {
+      const runs = pushCpu[key]?.[kind] ?? [];
+      const parts = key === 'gateway-plain' ? ['gateway', 'worker'] : ['server'];
+      return `${key} ${parts.map((part, k) => `${part} ${fmt(median(runs.map((run) => run[k]!)), 0)}`).join(' + ')}`;
+    };
+    pushLines.push(`    CPU per GiB pushed (ms, median of runs): ${Object.keys(pushCpu).map(cpuCell).join(', ')}`);
   }
   const rssMax = Math.max(...rss.map((p) => p.mb));
   const rssLine = `  peak RSS per process of the appliance while serving ${OPTS.blobMiB} MiB (MB): ${rss.map((p) => `${p.name} ${fmt(p.mb, 1)}`).join(', ')}; total ${fmt(rss.reduce((a, p) => a + p.mb, 0), 1)}; `

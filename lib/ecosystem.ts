@@ -52,6 +52,18 @@ export function workerNodeArgs(storage: StorageConfig['storage']): string[] {
 }
 
 /**
+ * Node options of the gateway, on any store: the same larger old generation, for the same reason —
+ * every byte a client pushes reaches the gateway in a fresh socket Buffer on its way to the worker,
+ * and with the gateway's small heap those buffers triggered full collections all through a push.
+ * Measured (bench:gateway, 256 MiB pushes): gateway CPU per GiB pushed 3,160-3,600 -> 1,480-1,820 ms
+ * (monolithic) and 3,200-4,560 -> 1,600-2,320 ms (16 MiB PATCHes), for 5-23 MB more peak RSS
+ * (96-104 MB while serving a large blob).
+ */
+export function gatewayNodeArgs(): string[] {
+  return ['--initial-old-space-size=64'];
+}
+
+/**
  * The store's settings, validated once here and passed to every service, so all of them use the same
  * store. Credentials (AWS_ACCESS_KEY_ID, a profile, web identity) are not copied: each service inherits
  * the environment and finds them through the AWS SDK's own chain, and they stay out of PM2's dump file.
@@ -119,7 +131,7 @@ export function buildEcosystem(env: NodeJS.ProcessEnv = process.env): { apps: PM
   if (runDirMode & 0o1000) throw new Error(`STEVEDORE_RUN_DIR ${config.runDir} is a shared (sticky) directory: use a directory of its own, e.g. ${config.runDir.replace(/\/$/, '')}/stevedore`);
   if ((runDirMode & 0o777) !== 0o700) chmodSync(config.runDir, 0o700);
   mkdirSync(config.root, { recursive: true });
-  const apps: PM2App[] = [app('gateway', ['gateway'], { ...storageEnv(config), ...servingEnv(config), ...peerEnv(config) })];
+  const apps: PM2App[] = [app('gateway', ['gateway'], { ...storageEnv(config), ...servingEnv(config), ...peerEnv(config) }, gatewayNodeArgs())];
   const nodeArgs = workerNodeArgs(config.storage);
   apps.push(app(plan.hosted.name, ['registry'], workerEnv(plan.hosted, config, config.hostedReadOnly), nodeArgs));
   for (const proxy of plan.proxies) apps.push(app(proxy.name, ['registry'], workerEnv(proxy, config, false), nodeArgs));

@@ -282,6 +282,10 @@ for (const kind of STORAGE_KINDS) describe(`appliance: hosted registry and pull-
       const { nodeOptions } = JSON.parse(line.slice(line.indexOf('{'))) as { nodeOptions: string[] };
       assert.equal(nodeOptions.includes('--initial-old-space-size=64'), kind === 's3', line);
     }
+    // The gateway gets its larger old generation on every store (gatewayNodeArgs).
+    const gatewayStart = app.output().split('\n').find((l) => l.includes('"msg":"gateway listening"'));
+    assert.ok(gatewayStart, 'the gateway logged its start');
+    assert.ok((JSON.parse(gatewayStart.slice(gatewayStart.indexOf('{'))) as { nodeOptions: string[] }).nodeOptions.includes('--initial-old-space-size=64'), gatewayStart);
     for (const p of procs) {
       const ports = tcpListenPorts(p.pid);
       if (p.name === 'gateway') assert.deepEqual(ports, [app.port]);

@@ -62,6 +62,8 @@ export async function runGateway(argv: readonly string[]): Promise<number> {
     address: typeof address === 'string' ? address : `${address.address}:${address.port}`,
     tls: Boolean(tls), auth: config.auth,
     upstreams: plan.proxies.map((p) => ({ host: p.upstream, prefixes: p.prefixes })),
+    // Node's own options (the appliance sets V8's, lib/ecosystem.ts gatewayNodeArgs).
+    nodeOptions: process.execArgv,
   }, 'gateway listening');
   process.send?.('ready');
 
