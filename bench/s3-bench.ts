@@ -48,6 +48,8 @@ import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { StorageDriver } from '../lib/storage/driver/driver.js';
 import { openStorageDriver } from '../lib/storage/driver/open.js';
+import { StorageLayout } from '../lib/storage/layout.js';
+import { parseDigest } from '../lib/oci/digest.js';
 import { startCephRgw, type CephRgw } from '../test/helpers/ceph.js';
 import { buildImage, writeOciLayout } from '../test/helpers/oci-image.js';
 import { DISTRIBUTION_BIN, REPO_ROOT, STEVEDORE_BIN, distributionConfig, distributionRequests, freePort, startDistribution } from '../test/helpers/processes.js';
@@ -389,7 +391,8 @@ async function largeBlob(servers: S3Server[]): Promise<void> {
   for (let r = 0; r < OPTS.runs; r++) direct.push(await curlGet(objectUrl, size, signed));
   // Stevedore's copy straight from RGW too: shows whether its object layout (multipart parts) reads slower.
   const stevedore = servers.find((s) => s.side === 'stevedore')!;
-  const stevedoreObjectUrl = `${rgw!.endpoint}/${rgw!.bucket}/${stevedore.prefix}/blobs/sha256/${hex.slice(0, 2)}/${hex}`;
+  const stevedoreKey = new StorageLayout('').blobKey(parseDigest(blob.digest));
+  const stevedoreObjectUrl = `${rgw!.endpoint}/${rgw!.bucket}/${stevedore.prefix}/${stevedoreKey}`;
   const directOwn: number[] = [];
   for (let r = 0; r < OPTS.runs; r++) directOwn.push(await curlGet(stevedoreObjectUrl, size, signed));
   // The AWS SDK alone (the driver's reader, consumed in this node process): separates the SDK's
@@ -398,7 +401,7 @@ async function largeBlob(servers: S3Server[]): Promise<void> {
   for (let r = 0; r < OPTS.runs; r++) {
     const seconds = await timedS(async () => {
       let bytes = 0;
-      for await (const chunk of await (await storeAt(stevedore.prefix)).reader(`blobs/sha256/${hex.slice(0, 2)}/${hex}`)) bytes += (chunk as Buffer).length;
+      for await (const chunk of await (await storeAt(stevedore.prefix)).reader(stevedoreKey)) bytes += (chunk as Buffer).length;
       if (bytes !== size) throw new Error(`SDK read ${bytes} of ${size} bytes`);
     }).catch(() => NaN);
     sdk.push(size / 1e6 / seconds);
