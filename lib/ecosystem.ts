@@ -38,6 +38,9 @@ function app(name: string, args: string[], env: Record<string, string>, nodeArgs
   };
 }
 
+/** V8's old generation starting at 64 MB: see workerNodeArgs and gatewayNodeArgs for why and where. */
+const LARGER_OLD_GENERATION = '--initial-old-space-size=64';
+
 /**
  * Node options of the registry workers. On a remote store (S3) every blob byte a worker serves or
  * receives passes through a fresh Buffer (a socket read of the store's answer, a multipart part), and
@@ -48,7 +51,7 @@ function app(name: string, args: string[], env: Record<string, string>, nodeArgs
  * the worker serves from files with reused buffers and the appliance's RSS stays under its bound.
  */
 export function workerNodeArgs(storage: StorageConfig['storage']): string[] {
-  return storage?.kind === 's3' ? ['--initial-old-space-size=64'] : [];
+  return storage?.kind === 's3' ? [LARGER_OLD_GENERATION] : [];
 }
 
 /**
@@ -60,7 +63,7 @@ export function workerNodeArgs(storage: StorageConfig['storage']): string[] {
  * (96-104 MB while serving a large blob).
  */
 export function gatewayNodeArgs(): string[] {
-  return ['--initial-old-space-size=64'];
+  return [LARGER_OLD_GENERATION];
 }
 
 /**
