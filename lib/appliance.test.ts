@@ -108,7 +108,7 @@ test('buildEcosystem: the run dir is made private (0700) even when it exists; a 
   assert.deepEqual(worker.env, {
     STEVEDORE_LISTEN: join(fresh, '127.0.0.1_5000.sock'), STEVEDORE_ROOT: join(dir, 'root'), STEVEDORE_UPSTREAM: 'http://127.0.0.1:5000/',
     STEVEDORE_AUTH_FILE: join(dir, 'ps.json'), STEVEDORE_TAG_TTL: '300000ms', STEVEDORE_READ_ONLY: 'false',
-    STEVEDORE_S3_PART_SIZE: String(8 * 1024 * 1024),
+    STEVEDORE_S3_PART_SIZE: String(10 * 1024 * 1024),
     STEVEDORE_S3_REDIRECT: 'false', STEVEDORE_S3_REDIRECT_TTL: '600000ms', STEVEDORE_LOCAL_CACHE_MAXSIZE: String(10 * 1024 ** 3),
     STEVEDORE_FILL_LEASE_TIME: '15000ms',
   });

@@ -6,6 +6,7 @@ import { parseUpstream, type UpstreamEndpoint } from './upstreams.js';
 import { parsePlatforms, type Platform } from './airgap/platform.js';
 import { isValidName } from './oci/reference.js';
 import { parseStorageLocation, type StorageLocation } from './storage/driver/location.js';
+import { DEFAULT_PART_SIZE, MIN_PART_SIZE } from './storage/driver/s3-part-size.js';
 
 /**
  * The one place that reads configuration: command-line options and environment variables, with
@@ -93,8 +94,6 @@ function parseHttpUrl(raw: string): string {
   return value.replace(/\/+$/, '');
 }
 
-const MIN_S3_PART_SIZE = 5 * 1024 * 1024;
-
 /**
  * Where the store lives, on every command that has one. `--root` stays the local directory of
  * state (logs, offsets, temp files) and, without `--storage`, the filesystem store itself.
@@ -121,10 +120,10 @@ export const STORAGE_OPTIONS = {
     description: 'path-style S3 URLs (default: true when an endpoint is given)', parse: parseBoolean,
   }),
   s3PartSize: option<number>({
-    flag: 's3-part-size', env: 'STEVEDORE_S3_PART_SIZE', default: 8 * 1024 * 1024,
+    flag: 's3-part-size', env: 'STEVEDORE_S3_PART_SIZE', default: DEFAULT_PART_SIZE,
     description: 'multipart upload part size (at least 5MiB)', parse: (raw) => {
       const bytes = parseSize(raw);
-      if (bytes < MIN_S3_PART_SIZE) throw new Error('must be at least 5MiB (S3\'s smallest part)');
+      if (bytes < MIN_PART_SIZE) throw new Error('must be at least 5MiB (S3\'s smallest part)');
       return bytes;
     },
   }),

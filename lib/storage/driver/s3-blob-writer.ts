@@ -5,9 +5,6 @@ import type { BlobWriter } from './driver.js';
 import type { S3Driver } from './s3.js';
 import { verifyContent } from './verify.js';
 
-/** S3's smallest part (all but the last of a multipart upload). */
-export const MIN_PART_SIZE = 5 * 1024 * 1024;
-
 /**
  * Buffers up to one part; full parts go to a multipart upload of the final key (a few at once), and
  * the upload is completed only in commit, after the digest checked out. Content smaller than a part

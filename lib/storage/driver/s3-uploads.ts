@@ -1,7 +1,8 @@
 import { createHash, randomUUID, type Hash } from 'node:crypto';
 import type { Digest } from '../../oci/digest.js';
 import { StorageNotFoundError, UploadOffsetError, type UploadSession, type UploadSessions } from './driver.js';
-import { MIN_PART_SIZE, S3BlobWriter } from './s3-blob-writer.js';
+import { S3BlobWriter } from './s3-blob-writer.js';
+import { MIN_PART_SIZE } from './s3-part-size.js';
 import type { S3Driver } from './s3.js';
 import { checkUploadId, offsetKey, verifyContent } from './verify.js';
 

@@ -11,7 +11,8 @@ import {
   checkKey, checkPrefix, StorageNotFoundError,
   type IncompleteWrite, type KeyInfo, type ListOptions, type ListPage, type OpenedKey, type StorageDriver, type UploadSessions, type VersionedContent,
 } from './driver.js';
-import { MIN_PART_SIZE, S3BlobWriter } from './s3-blob-writer.js';
+import { S3BlobWriter } from './s3-blob-writer.js';
+import { DEFAULT_PART_SIZE, MIN_PART_SIZE } from './s3-part-size.js';
 import { httpStatusOf, translateS3Error } from './s3-client.js';
 import { S3Uploads } from './s3-uploads.js';
 
@@ -20,7 +21,7 @@ export interface S3DriverOptions {
   bucket: string;
   /** Key prefix inside the bucket, without leading or trailing `/` ('' for the bucket's root). */
   prefix?: string;
-  /** Multipart part size: S3's minimum is 5 MiB (except the last part). Default 8 MiB. */
+  /** Multipart part size: S3's minimum is 5 MiB (except the last part). Default DEFAULT_PART_SIZE (10 MiB). */
   partSize?: number;
   /** Parts of one writer uploaded at once; memory per writer is about partSize × (partConcurrency + 1). */
   partConcurrency?: number;
@@ -57,7 +58,7 @@ export class S3Driver implements StorageDriver {
     this.bucket = options.bucket;
     this.prefix = options.prefix ? `${options.prefix.replace(/^\/+|\/+$/g, '')}/` : '';
     this.location = `s3://${this.bucket}/${this.prefix}`;
-    this.partSize = Math.max(options.partSize ?? 8 * 1024 * 1024, MIN_PART_SIZE);
+    this.partSize = Math.max(options.partSize ?? DEFAULT_PART_SIZE, MIN_PART_SIZE);
     this.partConcurrency = Math.max(options.partConcurrency ?? 2, 1);
     this.uploads = new S3Uploads(this);
   }
