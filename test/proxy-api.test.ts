@@ -432,11 +432,11 @@ describe('pull-through cache: tags list of an upstream that paginates (a hosted 
     // In process, to set the upstream page size: the cache asks for 2 tags a page and must follow Link.
     const cacheRoot = await tempDir('proxy-api-tag-pages-cache-');
     cleanup.push(() => rm(cacheRoot, { recursive: true, force: true }));
-    cache = buildRegistry({
+    cache = (await buildRegistry({
       config: { root: cacheRoot, readOnly: false, manifestMaxSize: 4 * 1024 * 1024, upstream: parseUpstream(upstream.url), upstreamTimeout: 2_000 },
       log: createLogger('registry', 'silent'),
       proxyOptions: { upstreamTagsPageSize: 2 },
-    }).app;
+    })).app;
     await cache.listen({ host: '127.0.0.1', port: 0 });
     cacheUrl = `http://127.0.0.1:${(cache.server.address() as AddressInfo).port}`;
     cleanup.push(() => cache.close());

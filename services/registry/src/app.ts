@@ -15,9 +15,8 @@ import { BlobStore } from '../../../lib/storage/blob-store.js';
 import { ManifestStore } from '../../../lib/storage/manifest-store.js';
 import { UploadStore } from '../../../lib/storage/upload-store.js';
 import { deleteBlob, getBlob } from './routes/blobs.js';
-import { ProxyCache, type ProxyOptions } from './proxy/proxy-cache.js';
+import type { ProxyCache, ProxyOptions } from './proxy/proxy-cache.js';
 import type { PeerSettings } from './proxy/shared-fill.js';
-import { UpstreamClient } from './proxy/upstream-client.js';
 import { lookupReference } from '../../../lib/oci/reference.js';
 import type { UpstreamCredentials } from '../../../lib/upstreams.js';
 import { listCatalog, listReferrers, listTags } from './routes/listings.js';
@@ -215,8 +214,11 @@ export interface RegistryApp {
   context: RegistryContext;
 }
 
-/** Builds one registry worker (not listening): the stores over `driver` and the /v2/ API. */
-export function buildRegistry({ config, log, sharedStore = false, driver = new FilesystemDriver(config.root), remoteBlobs, upstreamCredentials, proxyOptions, peer }: RegistryOptions): RegistryApp {
+/**
+ * Builds one registry worker (not listening): the stores over `driver` and the /v2/ API. The
+ * pull-through code (and undici with it, ~10 MB of a worker's RSS) is loaded only by a cache worker.
+ */
+export async function buildRegistry({ config, log, sharedStore = false, driver = new FilesystemDriver(config.root), remoteBlobs, upstreamCredentials, proxyOptions, peer }: RegistryOptions): Promise<RegistryApp> {
   const layout = new StorageLayout(config.root, { namespace: config.upstream?.host });
   const blobs = new BlobStore(driver, layout, sharedStore ? { linkRecheckMs: 0 } : undefined);
   const context: RegistryContext = {
@@ -232,6 +234,7 @@ export function buildRegistry({ config, log, sharedStore = false, driver = new F
     context.remoteBlobs = new RemoteBlobSource(driver, remoteBlobs ?? { redirectTtlMs: undefined, localCache: undefined });
   }
   if (config.upstream) {
+    const [{ ProxyCache }, { UpstreamClient }] = await Promise.all([import('./proxy/proxy-cache.js'), import('./proxy/upstream-client.js')]);
     const client = new UpstreamClient(config.upstream, upstreamCredentials, log, config.upstreamTimeout ?? 30_000);
     context.proxy = new ProxyCache(context, client, {
       tagTtlMs: config.tagTtl ?? 5 * 60_000,

@@ -2,7 +2,7 @@ import { lstat, mkdir, rm } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import { ConfigError, isSharedStore, loadRegistryConfig, storageLocationOf, type ListenAddress } from '../../../lib/config.js';
 import { createLogger } from '../../../lib/log.js';
-import { buildRegistry } from './app.js';
+import { buildRegistry, type RegistryApp } from './app.js';
 import { openConfiguredStorage } from '../../../lib/storage/driver/open.js';
 import { openRemoteBlobSettings } from '../../../lib/storage/remote-blob-source.js';
 import { credentialsFor, readAuthsFile } from '../../../lib/upstreams.js';
@@ -51,7 +51,7 @@ export async function runRegistry(argv: readonly string[]): Promise<number> {
   const driver = await openConfiguredStorage(storageLocationOf(config, config.root), config);
   const remoteBlobs = await openRemoteBlobSettings(config);
   const peer = { url: config.peerUrl, token: config.peerToken, caPath: config.peerCa, leaseTtlMs: config.fillLeaseTime };
-  const { app, context } = buildRegistry({ config, log, sharedStore: isSharedStore(config), driver, remoteBlobs, upstreamCredentials, peer });
+  const { app, context } = await buildRegistry({ config, log, sharedStore: isSharedStore(config), driver, remoteBlobs, upstreamCredentials, peer });
   try {
     const purged = await context.uploads.purgeStale(config.uploadTtl);
     if (purged > 0) log.info({ purged }, 'removed stale upload sessions and temp files');
@@ -109,7 +109,7 @@ export async function runRegistry(argv: readonly string[]): Promise<number> {
   });
 }
 
-async function listen(app: ReturnType<typeof buildRegistry>['app'], address: ListenAddress): Promise<void> {
+async function listen(app: RegistryApp['app'], address: ListenAddress): Promise<void> {
   if (address.kind === 'socket') {
     // A socket file left by a killed worker would make listen fail with EADDRINUSE; anything else at
     // that path (a mistyped --listen naming a real file) is not ours to delete.
