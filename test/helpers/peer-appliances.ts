@@ -1,5 +1,5 @@
 import type { ChildProcess } from 'node:child_process';
-import { mkdir } from 'node:fs/promises';
+import { mkdir, rm } from 'node:fs/promises';
 import type { Server } from 'node:http';
 import { join } from 'node:path';
 import type { AppliancePlan } from '../../lib/appliance.js';
@@ -67,6 +67,7 @@ export async function startPeerAppliance(storage: TestStorage, upstreamUrl: stri
       if (gateway.listening) await new Promise<void>((resolve) => { gateway.close(() => resolve()); gateway.closeAllConnections(); });
       accessLog.close();
       await stopWorker('SIGTERM');
+      await rm(dir, { recursive: true, force: true });
     },
   };
 }

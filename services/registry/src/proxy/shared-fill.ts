@@ -84,15 +84,19 @@ export class SharedFills {
   async open(name: string, digest: Digest, deadline: number): Promise<FillSource> {
     let pause = POLL_FIRST_MS;
     const own = this.sourceOf(name, digest);
+    // The fill this call started: kept, because a failed fill leaves the worker's map at once, and
+    // looking it up again would take the lease anew and ask the upstream a second time.
+    let started: BlobFill | undefined;
     for (;;) {
       const stored = await this.ctx.blobs.stat(digest);
       if (stored) return this.storedSource(digest, stored.size);
-      const local = this.localFill(digest);
+      const local = this.localFill(digest) ?? started;
       if (local) {
         await local.ready;
         if (local.size === undefined || local.done) await local.finished;
         if (local.error) throw local.error;
         if (!local.done) return localSource(local);
+        started = undefined;
         continue;
       }
       const attempt = await acquireLease(this.ctx.driver, fillLeaseName(digest), { ttlMs: this.peer.leaseTtlMs, source: own });
@@ -102,7 +106,7 @@ export class SharedFills {
           await attempt.lease.releaseByDelete().catch(() => {});
           continue;
         }
-        this.startFill(name, digest, attempt.lease);
+        started = this.startFill(name, digest, attempt.lease);
         continue;
       }
       const { source } = attempt.heldBy;
