@@ -3,7 +3,7 @@ import { after, before, describe, test } from 'node:test';
 import { buildImage } from './helpers/oci-image.js';
 import { startDistribution, type RunningProcess } from './helpers/processes.js';
 import { blobGets, manifestGets, pull, seed, sleep } from './helpers/proxy-fixtures.js';
-import { isComplete, startThrottledRelay, streamBlob } from './helpers/faults.js';
+import { isComplete, startLatencyRelay, startThrottledRelay, streamBlob } from './helpers/faults.js';
 import { PEER_TOKEN, startPeerAppliance, type PeerAppliance } from './helpers/peer-appliances.js';
 import { cephInstalled, testStorage, type TestStorage } from './helpers/storage-targets.js';
 import { fillLeaseName } from '../services/registry/src/proxy/shared-fill.js';
@@ -107,5 +107,25 @@ describe('cache fills shared by the appliances on one store', { skip: cephInstal
     assert.equal(spoof.status, 404);
     assert.equal(blobGets(upstream.output(), 'team/app').get(`sha256:${'1'.repeat(64)}`), 1, 'treated as a client\'s request (asked upstream), not a peer\'s');
     assert.equal(blobGets(upstream.output(), 'team/app').get(`sha256:${'0'.repeat(64)}`), undefined);
+  });
+
+  test('a blob the upstream does not have, on an appliance whose store answers slowly: one upstream GET, a 404', async () => {
+    // The upstream's 404 ends the fill (and takes it out of the worker's map) while the worker still
+    // waits for the store: that must not make it take the lease again and ask the upstream again.
+    const endpoint = new URL(storage.env.AWS_ENDPOINT_URL!);
+    const slowStore = await startLatencyRelay(Number(endpoint.port), 150);
+    const slow = await startPeerAppliance(storage, relay.url, { AWS_ENDPOINT_URL: slowStore.url });
+    try {
+      const missing = `sha256:${'2'.repeat(64)}`;
+      const res = await fetch(`${slow.url}/v2/up/team/app/blobs/${missing}`, { signal: AbortSignal.timeout(30_000) });
+      assert.equal(res.status, 404);
+      assert.equal(((await res.json()) as { errors: Array<{ code: string }> }).errors[0]!.code, 'BLOB_UNKNOWN');
+      assert.equal(blobGets(upstream.output(), 'team/app').get(missing), 1);
+    } finally {
+      // Killed, not stopped: a worker stuck in such a loop would hold a graceful stop up.
+      await slow.kill();
+      await slow.close();
+      await slowStore.stop();
+    }
   });
 });

@@ -74,6 +74,34 @@ export async function startThrottledRelay(targetPort: number, bytesPerSecond: nu
 }
 
 /**
+ * A TCP relay to `targetPort` that passes every chunk of the target's answers `delayMs` after it
+ * arrived (in order: equal delays fire in order), so every request through it takes that much longer.
+ */
+export async function startLatencyRelay(targetPort: number, delayMs: number): Promise<{ url: string; stop(): Promise<void> }> {
+  const sockets = new Set<Socket>();
+  const server: Server = createServer((client) => {
+    const target = connect(targetPort, '127.0.0.1');
+    for (const s of [client, target]) {
+      sockets.add(s);
+      s.on('close', () => sockets.delete(s));
+      s.on('error', () => { client.destroy(); target.destroy(); });
+    }
+    client.pipe(target);
+    target.on('data', (chunk: Buffer) => setTimeout(() => client.write(chunk), delayMs));
+    target.on('end', () => setTimeout(() => client.end(), delayMs));
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as { port: number };
+  return {
+    url: `http://127.0.0.1:${port}`,
+    stop: async () => {
+      for (const s of sockets) s.destroy();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+}
+
+/**
  * A plain TCP relay to `targetPort` that can be cut: `cut()` destroys every connection through it and
  * resets new ones at once (the target looks down: refused / reset), `restore()` relays again.
  */
