@@ -362,7 +362,7 @@ async function pushAndPull(servers: S3Server[], work: string): Promise<void> {
   addBreakdown(`pull ${imageLabel} (run 1)`, pullMark.stats);
 }
 
-/** A large blob pushed monolithically to both, then GET with curl (best of --runs), and RGW directly. */
+/** A large blob pushed monolithically to both, then GET with curl in alternating order (best of --runs), and RGW directly. */
 async function largeBlob(servers: S3Server[]): Promise<void> {
   const size = OPTS.blobMiB * MiB;
   const blob = makeBlob(7_000 + Number.parseInt(runId, 16) % 1000, size);
@@ -370,17 +370,25 @@ async function largeBlob(servers: S3Server[]): Promise<void> {
   const getMBs: Record<string, number> = {};
   const storeCpu: Record<string, number> = {};
   const stats: Record<string, S3RequestStats | undefined> = {};
+  for (const server of servers) pushMBs[server.side] = await pushMonolithic(server, REPO, blob);
+  // Both pushed before any GET, and the GETs alternate (the order flips every round), as the pulls do:
+  // the store's aftermath of a push (its writeback) lands on both sides alike, not on whoever is first.
+  const results: Record<string, number[]> = Object.fromEntries(servers.map((s) => [s.side, []]));
+  const storeCpuSum: Record<string, number> = Object.fromEntries(servers.map((s) => [s.side, 0]));
+  const mark = await rgwLog.mark();
+  for (let r = 0; r < OPTS.runs; r++) {
+    for (const server of r % 2 === 0 ? servers : [...servers].reverse()) {
+      const curlArgs = server.side === 'distribution' && OPTS.distRedirect ? ['-L'] : [];
+      const storeCpuBefore = storeCpuSeconds();
+      results[server.side]!.push(await curlGet(`${server.url}/v2/${REPO}/blobs/${blob.digest}`, size, curlArgs));
+      storeCpuSum[server.side]! += storeCpuSeconds() - storeCpuBefore;
+    }
+  }
+  Object.assign(stats, await s3Since(mark, servers));
   for (const server of servers) {
-    pushMBs[server.side] = await pushMonolithic(server, REPO, blob);
-    const mark = await rgwLog.mark();
-    const results: number[] = [];
-    const curlArgs = server.side === 'distribution' && OPTS.distRedirect ? ['-L'] : [];
-    const storeCpuBefore = storeCpuSeconds();
-    for (let r = 0; r < OPTS.runs; r++) results.push(await curlGet(`${server.url}/v2/${REPO}/blobs/${blob.digest}`, size, curlArgs));
-    storeCpu[server.side] = (storeCpuSeconds() - storeCpuBefore) / OPTS.runs;
-    Object.assign(stats, await s3Since(mark, [server]));
-    getMBs[server.side] = Math.max(...results);
-    log(`${server.side}: ${OPTS.blobMiB} MiB monolithic push ${fmt(pushMBs[server.side])} MB/s; GET ${results.map((v) => fmt(v)).join(', ')} MB/s`);
+    storeCpu[server.side] = storeCpuSum[server.side]! / OPTS.runs;
+    getMBs[server.side] = Math.max(...results[server.side]!);
+    log(`${server.side}: ${OPTS.blobMiB} MiB monolithic push ${fmt(pushMBs[server.side])} MB/s; GET ${results[server.side]!.map((v) => fmt(v)).join(', ')} MB/s`);
   }
   // The ceiling: the same object straight from RGW (distribution's copy; its key layout is known).
   const dist = servers.find((s) => s.side === 'distribution')!;
