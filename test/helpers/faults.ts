@@ -73,13 +73,23 @@ export async function startThrottledRelay(targetPort: number, bytesPerSecond: nu
   };
 }
 
+interface Relay {
+  url: string;
+  port: number;
+  /** Both sides of every open connection through the relay. */
+  sockets: Set<Socket>;
+  stop(): Promise<void>;
+}
+
 /**
- * A TCP relay to `targetPort` that passes every chunk of the target's answers `delayMs` after it
- * arrived (in order: equal delays fire in order), so every request through it takes that much longer.
+ * A TCP relay to 127.0.0.1:`targetPort`: each client gets its own connection to the target, its
+ * requests piped through; `answer` passes the target's answers on (and may delay them). A client
+ * that `admit()` refuses is reset at once.
  */
-export async function startLatencyRelay(targetPort: number, delayMs: number): Promise<{ url: string; stop(): Promise<void> }> {
+async function startRelay(targetPort: number, answer: (target: Socket, client: Socket) => void, admit: () => boolean = () => true): Promise<Relay> {
   const sockets = new Set<Socket>();
   const server: Server = createServer((client) => {
+    if (!admit()) return void client.resetAndDestroy();
     const target = connect(targetPort, '127.0.0.1');
     for (const s of [client, target]) {
       sockets.add(s);
@@ -87,13 +97,14 @@ export async function startLatencyRelay(targetPort: number, delayMs: number): Pr
       s.on('error', () => { client.destroy(); target.destroy(); });
     }
     client.pipe(target);
-    target.on('data', (chunk: Buffer) => setTimeout(() => client.write(chunk), delayMs));
-    target.on('end', () => setTimeout(() => client.end(), delayMs));
+    answer(target, client);
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const { port } = server.address() as { port: number };
   return {
     url: `http://127.0.0.1:${port}`,
+    port,
+    sockets,
     stop: async () => {
       for (const s of sockets) s.destroy();
       await new Promise<void>((resolve) => server.close(() => resolve()));
@@ -102,37 +113,32 @@ export async function startLatencyRelay(targetPort: number, delayMs: number): Pr
 }
 
 /**
+ * A TCP relay to `targetPort` that passes every chunk of the target's answers `delayMs` after it
+ * arrived (in order: equal delays fire in order), so every request through it takes that much longer.
+ */
+export async function startLatencyRelay(targetPort: number, delayMs: number): Promise<{ url: string; stop(): Promise<void> }> {
+  return startRelay(targetPort, (target, client) => {
+    target.on('data', (chunk: Buffer) => setTimeout(() => client.write(chunk), delayMs));
+    target.on('end', () => setTimeout(() => client.end(), delayMs));
+  });
+}
+
+/**
  * A plain TCP relay to `targetPort` that can be cut: `cut()` destroys every connection through it and
  * resets new ones at once (the target looks down: refused / reset), `restore()` relays again.
  */
 export async function startCuttableRelay(targetPort: number): Promise<{ url: string; port: number; cut(): void; restore(): void; stop(): Promise<void> }> {
-  const sockets = new Set<Socket>();
   let down = false;
-  const server: Server = createServer((client) => {
-    if (down) return void client.resetAndDestroy();
-    const target = connect(targetPort, '127.0.0.1');
-    for (const s of [client, target]) {
-      sockets.add(s);
-      s.on('close', () => sockets.delete(s));
-      s.on('error', () => { client.destroy(); target.destroy(); });
-    }
-    client.pipe(target);
-    target.pipe(client);
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as { port: number };
+  const relay = await startRelay(targetPort, (target, client) => target.pipe(client), () => !down);
   return {
-    url: `http://127.0.0.1:${port}`,
-    port,
+    url: relay.url,
+    port: relay.port,
     cut: () => {
       down = true;
-      for (const s of sockets) s.resetAndDestroy();
+      for (const s of relay.sockets) s.resetAndDestroy();
     },
     restore: () => { down = false; },
-    stop: async () => {
-      for (const s of sockets) s.destroy();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
-    },
+    stop: relay.stop,
   };
 }
 
