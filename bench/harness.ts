@@ -145,6 +145,14 @@ export function samplePeakRss(pids: number[], everyMs: number): { stop: () => Ma
   };
 }
 
+/**
+ * `items` in the order for round `round`: as given in even rounds, reversed in odd ones, so that
+ * whatever the first measurement of a round pays (a colder store, another's writeback) is shared alike.
+ */
+export function roundOrder<T>(items: readonly T[], round: number): T[] {
+  return round % 2 === 0 ? [...items] : [...items].reverse();
+}
+
 /** The middle finite value (the mean of the two middle ones for an even count); NaN for none. */
 export function median(xs: number[]): number {
   const s = xs.filter(Number.isFinite).sort((a, b) => a - b);

@@ -44,7 +44,7 @@ import { buildImage, writeOciLayout } from '../test/helpers/oci-image.js';
 import { STEVEDORE_BIN, distributionRequests, freePort, startDistribution } from '../test/helpers/processes.js';
 import { startAppliance } from '../test/helpers/appliance.js';
 import { numberOption, option } from './options.js';
-import { children, childrenCpuTimeMs, cleanup, cpuTimeMs, logger, median, newTempDir, run, runBenchmark, samplePeakRss, stopProcess, tempDirs } from './harness.js';
+import { children, childrenCpuTimeMs, cleanup, cpuTimeMs, logger, median, newTempDir, roundOrder, run, runBenchmark, samplePeakRss, stopProcess, tempDirs } from './harness.js';
 
 const MiB = 1024 * 1024;
 const REPO = 'bench/app';
@@ -445,8 +445,7 @@ async function runShape(layers: number, layerMiB: number, work: string): Promise
     direct.seconds.push(seconds);
     direct.cpu.push({ client: childrenCpuSeconds() - client0, upstream: cpuSeconds(upstream.pids()) - upstream0, cache: 0 });
     log(`direct pull ${round + 1}/${OPTS.coldRuns} from the upstream: ${seconds.toFixed(2)} s (load ${load()})`);
-    const order = round % 2 === 0 ? KINDS : [...KINDS].reverse();
-    for (const kind of order) {
+    for (const kind of roundOrder(KINDS, round)) {
       const server = await start(kind);
       await settle([upstream, server], server, false);
       const mark = upstream.output().length;
@@ -474,7 +473,7 @@ async function runShape(layers: number, layerMiB: number, work: string): Promise
 
   // (b) warm pulls, interleaved.
   for (let i = 0; i < OPTS.warmRuns; i++) {
-    for (const kind of i % 2 === 0 ? KINDS : [...KINDS].reverse()) {
+    for (const kind of roundOrder(KINDS, i)) {
       const server = warmServers[kind]!;
       const seconds = await pull(server, work, results[kind].failures);
       results[kind].warmSeconds.push(seconds);

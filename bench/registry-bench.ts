@@ -34,7 +34,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { buildImage } from '../test/helpers/oci-image.js';
 import { DISTRIBUTION_BIN, STEVEDORE_BIN, distributionConfig, freePort, startDistribution, tempDir } from '../test/helpers/processes.js';
 import { numberOption, option } from './options.js';
-import { children, logger, procStatusKb, run, runBenchmark, tempDirs } from './harness.js';
+import { children, logger, procStatusKb, roundOrder, run, runBenchmark, tempDirs } from './harness.js';
 
 export const MiB = 1024 * 1024;
 const GEN_CHUNK = MiB;
@@ -441,8 +441,7 @@ async function main(): Promise<void> {
   for (let r = 0; r < OPTS.runs; r++) {
     const monoBlob = r === 0 ? largeBlob : makeBlob(100 + r, blobSize);
     const chunkBlob = makeBlob(200 + r, blobSize);
-    const order = r % 2 === 0 ? servers : [...servers].reverse();
-    for (const server of order) {
+    for (const server of roundOrder(servers, r)) {
       await settle();
       let sampler = sampleRss(server.pid);
       mono[server.label]!.push(await pushMonolithic(server, REPO, monoBlob));

@@ -53,7 +53,7 @@ import { parseDigest } from '../lib/oci/digest.js';
 import { startCephRgw, type CephRgw } from '../test/helpers/ceph.js';
 import { buildImage, writeOciLayout } from '../test/helpers/oci-image.js';
 import { DISTRIBUTION_BIN, REPO_ROOT, STEVEDORE_BIN, distributionConfig, distributionRequests, freePort, startDistribution } from '../test/helpers/processes.js';
-import { children, cleanup, cpuTimeMs, logger, median, newTempDir, run, runBenchmark, stopProcess } from './harness.js';
+import { children, cleanup, cpuTimeMs, logger, median, newTempDir, roundOrder, run, runBenchmark, stopProcess } from './harness.js';
 import { numberOption, option } from './options.js';
 import { capture, curlGet, fmt, makeBlob, MANIFEST_TYPE, pushMonolithic, REPO, seedImage, waitReady, wrk, type Server } from './registry-bench.js';
 import { describeS3Requests, describeS3Shapes, RgwLog, type S3RequestStats } from '../test/helpers/rgw-log.js';
@@ -329,8 +329,7 @@ async function pushAndPull(servers: S3Server[], work: string): Promise<void> {
     const image = newImage(`push-${runId}-${r}`);
     const layout = join(work, `layout-${r}`);
     await writeOciLayout(layout, 'latest', [image]);
-    const order = r % 2 === 0 ? servers : [...servers].reverse();
-    for (const server of order) {
+    for (const server of roundOrder(servers, r)) {
       const ref = `docker://${hostOf(server)}/${REPO}:run${r}`;
       let mark = await rgwLog.mark();
       push[server.side].push(await timedS(() => skopeo(['--dest-tls-verify=false', `oci:${layout}:latest`, ref], `push to ${server.side}`)));
@@ -369,22 +368,21 @@ async function largeBlob(servers: S3Server[]): Promise<void> {
   const pushMBs: Record<string, number> = {};
   const getMBs: Record<string, number> = {};
   const storeCpu: Record<string, number> = {};
-  const stats: Record<string, S3RequestStats | undefined> = {};
   for (const server of servers) pushMBs[server.side] = await pushMonolithic(server, REPO, blob);
-  // Both pushed before any GET, and the GETs alternate (the order flips every round), as the pulls do:
-  // the store's aftermath of a push (its writeback) lands on both sides alike, not on whoever is first.
+  // Both pushed before any GET, and the GETs alternate (roundOrder), as the pulls do: the store's
+  // aftermath of a push (its writeback) lands on both sides alike, not on whoever is first.
   const results: Record<string, number[]> = Object.fromEntries(servers.map((s) => [s.side, []]));
   const storeCpuSum: Record<string, number> = Object.fromEntries(servers.map((s) => [s.side, 0]));
   const mark = await rgwLog.mark();
   for (let r = 0; r < OPTS.runs; r++) {
-    for (const server of r % 2 === 0 ? servers : [...servers].reverse()) {
+    for (const server of roundOrder(servers, r)) {
       const curlArgs = server.side === 'distribution' && OPTS.distRedirect ? ['-L'] : [];
       const storeCpuBefore = storeCpuSeconds();
       results[server.side]!.push(await curlGet(`${server.url}/v2/${REPO}/blobs/${blob.digest}`, size, curlArgs));
       storeCpuSum[server.side]! += storeCpuSeconds() - storeCpuBefore;
     }
   }
-  Object.assign(stats, await s3Since(mark, servers));
+  const stats = await s3Since(mark, servers);
   for (const server of servers) {
     storeCpu[server.side] = storeCpuSum[server.side]! / OPTS.runs;
     getMBs[server.side] = Math.max(...results[server.side]!);
