@@ -5,6 +5,8 @@
  *   - push and pull of an image (default 10 x 20 MiB layers), skopeo oci: -> docker:// and back to dir:,
  *     with each server's own CPU seconds per pull (/proc: unlike the wall time, not moved by the load)
  *     and the store's (radosgw + OSD) per pull,
+ *   - the same pull from a second worker with the optional local read cache (STEVEDORE_LOCAL_CACHE_DIR)
+ *     once it holds the image: an info row, next to the default pull,
  *   - large-blob GET throughput (curl; the RGW itself, signed curl, as the ceiling),
  *   - manifest GET req/s (wrk),
  *   - N concurrent cold pulls through a pull-through cache (a Stevedore worker with --upstream and
@@ -117,7 +119,7 @@ let profileDir: string | undefined;
 const roles = new Map<number, string>();
 
 /** `stevedore registry --storage s3://BUCKET/PREFIX` (AWS_* from startCephRgw) at log level warn. */
-async function startStevedore(prefix: string, role: string, upstream?: string): Promise<S3Server> {
+async function startStevedore(prefix: string, role: string, upstream?: string, extraEnv: Record<string, string> = {}): Promise<S3Server> {
   const dir = await newTempDir('s3-bench-stevedore-');
   const port = await freePort();
   // The node options the appliance gives its workers on S3 (PM2's node_args), so this measures what it runs.
@@ -125,7 +127,7 @@ async function startStevedore(prefix: string, role: string, upstream?: string): 
   const args = [...nodeArgs, STEVEDORE_BIN, 'registry', '--listen', `127.0.0.1:${port}`, '--root', join(dir, 'root'),
     '--storage', `s3://${rgw!.bucket}/${prefix}`, '--log-level', process.env.BENCH_STEVEDORE_LOG_LEVEL || 'warn',
     ...(upstream ? ['--upstream', upstream] : [])];
-  const proc = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...rgw!.env } });
+  const proc = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...rgw!.env, ...extraEnv } });
   children.add(proc);
   const output = capture(proc);
   const url = `http://127.0.0.1:${port}`;
@@ -317,7 +319,7 @@ function storeCpuSeconds(): number {
 }
 
 /** Push then pull of a fresh image per run, on both sides in alternating order; best of --runs. */
-async function pushAndPull(servers: S3Server[], work: string): Promise<void> {
+async function pushAndPull(servers: S3Server[], work: string): Promise<{ distributionPulls: number[] }> {
   const push: Record<Side, number[]> = { stevedore: [], distribution: [] };
   const pull: Record<Side, number[]> = { stevedore: [], distribution: [] };
   /** The server's own CPU seconds per pull: independent of how much else runs on the machine. */
@@ -359,6 +361,36 @@ async function pushAndPull(servers: S3Server[], work: string): Promise<void> {
   compare(`RGW CPU per pull of ${imageLabel}, best of ${OPTS.runs}`, 's', best(pullStoreCpu.stevedore), best(pullStoreCpu.distribution), undefined);
   addBreakdown(`push ${imageLabel} (run 1)`, pushMark.stats);
   addBreakdown(`pull ${imageLabel} (run 1)`, pullMark.stats);
+  return { distributionPulls: pull.distribution };
+}
+
+/**
+ * The optional local read cache (STEVEDORE_LOCAL_CACHE_DIR, off by default): a second worker on the
+ * same store with it on pulls pushAndPull's images, once to fill the cache from RGW, then --runs times
+ * from it. An info row against distribution's pulls of the same images: what the option buys a hot
+ * image, not the default pull (the row above).
+ */
+async function localCachePulls(prefix: string, distributionPulls: number[], work: string): Promise<void> {
+  const cacheDir = join(work, 'local-read-cache');
+  const server = await startStevedore(prefix, 'hosted worker, local read cache', undefined, { STEVEDORE_LOCAL_CACHE_DIR: cacheDir });
+  const pullOnce = async (label: string): Promise<number> => {
+    const dest = join(work, `pull-local-cache-${label}`);
+    const mark = await rgwLog.mark();
+    const seconds = await timedS(() => skopeo(['--src-tls-verify=false', `docker://${hostOf(server)}/${REPO}:run0`, `dir:${dest}`], `pull (${label}) with the local read cache`));
+    const stats = (await s3Since(mark, [server])).stevedore;
+    await rm(dest, { recursive: true, force: true });
+    log(`local read cache, ${label} pull: ${seconds.toFixed(2)} s; S3 requests ${stats?.requests ?? 0}, of them GetObject ${stats?.byOperation.GetObject ?? 0}`);
+    return seconds;
+  };
+  try {
+    const filling = await pullOnce('filling');
+    const hot: number[] = [];
+    for (let r = 0; r < OPTS.runs; r++) hot.push(await pullOnce(`hot ${r + 1}`));
+    compare(`pull ${imageLabel} with STEVEDORE_LOCAL_CACHE_DIR (off by default), hot, best of ${OPTS.runs}`, 's', Math.min(...hot), Math.min(...distributionPulls), undefined);
+    notes.push(`pulls with the local read cache (s): filling it ${filling.toFixed(2)}, hot ${hot.map((x) => x.toFixed(2)).join(', ')}`);
+  } finally {
+    await server.stop();
+  }
 }
 
 /** A large blob pushed monolithically to both, then GET with curl in alternating order (best of --runs), and RGW directly. */
@@ -618,13 +650,14 @@ async function main(): Promise<void> {
   };
   log(`stevedore ${servers[0]!.url}, distribution ${servers[1]!.url} (blob GETs ${OPTS.distRedirect ? 'redirected to RGW' : 'served by itself'})`);
   try {
-    await pushAndPull(servers, work);
+    const { distributionPulls } = await pushAndPull(servers, work);
     const onS3 = await storedOnS3(servers[0]!.prefix);
     if (onS3.objects === 0 || (await localStoreFiles(servers[0]!.localRoot!)) > 0) {
       stevedoreOnDisk = true;
       notes.push(`WARNING: the Stevedore worker stored ${onS3.objects} objects on S3 and its blobs on local disk (${servers[0]!.localRoot}): `
         + 'the worker is not on the storage driver in this tree, so its hosted figures are local-disk figures');
     }
+    await localCachePulls(servers[0]!.prefix, distributionPulls, work);
     await nextPhase('large-blob PUT and GET');
     await largeBlob(servers);
     await nextPhase('manifest GET');
