@@ -319,7 +319,7 @@ function storeCpuSeconds(): number {
 }
 
 /** Push then pull of a fresh image per run, on both sides in alternating order; best of --runs. */
-async function pushAndPull(servers: S3Server[], work: string): Promise<{ distributionPulls: number[] }> {
+async function pushAndPull(servers: S3Server[], work: string): Promise<{ distributionPulls: number[]; run0Blobs: Array<{ digest: string; size: number }> }> {
   const push: Record<Side, number[]> = { stevedore: [], distribution: [] };
   const pull: Record<Side, number[]> = { stevedore: [], distribution: [] };
   /** The server's own CPU seconds per pull: independent of how much else runs on the machine. */
@@ -327,8 +327,10 @@ async function pushAndPull(servers: S3Server[], work: string): Promise<{ distrib
   const pullStoreCpu: Record<Side, number[]> = { stevedore: [], distribution: [] };
   const pushMark = { stats: {} as Record<string, S3RequestStats | undefined> };
   const pullMark = { stats: {} as Record<string, S3RequestStats | undefined> };
+  let run0Blobs: Array<{ digest: string; size: number }> = [];
   for (let r = 0; r < OPTS.runs; r++) {
     const image = newImage(`push-${runId}-${r}`);
+    if (r === 0) run0Blobs = blobsOf(image);
     const layout = join(work, `layout-${r}`);
     await writeOciLayout(layout, 'latest', [image]);
     for (const server of roundOrder(servers, r)) {
@@ -361,16 +363,16 @@ async function pushAndPull(servers: S3Server[], work: string): Promise<{ distrib
   compare(`RGW CPU per pull of ${imageLabel}, best of ${OPTS.runs}`, 's', best(pullStoreCpu.stevedore), best(pullStoreCpu.distribution), undefined);
   addBreakdown(`push ${imageLabel} (run 1)`, pushMark.stats);
   addBreakdown(`pull ${imageLabel} (run 1)`, pullMark.stats);
-  return { distributionPulls: pull.distribution };
+  return { distributionPulls: pull.distribution, run0Blobs };
 }
 
 /**
  * The optional local read cache (STEVEDORE_LOCAL_CACHE_DIR, off by default): a second worker on the
- * same store with it on pulls pushAndPull's images, once to fill the cache from RGW, then --runs times
- * from it. An info row against distribution's pulls of the same images: what the option buys a hot
+ * same store with it on pulls the first image pushAndPull pushed (tag run0), once to fill the cache from
+ * RGW, then --runs times from it, each pull checked like the others. An info row against distribution's pulls of the same images: what the option buys a hot
  * image, not the default pull (the row above).
  */
-async function localCachePulls(prefix: string, distributionPulls: number[], work: string): Promise<void> {
+async function localCachePulls(prefix: string, distributionPulls: number[], blobs: Array<{ digest: string; size: number }>, work: string): Promise<void> {
   const cacheDir = join(work, 'local-read-cache');
   const server = await startStevedore(prefix, 'hosted worker, local read cache', undefined, { STEVEDORE_LOCAL_CACHE_DIR: cacheDir });
   const pullOnce = async (label: string): Promise<number> => {
@@ -378,6 +380,7 @@ async function localCachePulls(prefix: string, distributionPulls: number[], work
     const mark = await rgwLog.mark();
     const seconds = await timedS(() => skopeo(['--src-tls-verify=false', `docker://${hostOf(server)}/${REPO}:run0`, `dir:${dest}`], `pull (${label}) with the local read cache`));
     const stats = (await s3Since(mark, [server])).stevedore;
+    await verifyPulled(dest, blobs);
     await rm(dest, { recursive: true, force: true });
     log(`local read cache, ${label} pull: ${seconds.toFixed(2)} s; S3 requests ${stats?.requests ?? 0}, of them GetObject ${stats?.byOperation.GetObject ?? 0}`);
     return seconds;
@@ -650,14 +653,14 @@ async function main(): Promise<void> {
   };
   log(`stevedore ${servers[0]!.url}, distribution ${servers[1]!.url} (blob GETs ${OPTS.distRedirect ? 'redirected to RGW' : 'served by itself'})`);
   try {
-    const { distributionPulls } = await pushAndPull(servers, work);
+    const { distributionPulls, run0Blobs } = await pushAndPull(servers, work);
     const onS3 = await storedOnS3(servers[0]!.prefix);
     if (onS3.objects === 0 || (await localStoreFiles(servers[0]!.localRoot!)) > 0) {
       stevedoreOnDisk = true;
       notes.push(`WARNING: the Stevedore worker stored ${onS3.objects} objects on S3 and its blobs on local disk (${servers[0]!.localRoot}): `
         + 'the worker is not on the storage driver in this tree, so its hosted figures are local-disk figures');
     }
-    await localCachePulls(servers[0]!.prefix, distributionPulls, work);
+    await localCachePulls(servers[0]!.prefix, distributionPulls, run0Blobs, work);
     await nextPhase('large-blob PUT and GET');
     await largeBlob(servers);
     await nextPhase('manifest GET');
