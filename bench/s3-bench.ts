@@ -369,8 +369,8 @@ async function pushAndPull(servers: S3Server[], work: string): Promise<{ distrib
 /**
  * The optional local read cache (STEVEDORE_LOCAL_CACHE_DIR, off by default): a second worker on the
  * same store with it on pulls the first image pushAndPull pushed (tag run0), once to fill the cache from
- * RGW, then --runs times from it, each pull checked like the others. An info row against distribution's pulls of the same images: what the option buys a hot
- * image, not the default pull (the row above).
+ * RGW, then --runs times from it, each pull checked like the others. An info row against
+ * distribution's best pull of that phase: what the option buys a hot image, not the default pull.
  */
 async function localCachePulls(prefix: string, distributionPulls: number[], blobs: Array<{ digest: string; size: number }>, work: string): Promise<void> {
   const cacheDir = join(work, 'local-read-cache');
@@ -402,24 +402,23 @@ async function largeBlob(servers: S3Server[]): Promise<void> {
   const blob = makeBlob(7_000 + Number.parseInt(runId, 16) % 1000, size);
   const pushMBs: Record<string, number> = {};
   const getMBs: Record<string, number> = {};
-  const storeCpu: Record<string, number> = {};
+  /** RGW + OSD CPU seconds per GET, by side. */
+  const storeCpu: Record<string, number> = Object.fromEntries(servers.map((s) => [s.side, 0]));
   for (const server of servers) pushMBs[server.side] = await pushMonolithic(server, REPO, blob);
   // Both pushed before any GET, and the GETs alternate (roundOrder), as the pulls do: the store's
   // aftermath of a push (its writeback) lands on both sides alike, not on whoever is first.
   const results: Record<string, number[]> = Object.fromEntries(servers.map((s) => [s.side, []]));
-  const storeCpuSum: Record<string, number> = Object.fromEntries(servers.map((s) => [s.side, 0]));
   const mark = await rgwLog.mark();
   for (let r = 0; r < OPTS.runs; r++) {
     for (const server of roundOrder(servers, r)) {
       const curlArgs = server.side === 'distribution' && OPTS.distRedirect ? ['-L'] : [];
       const storeCpuBefore = storeCpuSeconds();
       results[server.side]!.push(await curlGet(`${server.url}/v2/${REPO}/blobs/${blob.digest}`, size, curlArgs));
-      storeCpuSum[server.side]! += storeCpuSeconds() - storeCpuBefore;
+      storeCpu[server.side]! += (storeCpuSeconds() - storeCpuBefore) / OPTS.runs;
     }
   }
   const stats = await s3Since(mark, servers);
   for (const server of servers) {
-    storeCpu[server.side] = storeCpuSum[server.side]! / OPTS.runs;
     getMBs[server.side] = Math.max(...results[server.side]!);
     log(`${server.side}: ${OPTS.blobMiB} MiB monolithic push ${fmt(pushMBs[server.side])} MB/s; GET ${results[server.side]!.map((v) => fmt(v)).join(', ')} MB/s`);
   }
