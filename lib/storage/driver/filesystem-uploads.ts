@@ -3,6 +3,7 @@ import { mkdir, open, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { Digest, DigestAlgorithm } from '../../oci/digest.js';
 import { commitFile } from '../atomic.js';
+import { SyncBehind } from '../sync-behind.js';
 import { writeBatched } from '../write-batched.js';
 import { UploadOffsetError, type UploadSession, type UploadSessions } from './driver.js';
 import type { FilesystemDriver } from './filesystem.js';
@@ -58,6 +59,7 @@ export class FilesystemUploads implements UploadSessions {
       const hash = running && running.size === offset ? running.hash : undefined;
       this.running.delete(id);
       const handle = await open(this.driver.path(this.dataKey(id)), 'r+');
+      const syncBehind = new SyncBehind(handle);
       let size = offset;
       try {
         await handle.truncate(offset);
@@ -70,13 +72,14 @@ export class FilesystemUploads implements UploadSessions {
             size += chunk.length;
           }
           await handle.writev(chunks, at);
+          syncBehind.wrote(size - at);
         };
         await writeBatched({ write: (data) => appendChunks([data]), writev: appendChunks }, body);
         // No fsync per chunk (distribution does none either): a chunk lost to a power cut costs the
         // client its upload, never a corrupt blob, since finish() fsyncs the whole file and checks the
         // digest (re-hashing the file after a restart) before the rename makes it visible.
       } finally {
-        await handle.close();
+        await syncBehind.settle().finally(() => handle.close());
       }
       // Deleted (cancelled) while the chunk streamed: writing the state would bring the session back.
       await this.driver.stat(this.stateKey(id));

@@ -6,6 +6,7 @@ import { dirname, join, relative, sep } from 'node:path';
 import { Readable } from 'node:stream';
 import type { Digest, DigestAlgorithm } from '../../oci/digest.js';
 import { commitFile, openTempFile, writeFileAtomic, writeTempFile } from '../atomic.js';
+import { SyncBehind } from '../sync-behind.js';
 import {
   checkKey, checkPrefix, StorageNotFoundError,
   type BlobWriter, type IncompleteWrite, type KeyInfo, type ListOptions, type ListPage, type OpenedKey, type StorageDriver,
@@ -391,13 +392,16 @@ export class FilesystemDriver implements StorageDriver {
 class FilesystemBlobWriter implements BlobWriter {
   size = 0;
   private done = false;
+  private readonly syncBehind: SyncBehind;
 
   constructor(
     private readonly handle: FileHandle,
     private readonly temp: string,
     private readonly destination: string,
     private readonly hash: Hash,
-  ) {}
+  ) {
+    this.syncBehind = new SyncBehind(handle);
+  }
 
   async write(chunk: Buffer): Promise<void> {
     await this.writev([chunk]);
@@ -405,17 +409,21 @@ class FilesystemBlobWriter implements BlobWriter {
 
   async writev(chunks: Buffer[]): Promise<void> {
     if (this.done) throw new Error('blob writer already finished');
+    let bytes = 0;
     for (const chunk of chunks) {
       this.hash.update(chunk);
-      this.size += chunk.length;
+      bytes += chunk.length;
     }
+    this.size += bytes;
     await this.handle.writev(chunks);
+    this.syncBehind.wrote(bytes);
   }
 
   async commit(expected: Digest, expectedSize?: number): Promise<void> {
     if (this.done) throw new Error('blob writer already finished');
     try {
       verifyContent(this.hash, this.size, expected, expectedSize);
+      await this.syncBehind.settle();
       await this.handle.sync();
       await this.handle.close();
       this.done = true;
@@ -429,6 +437,7 @@ class FilesystemBlobWriter implements BlobWriter {
   async cancel(): Promise<void> {
     if (!this.done) {
       this.done = true;
+      await this.syncBehind.settle().catch(() => {});
       await this.handle.close().catch(() => {});
     }
     await unlink(this.temp).catch(() => {});
