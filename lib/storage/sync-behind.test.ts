@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import type { FileHandle } from 'node:fs/promises';
-import { SYNC_BEHIND_BYTES, SyncBehind } from './sync-behind.js';
+import { MAX_SYNCS_IN_FLIGHT, SYNC_BEHIND_BYTES, SyncBehind } from './sync-behind.js';
 
 /** A handle whose datasync() the test settles by hand, counting the calls. */
 function controlledHandle() {
@@ -42,5 +42,18 @@ describe('SyncBehind', () => {
     const error = await settling;
     assert.ok(error instanceof Error && /EIO/.test(error.message));
     await assert.rejects(sync.settle(), /EIO/, 'a failed background sync fails every later settle');
+  });
+
+  it('at most MAX_SYNCS_IN_FLIGHT run in the process; a writer over the cap starts its sync at a later write', async () => {
+    const handles = Array.from({ length: MAX_SYNCS_IN_FLIGHT + 1 }, () => controlledHandle());
+    const syncs = handles.map(({ handle }) => new SyncBehind(handle));
+    for (const sync of syncs) sync.wrote(SYNC_BEHIND_BYTES);
+    assert.deepEqual(handles.map(({ pending }) => pending.length), [...Array(MAX_SYNCS_IN_FLIGHT).fill(1), 0]);
+    handles[0]!.pending[0]!.resolve();
+    await syncs[0]!.settle();
+    syncs.at(-1)!.wrote(1);
+    assert.equal(handles.at(-1)!.pending.length, 1, 'the last writer starts once a slot is free');
+    for (const { pending } of handles.slice(1)) pending[0]!.resolve();
+    await Promise.all(syncs.map((sync) => sync.settle()));
   });
 });

@@ -8,6 +8,15 @@ import type { FileHandle } from 'node:fs/promises';
 export const SYNC_BEHIND_BYTES = 4 * 1024 * 1024;
 
 /**
+ * Background syncs in flight in the whole process at most. An fdatasync holds one of libuv's four
+ * pool threads for as long as the disk takes (long on a slow disk), and every file read and write of
+ * the process queues behind those threads: concurrent uploads must not take them all. A writer that
+ * finds the cap reached starts its sync at a later write.
+ */
+export const MAX_SYNCS_IN_FLIGHT = 2;
+let syncsInFlight = 0;
+
+/**
  * Flushes a file being written in the background, one fdatasync in flight at a time, so the fsync
  * that must precede its rename only has the last stretch left to write (a 256 MiB push spent
  * ~170 ms in that one fsync, with the disk idle while the bytes arrived). Nothing is skipped: the
@@ -23,11 +32,12 @@ export class SyncBehind {
   /** Counts `bytes` just written; starts a background datasync once enough are pending. */
   wrote(bytes: number): void {
     this.pending += bytes;
-    if (this.inFlight || this.pending < SYNC_BEHIND_BYTES) return;
+    if (this.inFlight || this.pending < SYNC_BEHIND_BYTES || syncsInFlight >= MAX_SYNCS_IN_FLIGHT) return;
     this.pending = 0;
+    syncsInFlight++;
     this.inFlight = this.handle.datasync().then(
-      () => { this.inFlight = undefined; },
-      (error: unknown) => { this.inFlight = undefined; this.failure ??= { error }; },
+      () => { syncsInFlight--; this.inFlight = undefined; },
+      (error: unknown) => { syncsInFlight--; this.inFlight = undefined; this.failure ??= { error }; },
     );
   }
 
