@@ -75,9 +75,10 @@ export class FilesystemUploads implements UploadSessions {
           syncBehind.wrote(size - at);
         };
         await writeBatched({ write: (data) => appendChunks([data]), writev: appendChunks }, body);
-        // No fsync per chunk (distribution does none either): a chunk lost to a power cut costs the
-        // client its upload, never a corrupt blob, since finish() fsyncs the whole file and checks the
-        // digest (re-hashing the file after a restart) before the rename makes it visible.
+        // No fsync per chunk (distribution does none either; SyncBehind only writes back early): a
+        // chunk lost to a power cut costs the client its upload, never a corrupt blob, since finish()
+        // fsyncs the whole file and checks the digest (re-hashing the file after a restart) before the
+        // rename makes it visible.
       } finally {
         await syncBehind.settle().finally(() => handle.close());
       }
