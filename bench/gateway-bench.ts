@@ -178,7 +178,7 @@ const http = require('node:http'); const fs = require('node:fs'); const crypto =
 const dir = process.argv[1]; const sessions = new Map(); let next = 0;
 const server = http.createServer((req, res) => {
   const url = new URL(req.url, 'http://x');
-  if (req.method === 'POST') { const id = String(++next); const file = path.join(dir, id); sessions.set(id, { hash: crypto.createHash('sha256'), fd: fs.openSync(file, 'w'), file, offset: 0 });
+  if (req.method === 'POST') { const id = String(++next); const file = path.join(dir, id); sessions.set(id, { hash: crypto.createHash('sha256'), fd: fs.openSync(file, 'w'), offset: 0 });
     req.resume(); req.on('end', () => { res.writeHead(202, { location: '/upload/' + id, 'content-length': 0 }); res.end(); }); return; }
   const id = url.pathname.split('/').pop(); const s = sessions.get(id);
   if (!s) { res.writeHead(404); res.end(); return; }
