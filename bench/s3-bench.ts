@@ -330,7 +330,8 @@ async function pushAndPull(servers: S3Server[], work: string): Promise<{ distrib
   let run0Blobs: Array<{ digest: string; size: number }> = [];
   for (let r = 0; r < OPTS.runs; r++) {
     const image = newImage(`push-${runId}-${r}`);
-    if (r === 0) run0Blobs = blobsOf(image);
+    const blobs = blobsOf(image);
+    if (r === 0) run0Blobs = blobs;
     const layout = join(work, `layout-${r}`);
     await writeOciLayout(layout, 'latest', [image]);
     for (const server of roundOrder(servers, r)) {
@@ -346,7 +347,7 @@ async function pushAndPull(servers: S3Server[], work: string): Promise<{ distrib
       pullCpu[server.side].push(cpuSeconds(server.pid) - cpuBefore);
       pullStoreCpu[server.side].push(storeCpuSeconds() - storeCpuBefore);
       if (r === 0) Object.assign(pullMark.stats, await s3Since(mark, [server]));
-      await verifyPulled(dest, blobsOf(image));
+      await verifyPulled(dest, blobs);
       await rm(dest, { recursive: true, force: true });
       log(`run ${r + 1}/${OPTS.runs} ${server.side}: push ${push[server.side].at(-1)!.toFixed(2)} s, pull ${pull[server.side].at(-1)!.toFixed(2)} s`);
     }
