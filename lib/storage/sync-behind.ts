@@ -17,10 +17,11 @@ export const MAX_SYNCS_IN_FLIGHT = 2;
 let syncsInFlight = 0;
 
 /**
- * Flushes a file being written in the background, one fdatasync in flight at a time, so the fsync
- * that must precede its rename only has the last stretch left to write (a 256 MiB push spent
- * ~170 ms in that one fsync, with the disk idle while the bytes arrived). Nothing is skipped: the
- * final sync() stays; this only moves most of its work to while the upload still streams.
+ * Flushes a file being written in the background, one fdatasync in flight per file (and at most
+ * MAX_SYNCS_IN_FLIGHT per process), so the fsync that must precede its rename only has the last
+ * stretch left to write (a 256 MiB push spent ~170 ms in that one fsync, most of the writing left
+ * for the end). Nothing is skipped: the final sync() stays; this only moves most of its work to
+ * while the upload still streams.
  */
 export class SyncBehind {
   private pending = 0;
