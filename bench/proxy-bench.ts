@@ -4,16 +4,20 @@
  * configured as a proxy, all in front of the same upstream `docker-registry`, and pulls from that
  * upstream directly as the baseline, on loopback, in one run, for each image shape:
  *
- *   (a) cold pull through each (fresh cache; best of --cold-runs), and from the upstream directly:
- *       the cold/direct ratio is what a cache costs a first pull,
+ *   (a) cold pull through each, a freshly started cache each time (best of --cold-runs), and from
+ *       the upstream directly: the cold/direct ratio is what a cache costs a first pull,
  *   (b) warm pull of the same image (best of --warm-runs),
- *   (c) --concurrency simultaneous cold pulls against a fresh cache: wall time, and how many times
- *       the upstream was asked for each blob (its access log), the target being exactly once.
+ *   (c) --concurrency simultaneous cold pulls through a freshly started cache: wall time, and how
+ *       many times the upstream was asked for each blob (its access log), the target being once,
+ *   (d) and (e): (a) and (c) again through a running cache, one process per proxy that has already
+ *       served a pull of another image of the shape, each pull of an image new to it. A cache is
+ *       up for days; a fresh Node process pays JIT compilation and first heap growth in its first
+ *       fill (about half the fill's CPU here), which (a) and (c) measure and (d) and (e) do not.
  * The appliance's per-process peak RSS during its cold pulls is printed too, and the load average,
  * and the CPU time of every party of a cold pull (skopeo, the upstream, the cache) with the floor
  * that total puts under the cold/direct ratio on this machine's cores.
  *
- * Pulls are `skopeo copy docker://proxy/bench/app:latest dir:<fresh dir>`.
+ * Pulls are `skopeo copy docker://proxy/bench/<image>:latest dir:<fresh dir>`.
  *
  *   npm run bench:proxy                                 # shapes 1x200 and 10x20 (MiB)
  *   BENCH_QUICK=1 npm run bench:proxy                   # quick run (a few minutes)
@@ -23,9 +27,9 @@
  *   --shapes / BENCH_SHAPES            image shapes LAYERSxMIB, comma-separated, default 1x200,10x20
  *                                      (--layers/--layer-mb, BENCH_LAYERS/BENCH_LAYER_MB: one shape, as before)
  *   --kinds / BENCH_PROXY_KINDS        default stevedore,appliance,distribution
- *   --cold-runs / BENCH_COLD_RUNS      cold pulls per proxy, each against a fresh cache (best kept), default 3
+ *   --cold-runs / BENCH_COLD_RUNS      cold pulls per proxy in (a) and in (d) (best kept), default 3
  *   --warm-runs / BENCH_WARM_RUNS      warm pulls per proxy (best kept), default 3
- *   --concurrency / BENCH_CONCURRENCY  simultaneous cold pulls in phase (c), default 8
+ *   --concurrency / BENCH_CONCURRENCY  simultaneous cold pulls in phases (c) and (e), default 8
  *   --quick / BENCH_QUICK              shapes 1x64,10x8, one cold and warm run, 4 concurrent pulls
  *   --json / BENCH_JSON                also write the reports as JSON to this file
  *   --timeout / BENCH_TIMEOUT          whole-run limit in seconds, default 2400
@@ -47,6 +51,7 @@ import { numberOption, option } from './options.js';
 import { children, childrenCpuTimeMs, cleanup, cpuTimeMs, logger, median, newTempDir, roundOrder, run, runBenchmark, samplePeakRss, stopProcess, tempDirs } from './harness.js';
 
 const MiB = 1024 * 1024;
+/** The image of the fresh-start phases; the running-cache phases pull images of their own (runShape). */
 const REPO = 'bench/app';
 const TAG = 'latest';
 const PULL_TIMEOUT_MS = 300_000;
@@ -216,15 +221,15 @@ async function startApplianceProxy(upstreamUrl: string): Promise<Server> {
  * One `skopeo copy` of the image from `server`; resolves with its duration in seconds, or NaN if it
  * failed (the reason is added to `failures`: a failed pull is a result, not the end of the run).
  */
-async function pull(server: Server, workDir: string, failures: string[]): Promise<number> {
+async function pull(server: Server, image: BenchImage, workDir: string, failures: string[]): Promise<number> {
   const dest = await mkdirUnique(workDir);
   try {
     const started = performance.now();
     const res = await run('skopeo', ['--insecure-policy', 'copy', '--quiet', '--src-tls-verify=false',
-      `docker://${server.hostPort}/${server.prefix ? `${server.prefix}/` : ''}${REPO}:${TAG}`, `dir:${dest}`], PULL_TIMEOUT_MS);
+      `docker://${server.hostPort}/${server.prefix ? `${server.prefix}/` : ''}${image.repo}:${TAG}`, `dir:${dest}`], PULL_TIMEOUT_MS);
     const seconds = (performance.now() - started) / 1000;
     if (res.code !== 0) throw new Error(`skopeo exit ${res.code}: ${res.stderr.trim().split('\n').pop()?.slice(0, 500)}`);
-    await verifyPulled(dest);
+    await verifyPulled(dest, image);
     return seconds;
   } catch (err) {
     const message = (err as Error).message;
@@ -244,12 +249,16 @@ async function mkdirUnique(parent: string): Promise<string> {
   return dir;
 }
 
-let expectedBlobs: Array<{ digest: string; size: number }> = [];
+/** An image the upstream holds: its repository and the blobs its manifest lists (read back from the upstream). */
+interface BenchImage {
+  repo: string;
+  blobs: Array<{ digest: string; size: number }>;
+}
 
 /** skopeo verifies digests; this checks that every layer and the config landed with the right size. */
-async function verifyPulled(dest: string): Promise<void> {
+async function verifyPulled(dest: string, image: BenchImage): Promise<void> {
   const names = new Set(await readdir(dest));
-  for (const blob of expectedBlobs) {
+  for (const blob of image.blobs) {
     const hex = blob.digest.slice('sha256:'.length);
     if (!names.has(hex)) throw new Error(`pull into ${dest} lacks blob ${blob.digest}`);
     const info = await stat(join(dest, hex));
@@ -261,7 +270,7 @@ async function verifyPulled(dest: string): Promise<void> {
  * Waits until none of `servers` has written to its log for QUIET_MS and (after a pull) `proxy`
  * holds every blob: distribution's proxy keeps filling its store in the background after it answered.
  */
-async function settle(servers: Server[], proxy: Server, afterPull: boolean): Promise<void> {
+async function settle(servers: Server[], proxy: Server, image: BenchImage, afterPull: boolean): Promise<void> {
   const deadline = Date.now() + QUIET_MAX_MS;
   let lengths = servers.map((s) => s.output().length);
   let quietSince = Date.now();
@@ -273,9 +282,9 @@ async function settle(servers: Server[], proxy: Server, afterPull: boolean): Pro
       quietSince = Date.now();
       continue;
     }
-    if (Date.now() - quietSince >= QUIET_MS && (!afterPull || await proxy.hasBlobs(expectedBlobs.map((b) => b.digest)))) return;
+    if (Date.now() - quietSince >= QUIET_MS && (!afterPull || await proxy.hasBlobs(image.blobs.map((b) => b.digest)))) return;
   }
-  const stored = await proxy.hasBlobs(expectedBlobs.map((b) => b.digest));
+  const stored = await proxy.hasBlobs(image.blobs.map((b) => b.digest));
   log(`warning: ${proxy.kind} did not settle within ${QUIET_MAX_MS / 1000} s (last log write ${((Date.now() - quietSince) / 1000).toFixed(1)} s ago, `
     + `all blobs stored: ${stored}); counting what was logged`);
 }
@@ -293,16 +302,16 @@ interface UpstreamCounts {
   requests: number;
 }
 
-function countUpstream(logSlice: string): UpstreamCounts {
+function countUpstream(logSlice: string, image: BenchImage): UpstreamCounts {
   const requests = distributionRequests(logSlice);
   const blobGets: Record<string, number> = {};
-  for (const b of expectedBlobs) blobGets[b.digest] = 0;
+  for (const b of image.blobs) blobGets[b.digest] = 0;
   let blobHeads = 0;
   let manifestGets = 0;
   let manifestHeads = 0;
   let non2xx = 0;
-  const blobPath = new RegExp(`^/v2/${REPO}/blobs/(sha256:[0-9a-f]{64})$`);
-  const manifestPath = new RegExp(`^/v2/${REPO}/manifests/`);
+  const blobPath = new RegExp(`^/v2/${image.repo}/blobs/(sha256:[0-9a-f]{64})$`);
+  const manifestPath = new RegExp(`^/v2/${image.repo}/manifests/`);
   for (const r of requests) {
     if (r.status >= 300) non2xx++;
     const blob = blobPath.exec(r.path.split('?')[0]!);
@@ -347,22 +356,34 @@ type Kind = 'stevedore' | 'appliance' | 'distribution';
 const ALL_KINDS: Kind[] = ['stevedore', 'appliance', 'distribution'];
 const KINDS: Kind[] = ALL_KINDS.filter((k) => OPTS.kinds.includes(k));
 
-interface KindResult {
-  coldSeconds: number[];
-  coldUpstream: UpstreamCounts[];
-  warmSeconds: number[];
+/**
+ * Cold pulls (empty cache for the image) in one of two process states:
+ *  - fresh: each pull through a newly started cache, the first work the process does (as in every
+ *    run before stop 26): a Node process pays its JIT and first heap growth there;
+ *  - running: pulls of images new to a cache that has already served one pull (of another image of
+ *    the same shape), the state a cache that has been up for a while is in.
+ */
+interface ColdResult {
+  seconds: number[];
+  upstream: UpstreamCounts[];
+  /** CPU seconds per cold pull: the client (skopeo), the upstream, the cache (until it settled). */
+  cpu: PullCpu[];
+  /** Peak RSS (MB) per process during the cold pulls (the appliance's processes). */
+  rss: Record<string, number>;
   concurrentWallSeconds: number;
   concurrentPullSeconds: number[];
   concurrentUpstream: UpstreamCounts | undefined;
   concurrentFailed: number;
+}
+
+interface KindResult {
+  fresh: ColdResult;
+  running: ColdResult;
+  warmSeconds: number[];
   /** Why pulls failed, in every phase. */
   failures: string[];
   /** Lines distribution logged at level=error (its own log), or Stevedore's warn/error lines. */
   complaints: string[];
-  /** Peak RSS (MB) per process during the cold pulls (the appliance's processes). */
-  rss: Record<string, number>;
-  /** CPU seconds per cold pull: the client (skopeo), the upstream, the cache (until it settled). */
-  coldCpu: PullCpu[];
 }
 
 interface PullCpu {
@@ -379,11 +400,12 @@ function cpuSeconds(pids: number[]): number {
 /** CPU seconds of this process's children that exited and were waited for (skopeo, after its pull). */
 const childrenCpuSeconds = () => childrenCpuTimeMs() / 1000;
 
+function emptyCold(): ColdResult {
+  return { seconds: [], upstream: [], cpu: [], rss: {}, concurrentWallSeconds: NaN, concurrentPullSeconds: [], concurrentUpstream: undefined, concurrentFailed: 0 };
+}
+
 function emptyResult(): KindResult {
-  return {
-    coldSeconds: [], coldUpstream: [], warmSeconds: [], concurrentWallSeconds: NaN, concurrentPullSeconds: [],
-    concurrentUpstream: undefined, concurrentFailed: 0, failures: [], complaints: [], rss: {}, coldCpu: [],
-  };
+  return { fresh: emptyCold(), running: emptyCold(), warmSeconds: [], failures: [], complaints: [] };
 }
 
 const load = () => loadavg().map((l) => l.toFixed(1)).join(' ');
@@ -402,67 +424,106 @@ function sampleRss(processes: Array<{ pid: number; name: string }>): () => Recor
   };
 }
 
-/** One image shape, every phase, every kind; returns the report. */
-async function runShape(layers: number, layerMiB: number, work: string): Promise<string> {
-  const layerSize = layerMiB * MiB;
-  const loadStart = load();
-  log(`building a ${layers}-layer image (${layers} x ${layerMiB} MiB random content)`);
-  const image = buildImage({ layerSizes: Array.from({ length: layers }, () => layerSize), seed: `proxy-bench-${layers}x${layerMiB}` });
-  const layout = join(work, `oci-${layers}x${layerMiB}`);
-  await writeOciLayout(layout, TAG, [image]);
-
-  log('starting the upstream docker-registry and pushing the image');
-  const upstream = await startUpstream();
+/** Builds an image of the shape (random layers), pushes it to the upstream as `repo:TAG`, and reads its blobs back. */
+async function pushImage(upstream: Server, work: string, repo: string, layers: number, layerMiB: number): Promise<BenchImage> {
+  const built = buildImage({ layerSizes: Array.from({ length: layers }, () => layerMiB * MiB), seed: `proxy-bench-${repo}-${layers}x${layerMiB}` });
+  const layout = join(work, `oci-${repo.replaceAll('/', '-')}-${layers}x${layerMiB}`);
+  await writeOciLayout(layout, TAG, [built]);
   const push = await run('skopeo', ['--insecure-policy', 'copy', '--quiet', '--dest-tls-verify=false', '--preserve-digests',
-    `oci:${layout}:${TAG}`, `docker://${upstream.hostPort}/${REPO}:${TAG}`], PULL_TIMEOUT_MS);
-  if (push.code !== 0) throw new Error(`seeding the upstream failed: ${push.stderr}`);
+    `oci:${layout}:${TAG}`, `docker://${upstream.hostPort}/${repo}:${TAG}`], PULL_TIMEOUT_MS);
+  if (push.code !== 0) throw new Error(`seeding the upstream with ${repo} failed: ${push.stderr}`);
   await rm(layout, { recursive: true, force: true });
   // The blobs the upstream serves for the tag (read back, not assumed).
-  const manifestRes = await httpGet(`${upstream.url}/v2/${REPO}/manifests/${TAG}`, {
+  const manifestRes = await httpGet(`${upstream.url}/v2/${repo}/manifests/${TAG}`, {
     accept: 'application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json',
   });
-  if (manifestRes.status !== 200) throw new Error(`upstream manifest GET answered ${manifestRes.status}`);
+  if (manifestRes.status !== 200) throw new Error(`upstream manifest GET of ${repo} answered ${manifestRes.status}`);
   const manifest = JSON.parse(manifestRes.body.toString('utf8')) as { config: { digest: string; size: number }; layers: Array<{ digest: string; size: number }> };
-  expectedBlobs = [manifest.config, ...manifest.layers].map((d) => ({ digest: d.digest, size: d.size }));
-  const imageBytes = expectedBlobs.reduce((a, b) => a + b.size, 0);
-  log(`upstream ${upstream.url} holds ${REPO}:${TAG}: ${expectedBlobs.length} blobs, ${(imageBytes / MiB).toFixed(1)} MiB`);
+  return { repo, blobs: [manifest.config, ...manifest.layers].map((d) => ({ digest: d.digest, size: d.size })) };
+}
+
+/** One cold pull of `image` through `server`: its time, upstream GETs, CPU and (the appliance) peak RSS, into `cold`. */
+async function coldPull(upstream: Server, server: Server, image: BenchImage, work: string, result: KindResult, cold: ColdResult, label: string): Promise<void> {
+  await settle([upstream, server], server, image, false);
+  const mark = upstream.output().length;
+  const failed = result.failures.length;
+  const stopRss = server.processes ? sampleRss(server.processes()) : undefined;
+  const cpu0 = { client: childrenCpuSeconds(), upstream: cpuSeconds(upstream.pids()), cache: cpuSeconds(server.pids()) };
+  const seconds = await pull(server, image, work, result.failures);
+  const client = childrenCpuSeconds() - cpu0.client;
+  if (stopRss) for (const [name, mb] of Object.entries(stopRss())) cold.rss[name] = Math.max(cold.rss[name] ?? 0, mb);
+  await settle([upstream, server], server, image, result.failures.length === failed);
+  // The cache's and upstream's CPU until it settled: distribution's proxy goes on storing after it answered.
+  cold.cpu.push({ client, upstream: cpuSeconds(upstream.pids()) - cpu0.upstream, cache: cpuSeconds(server.pids()) - cpu0.cache });
+  const counts = countUpstream(upstream.output().slice(mark), image);
+  cold.seconds.push(seconds);
+  cold.upstream.push(counts);
+  log(`${label} via ${server.kind}: ${seconds.toFixed(2)} s; upstream blob GETs ${counts.blobGetsTotal} `
+    + `(per blob ${counts.blobGetsMin}..${counts.blobGetsMax}), blob HEADs ${counts.blobHeads}, manifest GET/HEAD ${counts.manifestGets}/${counts.manifestHeads} (load ${load()})`);
+}
+
+/** --concurrency simultaneous pulls of `image`, new to `server`'s cache: wall time and upstream GETs, into `cold`. */
+async function concurrentPulls(upstream: Server, server: Server, image: BenchImage, work: string, result: KindResult, cold: ColdResult, label: string): Promise<void> {
+  await settle([upstream, server], server, image, false);
+  const mark = upstream.output().length;
+  const started = performance.now();
+  const failed = result.failures.length;
+  const seconds = await Promise.all(Array.from({ length: OPTS.concurrency }, () => pull(server, image, work, result.failures)));
+  const wall = (performance.now() - started) / 1000;
+  cold.concurrentFailed = result.failures.length - failed;
+  await settle([upstream, server], server, image, cold.concurrentFailed === 0);
+  const counts = countUpstream(upstream.output().slice(mark), image);
+  cold.concurrentWallSeconds = wall;
+  cold.concurrentPullSeconds = seconds;
+  cold.concurrentUpstream = counts;
+  log(`${OPTS.concurrency} concurrent cold pulls (${label}) via ${server.kind}: ${wall.toFixed(2)} s wall; upstream blob GETs ${counts.blobGetsTotal} `
+    + `(per blob ${counts.blobGetsMin}..${counts.blobGetsMax}), blob HEADs ${counts.blobHeads}, manifest GET/HEAD ${counts.manifestGets}/${counts.manifestHeads} (load ${load()})`);
+}
+
+/** A pull of `image` from the upstream directly: the baseline of a round. */
+async function directPull(upstream: Server, image: BenchImage, work: string, direct: DirectResult, into: DirectRuns, label: string): Promise<void> {
+  const [client0, upstream0] = [childrenCpuSeconds(), cpuSeconds(upstream.pids())];
+  const seconds = await pull(upstream, image, work, direct.failures);
+  into.seconds.push(seconds);
+  into.cpu.push({ client: childrenCpuSeconds() - client0, upstream: cpuSeconds(upstream.pids()) - upstream0, cache: 0 });
+  log(`${label} from the upstream: ${seconds.toFixed(2)} s (load ${load()})`);
+}
+
+/** One image shape, every phase, every kind; returns the report. */
+async function runShape(layers: number, layerMiB: number, work: string): Promise<string> {
+  const loadStart = load();
+  log('starting the upstream docker-registry');
+  const upstream = await startUpstream();
+  // The fresh-start phases pull REPO through a new cache each time. A running cache holds every
+  // image it has pulled, so its phases need one new image per pull: a warm-up, one per cold run,
+  // one for the concurrent pulls. All have the same shape and random content of their own.
+  const runningRepos = ['bench/warmup', ...Array.from({ length: OPTS.coldRuns }, (_, i) => `bench/cold-${i + 1}`), 'bench/concurrent'];
+  const images = new Map<string, BenchImage>();
+  for (const repo of [REPO, ...runningRepos]) {
+    log(`building ${repo} (${layers} x ${layerMiB} MiB random content) and pushing it to the upstream`);
+    images.set(repo, await pushImage(upstream, work, repo, layers, layerMiB));
+  }
+  const image = images.get(REPO)!;
+  const imageBytes = image.blobs.reduce((a, b) => a + b.size, 0);
+  log(`upstream ${upstream.url} holds ${images.size} images of ${image.blobs.length} blobs, ${(imageBytes / MiB).toFixed(1)} MiB each`);
 
   const start = (kind: Kind) => (kind === 'stevedore' ? startStevedoreProxy(upstream.url)
     : kind === 'appliance' ? startApplianceProxy(upstream.url) : startDistributionProxy(upstream.url));
   const results = Object.fromEntries(KINDS.map((k) => [k, emptyResult()])) as Record<Kind, KindResult>;
-  const direct: DirectResult = { seconds: [], failures: [], cpu: [] };
+  const direct: DirectResult = { fresh: { seconds: [], cpu: [] }, running: { seconds: [], cpu: [] }, failures: [] };
   const noteComplaints = (server: Server) => {
     if (server.kind !== 'distribution') results[server.kind].complaints.push(...stevedoreComplaints(server.output()));
     else results.distribution.complaints.push(...server.output().split('\n').filter((l) => l.includes('level=error')));
   };
 
-  // (a) cold pulls, each against a fresh cache, and a pull from the upstream directly in each round;
-  // the last instances stay up for (b).
+  // (a) cold pulls, each through a freshly started cache, and a pull from the upstream directly in
+  // each round; the last instances stay up for (b).
   const warmServers: Partial<Record<Kind, Server>> = {};
   for (let round = 0; round < OPTS.coldRuns; round++) {
-    const [client0, upstream0] = [childrenCpuSeconds(), cpuSeconds(upstream.pids())];
-    const seconds = await pull(upstream, work, direct.failures);
-    direct.seconds.push(seconds);
-    direct.cpu.push({ client: childrenCpuSeconds() - client0, upstream: cpuSeconds(upstream.pids()) - upstream0, cache: 0 });
-    log(`direct pull ${round + 1}/${OPTS.coldRuns} from the upstream: ${seconds.toFixed(2)} s (load ${load()})`);
+    await directPull(upstream, image, work, direct, direct.fresh, `direct pull ${round + 1}/${OPTS.coldRuns}`);
     for (const kind of roundOrder(KINDS, round)) {
       const server = await start(kind);
-      await settle([upstream, server], server, false);
-      const mark = upstream.output().length;
-      const failed = results[kind].failures.length;
-      const stopRss = server.processes ? sampleRss(server.processes()) : undefined;
-      const cpu0 = { client: childrenCpuSeconds(), upstream: cpuSeconds(upstream.pids()), cache: cpuSeconds(server.pids()) };
-      const seconds = await pull(server, work, results[kind].failures);
-      const client = childrenCpuSeconds() - cpu0.client;
-      if (stopRss) for (const [name, mb] of Object.entries(stopRss())) results[kind].rss[name] = Math.max(results[kind].rss[name] ?? 0, mb);
-      await settle([upstream, server], server, results[kind].failures.length === failed);
-      // The cache's and upstream's CPU until it settled: distribution's proxy goes on storing after it answered.
-      results[kind].coldCpu.push({ client, upstream: cpuSeconds(upstream.pids()) - cpu0.upstream, cache: cpuSeconds(server.pids()) - cpu0.cache });
-      const counts = countUpstream(upstream.output().slice(mark));
-      results[kind].coldSeconds.push(seconds);
-      results[kind].coldUpstream.push(counts);
-      log(`cold pull ${round + 1}/${OPTS.coldRuns} via ${kind}: ${seconds.toFixed(2)} s; upstream blob GETs ${counts.blobGetsTotal} `
-        + `(per blob ${counts.blobGetsMin}..${counts.blobGetsMax}), blob HEADs ${counts.blobHeads}, manifest GET/HEAD ${counts.manifestGets}/${counts.manifestHeads} (load ${load()})`);
+      await coldPull(upstream, server, image, work, results[kind], results[kind].fresh, `cold pull ${round + 1}/${OPTS.coldRuns} (fresh start)`);
       if (round === OPTS.coldRuns - 1) warmServers[kind] = server;
       else {
         noteComplaints(server);
@@ -475,7 +536,7 @@ async function runShape(layers: number, layerMiB: number, work: string): Promise
   for (let i = 0; i < OPTS.warmRuns; i++) {
     for (const kind of roundOrder(KINDS, i)) {
       const server = warmServers[kind]!;
-      const seconds = await pull(server, work, results[kind].failures);
+      const seconds = await pull(server, image, work, results[kind].failures);
       results[kind].warmSeconds.push(seconds);
       log(`warm pull ${i + 1}/${OPTS.warmRuns} via ${kind}: ${seconds.toFixed(2)} s (load ${load()})`);
     }
@@ -485,29 +546,44 @@ async function runShape(layers: number, layerMiB: number, work: string): Promise
     await warmServers[kind]!.stop();
   }
 
-  // (c) concurrent cold pulls against a fresh cache.
+  // (c) concurrent cold pulls through a freshly started cache.
   for (const kind of KINDS) {
     const server = await start(kind);
-    await settle([upstream, server], server, false);
-    const mark = upstream.output().length;
-    const started = performance.now();
-    const failed = results[kind].failures.length;
-    const seconds = await Promise.all(Array.from({ length: OPTS.concurrency }, () => pull(server, work, results[kind].failures)));
-    const wall = (performance.now() - started) / 1000;
-    results[kind].concurrentFailed = results[kind].failures.length - failed;
-    await settle([upstream, server], server, results[kind].concurrentFailed === 0);
-    const counts = countUpstream(upstream.output().slice(mark));
-    results[kind].concurrentWallSeconds = wall;
-    results[kind].concurrentPullSeconds = seconds;
-    results[kind].concurrentUpstream = counts;
-    log(`${OPTS.concurrency} concurrent cold pulls via ${kind}: ${wall.toFixed(2)} s wall; upstream blob GETs ${counts.blobGetsTotal} `
-      + `(per blob ${counts.blobGetsMin}..${counts.blobGetsMax}), blob HEADs ${counts.blobHeads}, manifest GET/HEAD ${counts.manifestGets}/${counts.manifestHeads} (load ${load()})`);
+    await concurrentPulls(upstream, server, image, work, results[kind], results[kind].fresh, 'fresh start');
     noteComplaints(server);
     await server.stop();
   }
+
+  // (d) cold pulls into running caches: each cache first pulls the warm-up image (not counted), then
+  // each round pulls an image it has never seen, interleaved with a direct pull of that image.
+  const running: Partial<Record<Kind, Server>> = {};
+  for (const kind of KINDS) {
+    const server = await start(kind);
+    running[kind] = server;
+    const warmup = images.get('bench/warmup')!;
+    await settle([upstream, server], server, warmup, false);
+    const failed = results[kind].failures.length;
+    const seconds = await pull(server, warmup, work, results[kind].failures);
+    await settle([upstream, server], server, warmup, results[kind].failures.length === failed);
+    log(`warm-up pull (not counted) via ${kind}: ${seconds.toFixed(2)} s (load ${load()})`);
+  }
+  for (let round = 0; round < OPTS.coldRuns; round++) {
+    const cold = images.get(`bench/cold-${round + 1}`)!;
+    await directPull(upstream, cold, work, direct, direct.running, `direct pull of ${cold.repo}`);
+    for (const kind of roundOrder(KINDS, round)) {
+      await coldPull(upstream, running[kind]!, cold, work, results[kind], results[kind].running, `cold pull ${round + 1}/${OPTS.coldRuns} (running cache)`);
+    }
+  }
+
+  // (e) concurrent cold pulls of one more new image into the running caches.
+  for (const kind of KINDS) {
+    await concurrentPulls(upstream, running[kind]!, images.get('bench/concurrent')!, work, results[kind], results[kind].running, 'running cache');
+    noteComplaints(running[kind]!);
+    await running[kind]!.stop();
+  }
   await upstream.stop();
 
-  return report(results, direct, imageBytes, layers, layerMiB, loadStart);
+  return report(results, direct, image.blobs.length, imageBytes, layers, layerMiB, loadStart);
 }
 
 async function main(): Promise<void> {
@@ -534,10 +610,16 @@ const min = (xs: number[]) => {
 const fmtS = (s: number) => (Number.isFinite(s) ? `${s.toFixed(2)} s` : 'n/a');
 const ratio = (a: number, b: number) => (Number.isFinite(a) && Number.isFinite(b) && b > 0 ? (a / b).toFixed(2) : 'n/a');
 
-interface DirectResult {
+interface DirectRuns {
   seconds: number[];
-  failures: string[];
   cpu: PullCpu[];
+}
+
+/** Pulls from the upstream directly: one per round of each cold phase, of the image that round pulls. */
+interface DirectResult {
+  fresh: DirectRuns;
+  running: DirectRuns;
+  failures: string[];
 }
 
 /** Median CPU seconds per pull, by party, and their sum. */
@@ -546,49 +628,60 @@ function cpuOf(list: PullCpu[]): PullCpu & { total: number } {
   return { client, upstream, cache, total: client + upstream + cache };
 }
 
-function report(results: Record<Kind, KindResult>, direct: DirectResult, imageBytes: number, layers: number, layerMiB: number, loadStart: string): string {
-  const n = expectedBlobs.length;
+function report(results: Record<Kind, KindResult>, direct: DirectResult, n: number, imageBytes: number, layers: number, layerMiB: number, loadStart: string): string {
   const perBlob = (c: UpstreamCounts | undefined) => (c ? `${c.blobGetsTotal} (${c.blobGetsMin}..${c.blobGetsMax}/blob)` : 'n/a');
   const exactlyOnce = (c: UpstreamCounts | undefined) => c !== undefined && c.blobGetsMin === 1 && c.blobGetsMax === 1;
   const worst = (list: UpstreamCounts[]) => list.reduce((a, c) => (c.blobGetsMax > a.blobGetsMax || c.blobGetsMin < a.blobGetsMin ? c : a));
   const list = (xs: number[]) => xs.map((x) => (Number.isFinite(x) ? x.toFixed(2) : 'failed')).join(', ');
   const withFailed = (text: string, failed: number) => (failed > 0 ? `${text} (${failed} failed)` : text);
-  const directBest = min(direct.seconds);
   const dist = results.distribution;
   const cores = availableParallelism();
   const cpuCell = (c: PullCpu & { total: number }) => (Number.isFinite(c.total) ? `${c.client.toFixed(2)}+${c.upstream.toFixed(2)}+${c.cache.toFixed(2)}=${c.total.toFixed(2)}` : 'n/a');
-  // With every process's CPU perfectly spread over the cores, a pull cannot take less than total/cores:
-  // that floor over the direct pull's time is the best ratio this machine allows.
-  const floor = (c: PullCpu & { total: number }) => ratio(c.total / cores, directBest);
   const header = ['metric', ...KINDS, 'direct from upstream'];
+  /** The rows of one cold phase. */
+  const coldRows = (phase: 'fresh' | 'running', title: string): string[][] => {
+    const directBest = min(direct[phase].seconds);
+    const cold = (k: Kind) => results[k][phase];
+    // With every process's CPU perfectly spread over the cores, a pull cannot take less than total/cores:
+    // that floor over the direct pull's time is the best ratio this machine allows.
+    const floor = (c: PullCpu & { total: number }) => ratio(c.total / cores, directBest);
+    return [
+      [`${title}, best of ${OPTS.coldRuns}`, ...KINDS.map((k) => fmtS(min(cold(k).seconds))), fmtS(directBest)],
+      ['  cold / direct (goal <= 1.2 for 1 big layer, <= 1.10 for 10)', ...KINDS.map((k) => ratio(min(cold(k).seconds), directBest)), '1.00'],
+      ['  cold / distribution\'s proxy', ...KINDS.map((k) => ratio(min(cold(k).seconds), min(dist?.[phase].seconds ?? []))), '-'],
+      [`  CPU s per cold pull, median: skopeo+upstream+cache=total`, ...KINDS.map((k) => cpuCell(cpuOf(cold(k).cpu))), cpuCell(cpuOf(direct[phase].cpu))],
+      [`  CPU-bound floor: (total / ${cores} cores) / direct wall`, ...KINDS.map((k) => floor(cpuOf(cold(k).cpu))), floor(cpuOf(direct[phase].cpu))],
+      [`  upstream blob GETs per cold pull (${n} blobs; worst run)`, ...KINDS.map((k) => perBlob(worst(cold(k).upstream))), '-'],
+      [`  ${OPTS.concurrency} concurrent cold pulls, wall`, ...KINDS.map((k) => withFailed(fmtS(cold(k).concurrentWallSeconds), cold(k).concurrentFailed)), '-'],
+      ['    / distribution\'s proxy (goal <= 0.9)', ...KINDS.map((k) => ratio(cold(k).concurrentWallSeconds, dist?.[phase].concurrentWallSeconds ?? NaN)), '-'],
+      [`    upstream blob GETs (goal ${n})`, ...KINDS.map((k) => perBlob(cold(k).concurrentUpstream)), '-'],
+    ];
+  };
   const rows: string[][] = [
-    [`cold pull, best of ${OPTS.coldRuns} (fresh cache each)`, ...KINDS.map((k) => fmtS(min(results[k].coldSeconds))), fmtS(directBest)],
-    ['  cold / direct (goal <= 1.2 for 1 big layer, <= 1.10 for 10)', ...KINDS.map((k) => ratio(min(results[k].coldSeconds), directBest)), '1.00'],
-    ['  cold / distribution\'s proxy', ...KINDS.map((k) => ratio(min(results[k].coldSeconds), min(dist?.coldSeconds ?? []))), '-'],
-    [`  CPU s per cold pull, median: skopeo+upstream+cache=total`, ...KINDS.map((k) => cpuCell(cpuOf(results[k].coldCpu))), cpuCell(cpuOf(direct.cpu))],
-    [`  CPU-bound floor: (total / ${cores} cores) / direct wall`, ...KINDS.map((k) => floor(cpuOf(results[k].coldCpu))), floor(cpuOf(direct.cpu))],
-    [`upstream blob GETs per cold pull (${n} blobs; worst run)`, ...KINDS.map((k) => perBlob(worst(results[k].coldUpstream))), '-'],
+    ...coldRows('fresh', 'cold pull, fresh start (a new cache process each, its first pull)'),
+    ...coldRows('running', 'cold pull, running cache (a new image; the process has served one pull)'),
     [`warm pull, best of ${OPTS.warmRuns}`, ...KINDS.map((k) => fmtS(min(results[k].warmSeconds))), '-'],
-    [`${OPTS.concurrency} concurrent cold pulls, wall`, ...KINDS.map((k) => withFailed(fmtS(results[k].concurrentWallSeconds), results[k].concurrentFailed)), '-'],
-    ['  / distribution\'s proxy (goal <= 0.9)', ...KINDS.map((k) => ratio(results[k].concurrentWallSeconds, dist?.concurrentWallSeconds ?? NaN)), '-'],
-    [`upstream blob GETs, ${OPTS.concurrency} concurrent cold pulls (goal ${n})`, ...KINDS.map((k) => perBlob(results[k].concurrentUpstream)), '-'],
     [`failed pulls (all phases)`, ...KINDS.map((k) => String(results[k].failures.length)), String(direct.failures.length)],
   ];
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
   const line = (cells: string[]) => `| ${cells.map((c, i) => c.padEnd(widths[i]!)).join(' | ')} |`;
   const out = [
-    `Pull-through cache: ${REPO}:${TAG}, ${n} blobs (${layers} layers x ${layerMiB} MiB + config), ${(imageBytes / MiB).toFixed(1)} MiB; `
+    `Pull-through cache: images of ${n} blobs (${layers} layers x ${layerMiB} MiB + config), ${(imageBytes / MiB).toFixed(1)} MiB; `
       + 'skopeo copy docker:// -> dir:, loopback, upstream = docker-registry 2.8.2; stevedore = one cache worker, appliance = stevedore start (PM2, gateway, plain HTTP)',
     line(header),
     `|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`,
     ...rows.map(line),
     '',
-    `cold pulls (s): ${KINDS.map((k) => `${k} ${list(results[k].coldSeconds)}`).join('; ')}; direct ${list(direct.seconds)}`,
+    ...(['fresh', 'running'] as const).flatMap((phase) => [
+      `cold pulls, ${phase} (s): ${KINDS.map((k) => `${k} ${list(results[k][phase].seconds)}`).join('; ')}; direct ${list(direct[phase].seconds)}`,
+      `concurrent pulls, ${phase}, each (s): ${KINDS.map((k) => `${k} ${list(results[k][phase].concurrentPullSeconds)}`).join('; ')}`,
+    ]),
     `warm pulls (s): ${KINDS.map((k) => `${k} ${list(results[k].warmSeconds)}`).join('; ')}`,
-    `concurrent pulls, each (s): ${KINDS.map((k) => `${k} ${list(results[k].concurrentPullSeconds)}`).join('; ')}`,
-    `exactly one upstream GET per blob: ${KINDS.filter((k) => k !== 'distribution').map((k) => `${k} ${results[k].coldUpstream.every(exactlyOnce) && exactlyOnce(results[k].concurrentUpstream) ? 'yes' : 'NO'}`).join(', ')}`,
+    `exactly one upstream GET per blob: ${KINDS.filter((k) => k !== 'distribution').map((k) => `${k} ${(['fresh', 'running'] as const).every((p) => results[k][p].upstream.every(exactlyOnce) && exactlyOnce(results[k][p].concurrentUpstream)) ? 'yes' : 'NO'}`).join(', ')}`,
   ];
-  if (results.appliance) out.push(`appliance peak RSS per process during cold pulls (MB): ${Object.entries(results.appliance.rss).map(([k, v]) => `${k} ${v.toFixed(1)}`).join(', ')}`);
+  for (const phase of ['fresh', 'running'] as const) {
+    if (results.appliance) out.push(`appliance peak RSS per process during cold pulls, ${phase} (MB): ${Object.entries(results.appliance[phase].rss).map(([k, v]) => `${k} ${v.toFixed(1)}`).join(', ')}`);
+  }
   for (const kind of KINDS) {
     const r = results[kind];
     out.push(`${kind}: ${r.failures.length} failed pulls, ${r.complaints.length} ${kind === 'distribution' ? 'level=error log lines' : 'warn/error log lines'}`);
