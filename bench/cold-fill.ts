@@ -29,6 +29,7 @@ import { loadavg } from 'node:os';
 import { dirname, join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { workerNodeArgs } from '../lib/ecosystem.js';
 import { startAppliance, type Appliance } from '../test/helpers/appliance.js';
 import { STEVEDORE_BIN, distributionRequests, freePort, startDistribution } from '../test/helpers/processes.js';
 import { testStorage, type StorageKind, type TestStorage } from '../test/helpers/storage-targets.js';
@@ -100,7 +101,10 @@ export async function measureColdFill(options: { sizeMiB: number; runs: number; 
     const port = await freePort();
     if (options.storage === 's3') workerStore = await testStorage('s3');
     const args = [STEVEDORE_BIN, 'registry', '--listen', `127.0.0.1:${port}`, '--root', join(dir, 'root'), ...(workerStore?.args ?? []), '--upstream', upstream.url, '--log-level', 'warn'];
-    const proc = spawn(process.execPath, options.prof ? [`--cpu-prof`, `--cpu-prof-dir=${options.prof}`, ...args] : args, {
+    // The node options the appliance gives a cache worker (PM2's node_args), so this measures what it runs.
+    const nodeArgs = [...workerNodeArgs(options.storage === 's3' ? { kind: 's3', bucket: 'bench', prefix: '' } : undefined, 'proxy'),
+      ...(options.prof ? ['--cpu-prof', `--cpu-prof-dir=${options.prof}`] : [])];
+    const proc = spawn(process.execPath, [...nodeArgs, ...args], {
       stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...(workerStore?.env ?? {}) },
     });
     children.add(proc);

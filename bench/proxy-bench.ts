@@ -44,6 +44,7 @@ import { mkdir, readdir, rm, stat } from 'node:fs/promises';
 import http from 'node:http';
 import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { workerNodeArgs } from '../lib/ecosystem.js';
 import { buildImage, writeOciLayout } from '../test/helpers/oci-image.js';
 import { STEVEDORE_BIN, distributionRequests, freePort, startDistribution } from '../test/helpers/processes.js';
 import { startAppliance } from '../test/helpers/appliance.js';
@@ -163,7 +164,8 @@ async function startStevedoreProxy(upstreamUrl: string): Promise<Server> {
   const dir = await newTempDir('stevedore-proxy-bench-');
   const root = join(dir, 'root');
   const port = await freePort();
-  const proc = spawn(process.execPath, [STEVEDORE_BIN, 'registry', '--listen', `127.0.0.1:${port}`, '--root', root,
+  // The node options the appliance gives a cache worker on the filesystem (PM2's node_args).
+  const proc = spawn(process.execPath, [...workerNodeArgs(undefined, 'proxy'), STEVEDORE_BIN, 'registry', '--listen', `127.0.0.1:${port}`, '--root', root,
     '--upstream', upstreamUrl, '--log-level', process.env.BENCH_STEVEDORE_LOG_LEVEL || 'warn'], { stdio: ['ignore', 'pipe', 'pipe'] });
   children.add(proc);
   let text = '';

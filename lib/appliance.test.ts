@@ -103,8 +103,9 @@ test('buildEcosystem: the run dir is made private (0700) even when it exists; a 
   assert.equal((await stat(fresh)).mode & 0o777, 0o700);
   const worker = apps.find((a) => a.name === 'registry-127.0.0.1_5000');
   assert.ok(worker);
-  // On the filesystem only the gateway gets node options (a larger old generation: gatewayNodeArgs).
-  for (const a of apps) assert.deepEqual(a.node_args, a.name === 'gateway' ? ['--initial-old-space-size=64'] : [], a.name);
+  // On the filesystem the gateway and the cache workers get a larger old generation (gatewayNodeArgs,
+  // workerNodeArgs); the hosted worker, logger and cleaner no node options.
+  for (const a of apps) assert.deepEqual(a.node_args, a.name === 'gateway' || a.name === 'registry-127.0.0.1_5000' ? ['--initial-old-space-size=64'] : [], a.name);
   assert.deepEqual(worker.env, {
     STEVEDORE_LISTEN: join(fresh, '127.0.0.1_5000.sock'), STEVEDORE_ROOT: join(dir, 'root'), STEVEDORE_UPSTREAM: 'http://127.0.0.1:5000/',
     STEVEDORE_AUTH_FILE: join(dir, 'ps.json'), STEVEDORE_TAG_TTL: '300000ms', STEVEDORE_READ_ONLY: 'false',

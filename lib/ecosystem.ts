@@ -42,16 +42,23 @@ function app(name: string, args: string[], env: Record<string, string>, nodeArgs
 const LARGER_OLD_GENERATION = '--initial-old-space-size=64';
 
 /**
- * Node options of the registry workers. On a remote store (S3) every blob byte a worker serves or
- * receives passes through a fresh Buffer (a socket read of the store's answer, a multipart part), and
- * V8 counts those buffers against the old generation's limit, which for a worker's small heap (~20 MB)
- * is reached after a few MB: a push of 10 x 20 MiB cost 13-27 full collections and the pull right
- * after it 7-10 more. Starting the old generation at 64 MB: 0-1 each, worker CPU per push 1.3-1.9 ->
- * 1.0-1.1 s and per pull 0.40-0.54 -> 0.20-0.25 s, for ~15 MB more RSS. Not on the filesystem: there
- * the worker serves from files with reused buffers and the appliance's RSS stays under its bound.
+ * Node options of the registry workers. Every blob byte a worker receives from a socket arrives in a
+ * fresh Buffer, and V8 counts those buffers against the old generation's limit, which for a worker's
+ * small heap (~20 MB) is reached after a few MB: full collections follow one another all through the
+ * transfer, their marking on V8's helper threads. Starting the old generation at 64 MB ends that:
+ * - on S3, where every byte served or stored passes through such buffers (a socket read of the
+ *   store's answer, a multipart part): a push of 10 x 20 MiB cost 13-27 full collections and the pull
+ *   right after it 7-10 more; with 64 MB 0-1 each, worker CPU per push 1.3-1.9 -> 1.0-1.1 s and per
+ *   pull 0.40-0.54 -> 0.20-0.25 s, for ~15 MB more RSS;
+ * - in a cache worker on any store, whose fills read every byte from the upstream's socket: a cold
+ *   skopeo pull of 1 x 200 MiB through a cache worker that had served one pull before took 16-24 full
+ *   collections, 1.26-1.60 s of worker CPU and 1.65-1.83 s; with 64 MB 0-1, 0.66-0.78 s and 1.34-1.42 s
+ *   (peak RSS 145-151 -> 140-160 MB in the same runs).
+ * Not for the hosted worker on the filesystem: it serves from files with reused buffers, and the
+ * appliance's RSS while serving stays under its bound.
  */
-export function workerNodeArgs(storage: StorageConfig['storage']): string[] {
-  return storage?.kind === 's3' ? [LARGER_OLD_GENERATION] : [];
+export function workerNodeArgs(storage: StorageConfig['storage'], kind: WorkerPlan['kind']): string[] {
+  return storage?.kind === 's3' || kind === 'proxy' ? [LARGER_OLD_GENERATION] : [];
 }
 
 /**
@@ -135,9 +142,8 @@ export function buildEcosystem(env: NodeJS.ProcessEnv = process.env): { apps: PM
   if ((runDirMode & 0o777) !== 0o700) chmodSync(config.runDir, 0o700);
   mkdirSync(config.root, { recursive: true });
   const apps: PM2App[] = [app('gateway', ['gateway'], { ...storageEnv(config), ...servingEnv(config), ...peerEnv(config) }, gatewayNodeArgs())];
-  const nodeArgs = workerNodeArgs(config.storage);
-  apps.push(app(plan.hosted.name, ['registry'], workerEnv(plan.hosted, config, config.hostedReadOnly), nodeArgs));
-  for (const proxy of plan.proxies) apps.push(app(proxy.name, ['registry'], workerEnv(proxy, config, false), nodeArgs));
+  apps.push(app(plan.hosted.name, ['registry'], workerEnv(plan.hosted, config, config.hostedReadOnly), workerNodeArgs(config.storage, 'hosted')));
+  for (const proxy of plan.proxies) apps.push(app(proxy.name, ['registry'], workerEnv(proxy, config, false), workerNodeArgs(config.storage, 'proxy')));
   apps.push(app('logger', ['logger'], storageEnv(config)));
   apps.push(app('cleaner', ['cleaner'], storageEnv(config)));
   return { apps };
