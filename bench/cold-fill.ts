@@ -101,9 +101,8 @@ export async function measureColdFill(options: { sizeMiB: number; runs: number; 
     const port = await freePort();
     if (options.storage === 's3') workerStore = await testStorage('s3');
     const args = [STEVEDORE_BIN, 'registry', '--listen', `127.0.0.1:${port}`, '--root', join(dir, 'root'), ...(workerStore?.args ?? []), '--upstream', upstream.url, '--log-level', 'warn'];
-    // The node options the appliance gives a cache worker (PM2's node_args), so this measures what it runs.
-    const nodeArgs = [...workerNodeArgs(options.storage === 's3' ? { kind: 's3', bucket: 'bench', prefix: '' } : undefined, 'proxy'),
-      ...(options.prof ? ['--cpu-prof', `--cpu-prof-dir=${options.prof}`] : [])];
+    // The node options the appliance gives its workers (PM2's node_args), so this measures what it runs.
+    const nodeArgs = [...workerNodeArgs(), ...(options.prof ? ['--cpu-prof', `--cpu-prof-dir=${options.prof}`] : [])];
     const proc = spawn(process.execPath, [...nodeArgs, ...args], {
       stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...(workerStore?.env ?? {}) },
     });

@@ -44,6 +44,7 @@ import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { buildImage } from '../test/helpers/oci-image.js';
+import { workerNodeArgs } from '../lib/ecosystem.js';
 import { startAppliance, type Appliance } from '../test/helpers/appliance.js';
 import { startStevedoreRegistry, tempDir } from '../test/helpers/processes.js';
 import { children, cleanup, cpuTimeMs, logger, median, run, runBenchmark, samplePeakRss, stopProcess, tempDirs } from './harness.js';
@@ -382,8 +383,9 @@ async function main(): Promise<void> {
   }
   await settle();
 
-  // The direct worker: the same data root, reachable over TCP (wrk cannot use unix sockets).
-  const direct = await startStevedoreRegistry(['--root', root]);
+  // The direct worker: the same data root, reachable over TCP (wrk cannot use unix sockets), with the
+  // node options the appliance gives its workers.
+  const direct = await startStevedoreRegistry(['--root', root], {}, workerNodeArgs());
   children.add(direct.proc);
   log(`direct worker ${direct.url} pid ${direct.proc.pid}`);
 

@@ -164,8 +164,8 @@ async function startStevedoreProxy(upstreamUrl: string): Promise<Server> {
   const dir = await newTempDir('stevedore-proxy-bench-');
   const root = join(dir, 'root');
   const port = await freePort();
-  // The node options the appliance gives a cache worker on the filesystem (PM2's node_args).
-  const proc = spawn(process.execPath, [...workerNodeArgs(undefined, 'proxy'), STEVEDORE_BIN, 'registry', '--listen', `127.0.0.1:${port}`, '--root', root,
+  // The node options the appliance gives its workers (PM2's node_args), so this measures what it runs.
+  const proc = spawn(process.execPath, [...workerNodeArgs(), STEVEDORE_BIN, 'registry', '--listen', `127.0.0.1:${port}`, '--root', root,
     '--upstream', upstreamUrl, '--log-level', process.env.BENCH_STEVEDORE_LOG_LEVEL || 'warn'], { stdio: ['ignore', 'pipe', 'pipe'] });
   children.add(proc);
   let text = '';

@@ -32,6 +32,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { buildImage } from '../test/helpers/oci-image.js';
+import { workerNodeArgs } from '../lib/ecosystem.js';
 import { DISTRIBUTION_BIN, STEVEDORE_BIN, distributionConfig, freePort, startDistribution, tempDir } from '../test/helpers/processes.js';
 import { numberOption, option } from './options.js';
 import { children, logger, procStatusKb, roundOrder, run, runBenchmark, tempDirs } from './harness.js';
@@ -185,7 +186,8 @@ async function startStevedore(): Promise<Server> {
   const root = await tempDir('stevedore-bench-');
   tempDirs.add(root);
   const port = await freePort();
-  const proc = spawn(process.execPath, [STEVEDORE_BIN, 'registry', '--listen', `127.0.0.1:${port}`, '--root', join(root, 'data'), '--log-level', 'warn'], {
+  // The node options the appliance gives its workers (PM2's node_args), so this measures what it runs.
+  const proc = spawn(process.execPath, [...workerNodeArgs(), STEVEDORE_BIN, 'registry', '--listen', `127.0.0.1:${port}`, '--root', join(root, 'data'), '--log-level', 'warn'], {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   children.add(proc);

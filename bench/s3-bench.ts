@@ -122,8 +122,8 @@ const roles = new Map<number, string>();
 async function startStevedore(prefix: string, role: string, upstream?: string, extraEnv: Record<string, string> = {}): Promise<S3Server> {
   const dir = await newTempDir('s3-bench-stevedore-');
   const port = await freePort();
-  // The node options the appliance gives its workers on S3 (PM2's node_args), so this measures what it runs.
-  const nodeArgs = [...workerNodeArgs({ kind: 's3', bucket: rgw!.bucket, prefix }, upstream ? 'proxy' : 'hosted'), ...(OPTS.profile ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : [])];
+  // The node options the appliance gives its workers (PM2's node_args), so this measures what it runs.
+  const nodeArgs = [...workerNodeArgs(), ...(OPTS.profile ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : [])];
   const args = [...nodeArgs, STEVEDORE_BIN, 'registry', '--listen', `127.0.0.1:${port}`, '--root', join(dir, 'root'),
     '--storage', `s3://${rgw!.bucket}/${prefix}`, '--log-level', process.env.BENCH_STEVEDORE_LOG_LEVEL || 'warn',
     ...(upstream ? ['--upstream', upstream] : [])];

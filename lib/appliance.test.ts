@@ -103,9 +103,9 @@ test('buildEcosystem: the run dir is made private (0700) even when it exists; a 
   assert.equal((await stat(fresh)).mode & 0o777, 0o700);
   const worker = apps.find((a) => a.name === 'registry-127.0.0.1_5000');
   assert.ok(worker);
-  // On the filesystem the gateway and the cache workers get a larger old generation (gatewayNodeArgs,
-  // workerNodeArgs); the hosted worker, logger and cleaner no node options.
-  for (const a of apps) assert.deepEqual(a.node_args, a.name === 'gateway' || a.name === 'registry-127.0.0.1_5000' ? ['--initial-old-space-size=64'] : [], a.name);
+  // The gateway and every registry worker get a larger old generation (gatewayNodeArgs, workerNodeArgs);
+  // the logger and cleaner no node options.
+  for (const a of apps) assert.deepEqual(a.node_args, a.name === 'gateway' || a.name.startsWith('registry-') ? ['--initial-old-space-size=64'] : [], a.name);
   assert.deepEqual(worker.env, {
     STEVEDORE_LISTEN: join(fresh, '127.0.0.1_5000.sock'), STEVEDORE_ROOT: join(dir, 'root'), STEVEDORE_UPSTREAM: 'http://127.0.0.1:5000/',
     STEVEDORE_AUTH_FILE: join(dir, 'ps.json'), STEVEDORE_TAG_TTL: '300000ms', STEVEDORE_READ_ONLY: 'false',
@@ -147,7 +147,7 @@ test('buildEcosystem: every service gets the same validated store settings, neve
     assert.equal(app.env.STEVEDORE_ROOT, join(dir, 'root'), app.name);
     assert.equal(app.env.AWS_ACCESS_KEY_ID, undefined, app.name);
     assert.equal(app.env.AWS_SECRET_ACCESS_KEY, undefined, app.name);
-    // On S3 the registry workers start with a larger old generation (see workerNodeArgs), as the gateway always does.
+    // On S3 too the registry workers and the gateway start with a larger old generation (workerNodeArgs).
     assert.deepEqual(app.node_args, app.name.startsWith('registry-') || app.name === 'gateway' ? ['--initial-old-space-size=64'] : [], app.name);
   }
   assert.throws(() => buildEcosystem({ STEVEDORE_RUN_DIR: join(dir, 'run-s3'), PULLSECRETPATH: join(dir, 'ps.json'), STEVEDORE_STORAGE: 's3://Bad_Bucket' }),

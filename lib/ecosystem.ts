@@ -38,37 +38,35 @@ function app(name: string, args: string[], env: Record<string, string>, nodeArgs
   };
 }
 
-/** V8's old generation starting at 64 MB: see workerNodeArgs and gatewayNodeArgs for why and where. */
+/**
+ * Node options of the registry workers and the gateway: V8's old generation starting at 64 MB.
+ *
+ * Every blob byte a process receives from a socket arrives in a fresh Buffer, and V8 counts those
+ * buffers against the old generation's limit, which for these processes' small heaps (~20 MB) is
+ * reached after a few MB: full collections then follow one another all through a transfer, their
+ * marking on V8's helper threads. Measured, without -> with:
+ * - a cache worker's fill (the upstream's socket), a cold skopeo pull of 1 x 200 MiB through a worker
+ *   that had served one pull: 16-24 full collections -> 0-1, worker CPU 1.26-1.60 -> 0.66-0.78 s,
+ *   pull 1.65-1.83 -> 1.34-1.42 s (peak RSS 145-151 -> 140-160 MB in the same runs);
+ * - a hosted worker's pushes (the gateway's socket), 256 MiB straight to the worker: median
+ *   monolithic 300-340 -> 402-454 MB/s, 16 MiB PATCHes 256-260 -> 336-403 MB/s, worker CPU per GiB
+ *   ~4,000 -> ~2,500 ms, peak RSS 105 MB both;
+ * - on S3 (a socket read of the store's answer, a multipart part): a push of 10 x 20 MiB cost 13-27
+ *   full collections and the pull right after it 7-10 more; 0-1 each, worker CPU per push 1.3-1.9 ->
+ *   1.0-1.1 s and per pull 0.40-0.54 -> 0.20-0.25 s;
+ * - the gateway (every pushed byte on its way to the worker; bench:gateway, 256 MiB pushes): CPU per
+ *   GiB 3,160-3,600 -> 1,480-1,820 ms (monolithic), 3,200-4,560 -> 1,600-2,320 ms (16 MiB PATCHes),
+ *   for 5-23 MB more peak RSS.
+ * Blobs served from files use reused buffers and are unaffected.
+ */
 const LARGER_OLD_GENERATION = '--initial-old-space-size=64';
 
-/**
- * Node options of the registry workers. Every blob byte a worker receives from a socket arrives in a
- * fresh Buffer, and V8 counts those buffers against the old generation's limit, which for a worker's
- * small heap (~20 MB) is reached after a few MB: full collections follow one another all through the
- * transfer, their marking on V8's helper threads. Starting the old generation at 64 MB ends that:
- * - on S3, where every byte served or stored passes through such buffers (a socket read of the
- *   store's answer, a multipart part): a push of 10 x 20 MiB cost 13-27 full collections and the pull
- *   right after it 7-10 more; with 64 MB 0-1 each, worker CPU per push 1.3-1.9 -> 1.0-1.1 s and per
- *   pull 0.40-0.54 -> 0.20-0.25 s, for ~15 MB more RSS;
- * - in a cache worker on any store, whose fills read every byte from the upstream's socket: a cold
- *   skopeo pull of 1 x 200 MiB through a cache worker that had served one pull before took 16-24 full
- *   collections, 1.26-1.60 s of worker CPU and 1.65-1.83 s; with 64 MB 0-1, 0.66-0.78 s and 1.34-1.42 s
- *   (peak RSS 145-151 -> 140-160 MB in the same runs).
- * Not for the hosted worker on the filesystem: it serves from files with reused buffers, and the
- * appliance's RSS while serving stays under its bound.
- */
-export function workerNodeArgs(storage: StorageConfig['storage'], kind: WorkerPlan['kind']): string[] {
-  return storage?.kind === 's3' || kind === 'proxy' ? [LARGER_OLD_GENERATION] : [];
+/** Node options of every registry worker (hosted and cache, any store): see LARGER_OLD_GENERATION. */
+export function workerNodeArgs(): string[] {
+  return [LARGER_OLD_GENERATION];
 }
 
-/**
- * Node options of the gateway, on any store: the same larger old generation, for the same reason —
- * every byte a client pushes reaches the gateway in a fresh socket Buffer on its way to the worker,
- * and with the gateway's small heap those buffers triggered full collections all through a push.
- * Measured (bench:gateway, 256 MiB pushes): gateway CPU per GiB pushed 3,160-3,600 -> 1,480-1,820 ms
- * (monolithic) and 3,200-4,560 -> 1,600-2,320 ms (16 MiB PATCHes), for 5-23 MB more peak RSS
- * (96-104 MB while serving a large blob).
- */
+/** Node options of the gateway: see LARGER_OLD_GENERATION. */
 export function gatewayNodeArgs(): string[] {
   return [LARGER_OLD_GENERATION];
 }
@@ -142,8 +140,8 @@ export function buildEcosystem(env: NodeJS.ProcessEnv = process.env): { apps: PM
   if ((runDirMode & 0o777) !== 0o700) chmodSync(config.runDir, 0o700);
   mkdirSync(config.root, { recursive: true });
   const apps: PM2App[] = [app('gateway', ['gateway'], { ...storageEnv(config), ...servingEnv(config), ...peerEnv(config) }, gatewayNodeArgs())];
-  apps.push(app(plan.hosted.name, ['registry'], workerEnv(plan.hosted, config, config.hostedReadOnly), workerNodeArgs(config.storage, 'hosted')));
-  for (const proxy of plan.proxies) apps.push(app(proxy.name, ['registry'], workerEnv(proxy, config, false), workerNodeArgs(config.storage, 'proxy')));
+  apps.push(app(plan.hosted.name, ['registry'], workerEnv(plan.hosted, config, config.hostedReadOnly), workerNodeArgs()));
+  for (const proxy of plan.proxies) apps.push(app(proxy.name, ['registry'], workerEnv(proxy, config, false), workerNodeArgs()));
   apps.push(app('logger', ['logger'], storageEnv(config)));
   apps.push(app('cleaner', ['cleaner'], storageEnv(config)));
   return { apps };

@@ -109,8 +109,8 @@ function stopper(proc: ChildProcess) {
  * other process can take it between choosing and binding (freePort's race); resolves once the worker
  * logs that it listens, with the port it logged.
  */
-export async function startStevedoreRegistry(args: string[], env: NodeJS.ProcessEnv = {}): Promise<RunningProcess> {
-  const proc = spawn(process.execPath, [STEVEDORE_BIN, 'registry', '--listen', '127.0.0.1:0', '--log-level', 'info', ...args], {
+export async function startStevedoreRegistry(args: string[], env: NodeJS.ProcessEnv = {}, nodeArgs: string[] = []): Promise<RunningProcess> {
+  const proc = spawn(process.execPath, [...nodeArgs, STEVEDORE_BIN, 'registry', '--listen', '127.0.0.1:0', '--log-level', 'info', ...args], {
     env: { ...process.env, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });

@@ -75,7 +75,7 @@ export async function runRegistry(argv: readonly string[]): Promise<number> {
   log.info({
     address, root: config.root, storage: driver.location, readOnly: config.readOnly,
     upstream: config.upstream?.url.href, upstreamAuth: config.upstream ? (upstreamCredentials ? 'credentials' : 'anonymous') : undefined,
-    // Node's own options (the appliance sets V8's on S3, lib/ecosystem.ts workerNodeArgs).
+    // Node's own options (the appliance sets V8's, lib/ecosystem.ts workerNodeArgs).
     nodeOptions: process.execArgv,
   }, 'registry listening');
   process.send?.('ready');
