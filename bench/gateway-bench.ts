@@ -169,10 +169,13 @@ function sampleProcessesRss(processes: Array<{ pid: number; name: string }>): { 
  * what a registry must at least do with the bytes: hash them and write them to a file, fsync at the
  * end, check the digest, and keep the file. POST answers 202 with a Location; PATCH appends; PUT
  * ?digest= finishes. It keeps its files as the registries keep their blobs (the scratch dir goes at
- * the end). On this VM, writes that grow the page cache cost ~3x the system time of writes into pages
- * a deleted file gave back: 256 MiB pushes to one worker spent 160-310 ms of system time each while
- * its blobs were deleted after each push, and 570-720 ms each once ~1.8 GB of them were kept. A sink
- * that deleted its file measured a cheaper machine than the one the registries ran on.
+ * the end). On this VM, writing into memory the guest has not used for a while costs ~10x the system
+ * time of writing into memory used a moment before (a Firecracker guest whose free pages go back to
+ * the host, which then faults them in again): `dd` of 200 MiB into a new file took 0.46-0.61 s of
+ * system time, and 0.05 s right after files of that size were deleted or once 10 GB had been touched
+ * (until the host took them back, within minutes). So 256 MiB pushes to one worker spent 160-310 ms
+ * of system time each while its blobs were deleted after each push, 570-720 ms once they were kept,
+ * and a sink that deleted its file measured a cheaper machine than the one the registries ran on.
  */
 const HASHING_SINK = `
 const http = require('node:http'); const fs = require('node:fs'); const crypto = require('node:crypto'); const path = require('node:path');
