@@ -360,8 +360,8 @@ const KINDS: Kind[] = ALL_KINDS.filter((k) => OPTS.kinds.includes(k));
 
 /**
  * Cold pulls (empty cache for the image) in one of two process states:
- *  - fresh: each pull through a newly started cache, the first work the process does (as in every
- *    run before stop 26): a Node process pays its JIT and first heap growth there;
+ *  - fresh: each pull through a newly started cache, the first work the process does (the only
+ *    phase of earlier versions of this bench): a Node process pays its JIT and first heap growth there;
  *  - running: pulls of images new to a cache that has already served one pull (of another image of
  *    the same shape), the state a cache that has been up for a while is in.
  */
