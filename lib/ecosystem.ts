@@ -50,8 +50,8 @@ function app(name: string, args: string[], env: Record<string, string>, nodeArgs
  *   pull 1.65-1.83 -> 1.34-1.42 s (peak RSS 145-151 -> 140-160 MB in the same runs);
  * - a hosted worker's pushes (the gateway's socket), 256 MiB straight to the worker: median
  *   monolithic 300-340 -> 402-454 MB/s, 16 MiB PATCHes 256-260 -> 336-403 MB/s, worker CPU per GiB
- *   ~4,000 -> ~2,500 ms, peak RSS 105 MB both; but after bench's pushes (512 MiB, 1 GiB) and request-rate
- *   runs the worker held 143.5 MB, against 112.7 MB without (memory kept between full collections);
+ *   ~4,000 -> ~2,500 ms, peak RSS 105 MB both (npm run bench, same build: 143.5 vs 142.9 MB after its
+ *   pushes and request-rate runs);
  * - on S3 (a socket read of the store's answer, a multipart part): a push of 10 x 20 MiB cost 13-27
  *   full collections and the pull right after it 7-10 more; 0-1 each, worker CPU per push 1.3-1.9 ->
  *   1.0-1.1 s and per pull 0.40-0.54 -> 0.20-0.25 s;
