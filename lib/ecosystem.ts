@@ -49,8 +49,8 @@ function app(name: string, args: string[], env: Record<string, string>, nodeArgs
  *   that had served one pull: 16-24 full collections -> 0-1, worker CPU 1.26-1.60 -> 0.66-0.78 s,
  *   pull 1.65-1.83 -> 1.34-1.42 s (peak RSS 145-151 -> 140-160 MB in the same runs);
  * - a hosted worker's pushes (the gateway's socket), 256 MiB straight to the worker: median
- *   monolithic 300-340 -> 402-454 MB/s, 16 MiB PATCHes 256-260 -> 336-403 MB/s, worker CPU per GiB
- *   ~4,000 -> ~2,500 ms, peak RSS 105 MB both (npm run bench, same build: 143.5 vs 142.9 MB after its
+ *   monolithic 246-340 -> 336-454 MB/s, 16 MiB PATCHes 247-260 -> 275-403 MB/s (3 A/B runs), CPU per GiB
+ *   ~4,000 -> ~2,500 ms, peak RSS ~105 MB both (npm run bench, same build: 143.5 vs 142.9 MB after its
  *   pushes and request-rate runs);
  * - on S3 (a socket read of the store's answer, a multipart part): a push of 10 x 20 MiB cost 13-27
  *   full collections and the pull right after it 7-10 more; 0-1 each, worker CPU per push 1.3-1.9 ->
