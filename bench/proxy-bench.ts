@@ -562,12 +562,8 @@ async function runShape(layers: number, layerMiB: number, work: string): Promise
   for (const kind of KINDS) {
     const server = await start(kind);
     running[kind] = server;
-    const warmup = images.get('bench/warmup')!;
-    await settle([upstream, server], server, warmup, false);
-    const failed = results[kind].failures.length;
-    const seconds = await pull(server, warmup, work, results[kind].failures);
-    await settle([upstream, server], server, warmup, results[kind].failures.length === failed);
-    log(`warm-up pull (not counted) via ${kind}: ${seconds.toFixed(2)} s (load ${load()})`);
+    // Measured like any cold pull, into a result that is thrown away (a failure still counts).
+    await coldPull(upstream, server, images.get('bench/warmup')!, work, results[kind], emptyCold(), 'warm-up pull (not counted)');
   }
   for (let round = 0; round < OPTS.coldRuns; round++) {
     const cold = images.get(`bench/cold-${round + 1}`)!;
