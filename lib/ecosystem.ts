@@ -46,8 +46,8 @@ function app(name: string, args: string[], env: Record<string, string>, nodeArgs
  * reached after a few MB: full collections then follow one another all through a transfer, their
  * marking on V8's helper threads. Measured, without -> with:
  * - a cache worker's fill (the upstream's socket), a cold skopeo pull of 1 x 200 MiB through a worker
- *   that had served one pull: 16-24 full collections -> 0-1, worker CPU 1.26-1.60 -> 0.66-0.78 s,
- *   pull 1.65-1.83 -> 1.34-1.42 s (peak RSS 145-151 -> 140-160 MB in the same runs);
+ *   that had served one pull: 16-20 full collections in most runs -> 0-1, worker CPU 1.18-1.35 ->
+ *   0.71-0.78 s, pull 1.58-1.83 -> 1.34-1.42 s (peak RSS 145-151 -> 140-160 MB in the same runs);
  * - a hosted worker's pushes (the gateway's socket), 256 MiB straight to the worker: median
  *   monolithic 246-340 -> 336-454 MB/s, 16 MiB PATCHes 247-260 -> 275-403 MB/s (3 A/B runs), CPU per GiB
  *   ~4,000 -> ~2,500 ms, peak RSS ~105 MB both (npm run bench, same build: 143.5 vs 142.9 MB after its
