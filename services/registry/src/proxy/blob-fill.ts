@@ -12,8 +12,6 @@ const READ_CHUNK = 1024 * 1024;
 const WRITE_BATCH = 4 * 1024 * 1024;
 /** A write starts once this much is waiting (or the upstream ended): few writes and thread-pool trips. */
 const WRITE_MIN = 1024 * 1024;
-/** The sink (hashing thread) is told about newly spooled bytes in steps of at least this much. */
-const HASH_STEP = 4 * 1024 * 1024;
 /** writev takes at most IOV_MAX (1024) buffers. */
 const WRITE_BATCH_BUFFERS = 1024;
 /** Upstream reading pauses when this much received data is not spooled (or stored) yet, and resumes at half. */
@@ -33,13 +31,15 @@ const writevP = (fd: number, buffers: Buffer[], position: number) => new Promise
  * Received chunks go to the clients (handed the same buffers from memory), to a local spool file (one
  * background writer coalescing everything received into large writev calls) and, on a store other
  * than the filesystem, to the store's blobWriter (fill-sink.ts), none waiting for the others. On the
- * filesystem the spool is the blob's temp file, digested by a hashing thread as it grows. Upstream
+ * filesystem the spool is the blob's temp file, and the sink hashes the chunks as they arrive. Upstream
  * reading pauses only when the spool or the store falls WRITE_BEHIND_MAX behind; a client slower
  * than the spool writer reads the bytes it missed back from the spool. No client gets the last byte
  * before the digest matched (on S3: before the multipart upload was completed, so the blob is in the
  * store when a client has it whole), so a blob that fails verification reaches no client whole (the
- * transfer breaks) and nothing of it becomes visible. On the filesystem the verified temp file is
- * then fsynced and renamed into place; a failure of those last steps loses the cache copy only.
+ * transfer breaks) and nothing of it becomes visible. Verification does not wait for the spool writer
+ * (chunks stay in memory until written, so clients read them there). On the filesystem the temp file
+ * is fsynced and renamed into place once every byte is written; a failure of those last steps (or of a
+ * write after verification) loses the cache copy only.
  */
 export class BlobFill {
   /** Bytes received from upstream. */
@@ -75,8 +75,12 @@ export class BlobFill {
   /** run() is over: committed, or failed. */
   private ended = false;
   private verifying = false;
-  /** Bytes the sink was told are spooled (verify covers the rest). */
-  private hashAnnounced = 0;
+  /** A spool write failed after verification: the clients are served from memory, the cache copy is lost. */
+  private spoolFailure: Error | undefined;
+  /** Verification failed before the spool had every byte: the fill fails once it has (see verifyIfComplete). */
+  private verifyFailure: Error | undefined;
+  /** run()'s wait for the spool to have every byte (the filesystem: before persist). */
+  private spoolWaiter: { resolve: () => void; reject: (err: Error) => void } | undefined;
   private upstreamEnded = false;
   private upstreamEndedAt = 0;
   private verifiedAt = 0;
@@ -128,6 +132,8 @@ export class BlobFill {
       this.resolveReady();
       this.armAbandonTimer();
       await verified;
+      // On the filesystem the spool is the blob: every byte must be in it before fsync and rename.
+      if (!sink.store) await this.whenSpooled();
       await sink.persist(this.fd);
       persisted = true;
       await link();
@@ -166,6 +172,7 @@ export class BlobFill {
       }
       this.chunks.push(chunk);
       this.received += chunk.length;
+      this.sink!.received(chunk);
       if (this.sink!.store) this.storeQueue.push(chunk);
       else this.stored = this.received;
       if (!this.paused && this.received - Math.min(this.written, this.stored) >= WRITE_BEHIND_MAX) {
@@ -187,6 +194,7 @@ export class BlobFill {
       this.upstreamEndedAt = Date.now();
       this.write();
       this.verifyIfComplete();
+      this.spoolProgress();
     });
     body.once('error', (err) => this.fail(err));
     body.once('close', () => {
@@ -194,10 +202,10 @@ export class BlobFill {
     });
   }
 
-  /** Everything is received, spooled and stored: the sink verifies (S3: and commits), then clients get the last byte. */
+  /** Everything is received and stored: the sink verifies (S3: and commits), then clients get the last byte. */
   private verifyIfComplete(): void {
     if (this.verifying || this.error || !this.upstreamEnded) return;
-    if (this.written !== this.received || this.stored !== this.received || this.writing || this.storing) return;
+    if (this.stored !== this.received || this.storing) return;
     this.verifying = true;
     this.sink!.verify(this.received).then(() => {
       if (this.error) return;
@@ -205,7 +213,11 @@ export class BlobFill {
       this.verifiedAt = Date.now();
       this.notify();
       this.settle();
-    }, (err: Error) => this.fail(err));
+    }, (err: Error) => {
+      // Clients (and spool followers) still get every byte but the last before the transfer breaks.
+      this.verifyFailure = err;
+      this.spoolProgress();
+    });
   }
 
   private resumeIfCaughtUp(): void {
@@ -234,10 +246,27 @@ export class BlobFill {
     });
   }
 
+  /** Resolves once the upstream ended and the spool has every byte; rejects when a spool write failed. */
+  private whenSpooled(): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.spoolWaiter = { resolve, reject };
+      this.spoolProgress();
+    });
+  }
+
+  /** Settles run()'s wait for the spool, and lets the spool go once nothing needs it. */
+  private spoolProgress(): void {
+    const complete = this.upstreamEnded && this.written === this.received && !this.writing;
+    if (this.verifyFailure && complete) this.fail(this.verifyFailure);
+    if (this.spoolFailure) this.spoolWaiter?.reject(this.spoolFailure);
+    else if (complete) this.spoolWaiter?.resolve();
+    this.releaseFileIfIdle();
+  }
+
   /** The background spool writer: everything received and not yet written, in as few writev calls as it takes. */
   private write(): void {
-    if (this.writing || this.error || this.fd === undefined) return;
-    if (this.written === this.received) return this.verifyIfComplete();
+    if (this.writing || this.error || this.spoolFailure || this.fd === undefined) return;
+    if (this.written === this.received) return this.spoolProgress();
     if (!this.upstreamEnded && this.received - this.written < WRITE_MIN) return;
     const batch: Buffer[] = [];
     let bytes = 0;
@@ -253,10 +282,6 @@ export class BlobFill {
       this.writing = false;
       if (this.error) return this.releaseFileIfIdle();
       this.written += n;
-      if (this.written - this.hashAnnounced >= HASH_STEP) {
-        this.hashAnnounced = this.written;
-        this.sink!.spooled(this.written);
-      }
       // Drop the chunks now wholly in the spool: clients behind them read the file.
       let dropped = 0;
       while (dropped < this.chunks.length && this.chunksStart + this.chunks[dropped]!.length <= this.written) {
@@ -270,8 +295,11 @@ export class BlobFill {
       this.write();
     }, (err: Error) => {
       this.writing = false;
+      // Verified already: clients still have every byte from memory (chunks stay until written).
+      if (this.verified) this.spoolFailure = err;
       this.fail(err);
-      this.releaseFileIfIdle();
+      this.notify();
+      this.spoolProgress();
     });
   }
 
@@ -388,12 +416,14 @@ export class BlobFill {
         sentWritten = this.written;
         stream.push(`{"written":${sentWritten}}\n`);
       }
-      if (this.error) {
+      const error = this.error ?? this.spoolFailure;
+      if (error) {
         over = true;
-        stream.push(`${JSON.stringify({ error: this.error.message })}\n`);
+        stream.push(`${JSON.stringify({ error: error.message })}\n`);
         return void stream.push(null);
       }
-      if (this.verified) {
+      // The follower reads the spool: "verified" once it also has every byte.
+      if (this.verified && this.written === this.received) {
         over = true;
         stream.push('{"verified":true}\n');
         return void stream.push(null);
