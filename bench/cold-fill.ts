@@ -10,13 +10,23 @@
  *
  * plus the upstream GETs each cache made for the blob (the target is exactly one per fill).
  *
- *   npm run bench:fill                                  # 200 MiB, best of 5
+ * Two kinds of "cold", each measured in its own pass (BENCH_FILL_CONTENT=both, the default):
+ *   same   one blob, removed from the caches before every run. The cache's last copy was just
+ *          deleted, so the next fill can write into the page-cache pages that deletion freed.
+ *   new    a new blob every round (all targets fetch that round's blob), as a cache meets content it
+ *          never saw. On this VM (its host takes back guest memory that sat unused) writing into
+ *          memory the guest has not used lately costs several times the system time, and a cache
+ *          whose clients wait for its disk writes pays that; distribution's proxy does not (it
+ *          streams the upstream's answer to the client and stores the blob from a second GET).
+ *
+ *   npm run bench:fill                                  # 200 MiB, best of 5, both passes
  *   BENCH_FILL_MB=64 BENCH_FILL_RUNS=2 npm run bench:fill   # quick
  *
  * Options (flag, else environment variable):
  *   --fill-mb / BENCH_FILL_MB        blob size in MiB, default 200
  *   --fill-runs / BENCH_FILL_RUNS    cold fetches per target (best kept; all printed), default 5
  *   --fill-targets / BENCH_FILL_TARGETS  default "direct,worker,appliance,distribution"
+ *   --fill-content / BENCH_FILL_CONTENT  same, new or both (default): see above
  *   --prof / BENCH_FILL_PROF         directory: the worker runs with --cpu-prof there
  *   --json / BENCH_JSON              also write the results as JSON to this file
  *   --timeout / BENCH_TIMEOUT        whole-run limit in seconds, default 900
@@ -40,11 +50,15 @@ import { MiB, capture, curlGet, fmt, makeBlob, pushMonolithic, waitReady, type G
 const REPO = 'bench/fill';
 const TARGETS = ['direct', 'worker', 'appliance', 'distribution'] as const;
 type TargetKey = typeof TARGETS[number];
+const CONTENTS = ['same', 'new'] as const;
+type ContentKind = typeof CONTENTS[number];
 
 const log = logger('cold-fill');
 
 export interface ColdFillResult {
   sizeMiB: number;
+  /** The same blob every run (removed from the caches before it), or a new blob every round. */
+  content: ContentKind;
   /** MB/s of every run, per target. */
   runs: Partial<Record<TargetKey, number[]>>;
   /** CPU ms the serving Stevedore processes (worker; appliance: gateway + cache worker) spent per fill. */
@@ -81,14 +95,18 @@ const load = () => loadavg().map((l) => l.toFixed(2)).join(' ');
 /** The blob's cache path under a Stevedore root (lib/storage/layout.ts). */
 const blobFile = (root: string, digest: string) => join(root, 'blobs', 'sha256', digest.slice(7, 9), digest.slice(7));
 
-export async function measureColdFill(options: { sizeMiB: number; runs: number; targets: TargetKey[]; prof?: string | undefined; storage?: StorageKind }): Promise<ColdFillResult> {
+export async function measureColdFill(options: {
+  sizeMiB: number; runs: number; targets: TargetKey[]; content: ContentKind; prof?: string | undefined; storage?: StorageKind;
+}): Promise<ColdFillResult> {
   const loadStart = load();
   const upstream = await startDistribution();
   children.add(upstream.proc);
   tempDirs.add(dirname(upstream.root));
-  const blob: GeneratedBlob = makeBlob(7, Math.round(options.sizeMiB * MiB));
-  await pushMonolithic({ label: 'upstream', url: upstream.url, pid: upstream.proc.pid!, proc: upstream.proc, output: upstream.output }, REPO, blob);
-  log(`upstream ${upstream.url} holds a ${options.sizeMiB} MiB blob ${blob.digest.slice(0, 19)}`);
+  const upstreamServer: Server = { label: 'upstream', url: upstream.url, pid: upstream.proc.pid!, proc: upstream.proc, output: upstream.output };
+  /** The blob the next fetches are of. */
+  let blob: GeneratedBlob = makeBlob(7, Math.round(options.sizeMiB * MiB));
+  await pushMonolithic(upstreamServer, REPO, blob);
+  log(`upstream ${upstream.url} holds a ${options.sizeMiB} MiB blob ${blob.digest.slice(0, 19)}; content: ${options.content}`);
   const gets = (since: number) => distributionRequests(upstream.output().slice(since))
     .filter((r) => r.method === 'GET' && r.path.split('?')[0] === `/v2/${REPO}/blobs/${blob.digest}`).length;
 
@@ -166,6 +184,10 @@ export async function measureColdFill(options: { sizeMiB: number; runs: number; 
 
   for (const target of options.targets) await fetchOnce(target); // warm-up: page cache, connections, JIT
   for (let r = 0; r < options.runs; r++) {
+    if (options.content === 'new') {
+      blob = makeBlob(100 + r, Math.round(options.sizeMiB * MiB));
+      await pushMonolithic(upstreamServer, REPO, blob);
+    }
     const order = options.targets.map((_, i) => options.targets[(i + r) % options.targets.length]!);
     for (const target of order) (runs[target] ??= []).push(await fetchOnce(target));
     log(`round ${r + 1}: ${options.targets.map((t) => `${t} ${fmt(runs[t]!.at(-1))}`).join(', ')} MB/s (load ${load()})`);
@@ -182,7 +204,7 @@ export async function measureColdFill(options: { sizeMiB: number; runs: number; 
   }
   await upstream.stop();
   children.delete(upstream.proc);
-  return { sizeMiB: options.sizeMiB, runs, cpuMs: cpu, gatewayCpuMs: gatewayCpu, upstreamGets, loadStart, loadEnd: load(), storage: options.storage ?? 'filesystem' };
+  return { sizeMiB: options.sizeMiB, content: options.content, runs, cpuMs: cpu, gatewayCpuMs: gatewayCpu, upstreamGets, loadStart, loadEnd: load(), storage: options.storage ?? 'filesystem' };
 }
 
 /** The table: best and median MB/s per target, ratios against distribution's proxy and the upstream direct. */
@@ -192,7 +214,8 @@ export function coldFillReport(result: ColdFillResult): string {
   const med = (t: TargetKey) => (runs[t]?.length ? median(runs[t]!) : NaN);
   const ratio = (a: number, b: number) => (Number.isFinite(a) && Number.isFinite(b) && b > 0 ? `${fmt(a / b, 2)}x` : '-');
   const lines = [
-    `One cold ${result.sizeMiB} MiB blob through the cache (curl, loopback; upstream = docker-registry 2.8.2; worker's store: ${result.storage})`,
+    `One cold ${result.sizeMiB} MiB blob through the cache (curl, loopback; upstream = docker-registry 2.8.2; worker's store: ${result.storage}); `
+      + (result.content === 'same' ? 'the same blob every run, removed from the caches before it' : 'a new blob every round'),
     `${'target'.padEnd(20)} ${'best MB/s'.padStart(10)} ${'median'.padStart(8)} ${'vs dist proxy (best/median)'.padStart(28)} ${'vs direct'.padStart(10)} ${'upstream GETs/fill'.padStart(19)}  runs`,
   ];
   for (const t of TARGETS) {
@@ -219,12 +242,16 @@ if (isMain) {
     json: option('json', 'BENCH_JSON', '') || undefined,
     timeoutS: numberOption('timeout', 'BENCH_TIMEOUT', 900, { min: 10 }),
     storage: option('fill-storage', 'BENCH_FILL_STORAGE', 'filesystem') as StorageKind,
+    content: option('fill-content', 'BENCH_FILL_CONTENT', 'both'),
   };
+  const contents: ContentKind[] = OPTS.content === 'both' ? [...CONTENTS] : [OPTS.content as ContentKind];
+  if (!contents.every((c) => (CONTENTS as readonly string[]).includes(c))) throw new Error(`--fill-content: same, new or both, not "${OPTS.content}"`);
   if (OPTS.storage !== 'filesystem' && OPTS.storage !== 's3') throw new Error(`--fill-storage: filesystem or s3, not "${OPTS.storage}"`);
   for (const t of OPTS.targets) if (!(TARGETS as readonly string[]).includes(t)) throw new Error(`--fill-targets: unknown target "${t}"`);
   await runBenchmark(async () => {
-    const result = await measureColdFill(OPTS);
-    process.stdout.write(`\n${coldFillReport(result)}\n`);
-    if (OPTS.json) await writeFile(OPTS.json, `${JSON.stringify(result, null, 2)}\n`);
+    const results: ColdFillResult[] = [];
+    for (const content of contents) results.push(await measureColdFill({ ...OPTS, content }));
+    for (const result of results) process.stdout.write(`\n${coldFillReport(result)}\n`);
+    if (OPTS.json) await writeFile(OPTS.json, `${JSON.stringify(results.length === 1 ? results[0] : results, null, 2)}\n`);
   }, { timeoutS: OPTS.timeoutS, log, stop: stopAll });
 }
