@@ -194,7 +194,6 @@ export class BlobFill {
       this.upstreamEndedAt = Date.now();
       this.write();
       this.verifyIfComplete();
-      this.spoolProgress();
     });
     body.once('error', (err) => this.fail(err));
     body.once('close', () => {
@@ -295,10 +294,13 @@ export class BlobFill {
       this.write();
     }, (err: Error) => {
       this.writing = false;
-      // Verified already: clients still have every byte from memory (chunks stay until written).
-      if (this.verified) this.spoolFailure = err;
-      this.fail(err);
-      this.notify();
+      if (this.verified) {
+        // Clients still have every byte from memory (chunks stay until written); spool followers get the error.
+        this.spoolFailure = err;
+        this.notify();
+      } else {
+        this.fail(err);
+      }
       this.spoolProgress();
     });
   }
